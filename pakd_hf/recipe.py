@@ -1,0 +1,423 @@
+"""Recipes: the YAML that says what a PaKD run does, stage by stage.
+
+A recipe is data, not code. This module defines its schema as dataclasses and validates
+a raw mapping against it strictly: an unknown key (with a did-you-mean), a wrong type or
+a value out of range raises one :class:`RecipeError` whose message names the field, e.g.
+``recipe field 'stages[1].distillation.temperature': must be > 0, got -1.0``.
+
+The validator is written here rather than taken from pydantic or jsonschema because the
+schema is small, the messages must name recipe fields the way users write them, and the
+core package should not pull another dependency for it. It reads the dataclass type hints,
+so adding a field to the schema is adding one annotated attribute.
+
+This module imports only the standard library and PyYAML, so ``pakd validate`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "RecipeError",
+    "Recipe",
+    "Stage",
+    "Distillation",
+    "HiddenDistillation",
+    "AttentionDistillation",
+    "load_recipe",
+    "RECIPE_FILENAME",
+]
+
+RECIPE_FILENAME = "pakd_recipe.yaml"
+
+TASKS = (
+    "text-classification",
+    "token-classification",
+    "image-classification",
+    "audio-classification",
+)
+MODALITIES = ("text", "vision", "audio")
+TASK_MODALITY = {
+    "text-classification": "text",
+    "token-classification": "text",
+    "image-classification": "vision",
+    "audio-classification": "audio",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe is invalid. The message is one line naming the field and the fix."""
+
+    def __init__(self, path: str, problem: str):
+        self.field = path
+        self.problem = problem
+        where = f"recipe field '{path}'" if path else "recipe"
+        super().__init__(f"{where}: {problem}")
+
+
+# A layer map is either "auto" (uniform spacing) or explicit [student, teacher] index pairs.
+LayerMap = Union[Literal["auto"], list[list[int]]]
+
+
+def _check(cond: bool, path: str, problem: str) -> None:
+    if not cond:
+        raise RecipeError(path, problem)
+
+
+@dataclass
+class HiddenDistillation:
+    """Match student hidden states to the teacher's (through learned projections when widths differ).
+
+    ``layer_map`` indexes ``outputs.hidden_states``: 0 is the embedding output, i is the output of
+    layer i. ``auto`` pairs the embeddings and then spaces the student layers uniformly over the
+    teacher's (student i -> teacher round(i * L_t / L_s)).
+    """
+
+    weight: float = 1.0
+    loss: Literal["mse", "cosine"] = "mse"
+    layer_map: LayerMap = "auto"
+
+    def _validate(self, path: str) -> None:
+        _check(self.weight >= 0, f"{path}.weight", f"must be >= 0, got {self.weight}")
+        _validate_layer_map(self.layer_map, f"{path}.layer_map")
+
+
+@dataclass
+class AttentionDistillation:
+    """Match attention distributions (KL(teacher || student) per query row) on mapped layers.
+
+    ``layer_map`` indexes ``outputs.attentions`` (0 is the first layer). ``auto`` maps student
+    layer j to teacher layer round((j + 1) * L_t / L_s) - 1, so the last layers always pair.
+    When head counts differ, the maps are averaged over heads before comparing.
+    Attention maps are only returned by the eager attention implementation; the trainer
+    switches student and teacher to it while this loss is active.
+    """
+
+    weight: float = 1.0
+    layer_map: LayerMap = "auto"
+
+    def _validate(self, path: str) -> None:
+        _check(self.weight >= 0, f"{path}.weight", f"must be >= 0, got {self.weight}")
+        _validate_layer_map(self.layer_map, f"{path}.layer_map")
+
+
+@dataclass
+class Distillation:
+    """How a stage distils the teacher into the student.
+
+    loss = alpha * kd_logits + (1 - alpha) * task + hidden.weight * kd_hidden
+           + attention.weight * kd_attn
+    where kd_logits = T^2 * KL(softmax(t/T) || softmax(s/T)). Without labels in a batch the
+    task term is absent and kd_logits gets weight 1 (pure distillation).
+    """
+
+    temperature: float = 2.0
+    alpha: float = 0.5
+    logits: bool = True
+    hidden: HiddenDistillation | None = None
+    attention: AttentionDistillation | None = None
+
+    def _validate(self, path: str) -> None:
+        _check(self.temperature > 0, f"{path}.temperature", f"must be > 0, got {self.temperature}")
+        _check(0.0 <= self.alpha <= 1.0, f"{path}.alpha", f"must be in [0, 1], got {self.alpha}")
+        _check(
+            self.logits or self.hidden is not None or self.attention is not None,
+            path,
+            "enables no loss: set logits: true or add a hidden or attention block",
+        )
+
+
+@dataclass
+class Stage:
+    """One stage of a recipe: a duration, optional optimiser overrides, what to distil."""
+
+    name: str
+    epochs: float | None = None
+    steps: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    distillation: Distillation | None = None
+
+    def _validate(self, path: str) -> None:
+        _check(bool(self.name.strip()), f"{path}.name", "must not be empty")
+        _check(
+            (self.epochs is None) != (self.steps is None),
+            path,
+            "needs exactly one duration: set either 'epochs' or 'steps'",
+        )
+        if self.epochs is not None:
+            _check(self.epochs > 0, f"{path}.epochs", f"must be > 0, got {self.epochs}")
+        if self.steps is not None:
+            _check(self.steps > 0, f"{path}.steps", f"must be > 0, got {self.steps}")
+        if self.learning_rate is not None:
+            _check(self.learning_rate > 0, f"{path}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _check(
+            self.warmup_steps is None or self.warmup_ratio is None,
+            path,
+            "set at most one of 'warmup_steps' and 'warmup_ratio'",
+        )
+        if self.warmup_steps is not None:
+            _check(self.warmup_steps >= 0, f"{path}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if self.warmup_ratio is not None:
+            _check(
+                0.0 <= self.warmup_ratio < 1.0,
+                f"{path}.warmup_ratio",
+                f"must be in [0, 1), got {self.warmup_ratio}",
+            )
+        if self.weight_decay is not None:
+            _check(self.weight_decay >= 0, f"{path}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class Recipe:
+    """A validated recipe. Build one with :func:`load_recipe`."""
+
+    name: str
+    task: Literal[
+        "text-classification", "token-classification", "image-classification", "audio-classification"
+    ]
+    stages: list[Stage]
+    modality: Literal["text", "vision", "audio"] | None = None
+    description: str | None = None
+
+    def _validate(self, path: str) -> None:
+        _check(bool(self.name.strip()), "name", "must not be empty")
+        _check(len(self.stages) > 0, "stages", "must list at least one stage")
+        expected = TASK_MODALITY[self.task]
+        if self.modality is None:
+            self.modality = expected
+        _check(
+            self.modality == expected,
+            "modality",
+            f"task '{self.task}' is {expected}, got '{self.modality}' (remove it or set '{expected}')",
+        )
+        seen: dict[str, int] = {}
+        for i, stage in enumerate(self.stages):
+            _check(
+                stage.name not in seen,
+                f"stages[{i}].name",
+                f"'{stage.name}' is already the name of stages[{seen.get(stage.name)}]; stage names must be unique",
+            )
+            seen[stage.name] = i
+
+    # ---- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data, without unset optional fields; load_recipe(to_dict()) == self."""
+        return _to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the recipe as YAML. A directory gets ``pakd_recipe.yaml`` inside it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / RECIPE_FILENAME
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the recipe's content, used to match checkpoints to recipes."""
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(stage.distillation is not None for stage in self.stages)
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+def load_recipe(source: "str | os.PathLike | dict | Recipe") -> Recipe:
+    """Load and validate a recipe from a YAML path, a mapping, or return a Recipe as is.
+
+    Raises :class:`RecipeError` (a ``ValueError``) naming the offending field.
+    """
+    if isinstance(source, Recipe):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise RecipeError("", f"file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise RecipeError("", f"{path} is not valid YAML{where}: {problem}") from None
+        if raw is None:
+            raise RecipeError("", f"{path} is empty")
+    elif isinstance(source, dict):
+        raw = source
+    else:
+        raise TypeError(f"recipe must be a path, a dict or a Recipe, got {type(source).__name__}")
+    return _build(Recipe, raw, "")
+
+
+_NONE = type(None)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not _NONE)
+    if origin is list:
+        return "a list"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against type ``tp`` and return it (nested dataclasses built)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if _NONE in args:
+                return None
+            raise RecipeError(path, f"must be {_type_name(tp)}, got null")
+        errors = []
+        for arg in args:
+            if arg is _NONE:
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except RecipeError as exc:
+                errors.append(exc)
+        # Prefer the error from the alternative whose shape matches (e.g. a list with a bad element).
+        for exc in errors:
+            if not exc.problem.startswith("must be "):
+                raise exc
+        raise RecipeError(path, f"must be {_type_name(tp)}, got {_describe(value)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and type(value) is type(allowed[0]):
+            return value
+        hint = ""
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+        choices = ", ".join(repr(a) for a in allowed)
+        raise RecipeError(path, f"must be one of {choices}, got {_describe(value)}{hint}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise RecipeError(path, f"must be a list, got {_describe(value)}")
+        return [_coerce(item_tp, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "5e-5" (no dot) as a string; accept it as the number users meant.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a schema bug, not a user error
+        raise TypeError(f"unsupported schema type {tp!r} at {path}")
+    raise RecipeError(path, f"must be {_type_name(tp)}, got {_describe(value)}")
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw``, strictly."""
+    if not isinstance(raw, dict):
+        raise RecipeError(path, f"must be a mapping of keys to values, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            key_path = f"{path}.{key}" if path else str(key)
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
+            raise RecipeError(key_path, f"unknown key ({hint})")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecipeError(sub, "is required")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "_validate", None)
+    if validate is not None:
+        validate(path)
+    return obj
+
+
+def _validate_layer_map(layer_map: Any, path: str) -> None:
+    if layer_map == "auto":
+        return
+    _check(len(layer_map) > 0, path, "must be 'auto' or a non-empty list of [student, teacher] pairs")
+    for i, pair in enumerate(layer_map):
+        _check(
+            len(pair) == 2,
+            f"{path}[{i}]",
+            f"must be a [student_layer, teacher_layer] pair, got {_describe(pair)}",
+        )
+        _check(min(pair) >= 0, f"{path}[{i}]", f"layer indices must be >= 0, got {pair}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                continue
+            out[f.name] = _to_plain(value)
+        return out
+    if isinstance(obj, list):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def check_layer_map(
+    layer_map: LayerMap, n_student: int, n_teacher: int, path: str
+) -> None:
+    """Check explicit layer-map indices against the models' sizes (index spaces as in the docs)."""
+    if layer_map == "auto":
+        return
+    for i, (s, t) in enumerate(layer_map):
+        _check(
+            s < n_student,
+            f"{path}[{i}]",
+            f"student index {s} is out of range: the student has indices 0..{n_student - 1}",
+        )
+        _check(
+            t < n_teacher,
+            f"{path}[{i}]",
+            f"teacher index {t} is out of range: the teacher has indices 0..{n_teacher - 1}",
+        )

@@ -1,0 +1,604 @@
+"""PaKDTrainer: a `transformers.Trainer` that distils a frozen teacher into the student,
+stage by stage, as a recipe says.
+
+It works only through Trainer's own hooks: `set_initial_training_values` (the total number of
+steps is the sum of the stages), `create_optimizer` / `create_scheduler` (a fresh optimizer and
+LR schedule per stage, with the stage's overrides), `get_batch_samples` (the size of the
+gradient-accumulation window), `compute_loss` (distillation), `log` (loss components) and a
+callback (stage switches, checkpoint extras). The training loop itself is Trainer's.
+
+With no teacher and no recipe it is exactly `Trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.optimization import get_scheduler
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from .distill import (
+    HiddenProjections,
+    attention_kl_per_sample,
+    hidden_per_sample,
+    logit_kd_per_sample,
+    resolve_layer_map,
+)
+from .recipe import Recipe, RecipeError, Stage, check_layer_map, load_recipe
+
+__all__ = ["PaKDTrainer"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILENAME = "pakd_state.json"
+PROJECTIONS_FILENAME = "pakd_distill_projections.safetensors"
+COMPONENTS = ("task", "kd_logits", "kd_hidden", "kd_attn")
+
+
+@dataclass(frozen=True)
+class StageSpan:
+    """Where a stage sits on the global optimizer-step axis: steps [start, end)."""
+
+    index: int
+    stage: Stage
+    start: int
+    end: int
+
+    @property
+    def steps(self) -> int:
+        return self.end - self.start
+
+
+def _config_get(config, names: tuple[str, ...]):
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _num_layers(model: nn.Module) -> int | None:
+    return _config_get(getattr(model, "config", None), ("num_hidden_layers", "encoder_layers", "num_layers", "n_layer"))
+
+
+def _hidden_width(model: nn.Module) -> int | None:
+    return _config_get(getattr(model, "config", None), ("hidden_size", "d_model", "dim", "n_embd"))
+
+
+def _default_labels(id2label: dict | None) -> bool:
+    return not id2label or all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+
+
+def check_label_spaces(student: nn.Module, teacher: nn.Module) -> None:
+    """Raise a one-line error when the teacher predicts a different label space than the student."""
+    s_cfg, t_cfg = getattr(student, "config", None), getattr(teacher, "config", None)
+    if s_cfg is None or t_cfg is None:
+        return
+    s_n, t_n = getattr(s_cfg, "num_labels", None), getattr(t_cfg, "num_labels", None)
+    if s_n is not None and t_n is not None and s_n != t_n:
+        raise ValueError(
+            f"teacher_model predicts {t_n} labels but the student predicts {s_n}: distillation needs the "
+            "same label space; fine-tune the teacher on the student's labels first"
+        )
+    s_map = {int(k): v for k, v in (getattr(s_cfg, "id2label", None) or {}).items()}
+    t_map = {int(k): v for k, v in (getattr(t_cfg, "id2label", None) or {}).items()}
+    if not _default_labels(s_map) and not _default_labels(t_map) and s_map != t_map:
+        raise ValueError(
+            f"teacher_model labels {t_map} differ from the student's {s_map}: distillation needs the same "
+            "labels in the same order; align config.id2label of both models"
+        )
+
+
+class _PaKDCallback(TrainerCallback):
+    """Stage switches and checkpoint extras. Owned by one PaKDTrainer."""
+
+    def __init__(self, trainer: "PaKDTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._announce_stage()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._sync_projection_grads()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._maybe_advance_stage(state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if args.should_save and os.path.isdir(checkpoint):
+            self.trainer._save_pakd_state(checkpoint)
+
+
+class PaKDTrainer(Trainer):
+    """A drop-in [`~transformers.Trainer`] for multi-stage pruning and knowledge distillation.
+
+    Args:
+        model: the student.
+        teacher_model: a frozen teacher (eval mode, no gradients, never saved, never optimised).
+        args: usually [`PaKDTrainingArguments`]; any `TrainingArguments` works.
+        recipe: a path, a mapping or a [`Recipe`]; overrides `args.recipe`.
+        **kwargs: every other `Trainer` argument, unchanged.
+    """
+
+    _tag_names = ["pakd", "knowledge-distillation"]
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        teacher_model: nn.Module | None = None,
+        args=None,
+        recipe: "str | os.PathLike | dict | Recipe | None" = None,
+        **kwargs: Any,
+    ):
+        if recipe is None and args is not None:
+            recipe = getattr(args, "recipe", None)
+        # Everything that can be wrong with the inputs is checked here, before Trainer.__init__
+        # touches output_dir or the models.
+        self.recipe: Recipe | None = load_recipe(recipe) if recipe is not None else None
+        self._check_inputs(model, teacher_model, kwargs)
+        self.teacher_model = teacher_model
+        self._spans: list[StageSpan] | None = None
+        self._stage_idx = 0
+        self._window_samples: int | None = None
+
+        super().__init__(model=model, args=args, **kwargs)
+
+        if teacher_model is not None:
+            teacher_model.eval()
+            teacher_model.requires_grad_(False)
+            # Moved, never wrapped: the teacher takes no gradients, so DDP has nothing to sync.
+            teacher_model.to(self.args.device)
+
+        needs_attn = self.recipe is not None and any(
+            s.distillation is not None and s.distillation.attention is not None for s in self.recipe.stages
+        )
+        if needs_attn:
+            # Only the eager attention implementation returns attention probabilities.
+            for m in (self.model, teacher_model):
+                if hasattr(m, "set_attn_implementation"):
+                    m.set_attn_implementation("eager")
+
+        self.distill_projections: HiddenProjections | None = self._build_projections(model, teacher_model)
+        self._component_sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)
+        self._component_counts = torch.zeros(len(COMPONENTS), dtype=torch.float64)
+        if self.recipe is not None or teacher_model is not None:
+            self.add_callback(_PaKDCallback(self))
+
+    # ---- input checks -----------------------------------------------------------------
+    def _check_inputs(self, model, teacher, kwargs) -> None:
+        recipe = self.recipe
+        if teacher is not None:
+            if teacher is model:
+                raise ValueError("teacher_model is the student itself: pass a separate (frozen) teacher model")
+            if model is not None:
+                check_label_spaces(model, teacher)
+        if recipe is None:
+            return
+        if recipe.needs_teacher and teacher is None:
+            stage = next(s for s in recipe.stages if s.distillation is not None)
+            raise ValueError(
+                f"recipe '{recipe.name}' distils in stage '{stage.name}' but no teacher_model was given: "
+                "pass PaKDTrainer(teacher_model=...) or remove the stage's distillation block"
+            )
+        optimizers = kwargs.get("optimizers")
+        if optimizers is not None and any(o is not None for o in optimizers):
+            raise ValueError(
+                "optimizers=(...) cannot be used with a recipe: each stage builds a fresh optimizer and LR "
+                "schedule; pass optimizer_cls_and_kwargs=(cls, kwargs) or set args.optim instead"
+            )
+        if model is None or teacher is None:
+            return
+        n_s, n_t = _num_layers(model), _num_layers(teacher)
+        for i, stage in enumerate(recipe.stages):
+            dist = stage.distillation
+            if dist is None:
+                continue
+            for block, kind, offset in ((dist.hidden, "hidden", 1), (dist.attention, "attention", 0)):
+                if block is None:
+                    continue
+                path = f"stages[{i}].distillation.{kind}.layer_map"
+                if n_s is None or n_t is None:
+                    raise RecipeError(
+                        path,
+                        f"cannot map layers of {type(model).__name__} / {type(teacher).__name__}: their configs "
+                        "give no layer count (num_hidden_layers / encoder_layers)",
+                    )
+                check_layer_map(block.layer_map, n_s + offset, n_t + offset, path)
+            if dist.hidden is not None and (_hidden_width(model) is None or _hidden_width(teacher) is None):
+                raise RecipeError(
+                    f"stages[{i}].distillation.hidden",
+                    "the models' configs give no hidden width (hidden_size / d_model) to build projections",
+                )
+
+    def _build_projections(self, model, teacher) -> HiddenProjections | None:
+        if self.recipe is None or teacher is None:
+            return None
+        if not any(s.distillation is not None and s.distillation.hidden is not None for s in self.recipe.stages):
+            return None
+        n_s = _num_layers(model)
+        proj = HiddenProjections(list(range(n_s + 1)), _hidden_width(model), _hidden_width(teacher))
+        if not len(proj.maps):
+            return None
+        return proj.to(self.args.device)
+
+    # ---- stages ------------------------------------------------------------------------
+    @property
+    def current_stage(self) -> Stage | None:
+        """The stage being trained (None without a recipe)."""
+        if self.recipe is None:
+            return None
+        return self.recipe.stages[self._stage_idx]
+
+    @property
+    def stage_spans(self) -> list[StageSpan] | None:
+        """Each stage's [start, end) optimizer steps, known once training has started."""
+        return self._spans
+
+    def _plan(self, steps_per_epoch: int | None) -> list[StageSpan]:
+        spans, start = [], 0
+        for i, stage in enumerate(self.recipe.stages):
+            if stage.steps is not None:
+                n = stage.steps
+            elif steps_per_epoch is None:
+                raise RecipeError(
+                    f"stages[{i}].epochs",
+                    "the training dataset has no length, so epochs cannot be counted; give the stage 'steps'",
+                )
+            else:
+                n = max(1, math.ceil(stage.epochs * steps_per_epoch))
+            spans.append(StageSpan(i, stage, start, start + n))
+            start += n
+        return spans
+
+    def _stage_for_step(self, step: int) -> int:
+        for span in self._spans:
+            if step < span.end:
+                return span.index
+        return len(self._spans) - 1
+
+    def set_initial_training_values(self, args, dataloader):
+        if self.recipe is None:
+            return super().set_initial_training_values(args, dataloader)
+        from transformers.trainer_utils import has_length
+
+        if not has_length(dataloader):
+            self._spans = self._plan(None)
+            total = self._spans[-1].end
+            batch = self.get_total_train_batch_size(args)
+            import sys
+
+            return sys.maxsize, total, batch * total, batch * total, batch, total * args.gradient_accumulation_steps, total
+        values = list(super().set_initial_training_values(args, dataloader))
+        steps_per_epoch = values[1]
+        self._spans = self._plan(steps_per_epoch)
+        total = self._spans[-1].end
+        values[0] = math.ceil(total / steps_per_epoch)  # num_train_epochs
+        values[3] = total * values[4]  # num_train_samples
+        values[6] = total  # max_steps
+        return tuple(values)
+
+    def create_optimizer(self, model=None):
+        if self.recipe is None and self.distill_projections is None:
+            return super().create_optimizer(model)
+        creating = self.optimizer is None
+        if creating and self._spans is not None:
+            self._stage_idx = self._stage_for_step(self.state.global_step)
+        optimizer = super().create_optimizer(model)
+        if creating:
+            stage = self.current_stage
+            weight_decay = self.args.weight_decay
+            if stage is not None and stage.weight_decay is not None:
+                weight_decay = stage.weight_decay
+                for group in optimizer.param_groups:
+                    if group.get("weight_decay", 0.0) > 0.0:
+                        group["weight_decay"] = weight_decay
+            if self.distill_projections is not None:
+                optimizer.add_param_group(
+                    {"params": list(self.distill_projections.parameters()), "weight_decay": weight_decay}
+                )
+            if stage is not None and stage.learning_rate is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = stage.learning_rate
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.recipe is None or self._spans is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            span = self._spans[self._stage_idx]
+            stage = span.stage
+            if stage.warmup_steps is not None:
+                warmup = stage.warmup_steps
+            elif stage.warmup_ratio is not None:
+                warmup = math.ceil(stage.warmup_ratio * span.steps)
+            else:
+                warmup = self.args.get_warmup_steps(span.steps)
+            self.lr_scheduler = get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer=optimizer if optimizer is not None else self.optimizer,
+                num_warmup_steps=warmup,
+                num_training_steps=span.steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _maybe_advance_stage(self, global_step: int) -> None:
+        if self._spans is None:
+            return
+        span = self._spans[self._stage_idx]
+        if global_step >= span.end and self._stage_idx + 1 < len(self._spans):
+            self._start_stage(self._stage_idx + 1)
+
+    def _start_stage(self, index: int) -> None:
+        """Enter stage `index`: a fresh optimizer and LR schedule for the stage's steps."""
+        self._stage_idx = index
+        self.rebuild_optimizer()
+        self._announce_stage()
+
+    def rebuild_optimizer(self) -> None:
+        """Build a new optimizer and LR scheduler for the current stage and hand them to the loop.
+
+        Trainer's loop reads `self.optimizer` / `self.lr_scheduler` at every step, so replacing
+        them here takes effect at the next optimizer step. Call it whenever the set or the
+        shapes of the trainable parameters change, or the old optimizer keeps stepping tensors
+        that are no longer in the model.
+        """
+        old = self.optimizer
+        self.optimizer = None
+        self.lr_scheduler = None
+        self.create_optimizer()
+        self.optimizer = self.accelerator.prepare(self.optimizer)
+        registered = getattr(self.accelerator, "_optimizers", None)
+        if isinstance(registered, list) and old in registered:
+            registered.remove(old)  # let the old optimizer's state be freed
+        self.create_scheduler(num_training_steps=self._spans[self._stage_idx].steps if self._spans else 1)
+        self.callback_handler.optimizer = self.optimizer
+        self.callback_handler.lr_scheduler = self.lr_scheduler
+
+    def _announce_stage(self) -> None:
+        if self.recipe is None or self._spans is None:
+            return
+        span = self._spans[self._stage_idx]
+        stage = span.stage
+        lr = stage.learning_rate if stage.learning_rate is not None else self.args.learning_rate
+        what = "distil" if stage.distillation is not None else "train"
+        message = (
+            f"[pakd] stage {span.index + 1}/{len(self._spans)} '{stage.name}' ({what}): "
+            f"steps {span.start}-{span.end}, lr {lr:g}"
+        )
+        logger.info(message)
+        if not self.is_world_process_zero():
+            return
+        for cb in self.callback_handler.callbacks:
+            bar = getattr(cb, "training_bar", None) if isinstance(cb, ProgressCallback) else None
+            if bar is not None:
+                bar.set_description(f"stage {stage.name}")
+                bar.write(message)
+
+    # ---- losses ------------------------------------------------------------------------
+    @property
+    def loss_is_scaled_for_ga(self) -> bool | None:  # type: ignore[override]
+        # The distillation loss is normalised over the whole accumulation window (see
+        # compute_loss); otherwise Trainer's own rule applies.
+        return True if self._distilling() else None
+
+    def _distilling(self) -> bool:
+        stage = self.current_stage
+        return self.teacher_model is not None and stage is not None and stage.distillation is not None
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._window_samples = sum(_batch_size(b) for b in batch_samples) or None
+        return batch_samples, num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not (model.training and self._distilling()):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss, outputs = self._distillation_loss(model, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _distillation_loss(self, model, inputs):
+        """alpha * kd_logits + (1 - alpha) * task + w_h * kd_hidden + w_a * kd_attn.
+
+        Each term is summed over the micro-batch's samples and divided by the number of samples
+        in the whole accumulation window, so accumulating micro-batches gives the gradient of
+        one big batch (and `loss_is_scaled_for_ga` is True).
+        """
+        dist = self.current_stage.distillation
+        label_names = self.label_names or []
+        has_labels = bool(label_names) and all(inputs.get(n) is not None for n in label_names)
+        flags = {}
+        if dist.hidden is not None:
+            flags["output_hidden_states"] = True
+        if dist.attention is not None:
+            flags["output_attentions"] = True
+
+        student_inputs = {**inputs, **flags}
+        labels = None
+        if has_labels and (self.label_smoother is not None or self.compute_loss_func is not None):
+            labels = student_inputs.pop("labels")
+        outputs = model(**student_inputs)
+        teacher_inputs = {k: v for k, v in inputs.items() if k not in label_names}
+        # no_grad rather than inference_mode: teacher outputs are loss targets, and autograd
+        # must be able to save them for the student's backward pass.
+        with torch.no_grad():
+            teacher_outputs = self.teacher_model(**teacher_inputs, **flags)
+
+        s_logits = outputs["logits"]
+        t_logits = teacher_outputs["logits"]
+        n = s_logits.shape[0]
+        window = self._window_samples or n
+        sums: dict[str, torch.Tensor] = {}
+
+        task = None
+        if has_labels:
+            if labels is not None and self.compute_loss_func is not None:
+                task = self.compute_loss_func(outputs, labels, num_items_in_batch=None)
+            elif labels is not None:
+                task = self.label_smoother(outputs, labels)
+            else:
+                task = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+            sums["task"] = task * n
+
+        if dist.logits:
+            mask = _position_mask(inputs, s_logits)
+            sums["kd_logits"] = logit_kd_per_sample(s_logits, t_logits, dist.temperature, mask).sum()
+
+        if dist.hidden is not None:
+            s_h, t_h = outputs["hidden_states"], teacher_outputs["hidden_states"]
+            pairs = resolve_layer_map(dist.hidden.layer_map, len(s_h) - 1, len(t_h) - 1, "hidden")
+            mask = _sequence_mask(inputs, s_h[0])
+            per_sample = sum(
+                hidden_per_sample(self._project(si, s_h[si]), t_h[ti], mask, dist.hidden.loss) for si, ti in pairs
+            ) / len(pairs)
+            sums["kd_hidden"] = per_sample.sum()
+
+        if dist.attention is not None:
+            s_a, t_a = outputs["attentions"], teacher_outputs["attentions"]
+            if not s_a or not t_a:
+                raise ValueError(
+                    "attention distillation needs attention maps, but the model returned none: use a model "
+                    "whose attention implementation returns them (eager)"
+                )
+            pairs = resolve_layer_map(dist.attention.layer_map, len(s_a), len(t_a), "attention")
+            mask = _sequence_mask(inputs, s_a[0][:, 0, :, 0])
+            per_sample = sum(attention_kl_per_sample(s_a[si], t_a[ti], mask) for si, ti in pairs) / len(pairs)
+            sums["kd_attn"] = per_sample.sum()
+
+        kd_weight = dist.alpha if (has_labels and dist.logits) else 1.0
+        task_weight = (1.0 - dist.alpha) if dist.logits else 1.0
+        total = s_logits.new_zeros((), dtype=torch.float32)
+        if "task" in sums:
+            total = total + task_weight * sums["task"]
+        if "kd_logits" in sums:
+            total = total + kd_weight * sums["kd_logits"]
+        if "kd_hidden" in sums:
+            total = total + dist.hidden.weight * sums["kd_hidden"]
+        if "kd_attn" in sums:
+            total = total + dist.attention.weight * sums["kd_attn"]
+
+        for i, name in enumerate(COMPONENTS):
+            if name in sums:
+                self._component_sums[i] += float(sums[name].detach())
+                self._component_counts[i] += n
+        return total / window, outputs
+
+    def _project(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        if self.distill_projections is None:
+            return hidden
+        return self.distill_projections(index, hidden)
+
+    def _sync_projection_grads(self) -> None:
+        """Average the projections' gradients across processes (DDP only syncs the student)."""
+        proj = self.distill_projections
+        if proj is None or self.accelerator.num_processes <= 1:
+            return
+        import torch.distributed as dist
+
+        for p in proj.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= self.accelerator.num_processes
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and (self.recipe is not None or self.teacher_model is not None):
+            stats = torch.stack([self._component_sums, self._component_counts]).to(self.args.device)
+            if self.accelerator.num_processes > 1:
+                stats = self.accelerator.reduce(stats, reduction="sum")
+            stats = stats.cpu()
+            for i, name in enumerate(COMPONENTS):
+                if stats[1, i] > 0:
+                    logs[name] = round(float(stats[0, i] / stats[1, i]), 6)
+            self._component_sums.zero_()
+            self._component_counts.zero_()
+            if self._spans is not None:
+                # The stage of the steps this log covers (a stage switch happens before the log).
+                logs["stage"] = self._stage_for_step(max(self.state.global_step - 1, 0))
+        super().log(logs, start_time)
+
+    # ---- saving and resuming ----------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.recipe is not None and self.args.should_save:
+            self.recipe.save(Path(output_dir))
+
+    def _save_pakd_state(self, checkpoint: str) -> None:
+        state = {
+            "format": 1,
+            "global_step": self.state.global_step,
+            "stage_index": self._stage_idx,
+            "stage_name": self.current_stage.name if self.current_stage is not None else None,
+            "recipe_fingerprint": self.recipe.fingerprint() if self.recipe is not None else None,
+        }
+        Path(checkpoint, STATE_FILENAME).write_text(json.dumps(state, indent=2) + "\n")
+        if self.distill_projections is not None:
+            from safetensors.torch import save_file
+
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.distill_projections.state_dict().items()}
+            save_file(tensors, os.path.join(checkpoint, PROJECTIONS_FILENAME))
+
+    def _restore_pakd_state(self, checkpoint: str) -> None:
+        state_file = Path(checkpoint, STATE_FILENAME)
+        if self.recipe is not None and state_file.is_file():
+            saved = json.loads(state_file.read_text())
+            if saved.get("recipe_fingerprint") not in (None, self.recipe.fingerprint()):
+                raise ValueError(
+                    f"checkpoint {checkpoint} was made with a different recipe than '{self.recipe.name}': "
+                    f"resume with the recipe saved beside it ({Path(checkpoint, 'pakd_recipe.yaml')})"
+                )
+        proj_file = Path(checkpoint, PROJECTIONS_FILENAME)
+        if self.distill_projections is not None and proj_file.is_file():
+            from safetensors.torch import load_file
+
+            self.distill_projections.load_state_dict(load_file(str(proj_file), device=str(self.args.device)))
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            self._restore_pakd_state(str(resume_from_checkpoint))
+        self._stage_idx = 0
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+        )
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, dict):
+        for value in batch.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return int(value.shape[0])
+    return 0
+
+
+def _sequence_mask(inputs: dict, reference: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask when it lines up with `reference`'s positions ([B, S, ...]), else None."""
+    mask = inputs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and reference.dim() >= 2 and mask.shape[1] == reference.shape[1]:
+        return mask.bool()
+    return None
+
+
+def _position_mask(inputs: dict, logits: torch.Tensor) -> torch.Tensor | None:
+    """For token-level logits: positions with a label (labels != -100), else the attention mask."""
+    if logits.dim() < 3:
+        return None
+    labels = inputs.get("labels")
+    if isinstance(labels, torch.Tensor) and labels.shape == logits.shape[:2]:
+        return labels.ne(-100)
+    return _sequence_mask(inputs, logits)

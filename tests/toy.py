@@ -1,0 +1,43 @@
+"""Tiny models and a toy task for the tests (importable from test modules and scripts)."""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification
+
+VOCAB = 40
+SEQ = 12
+
+
+def toy_dataset(n: int = 256, seed: int = 0) -> Dataset:
+    """Label 1 iff token 5 occurs more often than token 6: learnable by a tiny BERT."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (n, SEQ), generator=g)
+    ids[:, 0] = 2  # [CLS]-like
+    labels = ((ids == 5).sum(1) > (ids == 6).sum(1)).long()
+    # Make the classes less unbalanced by planting token 5 in half of the rows.
+    plant = torch.rand(n, generator=g) < 0.4
+    ids[plant, 3] = 5
+    labels = ((ids == 5).sum(1) > (ids == 6).sum(1)).long()
+    lengths = torch.randint(SEQ // 2, SEQ + 1, (n,), generator=g)
+    mask = (torch.arange(SEQ)[None, :] < lengths[:, None]).long()
+    ids = ids * mask  # pad id 0
+    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
+
+
+def tiny_bert(hidden=32, layers=4, heads=4, ffn=64, seed=0, dropout=0.0, **kw) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=SEQ,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=2,
+        **kw,
+    )
+    return BertForSequenceClassification(cfg)
