@@ -298,18 +298,15 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             if _NONE in args:
                 return None
             raise RecipeError(path, f"must be {_type_name(tp)}, got null")
-        errors = []
-        for arg in args:
-            if arg is _NONE:
-                continue
+        options = [a for a in args if a is not _NONE]
+        if len(options) == 1:
+            return _coerce(options[0], value, path)
+        for arg in options:
             try:
                 return _coerce(arg, value, path)
             except RecipeError as exc:
-                errors.append(exc)
-        # Prefer the error from the alternative whose shape matches (e.g. a list with a bad element).
-        for exc in errors:
-            if not exc.problem.startswith("must be "):
-                raise exc
+                if exc.field != path:
+                    raise  # the value had this alternative's shape; the problem is inside it
         raise RecipeError(path, f"must be {_type_name(tp)}, got {_describe(value)}")
     if origin is Literal:
         allowed = typing.get_args(tp)

@@ -26,7 +26,7 @@ def toy_dataset(n: int = 256, seed: int = 0) -> Dataset:
     return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
 
 
-def tiny_bert(hidden=32, layers=4, heads=4, ffn=64, seed=0, dropout=0.0, **kw) -> BertForSequenceClassification:
+def tiny_bert(hidden=32, layers=4, heads=4, ffn=64, seed=0, dropout=0.0, num_labels=2, **kw) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     cfg = BertConfig(
         vocab_size=VOCAB,
@@ -37,7 +37,7 @@ def tiny_bert(hidden=32, layers=4, heads=4, ffn=64, seed=0, dropout=0.0, **kw) -
         max_position_embeddings=SEQ,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
-        num_labels=2,
+        num_labels=num_labels,
         **kw,
     )
     return BertForSequenceClassification(cfg)

@@ -1,0 +1,56 @@
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# No network, no stray caches: set before transformers / huggingface_hub are imported.
+_HF_HOME = tempfile.mkdtemp(prefix="pakd-hf-home-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def toy_data():
+    from toy import toy_dataset
+
+    return toy_dataset(256, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(toy_data, tmp_path_factory):
+    """A tiny BERT trained on the toy task with the plain Trainer, saved once per session."""
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+
+    from toy import tiny_bert
+
+    out = tmp_path_factory.mktemp("teacher")
+    model = tiny_bert(hidden=32, layers=4, heads=4, ffn=64, seed=0)
+    args = TrainingArguments(
+        output_dir=str(out / "run"),
+        per_device_train_batch_size=16,
+        num_train_epochs=8,
+        learning_rate=3e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    Trainer(model=model, args=args, train_dataset=toy_data).train()
+    model.save_pretrained(out / "model")
+    return out / "model"
+
+
+@pytest.fixture
+def teacher(trained_teacher):
+    from transformers import BertForSequenceClassification
+
+    return BertForSequenceClassification.from_pretrained(trained_teacher)

@@ -1,0 +1,105 @@
+"""Recipe validation: strict, one clear error naming the field."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pakd_hf import Recipe, RecipeError, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "recipes" / "examples" / "tiny-bert-two-stage.yaml"
+
+
+def base():
+    return {
+        "name": "r",
+        "task": "text-classification",
+        "stages": [
+            {"name": "a", "steps": 4, "distillation": {"temperature": 2.0, "alpha": 0.5}},
+            {"name": "b", "epochs": 1, "learning_rate": "5e-5"},
+        ],
+    }
+
+
+def test_every_shipped_recipe_validates():
+    recipes = sorted((ROOT / "recipes").rglob("*.yaml"))
+    assert recipes, "no recipes shipped"
+    for path in recipes:
+        assert isinstance(load_recipe(path), Recipe), path
+
+
+def test_round_trip_and_fingerprint(tmp_path):
+    recipe = load_recipe(base())
+    assert recipe.stages[1].learning_rate == 5e-5  # YAML 1.1's "5e-5" string is read as a number
+    assert recipe.modality == "text"
+    saved = recipe.save(tmp_path)
+    assert saved.name == "pakd_recipe.yaml"
+    again = load_recipe(saved)
+    assert again == recipe and again.fingerprint() == recipe.fingerprint()
+    other = base()
+    other["stages"][0]["steps"] = 5
+    assert load_recipe(other).fingerprint() != recipe.fingerprint()
+
+
+def _error(mutate) -> RecipeError:
+    raw = base()
+    mutate(raw)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "mutate, field, fragment",
+    [
+        (lambda r: r.update(stagse=[]), "stagse", "did you mean 'stages'"),
+        (lambda r: r["stages"][0]["distillation"].update(temprature=2), "stages[0].distillation.temprature", "did you mean 'temperature'"),
+        (lambda r: r["stages"][0]["distillation"].update(temperature=0), "stages[0].distillation.temperature", "must be > 0"),
+        (lambda r: r["stages"][0]["distillation"].update(temperature=-1.5), "stages[0].distillation.temperature", "must be > 0"),
+        (lambda r: r["stages"][0]["distillation"].update(alpha=1.5), "stages[0].distillation.alpha", "[0, 1]"),
+        (lambda r: r["stages"][0]["distillation"].update(alpha="high"), "stages[0].distillation.alpha", "must be a number"),
+        (lambda r: r.update(stages=[]), "stages", "at least one stage"),
+        (lambda r: r.update(task="text-clasification"), "task", "did you mean 'text-classification'"),
+        (lambda r: r.update(modality="audio"), "modality", "is text"),
+        (lambda r: r["stages"][0].update(epochs=1), "stages[0]", "exactly one duration"),
+        (lambda r: r["stages"][1].pop("epochs"), "stages[1]", "exactly one duration"),
+        (lambda r: r["stages"][0].update(steps=2.5), "stages[0].steps", "must be an integer"),
+        (lambda r: r["stages"][0].update(steps=True), "stages[0].steps", "must be an integer"),
+        (lambda r: r["stages"][1].update(name="a"), "stages[1].name", "unique"),
+        (lambda r: r["stages"][0].pop("name"), "stages[0].name", "is required"),
+        (lambda r: r["stages"][0]["distillation"].update(hidden={"layer_map": [[0, 1, 2]]}), "stages[0].distillation.hidden.layer_map[0]", "pair"),
+        (lambda r: r["stages"][0]["distillation"].update(hidden={"layer_map": [[-1, 1]]}), "stages[0].distillation.hidden.layer_map[0]", ">= 0"),
+        (lambda r: r["stages"][0]["distillation"].update(hidden={"loss": "l1"}), "stages[0].distillation.hidden.loss", "one of 'mse', 'cosine'"),
+        (lambda r: r["stages"][0]["distillation"].update(logits=False), "stages[0].distillation", "enables no loss"),
+        (lambda r: r["stages"][0].update(warmup_ratio=1.0), "stages[0].warmup_ratio", "[0, 1)"),
+        (lambda r: r.update(stages={"name": "a"}), "stages", "must be a list"),
+    ],
+)
+def test_bad_recipes_name_the_field(mutate, field, fragment):
+    err = _error(mutate)
+    assert err.field == field
+    assert fragment in str(err)
+    assert f"'{field}'" in str(err)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(RecipeError, match="file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML at line"):
+        load_recipe(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(RecipeError, match="is empty"):
+        load_recipe(empty)
+
+
+def test_example_recipe_content():
+    recipe = load_recipe(EXAMPLE)
+    assert [s.name for s in recipe.stages] == ["logits", "deep"]
+    assert recipe.stages[1].distillation.hidden.layer_map == "auto"
+    assert yaml.safe_load(recipe.to_yaml())["name"] == "tiny-bert-two-stage"

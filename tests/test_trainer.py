@@ -1,0 +1,271 @@
+"""PaKDTrainer: Trainer equivalence, frozen teacher, GA exactness, stages, resume, input errors."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import (
+    BertForSequenceClassification,
+    HfArgumentParser,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError, load_recipe
+from toy import tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "recipes" / "examples" / "tiny-bert-two-stage.yaml"
+
+
+def targs(out, cls=PaKDTrainingArguments, **kw):
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        logging_steps=1,
+    )
+    base.update(kw)
+    return cls(**base)
+
+
+def distil_recipe(steps=6, hidden=True, attention=True, **stage_kw):
+    dist = {"temperature": 2.0, "alpha": 0.6}
+    if hidden:
+        dist["hidden"] = {"weight": 1.0, "layer_map": "auto"}
+    if attention:
+        dist["attention"] = {"weight": 0.5, "layer_map": "auto"}
+    return {"name": "t", "task": "text-classification", "stages": [{"name": "s", "steps": steps, "distillation": dist, **stage_kw}]}
+
+
+def accuracy(model, ds):
+    model.eval()
+    with torch.no_grad():
+        logits = model(
+            input_ids=torch.tensor(ds["input_ids"]), attention_mask=torch.tensor(ds["attention_mask"])
+        ).logits
+    return (logits.argmax(-1) == torch.tensor(ds["labels"])).float().mean().item()
+
+
+def test_without_teacher_and_recipe_it_is_exactly_trainer(toy_data, tmp_path):
+    runs = {}
+    for name, cls, targs_cls in (("hf", Trainer, TrainingArguments), ("pakd", PaKDTrainer, PaKDTrainingArguments)):
+        model = tiny_bert(dropout=0.1, seed=3)  # dropout on: the RNG streams must match too
+        args = targs(tmp_path / name, cls=targs_cls, max_steps=8, save_strategy="steps", save_steps=4)
+        trainer = cls(model=model, args=args, train_dataset=toy_data)
+        trainer.train()
+        losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+        files = sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*") if p.is_file())
+        runs[name] = (losses, {k: v.clone() for k, v in model.state_dict().items()}, files)
+    assert runs["hf"][0] == runs["pakd"][0] and len(runs["hf"][0]) == 8
+    for key, value in runs["hf"][1].items():
+        assert torch.equal(value, runs["pakd"][1][key]), key
+    assert runs["hf"][2] == runs["pakd"][2]
+    assert "checkpoint-4/model.safetensors" in runs["hf"][2]
+
+
+def test_teacher_is_frozen_and_never_saved(toy_data, teacher, tmp_path):
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+    args = targs(tmp_path / "run", save_strategy="steps", save_steps=3)
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_data, recipe=distil_recipe())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    trainer.train()
+
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), f"teacher changed: {key}"
+    assert not teacher.training
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in teacher.parameters()}
+    assert {id(p) for p in student.parameters()} <= optimised
+    # The hidden-state projections train with the student...
+    assert trainer.distill_projections is not None
+    assert {id(p) for p in trainer.distill_projections.parameters()} <= optimised
+
+    checkpoint = tmp_path / "run" / "checkpoint-6"
+    with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    expected = {k: tuple(v.shape) for k, v in student.state_dict().items()}
+    assert set(saved) <= set(expected) and len(saved) >= len(expected) - 2  # tied/buffer keys may be skipped
+    assert all(saved[k] == expected[k] for k in saved)
+    state = json.loads((checkpoint / "pakd_state.json").read_text())
+    assert state["stage_name"] == "s" and state["recipe_fingerprint"] == trainer.recipe.fingerprint()
+    assert (checkpoint / "pakd_recipe.yaml").is_file()
+    assert (checkpoint / "pakd_distill_projections.safetensors").is_file()
+
+    # ...but are not part of the exported student.
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    assert (final / "pakd_recipe.yaml").is_file()
+    assert not (final / "pakd_distill_projections.safetensors").exists()
+    assert load_recipe(final / "pakd_recipe.yaml") == trainer.recipe
+
+
+class GradCapture(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.grads is None:
+            named = list(self.trainer.model.named_parameters())
+            if self.trainer.distill_projections is not None:
+                named += [("proj." + n, p) for n, p in self.trainer.distill_projections.named_parameters()]
+            self.grads = {n: p.grad.detach().clone() for n, p in named if p.grad is not None}
+
+
+@pytest.mark.parametrize("with_labels", [True, False], ids=["labels", "pure-distillation"])
+def test_gradient_accumulation_matches_one_big_batch(toy_data, teacher, tmp_path, with_labels):
+    data = toy_data if with_labels else toy_data.remove_columns("labels")
+    grads = {}
+    for bs, ga in ((8, 1), (4, 2)):
+        student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+        args = targs(tmp_path / f"{bs}x{ga}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga, max_grad_norm=0.0)
+        trainer = PaKDTrainer(
+            model=student, teacher_model=copy.deepcopy(teacher), args=args, train_dataset=data, recipe=distil_recipe(steps=1)
+        )
+        capture = GradCapture(trainer)
+        trainer.add_callback(capture)
+        trainer.train()
+        grads[(bs, ga)] = capture.grads
+    one, accumulated = grads[(8, 1)], grads[(4, 2)]
+    assert one.keys() == accumulated.keys() and any(k.startswith("proj.") for k in one)
+    for name in one:
+        torch.testing.assert_close(accumulated[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_two_stage_recipe_distils_a_smaller_bert(toy_data, teacher, tmp_path):
+    teacher_acc = accuracy(teacher, toy_data)
+    assert teacher_acc > 0.85, "the toy teacher should have learned the task"
+    student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+    args = targs(tmp_path / "run", per_device_train_batch_size=16, logging_steps=4, recipe=str(EXAMPLE))
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_data)
+    first_optimizer = []
+    trainer.add_callback(type("C", (TrainerCallback,), {"on_train_begin": lambda self, *a, **k: first_optimizer.append(trainer.optimizer)})())
+    trainer.train()
+
+    spans = trainer.stage_spans
+    assert [(s.start, s.end) for s in spans] == [(0, 64), (64, 128)]  # 4 epochs each, 16 steps per epoch
+    assert trainer.optimizer is not first_optimizer[0]  # stage 2 got a fresh optimizer
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    stage0 = [h for h in logs if h["stage"] == 0]
+    stage1 = [h for h in logs if h["stage"] == 1]
+    assert stage0 and stage1
+    for h in stage0:
+        assert {"task", "kd_logits"} <= h.keys() and "kd_hidden" not in h
+    for h in stage1:
+        assert {"task", "kd_logits", "kd_hidden", "kd_attn"} <= h.keys()
+    # Each stage follows its own schedule: warmup to 1e-2 in stage 0, restart from 3e-3 in stage 1.
+    assert max(h["learning_rate"] for h in stage0) <= 1e-2 + 1e-12
+    assert stage1[0]["learning_rate"] > stage0[-1]["learning_rate"]
+    assert max(h["learning_rate"] for h in stage1) <= 3e-3 + 1e-12
+    # Loss goes down within each stage.
+    assert stage0[-1]["loss"] < stage0[0]["loss"]
+    assert stage1[-1]["kd_hidden"] < stage1[0]["kd_hidden"]
+    student_acc = accuracy(student, toy_data)
+    assert student_acc > 0.85, (teacher_acc, student_acc)
+
+    out = tmp_path / "student"
+    trainer.save_model(str(out))
+    reloaded = BertForSequenceClassification.from_pretrained(out)
+    assert accuracy(reloaded, toy_data) == pytest.approx(student_acc)
+    assert (out / "pakd_recipe.yaml").is_file()
+
+
+def test_resume_mid_stage_continues_in_the_right_stage(toy_data, teacher, tmp_path):
+    recipe = {
+        "name": "resume",
+        "task": "text-classification",
+        "stages": [
+            {"name": "one", "steps": 4, "learning_rate": 1e-3, "distillation": {"alpha": 0.5}},
+            {"name": "two", "steps": 6, "learning_rate": 2e-4, "distillation": {"alpha": 0.5, "hidden": {}}},
+        ],
+    }
+
+    def run(out, resume=None):
+        student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+        args = targs(out, save_strategy="steps", save_steps=3, max_steps=1000)  # the recipe decides the length
+        trainer = PaKDTrainer(model=student, teacher_model=copy.deepcopy(teacher), args=args, train_dataset=toy_data, recipe=recipe)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, student
+
+    full, full_student = run(tmp_path / "full")
+    assert full.state.global_step == 10
+    state = json.loads((tmp_path / "full" / "checkpoint-6" / "pakd_state.json").read_text())
+    assert (state["stage_index"], state["stage_name"], state["global_step"]) == (1, "two", 6)
+
+    resumed, resumed_student = run(tmp_path / "full", resume=str(tmp_path / "full" / "checkpoint-6"))
+    assert resumed.current_stage.name == "two"
+    for key, value in full_student.state_dict().items():
+        torch.testing.assert_close(resumed_student.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+    after = [h for h in resumed.state.log_history if "loss" in h and h["step"] > 6]
+    assert after and all(h["stage"] == 1 for h in after)
+
+    other = dict(recipe, stages=[dict(recipe["stages"][0], steps=5), recipe["stages"][1]])
+    student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=targs(tmp_path / "full"), train_dataset=toy_data, recipe=other)
+    with pytest.raises(ValueError, match="different recipe"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize(
+    "case, error, fragment",
+    [
+        ("bad-recipe", RecipeError, "stages[0].distillation.temperature"),
+        ("typo", RecipeError, "did you mean 'alpha'"),
+        ("no-teacher", ValueError, "no teacher_model was given"),
+        ("labels", ValueError, "predicts 3 labels but the student predicts 2"),
+        ("layer-map", RecipeError, "stages[0].distillation.hidden.layer_map[0]"),
+        ("optimizers", ValueError, "optimizer_cls_and_kwargs"),
+        ("same-model", ValueError, "teacher_model is the student itself"),
+    ],
+)
+def test_bad_inputs_fail_before_anything_is_written(toy_data, tmp_path, case, error, fragment):
+    student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32)
+    teacher = tiny_bert()
+    recipe = distil_recipe()
+    kwargs = {}
+    if case == "bad-recipe":
+        recipe["stages"][0]["distillation"]["temperature"] = -1
+    elif case == "typo":
+        recipe["stages"][0]["distillation"]["alpah"] = 0.3
+    elif case == "no-teacher":
+        teacher = None
+    elif case == "labels":
+        teacher = tiny_bert(num_labels=3)
+    elif case == "layer-map":
+        recipe["stages"][0]["distillation"]["hidden"]["layer_map"] = [[3, 1]]  # the student has hidden states 0..2
+    elif case == "optimizers":
+        kwargs["optimizers"] = (torch.optim.SGD(student.parameters(), lr=0.1), None)
+    elif case == "same-model":
+        teacher = student
+    out = tmp_path / "never-written"
+    with pytest.raises(error) as info:
+        PaKDTrainer(model=student, teacher_model=teacher, args=targs(out), train_dataset=toy_data, recipe=recipe, **kwargs)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def test_arguments_parse_and_recipe_precedence(toy_data, tmp_path):
+    (args,) = HfArgumentParser(PaKDTrainingArguments).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path / "o"), "--recipe", str(EXAMPLE), "--use_cpu", "true", "--report_to", "none"]
+    )
+    assert args.recipe == str(EXAMPLE)
+    teacher = tiny_bert()
+    trainer = PaKDTrainer(model=tiny_bert(hidden=16, heads=2, layers=2, ffn=32), teacher_model=teacher, args=args, train_dataset=toy_data)
+    assert trainer.recipe.name == "tiny-bert-two-stage"
+    override = distil_recipe()
+    trainer = PaKDTrainer(
+        model=tiny_bert(hidden=16, heads=2, layers=2, ffn=32), teacher_model=teacher, args=args, train_dataset=toy_data, recipe=override
+    )
+    assert trainer.recipe.name == "t"
