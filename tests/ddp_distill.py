@@ -1,0 +1,81 @@
+"""Run by tests/test_ddp.py under `torchrun --nproc_per_node 2`: a distillation recipe on CPU (gloo).
+
+Each rank writes a report (a hash of its final student weights, the paths it opened for
+writing under the output folder) to REPORT_DIR/rank-N.json, outside the output folder.
+"""
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+out_dir, report_dir = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+rank = int(os.environ["RANK"])
+written: list[str] = []
+
+
+def audit(event, args):
+    # Every Python-level open for writing and every mkdir under the output folder.
+    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        mode = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+        flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        writes = any(c in mode for c in "wax+") or (flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        if writes and str(os.fsdecode(args[0])).startswith(str(out_dir)):
+            written.append(os.fsdecode(args[0]))
+    elif event == "os.mkdir" and str(os.fsdecode(args[0])).startswith(str(out_dir)):
+        written.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(audit)
+
+import torch  # noqa: E402
+
+from pakd_hf import PaKDTrainer, PaKDTrainingArguments  # noqa: E402
+from toy import tiny_bert, toy_dataset  # noqa: E402
+
+recipe = {
+    "name": "ddp",
+    "task": "text-classification",
+    "stages": [
+        {"name": "logits", "steps": 3, "learning_rate": 1e-3, "distillation": {"alpha": 0.5}},
+        {"name": "hidden", "steps": 3, "distillation": {"alpha": 0.5, "hidden": {"weight": 1.0}}},
+    ],
+}
+args = PaKDTrainingArguments(
+    output_dir=str(out_dir),
+    per_device_train_batch_size=4,
+    report_to=[],
+    use_cpu=True,
+    disable_tqdm=True,
+    save_strategy="steps",
+    save_steps=4,
+    logging_steps=1,
+    seed=0,
+)
+teacher = tiny_bert(seed=0)
+student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_dataset(64), recipe=recipe)
+trainer.train()
+trainer.save_model()
+digest = hashlib.sha256()
+for key, value in sorted(student.state_dict().items()):
+    digest.update(key.encode())
+    digest.update(value.detach().cpu().numpy().tobytes())
+proj = hashlib.sha256()
+for key, value in sorted(trainer.distill_projections.state_dict().items()):
+    proj.update(value.detach().cpu().numpy().tobytes())
+report = {
+    "rank": rank,
+    "world_size": int(os.environ["WORLD_SIZE"]),
+    "trainer_world_size": trainer.args.world_size,
+    "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+    "student_sha": digest.hexdigest(),
+    "projections_sha": proj.hexdigest(),
+    "global_step": trainer.state.global_step,
+    "written": sorted(set(written)),
+}
+report_dir.mkdir(parents=True, exist_ok=True)
+(report_dir / f"rank-{rank}.json").write_text(json.dumps(report))
