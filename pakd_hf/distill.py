@@ -136,14 +136,37 @@ class HiddenProjections(nn.Module):
     hidden state is compared as is.
     """
 
-    def __init__(self, student_indices: list[int], student_dim: int, teacher_dim: int):
+    def __init__(self, student_indices: list[int], student_dim: int, teacher_dim: int, always: bool = False):
+        """``always``: create projections even when widths are equal (initialised to the
+        identity), because pruning the student's hidden dimension will make them differ."""
         super().__init__()
         self.student_dim = student_dim
         self.teacher_dim = teacher_dim
+        # Which of the student's original hidden dims the projection inputs are (hidden pruning).
+        self.inputs = list(range(student_dim))
         self.maps = nn.ModuleDict()
-        if student_dim != teacher_dim:
+        if student_dim != teacher_dim or always:
             for idx in sorted(set(student_indices)):
-                self.maps[str(idx)] = nn.Linear(student_dim, teacher_dim)
+                proj = nn.Linear(student_dim, teacher_dim)
+                if student_dim == teacher_dim:
+                    with torch.no_grad():
+                        proj.weight.copy_(torch.eye(student_dim))
+                        proj.bias.zero_()
+                self.maps[str(idx)] = proj
+
+    def keep_inputs(self, kept: list[int]) -> None:
+        """The student's hidden stream now holds only the original dims `kept`: drop the
+        projection input columns of the others (new parameters: rebuild the optimizer)."""
+        if list(kept) == self.inputs:
+            return
+        position = {dim: i for i, dim in enumerate(self.inputs)}
+        index = torch.tensor([position[d] for d in kept], dtype=torch.long)
+        for proj in self.maps.values():
+            weight = proj.weight.detach().index_select(1, index.to(proj.weight.device))
+            proj.weight = nn.Parameter(weight, requires_grad=proj.weight.requires_grad)
+            proj.in_features = len(kept)
+        self.inputs = list(kept)
+        self.student_dim = len(kept)
 
     def forward(self, index: int, hidden: Tensor) -> Tensor:
         key = str(index)

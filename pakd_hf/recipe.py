@@ -35,6 +35,10 @@ __all__ = [
     "Distillation",
     "HiddenDistillation",
     "AttentionDistillation",
+    "Pruning",
+    "Keep",
+    "Unstructured",
+    "NMSparsity",
     "load_recipe",
     "RECIPE_FILENAME",
 ]
@@ -139,6 +143,108 @@ class Distillation:
 
 
 @dataclass
+class Keep:
+    """How much of one structure kind to keep: an absolute ``keep`` count (heads per layer, FFN
+    neurons per layer, layers, hidden dims) or a ``keep_fraction`` of the ORIGINAL model's size."""
+
+    keep: int | None = None
+    keep_fraction: float | None = None
+
+    def _validate(self, path: str) -> None:
+        _check(
+            (self.keep is None) != (self.keep_fraction is None),
+            path,
+            "needs exactly one of 'keep' (a count) and 'keep_fraction' (a share of the original size)",
+        )
+        if self.keep is not None:
+            _check(self.keep >= 1, f"{path}.keep", f"must keep at least 1, got {self.keep}")
+        if self.keep_fraction is not None:
+            _check(
+                0.0 < self.keep_fraction <= 1.0,
+                f"{path}.keep_fraction",
+                f"must be in (0, 1], got {self.keep_fraction}",
+            )
+
+
+@dataclass
+class Unstructured:
+    """Per-weight sparsity of the Linear layers, as masks (saved dense, never a CPU speedup)."""
+
+    sparsity: float
+    method: Literal["magnitude", "movement"] = "magnitude"
+    scope: Literal["layer", "global"] = "layer"
+
+    def _validate(self, path: str) -> None:
+        _check(0.0 <= self.sparsity < 1.0, f"{path}.sparsity", f"must be in [0, 1), got {self.sparsity}")
+
+
+@dataclass
+class NMSparsity:
+    """N:M semi-structured sparsity (keep N of every M consecutive weights), as masks."""
+
+    n: int = 2
+    m: int = 4
+
+    def _validate(self, path: str) -> None:
+        _check(1 <= self.n < self.m, path, f"needs 1 <= n < m, got n={self.n}, m={self.m}")
+
+
+@dataclass
+class Pruning:
+    """What a stage prunes, how much and when.
+
+    Structured kinds (``heads``, ``ffn``, ``layers``, ``hidden``) are masks during the stage,
+    grown on the ``schedule`` from ``start_step`` to ``end_step`` (relative to the stage's
+    start; default: the stage's last step) every ``frequency`` optimizer steps, ranked by
+    ``importance``; at the end of the stage they are physically removed (``compact``).
+    """
+
+    importance: Literal["taylor", "magnitude", "movement"] = "taylor"
+    schedule: Literal["one-shot", "linear", "cubic"] = "cubic"
+    start_step: int = 0
+    end_step: int | None = None
+    frequency: int = 10
+    uniform: bool = True
+    compact: bool = True
+    heads: Keep | None = None
+    ffn: Keep | None = None
+    layers: Keep | None = None
+    hidden: Keep | None = None
+    unstructured: Unstructured | None = None
+    n_m: NMSparsity | None = None
+
+    STRUCTURED = ("heads", "ffn", "layers", "hidden")
+
+    def structured_targets(self) -> dict[str, Keep]:
+        return {k: getattr(self, k) for k in self.STRUCTURED if getattr(self, k) is not None}
+
+    def _validate(self, path: str) -> None:
+        _check(
+            bool(self.structured_targets()) or self.unstructured is not None or self.n_m is not None,
+            path,
+            "prunes nothing: add heads, ffn, layers, hidden, unstructured or n_m",
+        )
+        _check(self.start_step >= 0, f"{path}.start_step", f"must be >= 0, got {self.start_step}")
+        if self.end_step is not None:
+            _check(
+                self.end_step >= self.start_step,
+                f"{path}.end_step",
+                f"must be >= start_step ({self.start_step}), got {self.end_step}",
+            )
+        _check(self.frequency >= 1, f"{path}.frequency", f"must be >= 1, got {self.frequency}")
+        _check(
+            self.uniform,
+            f"{path}.uniform",
+            "false (per-layer shapes) is not supported yet: stock configs describe uniform layers; set true",
+        )
+        _check(
+            self.unstructured is None or self.n_m is None,
+            path,
+            "set at most one of 'unstructured' and 'n_m'",
+        )
+
+
+@dataclass
 class Stage:
     """One stage of a recipe: a duration, optional optimiser overrides, what to distil."""
 
@@ -150,6 +256,7 @@ class Stage:
     warmup_ratio: float | None = None
     weight_decay: float | None = None
     distillation: Distillation | None = None
+    pruning: Pruning | None = None
 
     def _validate(self, path: str) -> None:
         _check(bool(self.name.strip()), f"{path}.name", "must not be empty")
@@ -179,6 +286,13 @@ class Stage:
             )
         if self.weight_decay is not None:
             _check(self.weight_decay >= 0, f"{path}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.pruning is not None and self.steps is not None:
+            end = self.pruning.end_step if self.pruning.end_step is not None else self.pruning.start_step
+            _check(
+                end <= self.steps,
+                f"{path}.pruning.{'end_step' if self.pruning.end_step is not None else 'start_step'}",
+                f"is past the stage's last step ({self.steps})",
+            )
 
 
 @dataclass

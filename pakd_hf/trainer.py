@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,12 +36,17 @@ from .distill import (
 )
 from .recipe import Recipe, RecipeError, Stage, check_layer_map, load_recipe
 
+if TYPE_CHECKING:
+    from .prune import MaskState
+    from .prune.controller import StagePruner
+
 __all__ = ["PaKDTrainer"]
 
 logger = logging.getLogger(__name__)
 
 STATE_FILENAME = "pakd_state.json"
 PROJECTIONS_FILENAME = "pakd_distill_projections.safetensors"
+MASKS_FILENAME = "pakd_masks.safetensors"
 COMPONENTS = ("task", "kd_logits", "kd_hidden", "kd_attn")
 
 
@@ -106,13 +111,19 @@ class _PaKDCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._begin_stage_pruning()
         self.trainer._announce_stage()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._sync_projection_grads()
+        self.trainer._before_optimizer_step(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._after_optimizer_step(state.global_step)
         self.trainer._maybe_advance_stage(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._finish_pruning()
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -151,6 +162,9 @@ class PaKDTrainer(Trainer):
         self._spans: list[StageSpan] | None = None
         self._stage_idx = 0
         self._window_samples: int | None = None
+        self._mask_state: MaskState | None = None
+        self._pruner: StagePruner | None = None
+        self._resume_pruning: dict | None = None
 
         super().__init__(model=model, args=args, **kwargs)
 
@@ -197,6 +211,10 @@ class PaKDTrainer(Trainer):
                 "optimizers=(...) cannot be used with a recipe: each stage builds a fresh optimizer and LR "
                 "schedule; pass optimizer_cls_and_kwargs=(cls, kwargs) or set args.optim instead"
             )
+        if model is not None and any(s.pruning is not None for s in recipe.stages):
+            from .prune.controller import dry_run
+
+            dry_run(model, recipe.stages)  # unsupported architecture, impossible targets, head_dim
         if model is None or teacher is None:
             return
         n_s, n_t = _num_layers(model), _num_layers(teacher)
@@ -227,9 +245,13 @@ class PaKDTrainer(Trainer):
         if not any(s.distillation is not None and s.distillation.hidden is not None for s in self.recipe.stages):
             return None
         n_s = _num_layers(model)
-        proj = HiddenProjections(list(range(n_s + 1)), _hidden_width(model), _hidden_width(teacher))
+        prunes_hidden = any(s.pruning is not None and s.pruning.hidden is not None for s in self.recipe.stages)
+        proj = HiddenProjections(list(range(n_s + 1)), _hidden_width(model), _hidden_width(teacher), always=prunes_hidden)
         if not len(proj.maps):
             return None
+        record = getattr(model, "_pakd_structure", None)
+        if record is not None:
+            proj.inputs = list(record.hidden)  # an already-pruned student: inputs in its original coordinates
         return proj.to(self.args.device)
 
     # ---- stages ------------------------------------------------------------------------
@@ -338,14 +360,120 @@ class PaKDTrainer(Trainer):
         if self._spans is None:
             return
         span = self._spans[self._stage_idx]
-        if global_step >= span.end and self._stage_idx + 1 < len(self._spans):
+        if global_step < span.end:
+            return
+        compacted = self._finish_pruning(global_step)
+        if self._stage_idx + 1 < len(self._spans):
             self._start_stage(self._stage_idx + 1)
+        elif compacted:
+            self.rebuild_optimizer()  # a checkpoint at this step must hold an optimizer of the new shapes
 
     def _start_stage(self, index: int) -> None:
         """Enter stage `index`: a fresh optimizer and LR schedule for the stage's steps."""
         self._stage_idx = index
+        self._begin_stage_pruning()
         self.rebuild_optimizer()
         self._announce_stage()
+
+    # ---- pruning -----------------------------------------------------------------------
+    def _begin_stage_pruning(self) -> None:
+        """Start the current stage's pruning block (masks persist across stages until compacted)."""
+        from .prune import MaskState, Structure, compact
+        from .prune.controller import StagePruner
+
+        resume, self._resume_pruning = self._resume_pruning, None
+        if resume is not None and self._mask_state is None and resume.get("mask_state"):
+            self._mask_state = MaskState(self.model)
+            masks = {}
+            if resume.get("masks_file"):
+                from safetensors.torch import load_file
+
+                masks = load_file(resume["masks_file"])
+            self._mask_state.load_state_dict({**resume["mask_state"], "weight_masks": masks})
+            self._mask_state.attach()
+            self._mask_state.apply()
+        stage = self.current_stage
+        if stage is None or stage.pruning is None or self._spans is None:
+            self._pruner = None
+            return
+        span = self._spans[self._stage_idx]
+        initial = None
+        if resume is not None and resume.get("stage_initial") and resume.get("stage_index") == self._stage_idx:
+            initial = Structure.from_dict(resume["stage_initial"])
+        self._pruner = StagePruner(
+            self.model,
+            stage.pruning,
+            stage_start=span.start,
+            stage_end=span.end,
+            mask_state=self._mask_state,
+            reduce=self._reduce_sum,
+            initial=initial,
+        )
+        self._mask_state = self._pruner.mask_state
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes <= 1:
+            return tensor
+        return self.accelerator.reduce(tensor.to(self.args.device), reduction="sum").to(tensor.device)
+
+    def _before_optimizer_step(self, global_step: int) -> None:
+        if self._pruner is not None:
+            self._pruner.before_optimizer_step(global_step)
+        elif self._mask_state is not None:
+            self._mask_state.mask_gradients()
+
+    def _after_optimizer_step(self, global_step: int) -> None:
+        if self._pruner is not None:
+            self._pruner.after_optimizer_step(global_step)
+        elif self._mask_state is not None:
+            self._mask_state.apply()
+
+    def _finish_pruning(self, global_step: int | None = None) -> bool:
+        """End the current stage's pruning: final masks, then compaction if the recipe says so.
+
+        Also called at the end of training, so structural masks never reach a saved model as
+        zeros (unstructured and N:M masks stay: they are saved dense). Returns True when the
+        model was compacted.
+        """
+        from .prune import compact
+
+        step = self.state.global_step if global_step is None else global_step
+        result = None
+        if self._pruner is not None:
+            result = self._pruner.finish(step)
+            self._pruner = None
+        if result is None and global_step is None and self._mask_state is not None:
+            if self._mask_state.structure() != self._mask_state.base:
+                result = compact(self.model, self._mask_state)
+        if result is None:
+            return False
+        self._after_compaction(result)
+        return True
+
+    def _after_compaction(self, result) -> None:
+        """Parameters were replaced: fix what holds them (projections, DDP wrapper)."""
+        structure = result.structure
+        if self.distill_projections is not None:
+            self.distill_projections.keep_inputs(structure.hidden)
+        if self.model_wrapped is not self.model and self.accelerator.num_processes > 1:
+            # DDP registered gradient hooks on the old parameters: wrap the compacted model anew.
+            self.model_wrapped = self.accelerator.prepare_model(self.model)
+        counts = structure.counts()
+        message = (
+            f"[pakd] compacted: {result.params_before:,} -> {result.params_after:,} parameters ({counts})"
+        )
+        logger.info(message)
+        if self.is_world_process_zero():
+            for cb in self.callback_handler.callbacks:
+                bar = getattr(cb, "training_bar", None) if isinstance(cb, ProgressCallback) else None
+                if bar is not None:
+                    bar.write(message)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # After a compaction under DDP, Trainer's loop still holds the old wrapper.
+        if model is not self.model_wrapped and self.model_wrapped is not self.model:
+            model = self.model_wrapped
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def rebuild_optimizer(self) -> None:
         """Build a new optimizer and LR scheduler for the current stage and hand them to the loop.
@@ -529,11 +657,39 @@ class PaKDTrainer(Trainer):
         super().log(logs, start_time)
 
     # ---- saving and resuming ----------------------------------------------------------
+    def _pruning_involved(self) -> bool:
+        return self._mask_state is not None or getattr(self.model, "_pakd_structure", None) is not None or (
+            self.recipe is not None and any(s.pruning is not None for s in self.recipe.stages)
+        )
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's save plus `pakd_recipe.yaml` and, for pruned students, `pakd.json`."""
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.recipe is not None and self.args.should_save:
+        if not self.args.should_save:
+            return
+        if self.recipe is not None:
             self.recipe.save(Path(output_dir))
+        if self._pruning_involved():
+            self._write_pakd_json(Path(output_dir))
+
+    def _write_pakd_json(self, folder: Path) -> None:
+        from .arch import get_adapter
+        from .prune import Structure, write_pakd_json
+
+        adapter = get_adapter(self.model)
+        structure = Structure.from_model(self.model, adapter)
+        extra: dict[str, Any] = {"recipe": self.recipe.name if self.recipe is not None else None}
+        teacher = self.teacher_model
+        if teacher is not None:
+            extra["teacher"] = {
+                "name_or_path": getattr(getattr(teacher, "config", None), "_name_or_path", None) or None,
+                "architecture": type(teacher).__name__,
+                "parameters": sum(p.numel() for p in teacher.parameters()),
+            }
+        if self._mask_state is not None and self._mask_state.weight_masks:
+            extra["sparsity"] = self._mask_state.sparsity()
+        write_pakd_json(folder, structure, architecture=type(self.model).__name__, family=adapter.family, extra=extra)
 
     def _save_pakd_state(self, checkpoint: str) -> None:
         state = {
@@ -543,6 +699,20 @@ class PaKDTrainer(Trainer):
             "stage_name": self.current_stage.name if self.current_stage is not None else None,
             "recipe_fingerprint": self.recipe.fingerprint() if self.recipe is not None else None,
         }
+        if self._pruning_involved():
+            from .prune import Structure
+
+            state["structure"] = Structure.from_model(self.model).to_dict()
+        if self._mask_state is not None:
+            masks = self._mask_state.state_dict()
+            weight_masks = masks.pop("weight_masks")
+            state["mask_state"] = masks
+            if weight_masks:
+                from safetensors.torch import save_file
+
+                save_file({k: v.cpu().contiguous() for k, v in weight_masks.items()}, os.path.join(checkpoint, MASKS_FILENAME))
+        if self._pruner is not None:
+            state["stage_initial"] = self._pruner.initial.to_dict()
         Path(checkpoint, STATE_FILENAME).write_text(json.dumps(state, indent=2) + "\n")
         if self.distill_projections is not None:
             from safetensors.torch import save_file
@@ -552,13 +722,27 @@ class PaKDTrainer(Trainer):
 
     def _restore_pakd_state(self, checkpoint: str) -> None:
         state_file = Path(checkpoint, STATE_FILENAME)
-        if self.recipe is not None and state_file.is_file():
-            saved = json.loads(state_file.read_text())
-            if saved.get("recipe_fingerprint") not in (None, self.recipe.fingerprint()):
-                raise ValueError(
-                    f"checkpoint {checkpoint} was made with a different recipe than '{self.recipe.name}': "
-                    f"resume with the recipe saved beside it ({Path(checkpoint, 'pakd_recipe.yaml')})"
-                )
+        saved = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        if self.recipe is not None and saved.get("recipe_fingerprint") not in (None, self.recipe.fingerprint()):
+            raise ValueError(
+                f"checkpoint {checkpoint} was made with a different recipe than '{self.recipe.name}': "
+                f"resume with the recipe saved beside it ({Path(checkpoint, 'pakd_recipe.yaml')})"
+            )
+        if saved.get("structure"):
+            # The checkpoint holds a compacted model: give the model the same shapes before
+            # Trainer loads its weights.
+            from .prune import Structure, compact
+
+            target = Structure.from_dict(saved["structure"])
+            if target != Structure.from_model(self.model):
+                self._after_compaction(compact(self.model, target, check_export=False))
+        masks_file = Path(checkpoint, MASKS_FILENAME)
+        self._resume_pruning = {
+            "mask_state": saved.get("mask_state"),
+            "masks_file": str(masks_file) if masks_file.is_file() else None,
+            "stage_initial": saved.get("stage_initial"),
+            "stage_index": saved.get("stage_index"),
+        }
         proj_file = Path(checkpoint, PROJECTIONS_FILENAME)
         if self.distill_projections is not None and proj_file.is_file():
             from safetensors.torch import load_file

@@ -41,3 +41,24 @@ def tiny_bert(hidden=32, layers=4, heads=4, ffn=64, seed=0, dropout=0.0, num_lab
         **kw,
     )
     return BertForSequenceClassification(cfg)
+
+
+def toy_images(n: int = 128, seed: int = 0) -> Dataset:
+    """3x8x8 images; label = which of 3 channels is brightest on average (learnable by a tiny ViT)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    pixels = torch.randn(n, 3, 8, 8, generator=g) * 0.5
+    pixels[torch.arange(n), labels] += 1.0
+    return Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()}).with_format("torch")
+
+
+def tiny_vit(hidden=32, layers=4, heads=4, ffn=64, seed=0):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    cfg = ViTConfig(
+        image_size=8, patch_size=4, num_channels=3, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=ffn, num_labels=3,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return ViTForImageClassification(cfg)

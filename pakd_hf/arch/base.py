@@ -1,0 +1,275 @@
+"""The architecture adapter contract: where a model family keeps what pruning touches.
+
+An adapter answers anatomy questions about ONE model instance (which modules are the layers,
+the q/k/v/o projections, the FFN, the LayerNorms, the embeddings and the task head) and knows
+which config fields describe the shapes. Everything else (importance, masks, compaction,
+measurement) is generic code in :mod:`pakd_hf.prune` driven by these answers.
+
+The common currency is the :class:`Cut`: "this module's tensors, along this axis, are indexed by
+the units of one structure kind". Masking zeroes entries along the axis, importance reduces
+over everything except the axis, compaction ``index_select``\\ s along it. A family only lists
+its cuts; it never slices tensors itself.
+
+Adding a family: one new file in ``pakd_hf/arch/`` defining a subclass decorated with
+:func:`pakd_hf.arch.register` (modules in that folder are discovered automatically).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..prune.structure import Structure
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model (or one part of it) has no pruning adapter."""
+
+
+class HeadDimError(ValueError):
+    """A structure whose attention head dim cannot be written into the family's config.
+
+    Raised at selection / compaction time, before any tensor is touched: e.g. stock BERT
+    derives ``attention_head_size = hidden_size // num_attention_heads``, so a kept
+    hidden size that is not ``kept_heads * head_dim`` cannot be reloaded by stock code.
+    """
+
+
+class NonUniformStructureError(ValueError):
+    """A structure whose layers differ in shape cannot be described by a stock config."""
+
+
+@dataclass(frozen=True, eq=False)
+class Cut:
+    """Tensors of ``module`` whose ``axis`` is indexed by the units of one structure kind.
+
+    - ``nn.Linear``: axis 0 = output features (weight rows and bias), axis 1 = input features
+      (weight columns).
+    - ``nn.Embedding``: axis 1 = embedding dim.   ``nn.LayerNorm``: axis 0 (weight and bias).
+    - ``nn.Conv2d``: axis 0 = out channels (weight and bias).
+    - ``name`` set: the raw parameter ``module.<name>`` (e.g. ViT's ``cls_token``), along ``axis``.
+
+    ``group`` consecutive entries form one unit (``head_dim`` for attention heads, 1 otherwise).
+    """
+
+    module: nn.Module
+    axis: int
+    name: str | None = None
+    group: int = 1
+
+    def params(self) -> list[tuple[str, nn.Parameter, int]]:
+        """``[(param_name, parameter, axis)]`` touched by this cut (bias only where it follows)."""
+        m = self.module
+        if self.name is not None:
+            return [(self.name, getattr(m, self.name), self.axis)]
+        if isinstance(m, nn.Linear):
+            out = [("weight", m.weight, self.axis)]
+            if self.axis == 0 and m.bias is not None:
+                out.append(("bias", m.bias, 0))
+            return out
+        if isinstance(m, nn.Embedding):
+            if self.axis != 1:
+                raise ValueError("an Embedding cut is along its embedding dim (axis 1)")
+            return [("weight", m.weight, 1)]
+        if isinstance(m, nn.LayerNorm):
+            return [(n, p, 0) for n, p in (("weight", m.weight), ("bias", m.bias)) if p is not None]
+        if isinstance(m, nn.Conv2d):
+            if self.axis != 0:
+                raise ValueError("a Conv2d cut is along its out channels (axis 0)")
+            return [(n, p, 0) for n, p in (("weight", m.weight), ("bias", m.bias)) if p is not None]
+        raise TypeError(f"no cut rule for {type(m).__name__}")
+
+
+@dataclass
+class AttentionParts:
+    """One self-attention block: ``module`` carries the per-module head attributes."""
+
+    module: nn.Module
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+
+
+@dataclass
+class LayerParts:
+    """One transformer block: attention, FFN in/out and the LayerNorms over the residual width."""
+
+    layer: nn.Module
+    attn: AttentionParts
+    fc1: nn.Linear
+    fc2: nn.Linear
+    norms: list[nn.LayerNorm]
+
+
+ROLES = ("q", "k", "v", "o", "fc1", "fc2")
+
+
+class ArchAdapter:
+    """Anatomy of one model instance of a supported family (subclass per family).
+
+    Subclasses implement the methods marked *family*; the rest is generic. The adapter is
+    bound to the (unwrapped) model; it re-reads modules on every call, so it stays valid after
+    in-place compaction.
+    """
+
+    #: short family name written into pakd.json ("bert", "vit", ...)
+    family: ClassVar[str] = ""
+    #: one line for error messages, e.g. "BERT/RoBERTa (BertFor*, RobertaFor*, BertModel)"
+    description: ClassVar[str] = ""
+    #: ``config.model_type`` values this adapter can verify saved checkpoints for
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    # ------------------------------------------------------------------ family
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:  # family
+        raise NotImplementedError
+
+    def backbone(self) -> nn.Module:  # family
+        """The base model (``model.bert``, ``model.vit``, or the model itself)."""
+        raise NotImplementedError
+
+    def layer_list(self) -> nn.ModuleList:  # family
+        raise NotImplementedError
+
+    def set_layer_list(self, layers: nn.ModuleList) -> None:  # family
+        raise NotImplementedError
+
+    def layer_parts(self, layer: nn.Module) -> LayerParts:  # family
+        raise NotImplementedError
+
+    def head_cuts_outside_layers(self) -> list[Cut]:  # family
+        """Hidden-dim cuts outside the blocks: embeddings, final norms, pooler, task head.
+
+        Must raise :class:`UnsupportedArchitectureError` for a task head it does not know, so
+        that hidden pruning never silently leaves a module at the old width.
+        """
+        raise NotImplementedError
+
+    def embedding_parameters(self) -> list[nn.Parameter]:  # family
+        """Token / position lookup tables (excluded from the non-embedding parameter count)."""
+        raise NotImplementedError
+
+    def set_num_heads(self, attn: AttentionParts, num_heads: int) -> None:  # family
+        """Update the per-module head attributes after heads were removed."""
+        raise NotImplementedError
+
+    def set_layer_index(self, layer: nn.Module, index: int) -> None:  # family
+        """Fix per-layer index attributes (e.g. BERT's ``layer_idx``) after layers were removed."""
+
+    def update_config(self, config: Any, structure: Structure, *, strict: bool = True) -> None:  # family
+        """Write the shape fields of ``structure`` into ``config`` (in place)."""
+        raise NotImplementedError
+
+    def check_structure(self, structure: Structure) -> None:  # family
+        """Raise :class:`HeadDimError` / :class:`NonUniformStructureError` when ``structure``
+        cannot be expressed by this family's stock config (so a stock reload would fail)."""
+        raise NotImplementedError
+
+    @classmethod
+    def checkpoint_problems(cls, config: dict, shapes: dict[str, list[int]]) -> list[str]:  # family
+        """Compare a saved folder's tensor shapes (by key) with its config.json; list problems."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- generic
+    def identity_forward(self) -> Callable[..., Any]:
+        """The forward a masked (skipped) layer gets: return the hidden states unchanged."""
+
+        def identity(hidden_states, *args, **kwargs):
+            return hidden_states
+
+        return identity
+
+    def layers(self) -> list[LayerParts]:
+        return [self.layer_parts(layer) for layer in self.layer_list()]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_list())
+
+    def head_dim(self) -> int:
+        raise NotImplementedError  # family
+
+    def num_heads(self, i: int) -> int:
+        return self.layer_parts(self.layer_list()[i]).attn.q.out_features // self.head_dim()
+
+    def intermediate_size(self, i: int) -> int:
+        return self.layer_parts(self.layer_list()[i]).fc1.out_features
+
+    def hidden_size(self) -> int:
+        return self.layer_parts(self.layer_list()[0]).attn.q.in_features if self.num_layers else (
+            self.model.config.hidden_size
+        )
+
+    def head_cuts(self, i: int, parts: LayerParts | None = None) -> list[Cut]:
+        """q/k/v output rows (+bias) and o input columns of layer ``i``, ``group=head_dim``."""
+        a = (parts or self.layer_parts(self.layer_list()[i])).attn
+        hd = self.head_dim()
+        return [Cut(a.q, 0, group=hd), Cut(a.k, 0, group=hd), Cut(a.v, 0, group=hd), Cut(a.o, 1, group=hd)]
+
+    def ffn_cuts(self, i: int, parts: LayerParts | None = None) -> list[Cut]:
+        """fc1 output rows (+bias) and fc2 input columns of layer ``i``."""
+        p = parts or self.layer_parts(self.layer_list()[i])
+        return [Cut(p.fc1, 0), Cut(p.fc2, 1)]
+
+    def layer_hidden_cuts(self, parts: LayerParts) -> list[Cut]:
+        a = parts.attn
+        cuts = [Cut(a.q, 1), Cut(a.k, 1), Cut(a.v, 1), Cut(a.o, 0), Cut(parts.fc1, 1), Cut(parts.fc2, 0)]
+        return cuts + [Cut(n, 0) for n in parts.norms]
+
+    def hidden_cuts(self) -> list[Cut]:
+        """Every tensor axis that has the residual-stream width (one unit per hidden dim)."""
+        cuts = list(self.head_cuts_outside_layers())
+        for parts in self.layers():
+            cuts += self.layer_hidden_cuts(parts)
+        return cuts
+
+    def hidden_norms(self) -> list[nn.LayerNorm]:
+        """LayerNorms normalising over the residual width (they get the masked-statistics hook)."""
+        return [c.module for c in self.hidden_cuts() if isinstance(c.module, nn.LayerNorm)]
+
+    def prunable_linears(self) -> dict[str, nn.Linear]:
+        """Linears eligible for unstructured / N:M masks, keyed ``"<layer>.<role>"``."""
+        out = {}
+        for i, p in enumerate(self.layers()):
+            for role, lin in zip(ROLES, (p.attn.q, p.attn.k, p.attn.v, p.attn.o, p.fc1, p.fc2)):
+                out[f"{i}.{role}"] = lin
+        return out
+
+
+# ------------------------------------------------------------- checkpoint checks
+def layer_shapes(shapes: dict[str, list[int]], pattern: str) -> dict[int, list[int]]:
+    """``{layer_index: shape}`` for keys matching ``pattern`` (a regex with one int group)."""
+    rx = re.compile(pattern)
+    out: dict[int, list[int]] = {}
+    for k, s in shapes.items():
+        m = rx.search(k)
+        if m:
+            out[int(m.group(1))] = list(s)
+    return out
+
+
+def check_layer_tensors(
+    shapes: dict[str, list[int]], patterns: dict[str, str], expected: dict[str, list[int]], num_layers: int
+) -> list[str]:
+    """Generic per-layer check used by adapters: every role present in layers 0..L-1 with its
+    expected shape (``patterns`` role -> regex, ``expected`` role -> shape)."""
+    problems: list[str] = []
+    for role, pattern in patterns.items():
+        found = layer_shapes(shapes, pattern)
+        if sorted(found) != list(range(num_layers)):
+            problems.append(
+                f"{role}: tensors for layers {sorted(found)} but config.num_hidden_layers={num_layers}"
+            )
+        for i, s in sorted(found.items()):
+            if s != expected[role]:
+                problems.append(f"layer {i} {role}: shape {s}, config implies {expected[role]}")
+    return problems

@@ -1,0 +1,198 @@
+"""Importance criteria for structure groups, accumulated over optimizer steps.
+
+A GROUP is every weight entry that disappears with a unit (the adapter's cuts):
+
+- head ``h`` of layer ``l``: q/k/v rows ``h*d:(h+1)*d`` and their biases, o columns;
+- FFN neuron ``n``: fc1 row ``n`` and its bias, fc2 column ``n``;
+- hidden dim ``i``: that entry in every embedding, LayerNorm, Linear and raw parameter of
+  the residual width (see ``ArchAdapter.hidden_cuts``);
+- layer ``l``: the sum of its heads' and its FFN neurons' scores (all criteria);
+- ``weights`` (unstructured): each entry of the blocks' q/k/v/o/fc1/fc2 weights.
+
+Criteria (higher = more important):
+
+- ``magnitude``: L1 (``p=1``, default) or L2 (``p=2``) norm of the group's current weights.
+  Needs no gradients; ``update`` only counts calls, ``scores`` reads the weights.
+- ``taylor``: first-order Taylor estimate of the loss change when the group is removed,
+  ``|sum_{w in group} w * dL/dw|`` computed at each ``update`` and SUMMED over updates
+  (Molchanov et al. 2019, group form). Unstructured: ``sum_t |w * g|`` per entry.
+- ``movement``: ``sum_t sum_{w in group} -w * dL/dw`` (Sanh et al. 2020): positive when the
+  weights move away from zero. Unstructured: per entry.
+
+Scores are plain float32 tensors in the CURRENT model's coordinates (heads ``[L, H]``, ffn
+``[L, I]``, layers ``[L]``, hidden ``[D]``), so under DDP a caller may ``all_reduce`` them
+before ranking (gradients are already averaged across ranks, so each rank holds the same
+scores anyway). A layer whose forward is patched out by a mask has no gradients and
+accumulates nothing. Call ``update`` after backward with ``.grad`` populated (once per
+optimizer step, before the step; with AMP, after unscaling).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..arch import ArchAdapter, Cut, get_adapter
+
+CRITERIA = ("magnitude", "taylor", "movement")
+KINDS = ("heads", "ffn", "layers", "hidden", "weights")
+
+
+def _reduce(t: torch.Tensor, axis: int, group: int) -> torch.Tensor:
+    """Sum ``t`` over every axis except ``axis``, then over ``group`` consecutive entries."""
+    s = t.movedim(axis, 0).reshape(t.shape[axis], -1).sum(1)
+    return s.reshape(-1, group).sum(1) if group > 1 else s
+
+
+def _group_sum(cuts: list[Cut], fn) -> torch.Tensor | None:
+    """``sum over the group of fn(weight, grad)`` per unit, over all cuts (None if no grads)."""
+    total = None
+    for cut in cuts:
+        for _, p, axis in cut.params():
+            v = fn(p)
+            if v is None:
+                continue
+            r = _reduce(v.float(), axis, cut.group)
+            total = r if total is None else total + r.to(total.device)
+    return total
+
+
+class ImportanceAccumulator:
+    """Accumulate group importance over optimizer steps (see module docs).
+
+    >>> acc = ImportanceAccumulator(model, kinds=("heads", "ffn"), criterion="taylor")
+    >>> loss.backward(); acc.update(); optimizer.step()
+    >>> scores = acc.scores()        # {"heads": [L, H], "ffn": [L, I]}
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ArchAdapter | None = None,
+        kinds: tuple[str, ...] = ("heads", "ffn", "layers", "hidden"),
+        criterion: str = "taylor",
+        p: int = 1,
+    ):
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown importance kinds {sorted(unknown)}; known: {KINDS}")
+        if p not in (1, 2):
+            raise ValueError("p must be 1 (L1) or 2 (L2)")
+        self.adapter = adapter or get_adapter(model)
+        self.kinds = tuple(kinds)
+        self.criterion = criterion
+        self.p = p
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop everything accumulated. Done automatically when the model was compacted since
+        the last update (unit indices change), so scores never mix two shapes."""
+        self.num_updates = 0
+        self._acc: dict[str, object] = {}
+        self._record = getattr(self.adapter.model, "_pakd_structure", None)
+
+    # ------------------------------------------------------------- internals
+    def _need(self) -> set[str]:
+        """Kinds reduced from tensors ("layers" is derived from "heads" and "ffn")."""
+        need = set(self.kinds) - {"layers"}
+        if "layers" in self.kinds:
+            need |= {"heads", "ffn"}
+        return need
+
+    def _group_scores(self, fn, post) -> dict[str, object]:
+        """Per-kind group reductions of ``fn(param)``; ``post`` maps each reduced tensor."""
+        a = self.adapter
+        need = self._need()
+        out: dict[str, object] = {}
+        parts = a.layers()
+        hmax = max((a.num_heads(i) for i in range(len(parts))), default=0)
+        imax = max((p.fc1.out_features for p in parts), default=0)
+
+        def per_layer(cut_fn, width):
+            rows = []
+            for i, pt in enumerate(parts):
+                cuts = cut_fn(i, pt)
+                r = _group_sum(cuts, fn)
+                n = cuts[0].module.weight.shape[0] // cuts[0].group  # q rows / fc1 rows
+                row = torch.zeros(width)
+                if r is not None:
+                    row[:n] = post(r).cpu()
+                row[n:] = float("-inf")  # a unit this (non-uniform) layer does not have
+                rows.append(row)
+            return torch.stack(rows) if rows else torch.zeros(0, width)
+
+        if "heads" in need:
+            out["heads"] = per_layer(a.head_cuts, hmax)
+        if "ffn" in need:
+            out["ffn"] = per_layer(a.ffn_cuts, imax)
+        if "hidden" in need:
+            r = _group_sum(a.hidden_cuts(), fn)
+            out["hidden"] = post(r).cpu() if r is not None else torch.zeros(a.hidden_size())
+        if "weights" in need:
+            w = {}
+            for k, lin in a.prunable_linears().items():
+                v = fn(lin.weight)
+                w[k] = post(v.float()) if v is not None else torch.zeros_like(lin.weight, dtype=torch.float32)
+            out["weights"] = w
+        return out
+
+    # ------------------------------------------------------------------- API
+    @torch.no_grad()
+    def update(self) -> None:
+        """Accumulate one step's contribution from the current weights and ``.grad``."""
+        if getattr(self.adapter.model, "_pakd_structure", None) is not self._record:
+            self.reset()  # compacted since the last update
+        self.num_updates += 1
+        if self.criterion == "magnitude":
+            return
+        sign = -1.0 if self.criterion == "movement" else 1.0
+
+        def wg(p):
+            return None if p.grad is None else p.detach() * p.grad.detach() * sign
+
+        if self.criterion == "taylor":
+            group_post = torch.abs  # |sum w*g| per group per step
+        else:
+            group_post = lambda r: r  # noqa: E731
+        step = self._group_scores(wg, group_post)  # weights: elementwise, so taylor gives |w*g|
+        for k, v in step.items():
+            if k == "weights":
+                acc = self._acc.setdefault("weights", {})
+                for name, t in v.items():
+                    same = name in acc and acc[name].shape == t.shape
+                    acc[name] = acc[name] + t if same else t.clone()
+            elif k in self._acc and self._acc[k].shape == v.shape:
+                self._acc[k] = self._acc[k] + v
+            else:
+                self._acc[k] = v.clone()
+
+    @torch.no_grad()
+    def scores(self) -> dict[str, object]:
+        """``{kind: float tensor}`` for the requested kinds (``weights``: ``{key: tensor}``).
+
+        Units a (non-uniform) layer does not have are ``-inf``. Before any update, gradient
+        criteria give zeros."""
+        if self.criterion == "magnitude":
+            if self.p == 1:
+                res = self._group_scores(lambda p: p.detach().abs(), lambda r: r)
+            else:
+                res = self._group_scores(lambda p: p.detach() ** 2, torch.sqrt)
+        else:
+            if getattr(self.adapter.model, "_pakd_structure", None) is not self._record:
+                self.reset()
+            res = {}
+            for k in self._need():
+                if k in self._acc:
+                    v = self._acc[k]
+                    res[k] = {n: t.clone() for n, t in v.items()} if k == "weights" else v.clone()
+            if len(res) < len(self._need()):
+                zeros = self._group_scores(lambda p: torch.zeros_like(p), lambda r: r)
+                for k in self._need():
+                    res.setdefault(k, zeros[k])
+        if "layers" in self.kinds:
+            h = res["heads"].masked_fill(torch.isinf(res["heads"]), 0.0)
+            f = res["ffn"].masked_fill(torch.isinf(res["ffn"]), 0.0)
+            res["layers"] = h.sum(1) + f.sum(1)
+        return {k: res[k] for k in self.kinds}

@@ -1,0 +1,218 @@
+"""Pruning inside PaKDTrainer: masks during a stage, compaction at its end, the optimizer
+rebuilt, stock reload of the saved student, resume after compaction, unstructured and N:M
+masks kept at zero, and bad pruning blocks rejected before training."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError
+from toy import tiny_bert, tiny_vit, toy_dataset, toy_images
+
+PRUNE_ALL = {"heads": {"keep": 2}, "ffn": {"keep_fraction": 0.5}, "layers": {"keep": 2}, "hidden": {"keep": 16}}
+
+
+def targs(out, **kw):
+    base = dict(
+        output_dir=str(out), per_device_train_batch_size=8, learning_rate=2e-3, report_to=[], save_strategy="no",
+        use_cpu=True, disable_tqdm=True, seed=0, logging_steps=2,
+    )
+    base.update(kw)
+    return PaKDTrainingArguments(**base)
+
+
+def prune_recipe(task, pruning, distil=True, prune_steps=8, recover_steps=4):
+    dist = {"alpha": 0.5, "hidden": {"weight": 1.0}} if distil else None
+    first = {"name": "prune", "steps": prune_steps, "pruning": pruning}
+    second = {"name": "recover", "steps": recover_steps}
+    if dist:
+        first["distillation"] = dist
+        second["distillation"] = dist
+    return {"name": "p", "task": task, "stages": [first, second]}
+
+
+class Snapshot(TrainerCallback):
+    """Records the model's parameters right after the compaction (start of stage 2)."""
+
+    def __init__(self, trainer, step):
+        self.trainer, self.step, self.params = trainer, step, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.params = {n: p.detach().clone() for n, p in self.trainer.model.named_parameters()}
+
+
+FAMILIES = {
+    "bert": (lambda: tiny_bert(seed=0), lambda: tiny_bert(seed=5), lambda: toy_dataset(128), "text-classification"),
+    "vit": (lambda: tiny_vit(seed=0), lambda: tiny_vit(seed=5), lambda: toy_images(128), "image-classification"),
+}
+
+
+@pytest.fixture(scope="module")
+def pruned_runs(tmp_path_factory):
+    """Prune every structure kind of a tiny BERT and ViT inside PaKDTrainer (one run each)."""
+    runs = {}
+    for family, (make_student, make_teacher, make_data, task) in FAMILIES.items():
+        out = tmp_path_factory.mktemp(family)
+        student, teacher, data = make_student(), make_teacher(), make_data()
+        recipe = prune_recipe(task, {**PRUNE_ALL, "frequency": 2, "importance": "taylor"})
+        trainer = PaKDTrainer(
+            model=student, teacher_model=teacher, args=targs(out / "run", save_strategy="steps", save_steps=5),
+            train_dataset=data, recipe=recipe,
+        )
+        snap = Snapshot(trainer, 8)
+        trainer.add_callback(snap)
+        history = []
+        trainer.add_callback(type("H", (TrainerCallback,), {
+            "on_step_end": lambda self, args, state, control, **k: history.append(
+                trainer._mask_state.structure().counts() if trainer._mask_state is not None else None)
+        })())
+        trainer.train()
+        trainer.save_model(str(out / "student"))
+        runs[family] = dict(trainer=trainer, student=student, data=data, out=out, snap=snap, history=history,
+                            teacher=teacher, recipe=recipe)
+    return runs
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_stage_prunes_compacts_and_keeps_training(pruned_runs, family):
+    run = pruned_runs[family]
+    trainer, student = run["trainer"], run["student"]
+    cfg = student.config
+    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size, cfg.hidden_size) == (2, 2, 32, 16)
+    # The schedule grew the masks gradually (cubic), reaching the targets by the end of stage 1.
+    layers_kept = [h["layers"] for h in run["history"][:7]]
+    assert layers_kept[0] == 4 and layers_kept == sorted(layers_kept, reverse=True)
+    assert run["history"][7]["layers"] == 2 and run["history"][7]["hidden"] == 16  # compacted at step 8
+    # After compaction the optimizer holds exactly the new parameters, and they train.
+    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in student.parameters()} <= optimised
+    assert all(p.shape[0] <= 64 for p in trainer.optimizer.param_groups[0]["params"])
+    after = dict(student.named_parameters())
+    moved = [n for n, p in run["snap"].params.items() if not torch.equal(p, after[n].detach())]
+    assert len(moved) > len(after) // 2, "parameters did not train after compaction"
+    # Projections follow the hidden pruning (16 student dims -> 32 teacher dims).
+    assert all(m.in_features == 16 for m in trainer.distill_projections.maps.values())
+
+
+def test_saved_students_reload_with_stock_transformers_in_a_fresh_process(pruned_runs):
+    jobs = []
+    for family, run in pruned_runs.items():
+        folder = run["out"] / "student"
+        record = json.loads((folder / "pakd.json").read_text())
+        assert record["structure"]["layers"] and len(record["structure"]["hidden"]) == 16
+        assert record["teacher"]["architecture"] == type(run["teacher"]).__name__
+        assert (folder / "pakd_recipe.yaml").is_file()
+        batch = run["data"][:5]
+        if family == "bert":
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            inputs = {k: torch.tensor(v) for k, v in inputs.items()}
+        else:
+            inputs = {"pixel_values": batch["pixel_values"]}
+        model = run["student"].eval()
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        torch.save({"inputs": inputs, "logits": logits}, folder.parent / "expected.pt")
+        auto = "AutoModelForSequenceClassification" if family == "bert" else "AutoModelForImageClassification"
+        jobs.append((str(folder), auto))
+    script = (
+        "import json, sys, torch, transformers\n"
+        "assert 'pakd_hf' not in sys.modules\n"
+        "for folder, auto in json.loads(sys.argv[1]):\n"
+        "    model = getattr(transformers, auto).from_pretrained(folder).eval()\n"
+        "    exp = torch.load(folder.rsplit('/', 1)[0] + '/expected.pt', weights_only=True)\n"
+        "    with torch.no_grad():\n"
+        "        got = model(**exp['inputs']).logits\n"
+        "    diff = (got - exp['logits']).abs().max().item()\n"
+        "    print(folder, diff)\n"
+        "    assert diff <= 1e-5, diff\n"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(jobs)], capture_output=True, text=True, env=env, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_resume_from_a_checkpoint_after_compaction(pruned_runs):
+    run = pruned_runs["bert"]
+    checkpoint = run["out"] / "run" / "checkpoint-10"
+    state = json.loads((checkpoint / "pakd_state.json").read_text())
+    assert state["stage_name"] == "recover" and len(state["structure"]["layers"]) == 2
+    student = tiny_bert(seed=0)  # a fresh, unpruned model: resuming gives it the checkpoint's shapes
+    trainer = PaKDTrainer(
+        model=student, teacher_model=copy.deepcopy(run["teacher"]), args=targs(run["out"] / "run"),
+        train_dataset=run["data"], recipe=run["recipe"],
+    )
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
+    # Two AdamW steps (lr 2e-3) from the checkpoint: a wrong optimizer state, LR or projection
+    # would show as ~1e-3; float summation-order noise after compaction stays ~1e-6.
+    for name, value in run["student"].state_dict().items():
+        torch.testing.assert_close(student.state_dict()[name], value, rtol=0, atol=5e-5, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["unstructured", "n_m"])
+def test_weight_masks_stay_zero_through_training(kind, tmp_path):
+    pruning = {"unstructured": {"sparsity": 0.5}} if kind == "unstructured" else {"n_m": {"n": 2, "m": 4}}
+    pruning.update(schedule="linear", frequency=2)
+    student = tiny_bert(seed=0)
+    recipe = prune_recipe("text-classification", pruning, distil=False, prune_steps=6, recover_steps=4)
+    trainer = PaKDTrainer(model=student, args=targs(tmp_path / "run", weight_decay=0.1), train_dataset=toy_dataset(128), recipe=recipe)
+    trainer.train()
+    masks = trainer._mask_state.weight_masks
+    assert masks
+    linears = trainer._mask_state.adapter.prunable_linears()
+    zeros = total = 0
+    for key, mask in masks.items():
+        weight = linears[key].weight.detach()
+        assert torch.all(weight[~mask] == 0), key  # 4 more AdamW steps (with weight decay) after pruning
+        zeros += int((weight == 0).sum())
+        total += weight.numel()
+        if kind == "n_m":
+            groups = (weight != 0).reshape(weight.shape[0], -1, 4).sum(-1)
+            assert int(groups.max()) <= 2
+    assert zeros / total >= 0.49
+    # Saved dense, reported as sparsity.
+    trainer.save_model(str(tmp_path / "out"))
+    record = json.loads((tmp_path / "out" / "pakd.json").read_text())
+    assert record["sparsity"]["weights"] >= 0.49
+    assert student.config.hidden_size == 32  # nothing structural was removed
+
+
+@pytest.mark.parametrize(
+    "pruning, fragment",
+    [
+        ({"ffn": {"keep_fraction": 1.5}}, "stages[0].pruning.ffn.keep_fraction"),
+        ({"heads": {"keep": 0}}, "stages[0].pruning.heads.keep"),
+        ({"head": {"keep": 2}}, "did you mean 'heads'"),
+        ({"heads": {"keep": 5}}, "only 4 heads per layer"),
+        ({"hidden": {"keep": 20}}, "stages[0].pruning"),  # 20 is not heads (4) x head_dim (8)
+        ({"heads": {"keep": 2}, "uniform": False}, "stages[0].pruning.uniform"),
+        ({}, "prunes nothing"),
+        ({"heads": {"keep": 2}, "end_step": 99}, "past the stage's last step"),
+    ],
+)
+def test_bad_pruning_blocks_fail_before_training(pruning, fragment, tmp_path):
+    recipe = prune_recipe("text-classification", pruning, distil=False)
+    out = tmp_path / "never"
+    with pytest.raises(RecipeError) as info:
+        PaKDTrainer(model=tiny_bert(), args=targs(out), train_dataset=toy_dataset(16), recipe=recipe)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    model = GPT2ForSequenceClassification(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
+    recipe = prune_recipe("text-classification", {"heads": {"keep": 1}}, distil=False)
+    with pytest.raises(ValueError) as info:
+        PaKDTrainer(model=model, args=targs(tmp_path / "never"), train_dataset=toy_dataset(16), recipe=recipe)
+    message = str(info.value)
+    assert "GPT2ForSequenceClassification" in message and "BERT" in message and "ViT" in message
+    assert not (tmp_path / "never").exists()
