@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 out_dir, report_dir = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+mode = sys.argv[3] if len(sys.argv) > 3 else "distil"
 rank = int(os.environ["RANK"])
 written: list[str] = []
 
@@ -57,7 +58,25 @@ args = PaKDTrainingArguments(
 )
 teacher = tiny_bert(seed=0)
 student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+if mode == "prune":
+    # Each rank starts from a differently initialised student: DDP broadcasts rank 0's weights,
+    # and the pruning decisions must still agree (scores are summed across ranks).
+    student = tiny_bert(seed=1)
+    recipe["stages"][0]["pruning"] = {
+        "heads": {"keep": 2}, "ffn": {"keep": 32}, "layers": {"keep": 2}, "hidden": {"keep": 16},
+        "frequency": 1, "importance": "taylor",
+    }
 trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_dataset(64), recipe=recipe)
+masks_seen = []
+if mode == "prune":
+    from transformers import TrainerCallback
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if trainer._mask_state is not None:
+                masks_seen.append(trainer._mask_state.structure().to_dict())
+
+    trainer.add_callback(Record())
 trainer.train()
 trainer.save_model()
 digest = hashlib.sha256()
@@ -76,6 +95,8 @@ report = {
     "projections_sha": proj.hexdigest(),
     "global_step": trainer.state.global_step,
     "written": sorted(set(written)),
+    "masks": masks_seen,
+    "shapes": {k: list(v.shape) for k, v in student.state_dict().items()},
 }
 report_dir.mkdir(parents=True, exist_ok=True)
 (report_dir / f"rank-{rank}.json").write_text(json.dumps(report))

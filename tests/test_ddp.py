@@ -11,16 +11,20 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 
 
-def test_torchrun_two_processes_identical_students_and_one_writer(tmp_path):
+def torchrun(tmp_path, mode):
     out, reports = tmp_path / "out", tmp_path / "reports"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(TESTS / "ddp_distill.py"), str(out), str(reports),
+        str(TESTS / "ddp_distill.py"), str(out), str(reports), mode,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    r0, r1 = (json.loads((reports / f"rank-{i}.json").read_text()) for i in (0, 1))
+    return out, [json.loads((reports / f"rank-{i}.json").read_text()) for i in (0, 1)]
+
+
+def test_torchrun_two_processes_identical_students_and_one_writer(tmp_path):
+    out, (r0, r1) = torchrun(tmp_path, "distil")
     assert r0["world_size"] == r1["world_size"] == 2 and r0["trainer_world_size"] == 2
     assert r0["backend"] == "gloo"
     assert r0["global_step"] == r1["global_step"] == 6
@@ -33,3 +37,13 @@ def test_torchrun_two_processes_identical_students_and_one_writer(tmp_path):
     assert str(out / "config.json") in r0["written"] and str(out / "pakd_recipe.yaml") in r0["written"]
     assert (out / "model.safetensors").is_file() and (out / "pakd_recipe.yaml").is_file()
     assert (out / "checkpoint-4" / "pakd_state.json").is_file()
+
+
+def test_torchrun_pruning_takes_the_same_decisions_on_every_rank(tmp_path):
+    out, (r0, r1) = torchrun(tmp_path, "prune")
+    assert r0["masks"] and r0["masks"] == r1["masks"]
+    assert len(r0["masks"][-1]["layers"]) == 2 and len(r0["masks"][-1]["hidden"]) == 16
+    assert r0["shapes"] == r1["shapes"]
+    assert r0["shapes"]["bert.embeddings.word_embeddings.weight"][1] == 16
+    assert r0["student_sha"] == r1["student_sha"] and r0["projections_sha"] == r1["projections_sha"]
+    assert (out / "pakd.json").is_file()
