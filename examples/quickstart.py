@@ -1,9 +1,9 @@
-"""Distil a tiny BERT teacher into a smaller BERT student with a two-stage recipe.
+"""Prune and distil a tiny BERT with a two-stage recipe, offline, in about a minute on CPU.
 
-Runs offline in about a minute on a laptop CPU: it builds a toy text task, trains a
-4-layer teacher with the plain `Trainer`, then swaps in `PaKDTrainer` with
-`recipes/examples/tiny-bert-two-stage.yaml` to distil a 2-layer, 4x narrower student, and
-reloads the saved student with stock `AutoModelForSequenceClassification`.
+It builds a toy text task, trains a 4-layer teacher with the plain `Trainer`, then swaps in
+`PaKDTrainer` with `recipes/examples/tiny-bert-prune.yaml`: a copy of the teacher loses half
+its heads, FFN neurons, layers and hidden dims while distilling from the teacher, then
+recovers. The saved student is reloaded with stock `AutoModelForSequenceClassification`.
 
     python examples/quickstart.py [--output-dir runs/quickstart]
 """
@@ -11,6 +11,7 @@ reloads the saved student with stock `AutoModelForSequenceClassification`.
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
@@ -18,8 +19,9 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments
+from pakd_hf.measure import count_macs, safetensors_bytes
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "examples" / "tiny-bert-two-stage.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "examples" / "tiny-bert-prune.yaml"
 VOCAB, SEQ = 40, 12
 
 
@@ -67,7 +69,8 @@ def main() -> None:
         train_dataset=train,
     ).train()
 
-    student = bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+    teacher.save_pretrained(out / "teacher")
+    student = copy.deepcopy(teacher)  # the student starts as the teacher and is pruned
     trainer = PaKDTrainer(
         model=student,
         teacher_model=teacher,
@@ -78,14 +81,19 @@ def main() -> None:
     trainer.save_model()
 
     reloaded = AutoModelForSequenceClassification.from_pretrained(out / "student")
-    rows = [
-        ("teacher", sum(p.numel() for p in teacher.parameters()), accuracy(teacher, test)),
-        ("student", sum(p.numel() for p in reloaded.parameters()), accuracy(reloaded, test)),
-    ]
-    print(f"\n{'model':<8} {'params':>8} {'test acc':>9}")
-    for name, params, acc in rows:
-        print(f"{name:<8} {params:>8,} {acc:>9.3f}")
-    print(f"accuracy kept: {rows[1][2] / rows[0][2]:.3f}; student saved in {out / 'student'} (with pakd_recipe.yaml)")
+    sample = {"input_ids": torch.tensor(test["input_ids"][:1]), "attention_mask": torch.tensor(test["attention_mask"][:1])}
+    rows = []
+    for name, model, folder in (("teacher", teacher, out / "teacher"), ("student", reloaded, out / "student")):
+        c = model.config
+        shape = f"{c.num_hidden_layers}L x {c.num_attention_heads}H, hidden {c.hidden_size}, ffn {c.intermediate_size}"
+        params = sum(p.numel() for p in model.parameters())
+        rows.append((name, shape, params, safetensors_bytes(folder), count_macs(model, sample), accuracy(model, test)))
+    print(f"\n{'model':<8} {'shape':<34} {'params':>8} {'bytes':>8} {'MACs':>8} {'test acc':>9}")
+    for name, shape, params, size, macs, acc in rows:
+        print(f"{name:<8} {shape:<34} {params:>8,} {size:>8,} {macs:>8,} {acc:>9.3f}")
+    t, s = rows
+    print(f"{t[2] / s[2]:.1f}x fewer parameters, {t[4] / s[4]:.1f}x fewer MACs, accuracy kept {s[5] / t[5]:.3f}")
+    print(f"student saved in {out / 'student'} (with pakd.json and pakd_recipe.yaml)")
 
 
 if __name__ == "__main__":

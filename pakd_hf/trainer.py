@@ -279,6 +279,10 @@ class PaKDTrainer(Trainer):
                 )
             else:
                 n = max(1, math.ceil(stage.epochs * steps_per_epoch))
+            pruning = stage.pruning
+            if pruning is not None and max(pruning.start_step, pruning.end_step or 0) > n:
+                key = "end_step" if (pruning.end_step or 0) > n else "start_step"
+                raise RecipeError(f"stages[{i}].pruning.{key}", f"is past the stage's last step ({n})")
             spans.append(StageSpan(i, stage, start, start + n))
             start += n
         return spans
