@@ -37,6 +37,7 @@ __all__ = [
     "AttentionDistillation",
     "Pruning",
     "Keep",
+    "Budget",
     "Unstructured",
     "NMSparsity",
     "load_recipe",
@@ -190,6 +191,34 @@ class NMSparsity:
 
 
 @dataclass
+class Budget:
+    """A global budget: keep at most this share of the ORIGINAL model's parameters (or MACs),
+    by pruning the listed kinds uniformly (the largest uniform shapes that fit are chosen)."""
+
+    params: float | None = None
+    macs: float | None = None
+    kinds: list[Literal["heads", "ffn", "layers", "hidden"]] = field(default_factory=lambda: ["heads", "ffn"])
+
+    @property
+    def metric(self) -> str:
+        return "params" if self.params is not None else "macs"
+
+    @property
+    def keep(self) -> float:
+        return self.params if self.params is not None else self.macs
+
+    def _validate(self, path: str) -> None:
+        _check(
+            (self.params is None) != (self.macs is None),
+            path,
+            "needs exactly one of 'params' and 'macs' (the share of the original to keep)",
+        )
+        _check(0.0 < self.keep <= 1.0, f"{path}.{self.metric}", f"must be in (0, 1], got {self.keep}")
+        _check(bool(self.kinds), f"{path}.kinds", "must list at least one of heads, ffn, layers, hidden")
+        _check(len(set(self.kinds)) == len(self.kinds), f"{path}.kinds", f"lists a kind twice: {self.kinds}")
+
+
+@dataclass
 class Pruning:
     """What a stage prunes, how much and when.
 
@@ -210,6 +239,7 @@ class Pruning:
     ffn: Keep | None = None
     layers: Keep | None = None
     hidden: Keep | None = None
+    budget: Budget | None = None
     unstructured: Unstructured | None = None
     n_m: NMSparsity | None = None
 
@@ -220,10 +250,18 @@ class Pruning:
 
     def _validate(self, path: str) -> None:
         _check(
-            bool(self.structured_targets()) or self.unstructured is not None or self.n_m is not None,
+            bool(self.structured_targets()) or self.budget is not None or self.unstructured is not None
+            or self.n_m is not None,
             path,
-            "prunes nothing: add heads, ffn, layers, hidden, unstructured or n_m",
+            "prunes nothing: add heads, ffn, layers, hidden, budget, unstructured or n_m",
         )
+        if self.budget is not None:
+            both = [k for k in self.budget.kinds if getattr(self, k) is not None]
+            _check(
+                not both,
+                f"{path}.budget.kinds",
+                f"{', '.join(both)} also has an explicit target; a kind is set by the budget or by a target, not both",
+            )
         _check(self.start_step >= 0, f"{path}.start_step", f"must be >= 0, got {self.start_step}")
         if self.end_step is not None:
             _check(

@@ -412,8 +412,15 @@ class PaKDTrainer(Trainer):
             mask_state=self._mask_state,
             reduce=self._reduce_sum,
             initial=initial,
+            sample_inputs=self._sample_inputs() if stage.pruning.budget is not None and stage.pruning.budget.metric == "macs" else None,
         )
         self._mask_state = self._pruner.mask_state
+
+    def _sample_inputs(self) -> dict:
+        """One training sample (no labels), for counting MACs of a budget."""
+        batch = next(iter(self.get_train_dataloader()))
+        skip = set(self.label_names or [])
+        return {k: v[:1] for k, v in batch.items() if torch.is_tensor(v) and k not in skip}
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.accelerator.num_processes <= 1:

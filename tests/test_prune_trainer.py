@@ -216,3 +216,30 @@ def test_unsupported_architecture_is_named(tmp_path):
     message = str(info.value)
     assert "GPT2ForSequenceClassification" in message and "BERT" in message and "ViT" in message
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("metric", ["params", "macs"])
+def test_global_budget_keeps_uniform_shapes_within_the_budget(metric, tmp_path):
+    from pakd_hf.measure import count_macs
+
+    data = toy_dataset(64)
+    sample = {"input_ids": torch.tensor(data[:1]["input_ids"]), "attention_mask": torch.tensor(data[:1]["attention_mask"])}
+    student = tiny_bert(seed=0)
+    before = count_macs(student, sample) if metric == "macs" else sum(p.numel() for p in student.parameters())
+    pruning = {"budget": {metric: 0.4, "kinds": ["heads", "ffn", "layers", "hidden"]}, "frequency": 2}
+    recipe = prune_recipe("text-classification", pruning, distil=False, prune_steps=6, recover_steps=2)
+    trainer = PaKDTrainer(model=student, args=targs(tmp_path / "run"), train_dataset=data, recipe=recipe)
+    trainer.train()
+    after = count_macs(student, sample) if metric == "macs" else sum(p.numel() for p in student.parameters())
+    assert after <= 0.4 * before
+    assert after >= 0.1 * before  # the largest shapes that fit, not the smallest
+    cfg = student.config
+    assert cfg.hidden_size == cfg.num_attention_heads * 8  # stock BERT: hidden tied to heads x head_dim
+
+
+def test_budget_that_cannot_be_met_is_rejected_before_training(tmp_path):
+    pruning = {"budget": {"params": 0.01, "kinds": ["ffn"]}}
+    recipe = prune_recipe("text-classification", pruning, distil=False)
+    with pytest.raises(RecipeError, match=r"stages\[0\].pruning.budget"):
+        PaKDTrainer(model=tiny_bert(), args=targs(tmp_path / "never"), train_dataset=toy_dataset(16), recipe=recipe)
+    assert not (tmp_path / "never").exists()

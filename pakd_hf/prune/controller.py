@@ -77,6 +77,17 @@ def check_targets(spec, structure: Structure, path: str) -> None:
             )
 
 
+def budget_counts(model, adapter, current: Structure, spec, sample_inputs: dict | None) -> dict[str, int]:
+    """The counts a stage's `budget` resolves to (explicit targets of other kinds held fixed)."""
+    from .budget import counts_for_budget
+
+    b = spec.budget
+    fixed = {kind: target_count(keep, current, kind) for kind, keep in spec.structured_targets().items()}
+    return counts_for_budget(
+        model, adapter, current, kinds=list(b.kinds), keep=b.keep, metric=b.metric, fixed=fixed, inputs=sample_inputs
+    )
+
+
 def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
     """Check every stage's pruning targets against `model` before training (nothing changes).
 
@@ -95,12 +106,18 @@ def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
             continue
         where = f"{path}[{i}].pruning"
         check_targets(spec, current, where)
-        targets = spec.structured_targets()
-        if not targets:
+        counts = {kind: target_count(keep, current, kind) for kind, keep in spec.structured_targets().items()}
+        if spec.budget is not None:
+            if spec.budget.metric == "macs":
+                continue  # MACs need real inputs: resolved when the stage starts
+            try:
+                counts.update(budget_counts(model, adapter, current, spec, None))
+            except ValueError as exc:
+                raise RecipeError(f"{where}.budget", str(exc)) from None
+        if not counts:
             continue
-        acc = ImportanceAccumulator(model, adapter, kinds=tuple(targets), criterion="magnitude")
+        acc = ImportanceAccumulator(model, adapter, kinds=tuple(counts), criterion="magnitude")
         acc.update()
-        counts = {kind: target_count(keep, current, kind) for kind, keep in targets.items()}
         try:
             current = select_structure(
                 acc.scores(), base, within=current, adapter=adapter, check_export=spec.compact, **counts
@@ -122,6 +139,7 @@ class StagePruner:
         mask_state: MaskState | None = None,
         reduce: Reduce | None = None,
         initial: Structure | None = None,
+        sample_inputs: dict | None = None,
     ):
         self.spec = spec
         self.adapter = get_adapter(model)
@@ -135,6 +153,8 @@ class StagePruner:
         # Where this stage starts (original coordinates); given when resuming mid-stage.
         self.initial = initial if initial is not None else self.mask_state.structure()
         self.targets = {kind: target_count(keep, self.original, kind) for kind, keep in spec.structured_targets().items()}
+        if spec.budget is not None:
+            self.targets.update(budget_counts(self.model, self.adapter, self.initial, spec, sample_inputs))
         kinds = tuple(self.targets)
         weights = spec.unstructured is not None and spec.unstructured.method == "movement"
         if weights:
