@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 from .recipe import RecipeError, load_recipe
@@ -27,6 +28,49 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def _find_report(folder: Path) -> tuple[Path, Path]:
+    """(student folder, report.json) for an output folder of `pakd compress` or a student folder."""
+    for student, report in ((folder / "student", folder / "report.json"), (folder, folder.parent / "report.json"),
+                            (folder, folder / "report.json")):
+        if (student / "config.json").is_file() and report.is_file():
+            return student, report
+    raise FileNotFoundError(
+        f"{folder}: no saved report found (expected {folder / 'report.json'} beside {folder / 'student'}); "
+        "run `pakd compress` or `pakd benchmark --json` first"
+    )
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    import json
+
+    from .hub import write_card
+
+    try:
+        student, report_path = _find_report(Path(args.dir))
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = json.loads(report_path.read_text())
+    path = write_card(student, report, repo_id=args.repo_id)
+    print(f"wrote {path} from {report_path}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import PushError, push_folder
+
+    folder = Path(args.dir)
+    if (folder / "student" / "config.json").is_file():
+        folder = folder / "student"
+    try:
+        url = push_folder(folder, args.repo_id, private=args.private, revision=args.revision, token=args.token)
+    except PushError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"pushed {folder} to {args.repo_id}: {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pakd",
@@ -37,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check recipe files and print a summary of each")
     validate.add_argument("recipes", nargs="+", metavar="RECIPE.yaml")
     validate.set_defaults(func=_cmd_validate)
+
+    card = sub.add_parser("card", help="(re)generate the model card of an output folder from its saved report")
+    card.add_argument("dir", metavar="DIR", help="an output folder of `pakd compress` (or its student/ folder)")
+    card.add_argument("--repo-id", help="the Hub id the card's code should load from")
+    card.set_defaults(func=_cmd_card)
+
+    push = sub.add_parser("push", help="push a compressed student (and only it) to the Hugging Face Hub")
+    push.add_argument("dir", metavar="DIR", help="a student folder, or an output folder with student/")
+    push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
+    push.add_argument("--private", action="store_true", default=None, help="create the repository private")
+    push.add_argument("--revision", help="branch to push to (created if missing)")
+    push.add_argument("--token", help="a write token (default: the logged-in token / HF_TOKEN)")
+    push.set_defaults(func=_cmd_push)
     return parser
 
 

@@ -760,6 +760,53 @@ class PaKDTrainer(Trainer):
 
             self.distill_projections.load_state_dict(load_file(str(proj_file), device=str(self.args.device)))
 
+    # ---- the Hub ---------------------------------------------------------------------
+    def push_to_hub(
+        self,
+        commit_message: str | None = "Upload compressed model (pakd-hf)",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        *,
+        report: dict | None = None,
+        **card_kwargs: Any,
+    ) -> str | None:
+        """Save the compact student, write its model card and push it to `args.hub_model_id`.
+
+        Only the student's files go up (see `pakd_hf.hub.PUSH_PATTERNS`): never the teacher,
+        optimizer or trainer state, checkpoints, distillation projections or
+        `training_args.bin`. `report` is a measured comparison (`pakd_hf.benchmark.compare_models`)
+        for the card's numbers; `card_kwargs` go to `pakd_hf.hub.write_card` (license, dataset,
+        reproduce). Errors raise `pakd_hf.hub.PushError`. Always blocking.
+        """
+        from .hub import push_folder, write_card
+
+        output_dir = self.args.output_dir
+        self.save_model(output_dir, _internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        repo_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id or Path(output_dir).name
+        if self.teacher_model is not None and "teacher" not in card_kwargs:
+            name = getattr(getattr(self.teacher_model, "config", None), "_name_or_path", "") or None
+            card_kwargs["teacher"] = name
+        write_card(output_dir, report or {}, repo_id=repo_id, **card_kwargs)
+        return push_folder(
+            output_dir,
+            repo_id,
+            private=self.args.hub_private_repo,
+            revision=revision or self.args.hub_revision,
+            token=token or self.args.hub_token,
+            commit_message=commit_message or "Upload compressed model (pakd-hf)",
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Trainer pushes every checkpoint's output_dir (with training_args.bin, which can hold a
+        # token, and a model that may still be masked). A PaKD run pushes only the final,
+        # compact student, through push_to_hub().
+        if not getattr(self, "_warned_checkpoint_push", False):
+            logger.warning("PaKDTrainer pushes only the final student (push_to_hub); checkpoint pushes are skipped")
+            self._warned_checkpoint_push = True
+
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)

@@ -14,7 +14,33 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
+# One loopback Hub for the whole session, started before anything imports huggingface_hub,
+# which reads HF_ENDPOINT at import time. Tests that talk to it go online with
+# hub_server.patch_hub_endpoint (everything else stays HF_HUB_OFFLINE=1).
+from hub_server import HubServer, assert_loopback  # noqa: E402
+
+HUB = HubServer().start()
+os.environ["HF_ENDPOINT"] = HUB.endpoint
+
 import pytest  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    from huggingface_hub import constants
+
+    try:
+        assert_loopback(constants.ENDPOINT)
+    except RuntimeError as exc:  # never let a test talk to a real Hub
+        pytest.exit(f"the Hub endpoint is not loopback: {exc}", returncode=3)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    HUB.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    return HUB
 
 
 @pytest.fixture(scope="session")

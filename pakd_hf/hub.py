@@ -1,0 +1,379 @@
+"""Model cards and Hub pushes for compressed students.
+
+The card is built with huggingface_hub's `ModelCardData` / `EvalResult` / `ModelCard` from
+the Jinja template in `hub_cards/`; every number in it comes from a measured report
+(`pakd_hf.benchmark.compare_models`) and the saved `pakd.json`, never from the template.
+
+A push uploads an allowlist of the student's files only: weights, config,
+tokenizer/processor, `pakd.json`, `pakd_recipe.yaml`, the card and its figure, and any
+generated modeling file; never the teacher, optimizer or trainer state, checkpoints,
+distillation projections or `training_args.bin` (which can hold a token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["PushError", "build_card", "write_card", "push_folder", "PUSH_PATTERNS", "CARD_FIGURE"]
+
+CARD_FIGURE = "pakd_card.png"
+TEMPLATE = Path(__file__).resolve().parent.parent / "hub_cards" / "pakd_model_card.md"
+PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "hub_cards" / "pakd_model_card.md"
+
+PUSH_PATTERNS = [
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "feature_extractor_config.json",
+    "chat_template.jinja",
+    "pakd.json",
+    "pakd_recipe.yaml",
+    "README.md",
+    CARD_FIGURE,
+    "modeling_pakd*.py",
+    "configuration_pakd*.py",
+]
+
+PIPELINE_TAGS = {
+    "text-classification": "text-classification",
+    "token-classification": "token-classification",
+    "image-classification": "image-classification",
+    "audio-classification": "audio-classification",
+}
+AUTO_CLASSES = {
+    "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "image-classification": "AutoModelForImageClassification",
+    "audio-classification": "AutoModelForAudioClassification",
+}
+MODALITY_TAGS = {"text": "nlp", "vision": "vision", "audio": "audio"}
+
+
+class PushError(RuntimeError):
+    """A push failed; the message says what happened and what to do. Nothing local changed."""
+
+
+def _template_path() -> Path:
+    for path in (PACKAGED_TEMPLATE, TEMPLATE):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"model-card template not found (looked at {PACKAGED_TEMPLATE} and {TEMPLATE})")
+
+
+def _fmt_int(n: float) -> str:
+    return f"{int(round(n)):,}"
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def _compression_rows(r: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    if "params_teacher" in r:
+        rows.append({"name": "parameters", "teacher": _fmt_int(r["params_teacher"]),
+                     "student": _fmt_int(r["params_student"]), "ratio": _ratio(r["params_teacher"], r["params_student"])})
+    if "bytes_teacher" in r:
+        rows.append({"name": "safetensors size", "teacher": _fmt_bytes(r["bytes_teacher"]),
+                     "student": _fmt_bytes(r["bytes_student"]), "ratio": _ratio(r["bytes_teacher"], r["bytes_student"])})
+    if "macs_teacher" in r:
+        rows.append({"name": "MACs per sample", "teacher": _fmt_int(r["macs_teacher"]),
+                     "student": _fmt_int(r["macs_student"]), "ratio": _ratio(r["macs_teacher"], r["macs_student"])})
+    for key, label in (("b1", "CPU latency, batch 1"), ("b32", "CPU latency, batch 32")):
+        if f"latency_ms_{key}_teacher" in r:
+            t, s = r[f"latency_ms_{key}_teacher"], r[f"latency_ms_{key}_student"]
+            rows.append({"name": f"{label} (ms, median)", "teacher": f"{t:.2f}", "student": f"{s:.2f}",
+                         "ratio": f"{t / s:.2f}x faster"})
+    if r.get("accuracy_teacher") is not None:
+        where = f" ({r.get('split', 'eval')}, n={r['n_eval']})" if r.get("n_eval") else ""
+        rows.append({"name": f"accuracy{where}", "teacher": f"{r['accuracy_teacher']:.4f}",
+                     "student": f"{r['accuracy_student']:.4f}",
+                     "ratio": f"{r['accuracy_student'] / r['accuracy_teacher']:.3f} kept"})
+    return rows
+
+
+def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | None:
+    """Accuracy vs batch-1 latency, teacher and student, plus kept heads/FFN per layer."""
+    if r.get("accuracy_teacher") is None or "latency_ms_b1_teacher" not in r:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is the optional `card` extra
+        return None
+    panels = 2 if structure and structure.get("layers") else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), dpi=110, squeeze=False)
+    ax = axes[0][0]
+    for who, color in (("teacher", "#888888"), ("student", "#d6604d")):
+        x, y = r[f"latency_ms_b1_{who}"], r[f"accuracy_{who}"]
+        ax.scatter([x], [y], s=80, color=color, label=who, zorder=3)
+        ax.annotate(f"{who}\n{x:.1f} ms, {y:.3f}", (x, y), textcoords="offset points", xytext=(8, -4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"CPU latency, batch 1 (ms, {r.get('threads', '?')} threads)")
+    ax.set_ylabel(f"accuracy ({r.get('split', 'eval')})")
+    ax.set_title("accuracy vs latency", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if panels == 2:
+        ax2 = axes[0][1]
+        layers = structure["layers"]
+        heads = [len(structure["heads"][i]) for i in layers]
+        ffn = [len(structure["ffn"][i]) for i in layers]
+        xs = range(len(layers))
+        ax2.bar([x - 0.2 for x in xs], [h / structure["original"]["num_heads"] for h in heads], width=0.4, label="heads kept")
+        ax2.bar([x + 0.2 for x in xs], [f / structure["original"]["intermediate_size"] for f in ffn], width=0.4, label="FFN kept")
+        ax2.set_xticks(list(xs), [str(i) for i in layers])
+        ax2.set_xlabel("original layer index (kept layers)")
+        ax2.set_ylabel("share of the teacher's layer kept")
+        ax2.set_ylim(0, 1.05)
+        ax2.set_title(f"{len(layers)}/{structure['original']['num_layers']} layers, hidden "
+                      f"{len(structure['hidden'])}/{structure['original']['hidden_size']}", fontsize=10)
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / CARD_FIGURE)
+    plt.close(fig)
+    return CARD_FIGURE
+
+
+def _structure_rows(structure: dict | None) -> tuple[str, list[dict[str, Any]]]:
+    if not structure:
+        return "The student keeps the teacher's architecture shape (distillation only).", []
+    layers = structure["layers"]
+    rows = [{"layer": i, "heads": f"{len(structure['heads'][i])} / {structure['original']['num_heads']}",
+             "ffn": f"{len(structure['ffn'][i])} / {structure['original']['intermediate_size']}"} for i in layers]
+    summary = (
+        f"{len(layers)} of {structure['original']['num_layers']} layers, hidden size {len(structure['hidden'])} of "
+        f"{structure['original']['hidden_size']} (indices refer to the teacher)."
+    )
+    return summary, rows
+
+
+def _kinds_used(structure: dict | None, pakd: dict) -> list[str]:
+    tags = []
+    if structure:
+        if any(len(structure["heads"][i]) < structure["original"]["num_heads"] for i in structure["layers"]):
+            tags.append("head-pruning")
+        if any(len(structure["ffn"][i]) < structure["original"]["intermediate_size"] for i in structure["layers"]):
+            tags.append("ffn-pruning")
+        if len(structure["layers"]) < structure["original"]["num_layers"]:
+            tags.append("layer-pruning")
+        if len(structure["hidden"]) < structure["original"]["hidden_size"]:
+            tags.append("hidden-pruning")
+    if pakd.get("vocabulary"):
+        tags.append("vocabulary-pruning")
+    if pakd.get("sparsity", {}).get("weights"):
+        tags.append("unstructured-sparsity")
+    return tags
+
+
+def build_card(
+    student_dir: str | os.PathLike,
+    report: dict[str, Any],
+    *,
+    repo_id: str | None = None,
+    teacher: str | None = None,
+    license: str | None = None,
+    dataset: dict[str, str] | None = None,
+    reproduce: str | None = None,
+    write_figure: bool = True,
+):
+    """Render the card of a saved student from its measured `report` (see module docs).
+
+    `dataset`: {"id": Hub id or name, "name": display name}. `teacher`: the teacher's Hub id or
+    path (else taken from pakd.json). `license`: the teacher's license where known.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    # A report written by `pakd compress` carries these too; explicit arguments win.
+    teacher = teacher or report.get("teacher")
+    license = license or report.get("license")
+    dataset = dataset or report.get("dataset")
+    reproduce = reproduce or report.get("reproduce")
+    folder = Path(student_dir)
+    config = json.loads((folder / "config.json").read_text())
+    pakd = json.loads((folder / "pakd.json").read_text()) if (folder / "pakd.json").is_file() else {}
+    recipe_text = (folder / "pakd_recipe.yaml").read_text() if (folder / "pakd_recipe.yaml").is_file() else ""
+    recipe = yaml.safe_load(recipe_text) if recipe_text else {}
+    task = recipe.get("task") or report.get("task") or "text-classification"
+    modality = recipe.get("modality") or {"text-classification": "text", "token-classification": "text",
+                                          "image-classification": "vision", "audio-classification": "audio"}[task]
+    structure = pakd.get("structure")
+    teacher = teacher or (pakd.get("teacher") or {}).get("name_or_path") or "the teacher"
+    architecture = (config.get("architectures") or [pakd.get("architecture", "the model")])[0]
+    custom_code = bool(pakd.get("custom_code") or config.get("auto_map"))
+    name = repo_id.split("/")[-1] if repo_id else (recipe.get("name") or folder.name)
+
+    eval_results = []
+    if report.get("accuracy_student") is not None and dataset:
+        split = report.get("split", "test")
+        for who, value in (("student", report["accuracy_student"]), ("teacher", report["accuracy_teacher"])):
+            eval_results.append(EvalResult(
+                task_type=PIPELINE_TAGS[task], dataset_type=dataset["id"], dataset_name=dataset.get("name", dataset["id"]),
+                dataset_split=split, metric_type="accuracy", metric_value=value,
+                metric_name=f"Accuracy ({who}{': ' + teacher if who == 'teacher' else ''})",
+            ))
+    tags = ["pakd", "pruned", "knowledge-distillation", MODALITY_TAGS[modality], *_kinds_used(structure, pakd)]
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=teacher if teacher != "the teacher" else None,
+        pipeline_tag=PIPELINE_TAGS[task],
+        tags=tags,
+        datasets=[dataset["id"]] if dataset else None,
+        metrics=["accuracy"] if eval_results else None,
+        license=license,
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+    figure = _figure(folder, report, structure) if write_figure else (CARD_FIGURE if (folder / CARD_FIGURE).is_file() else None)
+    structure_summary, layer_rows = _structure_rows(structure)
+    auto = AUTO_CLASSES[task]
+    target = repo_id or str(folder)
+    trc = ", trust_remote_code=True" if custom_code else ""
+    load_code = f"from transformers import {auto}\n\nmodel = {auto}.from_pretrained({target!r}{trc})"
+    if modality == "text":
+        load_code += f"\n\nfrom transformers import AutoTokenizer\ntokenizer = AutoTokenizer.from_pretrained({target!r})"
+    elif (folder / "preprocessor_config.json").is_file():
+        processor = "AutoImageProcessor" if modality == "vision" else "AutoFeatureExtractor"
+        load_code += f"\n\nfrom transformers import {processor}\nprocessor = {processor}.from_pretrained({target!r})"
+    note = ""
+    if report.get("hardware"):
+        note = (
+            f"Measured by `pakd benchmark` on {report['hardware']}, {report.get('threads', '?')} threads, "
+            f"PyTorch eager on CPU, median of {report.get('latency_repeats', '?')} timed runs after warm-up; "
+            f"teacher and student measured side by side in one process on the same inputs."
+        )
+    limitations = [
+        "Accuracy was measured on one split of one data set; check it on your own data before relying on it.",
+        "Latency depends on hardware, threads, batch size and sequence length; the numbers above are for the "
+        "stated machine only.",
+        "A pruned and distilled model can lose capabilities of the teacher that the distillation data did not "
+        "exercise, and inherits the teacher's biases.",
+    ]
+    if pakd.get("sparsity", {}).get("weights"):
+        limitations.append("Unstructured / N:M sparsity is stored as dense zeros: it makes the model no smaller "
+                           "or faster on CPU by itself.")
+    if pakd.get("vocabulary"):
+        limitations.append("The vocabulary was reduced to the tokens of the training corpus: other tokens map "
+                           "to the unknown token.")
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(_template_path()),
+        title=name,
+        summary=(
+            f"A compressed `{architecture}` for {task.replace('-', ' ')}, pruned and distilled from "
+            f"`{teacher}` with pakd-hf."
+        ),
+        figure=figure,
+        figure_alt="accuracy vs latency of the teacher and the student",
+        compression_rows=_compression_rows(report),
+        measurement_note=note,
+        structure_summary=structure_summary,
+        layer_rows=layer_rows,
+        load_code=load_code,
+        custom_code=custom_code,
+        architecture=architecture,
+        teacher_name=teacher,
+        teacher_link=f"https://huggingface.co/{teacher}" if "/" in teacher and not Path(teacher).exists() else teacher,
+        recipe_yaml=recipe_text,
+        reproduce=reproduce,
+        limitations=limitations,
+    )
+    return card
+
+
+def write_card(student_dir: str | os.PathLike, report: dict[str, Any], **kwargs) -> Path:
+    """Render the card (and its figure) into `student_dir/README.md`."""
+    card = build_card(student_dir, report, **kwargs)
+    path = Path(student_dir) / "README.md"
+    card.save(str(path))
+    return path
+
+
+def _files_to_push(folder: Path) -> list[str]:
+    from fnmatch import fnmatch
+
+    return sorted(
+        p.name for p in folder.iterdir() if p.is_file() and any(fnmatch(p.name, pat) for pat in PUSH_PATTERNS)
+    )
+
+
+def push_folder(
+    student_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload compressed model (pakd-hf)",
+) -> str:
+    """Upload the student's allowlisted files to `repo_id`; returns the commit URL.
+
+    Raises :class:`PushError` with one message naming what happened and what to do. The local
+    folder is only read.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(student_dir)
+    if not (folder / "config.json").is_file():
+        raise PushError(f"{folder} is not a saved model folder (no config.json): nothing to push")
+    files = _files_to_push(folder)
+    api = HfApi()
+    token = token or api.token or None
+    if not token:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    if not token:
+        raise PushError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then push again")
+    endpoint = constants.ENDPOINT
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), allow_patterns=files, revision=revision,
+            commit_message=commit_message, token=token,
+        )
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise PushError(f"the Hub at {endpoint} rejected the token (401): log in again with a valid write token") from None
+        if status == 403:
+            raise PushError(
+                f"no write access to '{repo_id}' (403): push to your own namespace or ask for write access"
+            ) from None
+        if status is not None and status >= 500:
+            raise PushError(
+                f"the Hub at {endpoint} failed ({status}) while pushing '{repo_id}'; nothing was committed, retry later"
+            ) from None
+        raise PushError(f"push of '{repo_id}' failed: {str(exc).splitlines()[0]}") from None
+    except (OSError, ConnectionError) as exc:
+        raise PushError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}): check the network and retry") from None
+    except Exception as exc:  # httpx errors and the like, without importing httpx
+        if "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__:
+            raise PushError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}): check the network and retry") from None
+        raise
+    return getattr(info, "commit_url", None) or str(info)

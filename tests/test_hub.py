@@ -1,0 +1,213 @@
+"""Model cards from measured numbers, and pushes of compressed students to the loopback Hub."""
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hub_server import patch_hub_endpoint
+from pakd_hf import PaKDTrainer, PaKDTrainingArguments
+from pakd_hf.benchmark import REPORT_KEYS, compare_models
+from pakd_hf.hub import CARD_FIGURE, PushError, build_card, push_folder, write_card
+from toy import tiny_bert, toy_dataset
+
+TOKEN, OTHER = "hf_pakd_writer", "hf_someone_else"
+EXPECTED_FILES = {"config.json", "model.safetensors", "pakd.json", "pakd_recipe.yaml", "README.md", CARD_FIGURE}
+
+
+@pytest.fixture(autouse=True)
+def _clear_injected_failures(hub_server):
+    yield
+    hub_server._fail.clear()  # a failure a test injected must not leak into the next one
+
+
+def accuracy(model, data):
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])).logits
+    return (logits.argmax(-1) == torch.tensor(data["labels"])).float().mean().item()
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory, trained_teacher):
+    """A tiny BERT pruned + distilled by PaKDTrainer, saved, measured against its teacher."""
+    from transformers import BertForSequenceClassification
+
+    out = tmp_path_factory.mktemp("compressed")
+    teacher = BertForSequenceClassification.from_pretrained(trained_teacher)
+    data, test = toy_dataset(256, seed=0), toy_dataset(128, seed=7)
+    recipe = {
+        "name": "tiny-prune", "task": "text-classification",
+        "stages": [
+            {"name": "prune", "steps": 24, "learning_rate": 3e-3, "distillation": {"alpha": 0.5},
+             "pruning": {"heads": {"keep": 2}, "ffn": {"keep": 32}, "layers": {"keep": 2}, "hidden": {"keep": 16}, "frequency": 4}},
+            {"name": "recover", "steps": 24, "learning_rate": 3e-3, "distillation": {"alpha": 0.5}},
+        ],
+    }
+    args = PaKDTrainingArguments(output_dir=str(out / "run"), per_device_train_batch_size=16, report_to=[],
+                                 save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+                                 hub_token=TOKEN)  # a token in the args must never be uploaded
+    student = copy.deepcopy(teacher)
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, recipe=recipe)
+    trainer.train()
+    trainer.save_model(str(out / "student"))
+    torch.save(args, out / "student" / "training_args.bin")  # what Trainer leaves around: must not be pushed
+
+    def make_inputs(bs):
+        rows = test[:bs]
+        return {"input_ids": torch.tensor(rows["input_ids"]), "attention_mask": torch.tensor(rows["attention_mask"])}
+
+    report = compare_models(
+        teacher, student, make_inputs, teacher_dir=trained_teacher, student_dir=out / "student", threads=1,
+        repeats=5, accuracy=(accuracy(teacher, test), accuracy(student, test)), split="test", n_eval=len(test),
+    )
+    return dict(out=out, student=student, report=report, trainer=trainer, teacher=teacher, folder=out / "student")
+
+
+def test_report_has_every_key_with_measured_values(compressed):
+    r = compressed["report"]
+    assert set(REPORT_KEYS) <= set(r)
+    assert r["params_student"] < r["params_teacher"] and r["bytes_student"] < r["bytes_teacher"]
+    assert r["size_ratio"] == pytest.approx(r["bytes_teacher"] / r["bytes_student"], rel=1e-3)
+    assert r["macs_student"] < r["macs_teacher"]
+    assert r["latency_ms_b1_teacher"] > 0 and r["latency_ms_b32_student"] > 0
+    assert r["threads"] == 1 and "logical cores" in r["hardware"]
+
+
+def test_card_renders_measured_numbers_metadata_and_figure(compressed):
+    folder, r = compressed["folder"], compressed["report"]
+    write_card(folder, r, repo_id="pakd/tiny-bert-pruned", teacher="pakd/tiny-bert-teacher", license="apache-2.0",
+               dataset={"id": "toy-count", "name": "Toy counting task"},
+               reproduce="pakd compress recipes/examples/tiny-bert-prune.yaml --output-dir out")
+    text = (folder / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-classification"
+    assert meta["base_model"] == "pakd/tiny-bert-teacher" and meta["license"] == "apache-2.0"
+    assert {"pakd", "pruned", "knowledge-distillation", "nlp", "head-pruning", "layer-pruning", "hidden-pruning"} <= set(meta["tags"])
+    results = meta["model-index"][0]["results"]
+    values = sorted(m["value"] for res in results for m in res["metrics"])
+    assert values == sorted([r["accuracy_student"], r["accuracy_teacher"]])
+    assert all(res["dataset"]["split"] == "test" for res in results)
+    # The numbers in the body are the report's, formatted.
+    assert f"{r['params_teacher']:,}" in text and f"{r['params_student']:,}" in text
+    assert f"{r['latency_ms_b1_student']:.2f}" in text and r["hardware"] in text
+    assert "trust_remote_code" not in text.split("## How to use")[1].split("## How it was made")[0].split("```")[1]
+    assert "name: tiny-prune" in text  # the recipe block
+    assert f"![accuracy vs latency of the teacher and the student]({CARD_FIGURE})" in text
+    png = (folder / CARD_FIGURE).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("mode", ["lfs", "regular"])
+def test_push_and_pull_round_trip(compressed, hub_server, monkeypatch, mode):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForSequenceClassification
+
+    hub_server.add_user("pakd", TOKEN)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=(mode == "lfs"))
+    monkeypatch.setattr(hub_server, "regular_only", mode == "regular")
+    folder = compressed["folder"]
+    if not (folder / "README.md").is_file():
+        write_card(folder, compressed["report"], repo_id="pakd/x", dataset={"id": "toy"})
+    repo = f"pakd/tiny-{mode}"
+    push_folder(folder, repo, token=TOKEN)
+    stored = set(hub_server.files(repo, "main"))
+    assert stored - {".gitattributes"} == EXPECTED_FILES
+    if mode == "lfs":
+        assert "model.safetensors" in hub_server.lfs_paths(repo)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(repo, token=TOKEN).eval()
+    ids = torch.tensor(toy_dataset(4, seed=3)["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, compressed["student"].eval()(input_ids=ids).logits)
+    card = ModelCard.load(repo, token=TOKEN)
+    assert card.data.pipeline_tag == "text-classification" and card.data.eval_results
+    assert {e.metric_value for e in card.data.eval_results} == {compressed["report"]["accuracy_student"], compressed["report"]["accuracy_teacher"]}
+    card.validate()
+
+
+def test_trainer_push_to_hub_uploads_only_the_student(compressed, hub_server, monkeypatch):
+    hub_server.add_user("pakd", TOKEN)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    trainer = compressed["trainer"]
+    monkeypatch.setattr(trainer.args, "hub_model_id", "pakd/from-trainer")
+    trainer.push_to_hub(report=compressed["report"])
+    stored = set(hub_server.files("pakd/from-trainer", "main")) - {".gitattributes"}
+    assert {"model.safetensors", "config.json", "pakd.json", "pakd_recipe.yaml", "README.md"} <= stored
+    assert not any(n.endswith((".bin", ".pt")) or "projection" in n or "checkpoint" in n or "state" in n for n in stored)
+    for content in hub_server.files("pakd/from-trainer", "main").values():
+        assert TOKEN.encode() not in content
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [("no-token", "no Hugging Face token"), ("401", "rejected the token (401)"), ("403", "no write access"),
+     ("500", "failed (500)"), ("unreachable", "cannot reach the Hub")],
+)
+def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypatch, case, fragment):
+    hub_server.add_user("pakd", TOKEN)
+    hub_server.add_user("someone", OTHER)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(compressed["out"] / "no-token-here"))
+    folder = compressed["folder"]
+    before = _tree_digest(folder)
+    token, repo = TOKEN, f"pakd/failing-{case}"
+    if case == "no-token":
+        token = None
+    elif case == "401":
+        hub_server.fail_next("401")
+    elif case == "403":
+        token = OTHER  # someone else's namespace
+    elif case == "500":
+        hub_server.fail_next("500-commit", times=10)
+        import huggingface_hub.utils._http as http
+
+        # The client retries 5xx with 1-8 s back-off: skip the waiting, keep the retries.
+        monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+    elif case == "unreachable":
+        import socket
+
+        with socket.socket() as s:  # a loopback port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+        patch_hub_endpoint(monkeypatch, dead, disable_xet=True)
+    def uploads():  # commits that carry files (creating a repo makes an empty initial commit)
+        return [c for c in hub_server.commits(repo) if c.files] if repo in hub_server.repos else []
+
+    commits = len(uploads())
+    with pytest.raises(PushError) as info:
+        push_folder(folder, repo, token=token)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert _tree_digest(folder) == before
+    assert len(uploads()) == commits == 0
+
+
+def test_cli_card_and_push(compressed, hub_server, monkeypatch, tmp_path):
+    import shutil
+
+    from pakd_hf.cli import main
+
+    out = tmp_path / "out"
+    shutil.copytree(compressed["folder"], out / "student")
+    (out / "student" / "README.md").unlink(missing_ok=True)
+    report = dict(compressed["report"], teacher="pakd/tiny-teacher", license="mit", dataset={"id": "toy", "name": "Toy"})
+    (out / "report.json").write_text(json.dumps(report))
+    assert main(["card", str(out)]) == 0
+    text = (out / "student" / "README.md").read_text()
+    assert "license: mit" in text and f"{report['params_student']:,}" in text
+
+    hub_server.add_user("pakd", TOKEN)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    assert main(["push", str(out), "--repo-id", "pakd/cli-push", "--token", TOKEN, "--private"]) == 0
+    assert set(hub_server.files("pakd/cli-push", "main")) - {".gitattributes"} == EXPECTED_FILES
+    assert hub_server.repos["pakd/cli-push"].private
+    assert main(["push", str(out), "--repo-id", "someone/else", "--token", TOKEN]) == 1
+    assert main(["card", str(tmp_path / "nothing")]) == 2
