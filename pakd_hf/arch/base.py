@@ -52,7 +52,14 @@ class Cut:
       (weight columns).
     - ``nn.Embedding``: axis 1 = embedding dim.   ``nn.LayerNorm``: axis 0 (weight and bias).
     - ``nn.Conv2d``: axis 0 = out channels (weight and bias).
+    - ``nn.Conv1d`` (``groups=1``): axis 0 = out channels (weight and bias), axis 1 = in channels
+      (weight only).
     - ``name`` set: the raw parameter ``module.<name>`` (e.g. ViT's ``cls_token``), along ``axis``.
+    - ``conv_groups > 1`` (with ``axis=1``): the in channels of a GROUPED convolution weight
+      ``[C_out, C_in / G, *kernel]`` (``module.<name>``, default ``weight``). In-channel unit ``d``
+      is column ``d % (C_in / G)`` of the rows of group ``d // (C_in / G)`` only, so it is not a
+      plain index along axis 1: masks, importance and compaction have their own rule for it, and
+      compaction needs every group to keep the same number of channels.
 
     ``group`` consecutive entries form one unit (``head_dim`` for attention heads, 1 otherwise).
     """
@@ -61,10 +68,16 @@ class Cut:
     axis: int
     name: str | None = None
     group: int = 1
+    conv_groups: int = 1
 
     def params(self) -> list[tuple[str, nn.Parameter, int]]:
         """``[(param_name, parameter, axis)]`` touched by this cut (bias only where it follows)."""
         m = self.module
+        if self.conv_groups > 1:
+            if self.axis != 1:
+                raise ValueError("a grouped-convolution cut is along the in channels (axis 1)")
+            name = self.name or "weight"
+            return [(name, getattr(m, name), 1)]
         if self.name is not None:
             return [(self.name, getattr(m, self.name), self.axis)]
         if isinstance(m, nn.Linear):
@@ -82,7 +95,42 @@ class Cut:
             if self.axis != 0:
                 raise ValueError("a Conv2d cut is along its out channels (axis 0)")
             return [(n, p, 0) for n, p in (("weight", m.weight), ("bias", m.bias)) if p is not None]
+        if isinstance(m, nn.Conv1d):
+            _check_plain_conv1d(m)
+            if self.axis == 0:
+                return [(n, p, 0) for n, p in (("weight", m.weight), ("bias", m.bias)) if p is not None]
+            if self.axis == 1:
+                return [("weight", m.weight, 1)]
+            raise ValueError("a Conv1d cut is along its out (axis 0) or in (axis 1) channels")
         raise TypeError(f"no cut rule for {type(m).__name__}")
+
+
+def _check_plain_conv1d(m: nn.Conv1d) -> None:
+    if m.groups != 1:
+        raise TypeError("a grouped Conv1d is cut through Cut(..., axis=1, conv_groups=G) on its weight")
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(m, "weight") or not isinstance(m.weight, nn.Parameter):
+        raise TypeError(f"{type(m).__name__}.weight is not a plain parameter (weight norm / parametrized): "
+                        "cut its raw parameters by name instead")
+
+
+def weighted_layer_sum_keep(kept: list[int], num_layers: int) -> list[int]:
+    """Entries of a ``use_weighted_layer_sum`` weight vector (``num_layers + 1`` long: the layers'
+    input, then one per layer) that survive when only layers ``kept`` (sorted) remain.
+
+    The model's hidden-state tuple is (input of layer 0, output of each layer) with the LAST
+    entry replaced by the encoder output (after its final LayerNorm, if any). A removed layer is
+    masked as the identity, so its entry duplicates the previous one, and the last entry is
+    always the (post-processed) output of the last KEPT layer. So the compacted model, whose
+    hidden states are (input, each kept layer's output, last one post-processed), matches the
+    masked one exactly when it keeps entry 0, the entries of all kept layers but the last, and
+    the last entry ``num_layers`` (which carries the last kept layer's weight from now on).
+    """
+    kept = sorted(kept)
+    if not kept:
+        return [0]
+    return [0] + [1 + k for k in kept[:-1]] + [num_layers]
 
 
 @dataclass
@@ -124,6 +172,15 @@ class ArchAdapter:
     description: ClassVar[str] = ""
     #: ``config.model_type`` values this adapter can verify saved checkpoints for
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: config.json key of each generic shape field, for families whose config spells them
+    #: differently (Whisper: ``{"num_hidden_layers": "encoder_layers", ...}``)
+    config_fields: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def config_field(cls, generic: str) -> str:
+        """The config.json key holding ``generic`` (``num_hidden_layers``, ``num_attention_heads``,
+        ``intermediate_size`` or ``hidden_size``) for this family."""
+        return cls.config_fields.get(generic, generic)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -178,6 +235,33 @@ class ArchAdapter:
     def checkpoint_problems(cls, config: dict, shapes: dict[str, list[int]]) -> list[str]:  # family
         """Compare a saved folder's tensor shapes (by key) with its config.json; list problems."""
         raise NotImplementedError
+
+    def layer_sum_weights(self) -> tuple[nn.Module, str] | None:
+        """``(module, parameter_name)`` of a softmax-weighted sum over the hidden states (one
+        entry for the layers' input, then one per layer: transformers' ``use_weighted_layer_sum``
+        ``layer_weights``), or ``None``. While layers are masked the entries that compaction
+        drops (:func:`weighted_layer_sum_keep`) are held at ``-inf``; compaction slices it.
+        Default: the model's ``layer_weights`` when its config sets ``use_weighted_layer_sum``."""
+        m = self.model
+        cfg = getattr(m, "config", None)
+        weights = getattr(m, "layer_weights", None)
+        if getattr(cfg, "use_weighted_layer_sum", False) and isinstance(weights, nn.Parameter):
+            return (m, "layer_weights")
+        return None
+
+    def hidden_groups(self) -> int:
+        """Hidden dims form this many contiguous groups that must each keep the same number of
+        dims (a grouped convolution over the residual width); selection keeps the top dims per
+        group. 1 (default): no constraint."""
+        return 1
+
+    def check_compactable(self, structure: Structure) -> None:
+        """Raise when ``structure`` cannot be compacted physically at all (even with
+        ``check_export=False``), before anything is touched. Default: always possible."""
+
+    def after_compact(self) -> None:
+        """Fix module attributes that only mirror tensor shapes, after :func:`compact` sliced them
+        (e.g. a layer's ``embed_dim``). Default: nothing."""
 
     # ----------------------------------------------------------------- generic
     def identity_forward(self) -> Callable[..., Any]:

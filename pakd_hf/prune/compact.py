@@ -9,8 +9,11 @@ are no longer in the model, silently. The caller MUST rebuild them after compact
 Slicing follows ``transformers.pytorch_utils.prune_linear_layer`` (``index_select`` along the
 axis, bias only along the output axis) but keeps each module object, its dtype, device and
 ``requires_grad``, so references to modules (hooks, adapters, teacher/student maps) stay valid.
-Embeddings, LayerNorms, Conv2d out channels and raw parameters (ViT's ``cls_token`` /
-``position_embeddings``) get the same treatment. Removed layers are deleted from the
+Embeddings, LayerNorms, Conv1d in/out channels, Conv2d out channels, raw parameters (ViT's
+``cls_token`` / ``position_embeddings``) and the in channels of grouped convolutions
+(``Cut.conv_groups``, e.g. wav2vec2's weight-normed positional conv) get the same treatment; a
+``use_weighted_layer_sum`` weight vector (``ArchAdapter.layer_sum_weights``) loses the entries of
+removed layers. Removed layers are deleted from the
 ``ModuleList`` and per-layer index attributes (BERT's ``layer_idx``) are renumbered; per-module
 head attributes and the config (through the architecture adapter) are updated.
 
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
-from ..arch.base import ROLES
+from ..arch.base import ROLES, weighted_layer_sum_keep
 from .masks import MaskState, _expand
 from .structure import Structure, relative_keep, set_structure
 
@@ -61,8 +64,26 @@ def _select_param(module: nn.Module, name: str, axis: int, index: torch.Tensor) 
     setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
 
 
+def _select_grouped_in(module: nn.Module, name: str, keep: list[int], conv_groups: int) -> None:
+    """Keep the in channels ``keep`` (global indices) of a grouped conv weight ``[C_out, C_in/G, *k]``
+    (see ``Cut.conv_groups``); every group must keep the same number of them."""
+    old = getattr(module, name)
+    G, c_out, n = conv_groups, old.shape[0], old.shape[1]
+    per_group = [[d % n for d in keep if d // n == g] for g in range(G)]
+    if len({len(c) for c in per_group}) != 1 or not per_group[0]:
+        raise ValueError(
+            f"a grouped convolution ({G} groups) keeps {[len(c) for c in per_group]} channels per group: every group "
+            "must keep the same number (select hidden dims with the adapter: select_structure(..., adapter=...))"
+        )
+    rows = c_out // G
+    w = old.detach()
+    new = torch.cat([w[g * rows:(g + 1) * rows].index_select(1, torch.tensor(c, dtype=torch.long, device=w.device))
+                     for g, c in enumerate(per_group)], 0)
+    setattr(module, name, nn.Parameter(new.clone().contiguous(), requires_grad=old.requires_grad))
+
+
 def _slice_module(module: nn.Module, axes: dict[int, torch.Tensor]) -> None:
-    """Slice a Linear / Embedding / LayerNorm / Conv2d along the given axes and fix its attributes."""
+    """Slice a Linear / Embedding / LayerNorm / Conv1d / Conv2d along the given axes and fix its attributes."""
     if isinstance(module, nn.Linear):
         for axis, idx in axes.items():
             _select_param(module, "weight", axis, idx)
@@ -77,6 +98,14 @@ def _slice_module(module: nn.Module, axes: dict[int, torch.Tensor]) -> None:
             if getattr(module, name) is not None:
                 _select_param(module, name, 0, axes[0])
         module.normalized_shape = (len(axes[0]),)
+    elif isinstance(module, nn.Conv1d):
+        if module.groups != 1:
+            raise TypeError("a grouped Conv1d is compacted through a conv_groups cut")
+        for axis, idx in axes.items():
+            _select_param(module, "weight", axis, idx)
+            if axis == 0 and module.bias is not None:
+                _select_param(module, "bias", 0, idx)
+        module.out_channels, module.in_channels = module.weight.shape[:2]
     elif isinstance(module, nn.Conv2d):
         _select_param(module, "weight", 0, axes[0])
         if module.bias is not None:
@@ -112,6 +141,7 @@ def compact(
     structure = (state.structure() if state is not None else target).normalized()
     if check_export:
         adapter.check_structure(structure)
+    adapter.check_compactable(structure)
     rel = relative_keep(base, structure)
 
     # forward patches of whatever mask state is attached go first
@@ -124,11 +154,15 @@ def compact(
     params_before = _num_params(model)
     cuts: dict[int, tuple[nn.Module, dict[int, torch.Tensor]]] = {}
     raw: list[tuple[nn.Module, str, int, torch.Tensor]] = []
+    grouped: list[tuple[nn.Module, str, list[int], int]] = []
 
     def add(cut_list, keep_units: list[int], total: int) -> None:
         if len(keep_units) == total:
             return
         for cut in cut_list:
+            if cut.conv_groups > 1:
+                grouped.append((cut.module, cut.name or "weight", _expand(keep_units, cut.group), cut.conv_groups))
+                continue
             idx = torch.tensor(_expand(keep_units, cut.group), dtype=torch.long)
             if cut.name is not None:
                 raw.append((cut.module, cut.name, cut.axis, idx))
@@ -178,11 +212,18 @@ def compact(
                 m = m.index_select(axis, idx.to(m.device))
             weight_masks[key] = m
 
+    lsw = adapter.layer_sum_weights() if removed["layers"] else None
+
     with torch.no_grad():
+        for mod, name, keep, groups in grouped:  # before any out-channel cut of the same weight
+            _select_grouped_in(mod, name, keep, groups)
         for mod, axes in cuts.values():
             _slice_module(mod, axes)
         for mod, name, axis, idx in raw:
             _select_param(mod, name, axis, idx)
+        if lsw is not None:
+            keep = weighted_layer_sum_keep([j for j, _ in kept_parts], len(rel.layers))
+            _select_param(*lsw, 0, torch.tensor(keep, dtype=torch.long))
 
     if removed["layers"]:
         adapter.set_layer_list(nn.ModuleList([parts.layer for _, parts in kept_parts]))
@@ -192,6 +233,7 @@ def compact(
         old_to_new[j] = new_i
 
     adapter.update_config(model.config, structure, strict=check_export)
+    adapter.after_compact()
     set_structure(model, structure)
 
     if state is not None:

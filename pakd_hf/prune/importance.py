@@ -4,8 +4,9 @@ A GROUP is every weight entry that disappears with a unit (the adapter's cuts):
 
 - head ``h`` of layer ``l``: q/k/v rows ``h*d:(h+1)*d`` and their biases, o columns;
 - FFN neuron ``n``: fc1 row ``n`` and its bias, fc2 column ``n``;
-- hidden dim ``i``: that entry in every embedding, LayerNorm, Linear and raw parameter of
-  the residual width (see ``ArchAdapter.hidden_cuts``);
+- hidden dim ``i``: that entry in every embedding, LayerNorm, Linear, convolution and raw
+  parameter of the residual width (see ``ArchAdapter.hidden_cuts``; a grouped convolution's
+  in channel ``i`` only in the rows of its group, ``Cut.conv_groups``);
 - layer ``l``: the sum of its heads' and its FFN neurons' scores (all criteria);
 - ``weights`` (unstructured): each entry of the blocks' q/k/v/o/fc1/fc2 weights.
 
@@ -44,6 +45,13 @@ def _reduce(t: torch.Tensor, axis: int, group: int) -> torch.Tensor:
     return s.reshape(-1, group).sum(1) if group > 1 else s
 
 
+def _reduce_grouped_in(t: torch.Tensor, conv_groups: int) -> torch.Tensor:
+    """Per in channel of a grouped conv weight ``[C_out, C_in/G, *k]``: the sum over the rows of
+    its group and the kernel (``Cut.conv_groups``)."""
+    G, c_out, n = conv_groups, t.shape[0], t.shape[1]
+    return t.reshape(G, c_out // G, n, -1).sum((1, 3)).reshape(-1)
+
+
 def _group_sum(cuts: list[Cut], fn) -> torch.Tensor | None:
     """``sum over the group of fn(weight, grad)`` per unit, over all cuts (None if no grads)."""
     total = None
@@ -52,7 +60,11 @@ def _group_sum(cuts: list[Cut], fn) -> torch.Tensor | None:
             v = fn(p)
             if v is None:
                 continue
-            r = _reduce(v.float(), axis, cut.group)
+            if cut.conv_groups > 1:
+                r = _reduce_grouped_in(v.float(), cut.conv_groups)
+                r = r.reshape(-1, cut.group).sum(1) if cut.group > 1 else r
+            else:
+                r = _reduce(v.float(), axis, cut.group)
             total = r if total is None else total + r.to(total.device)
     return total
 

@@ -20,6 +20,10 @@ removed by :meth:`MaskState.detach` and by :func:`~pakd_hf.prune.compact.compact
 - with hidden dims masked, every LayerNorm over the residual width gets a forward hook that
   recomputes it with mean/variance over the KEPT dims only (zeros elsewhere).
 
+With a softmax-weighted sum over the hidden states (``use_weighted_layer_sum``; see
+``ArchAdapter.layer_sum_weights``), the entries that compaction drops with masked layers are
+held at ``-inf`` (softmax weight exactly 0; their gradients are zeroed), not at zero.
+
 Heads and FFN neurons need no hook: zero q/k/v rows+biases and o columns give a head whose
 (uniform) attention reads v = 0; zero fc1 rows+bias and fc2 columns give act(0) = 0 for GELU,
 ReLU, SiLU. Attention scaling uses head_dim, which no pruning kind changes.
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
+from ..arch.base import weighted_layer_sum_keep
 from .structure import Structure, relative_keep
 
 _ACTIVE = "_pakd_mask_state"
@@ -42,6 +47,17 @@ _ACTIVE = "_pakd_mask_state"
 
 def _expand(idx: list[int], group: int) -> list[int]:
     return [i * group + j for i in idx for j in range(group)] if group > 1 else list(idx)
+
+
+def _grouped_keep_mask(p: torch.Tensor, drop: list[int], conv_groups: int) -> torch.Tensor:
+    """Keep mask (shape of ``p``) of a grouped conv weight ``[C_out, C_in/G, *k]`` without the
+    in channels ``drop`` (global in-channel indices; see ``Cut.conv_groups``)."""
+    G = conv_groups
+    c_out, n = p.shape[0], p.shape[1]
+    m = torch.ones(G, c_out // G, n, *p.shape[2:], dtype=torch.bool, device=p.device)
+    for d in drop:
+        m[d // n, :, d % n] = False
+    return m.reshape(p.shape)
 
 
 class MaskState:
@@ -132,18 +148,32 @@ class MaskState:
             object.__delattr__(self.model, _ACTIVE)
 
     # ----------------------------------------------------------------- zeroing
-    def _build_plan(self) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
+    def _build_plan(self) -> list[tuple[nn.Parameter, int | None, torch.Tensor, float]]:
+        """``(param, axis, index, fill)``: ``param.index_fill_(axis, index, fill)``; with
+        ``axis=None`` the index is a boolean keep mask shaped like ``param`` (grouped convs)."""
         rel = relative_keep(self.base, self.target)
         a = self.adapter
-        plan: list[tuple[nn.Parameter, int, torch.Tensor]] = []
+        plan: list[tuple[nn.Parameter, int | None, torch.Tensor, float]] = []
 
         def add(cuts, drop):
             if not drop:
                 return
             for cut in cuts:
                 for _, p, axis in cut.params():
+                    if cut.conv_groups > 1:
+                        plan.append((p, None, _grouped_keep_mask(p, _expand(drop, cut.group), cut.conv_groups), 0.0))
+                        continue
                     idx = torch.tensor(_expand(drop, cut.group), dtype=torch.long, device=p.device)
-                    plan.append((p, axis, idx))
+                    plan.append((p, axis, idx, 0.0))
+
+        lsw = a.layer_sum_weights()
+        if lsw is not None and not all(rel.layers):
+            # removed layers: their weighted-sum entries get softmax weight 0 (see weighted_layer_sum_keep)
+            p = getattr(*lsw)
+            L = len(rel.layers)
+            keep = set(weighted_layer_sum_keep([j for j, k in enumerate(rel.layers) if k], L))
+            drop = [i for i in range(L + 1) if i not in keep]
+            plan.append((p, 0, torch.tensor(drop, dtype=torch.long, device=p.device), float("-inf")))
 
         all_parts = a.layers()
         for j, parts in enumerate(all_parts):
@@ -156,8 +186,8 @@ class MaskState:
             add(a.hidden_cuts(), drop_hidden)
         return plan
 
-    def _zero_plan(self) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
-        if self._plan is None or any(idx.device != p.device for p, _, idx in self._plan[:1]):
+    def _zero_plan(self) -> list[tuple[nn.Parameter, int | None, torch.Tensor, float]]:
+        if self._plan is None or any(idx.device != p.device for p, _, idx, _ in self._plan[:1]):
             self._plan = self._build_plan()  # first use, or the model moved to another device
         return self._plan
 
@@ -180,8 +210,11 @@ class MaskState:
         self._check_model(model)
         if getattr(self.model, _ACTIVE, None) is not self:
             self.attach()
-        for p, axis, idx in self._zero_plan():
-            p.index_fill_(axis, idx, 0)
+        for p, axis, idx, fill in self._zero_plan():
+            if axis is None:
+                p.mul_(idx.to(dtype=p.dtype))
+            else:
+                p.index_fill_(axis, idx, fill)
         for p, m in self._weight_plan():
             p.mul_(m.to(device=p.device, dtype=p.dtype))
 
@@ -189,8 +222,12 @@ class MaskState:
     def mask_gradients(self, model: nn.Module | None = None) -> None:
         """Zero the gradients of every masked entry. Call after backward, before the step."""
         self._check_model(model)
-        for p, axis, idx in self._zero_plan():
-            if p.grad is not None:
+        for p, axis, idx, _ in self._zero_plan():
+            if p.grad is None:
+                continue
+            if axis is None:
+                p.grad.mul_(idx.to(dtype=p.grad.dtype))
+            else:
                 p.grad.index_fill_(axis, idx, 0)
         for p, m in self._weight_plan():
             if p.grad is not None:

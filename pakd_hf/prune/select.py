@@ -62,7 +62,9 @@ def select_structure(
     top-k. ``uniform=False``: the per-layer count times the number of kept layers is a total
     budget, filled by global ranking across layers (each layer keeps at least one unit).
     Layers are selected first (top-k by ``scores["layers"]``), then heads / FFN within the kept
-    layers, then hidden dims (top-k by ``scores["hidden"]``).
+    layers, then hidden dims (top-k by ``scores["hidden"]``; with an ``adapter`` whose
+    ``hidden_groups()`` is G > 1, e.g. wav2vec2's grouped positional conv, the top
+    ``ceil(k / G)`` of each of the G contiguous groups).
 
     With ``adapter`` and ``check_export`` (default), the result is checked against the family's
     stock config (``adapter.check_structure``): e.g. BERT raises
@@ -118,8 +120,19 @@ def select_structure(
     hidden_flags = list(rel.hidden)
     n_hidden = _count(hidden, base.hidden_size, "hidden")
     if n_hidden is not None:
-        allowed = [d for d, f in enumerate(rel.hidden) if f]
-        kept = set(_top(need("hidden"), allowed, n_hidden, "hidden dims"))
+        groups = adapter.hidden_groups() if adapter is not None else 1
+        if groups > 1:
+            # a grouped conv over the residual width: the same number of dims in every
+            # (contiguous) group, the count rounded up to a multiple of the groups
+            size = len(rel.hidden) // groups
+            per = -(-n_hidden // groups)
+            kept = set()
+            for g in range(groups):
+                allowed = [d for d in range(g * size, (g + 1) * size) if rel.hidden[d]]
+                kept |= set(_top(need("hidden"), allowed, per, f"hidden dims in group {g} of {groups}"))
+        else:
+            allowed = [d for d, f in enumerate(rel.hidden) if f]
+            kept = set(_top(need("hidden"), allowed, n_hidden, "hidden dims"))
         hidden_flags = [d in kept for d in range(len(rel.hidden))]
 
     result = from_relative(base, layer_flags, head_flags, ffn_flags, hidden_flags)

@@ -275,8 +275,9 @@ def verify_against_config(folder) -> None:
                 "hidden_size": len(s.hidden),
             }
             for k, v in want.items():
-                if config.get(k) != v:
-                    problems.append(f"pakd.json structure implies {k}={v}, config.json has {config.get(k)}")
+                key = cls.config_field(k)  # e.g. Whisper: encoder_layers, d_model
+                if config.get(key) != v:
+                    problems.append(f"pakd.json structure implies {key}={v}, config.json has {config.get(key)}")
     if problems:
         raise CheckpointMismatchError(f"{folder}: " + "; ".join(problems))
 

@@ -1,0 +1,195 @@
+"""Whisper encoder: ``WhisperForAudioClassification`` and a bare ``WhisperEncoder`` (pre-LN).
+
+What transformers 5.24's modeling code reads (``models/whisper/modeling_whisper.py``):
+
+- ``WhisperAttention``: ``head_dim = embed_dim // num_heads`` (``embed_dim = d_model``),
+  ``scaling = head_dim ** -0.5``, q/k/v/out_proj are ``Linear(d_model, d_model)`` (k has NO bias).
+  The query reshapes with ``-1`` heads but keys and values reshape with ``self.num_heads``, so
+  after removing heads :meth:`WhisperAdapter.set_num_heads` MUST patch ``num_heads`` (and
+  ``embed_dim`` = projection width); ``head_dim`` and ``scaling`` do not change. A stock config
+  can only describe ``d_model == kept_heads * head_dim`` (like BERT):
+  :meth:`WhisperAdapter.check_structure` raises :class:`HeadDimError` otherwise (in memory the
+  compacted model still runs).
+- Layers: ``encoder.layers`` (``nn.ModuleList``; encoder attention has ``layer_idx=None``).
+  Pre-LN blocks: ``x + out_proj(attn(LN(x)))``, ``x + fc2(act(fc1(LN(x))))``; the encoder ends
+  with ``layer_norm``. ``embed_positions`` (an ``nn.Embedding``, ``requires_grad=False``) is added
+  to ``gelu(conv2(gelu(conv1(mel))))``.
+- Hidden width: ``conv1`` out channels, ``conv2`` in and out channels, ``embed_positions``' embedding
+  dim, every block's two LayerNorms, q/k/v and fc1 inputs, out_proj and fc2 outputs, the final
+  ``layer_norm``, and the classifier's ``projector`` input (its output, ``classifier_proj_size``, is
+  saved in the config and stays). The mel front end (``num_mel_bins``) and the positions stay.
+- ``use_weighted_layer_sum``: ``layer_weights`` (``encoder_layers + 1`` entries) is handled by the
+  generic engine (``ArchAdapter.layer_sum_weights``): masked layers' entries are held at ``-inf``,
+  compaction slices it.
+- Config: :meth:`WhisperAdapter.update_config` writes ``encoder_layers``,
+  ``encoder_attention_heads``, ``encoder_ffn_dim`` and ``d_model`` (``num_hidden_layers``,
+  ``num_attention_heads``, ``num_key_value_heads`` and ``hidden_size`` are aliases of those in
+  ``WhisperConfig.attribute_map``). ``d_model`` is shared with the decoder; the decoder fields are
+  left as they are, since the classifier never builds a decoder. The seq2seq models
+  (``WhisperModel``, ``WhisperForConditionalGeneration``) are refused: their decoder's
+  cross-attention reads the encoder output at ``d_model`` and is not pruned here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from . import register
+from .base import (
+    ArchAdapter,
+    AttentionParts,
+    Cut,
+    HeadDimError,
+    LayerParts,
+    NonUniformStructureError,
+    UnsupportedArchitectureError,
+    check_layer_tensors,
+)
+
+
+def _classes():
+    from transformers import WhisperForAudioClassification
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperModel
+
+    return WhisperForAudioClassification, WhisperEncoder, WhisperModel
+
+
+@register
+class WhisperAdapter(ArchAdapter):
+    family = "whisper"
+    description = "Whisper encoder (WhisperForAudioClassification, WhisperEncoder)"
+    model_types = ("whisper",)
+    config_fields = {
+        "num_hidden_layers": "encoder_layers",
+        "num_attention_heads": "encoder_attention_heads",
+        "intermediate_size": "encoder_ffn_dim",
+        "hidden_size": "d_model",
+    }
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        try:
+            clf, enc, seq2seq = _classes()
+        except ImportError:  # pragma: no cover
+            return False
+        return isinstance(model, (clf, enc, seq2seq)) or isinstance(getattr(model, "model", None), seq2seq)
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        clf, enc, _ = _classes()
+        if not isinstance(model, (clf, enc)):
+            raise UnsupportedArchitectureError(
+                f"pruning does not support the Whisper seq2seq model {type(model).__name__}: its decoder's "
+                "cross-attention reads the encoder at d_model and is not pruned; prune a "
+                "WhisperForAudioClassification (or a bare WhisperEncoder) instead"
+            )
+
+    # ---------------------------------------------------------------- anatomy
+    def backbone(self) -> nn.Module:
+        _, enc, _ = _classes()
+        return self.model if isinstance(self.model, enc) else self.model.encoder
+
+    def layer_list(self) -> nn.ModuleList:
+        return self.backbone().layers
+
+    def set_layer_list(self, layers: nn.ModuleList) -> None:
+        self.backbone().layers = layers
+
+    def layer_parts(self, layer: nn.Module) -> LayerParts:
+        a = layer.self_attn
+        return LayerParts(
+            layer=layer,
+            attn=AttentionParts(module=a, q=a.q_proj, k=a.k_proj, v=a.v_proj, o=a.out_proj),
+            fc1=layer.fc1,
+            fc2=layer.fc2,
+            norms=[layer.self_attn_layer_norm, layer.final_layer_norm],
+        )
+
+    def head_dim(self) -> int:
+        return self.layer_list()[0].self_attn.head_dim
+
+    def head_cuts_outside_layers(self) -> list[Cut]:
+        enc = self.backbone()
+        cuts = [
+            Cut(enc.conv1, 0),
+            Cut(enc.conv2, 1),
+            Cut(enc.conv2, 0),
+            Cut(enc.embed_positions, 1),
+            Cut(enc.layer_norm, 0),
+        ]
+        if self.model is enc:
+            return cuts
+        head = getattr(self.model, "projector", None)
+        if isinstance(head, nn.Linear):
+            return cuts + [Cut(head, 1)]
+        raise UnsupportedArchitectureError(  # pragma: no cover - the classifier always has one
+            f"hidden-size pruning does not know the task head of {type(self.model).__name__}"
+        )
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.backbone().embed_positions.weight]
+
+    def set_num_heads(self, attn: AttentionParts, num_heads: int) -> None:
+        # keys/values reshape with self.num_heads: forward fails (or mixes heads) without this
+        attn.module.num_heads = num_heads
+        attn.module.embed_dim = num_heads * attn.module.head_dim
+
+    def after_compact(self) -> None:
+        enc = self.backbone()
+        for layer in enc.layers:
+            layer.embed_dim = layer.self_attn_layer_norm.normalized_shape[0]
+
+    # ----------------------------------------------------------------- config
+    def check_structure(self, structure) -> None:
+        if not structure.is_uniform():
+            raise NonUniformStructureError(
+                "layers keep different numbers of heads or FFN neurons: a stock Whisper config holds one "
+                f"encoder_attention_heads and one encoder_ffn_dim (per layer: {structure.describe()})"
+            )
+        heads = structure.heads_per_layer()
+        h = heads[0] if heads else structure.num_heads
+        hidden = len(structure.hidden)
+        if h * structure.head_dim != hidden:
+            raise HeadDimError(
+                f"head_dim not dividing: stock Whisper sets head_dim = d_model // encoder_attention_heads "
+                f"= {hidden} // {h} = {hidden // max(h, 1)} with square q/k/v projections, but the kept heads have "
+                f"head_dim {structure.head_dim}; keep d_model = heads * head_dim (e.g. {h} heads -> hidden "
+                f"{h * structure.head_dim}, or hidden {hidden} -> {hidden // structure.head_dim} heads when it divides)"
+            )
+
+    def update_config(self, config: Any, structure, *, strict: bool = True) -> None:
+        if strict:
+            self.check_structure(structure)
+        heads = structure.heads_per_layer() or [structure.num_heads]
+        ffn = structure.ffn_per_layer() or [structure.intermediate_size]
+        config.encoder_layers = len(structure.layers)
+        config.encoder_attention_heads = max(heads)
+        config.encoder_ffn_dim = max(ffn)
+        config.d_model = len(structure.hidden)
+
+    @classmethod
+    def checkpoint_problems(cls, config: dict, shapes: dict[str, list[int]]) -> list[str]:
+        d, h, inter, n = (config[k] for k in ("d_model", "encoder_attention_heads", "encoder_ffn_dim",
+                                              "encoder_layers"))
+        problems = []
+        if h <= 0 or d % h:
+            return [f"d_model {d} is not a multiple of encoder_attention_heads {h}"]
+        lay = r"(?:^|\.)encoder\.layers\.(\d+)\."
+        patterns = {
+            "q_proj": lay + r"self_attn\.q_proj\.weight$",
+            "out_proj": lay + r"self_attn\.out_proj\.weight$",
+            "fc1": lay + r"fc1\.weight$",
+            "fc2": lay + r"fc2\.weight$",
+        }
+        expected = {"q_proj": [d, d], "out_proj": [d, d], "fc1": [inter, d], "fc2": [d, inter]}
+        problems += check_layer_tensors(shapes, patterns, expected, n)
+        for k, s in shapes.items():
+            if k.endswith("encoder.conv1.weight") and s[0] != d:
+                problems.append(f"{k}: shape {s}, config d_model {d}")
+            if k.endswith("encoder.embed_positions.weight") and s != [config.get("max_source_positions", s[0]), d]:
+                problems.append(f"{k}: shape {s}, config implies [{config.get('max_source_positions')}, {d}]")
+            if k == "layer_weights" and s != [n + 1]:
+                problems.append(f"{k}: shape {s}, config encoder_layers {n} implies [{n + 1}]")
+        return problems
