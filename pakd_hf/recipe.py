@@ -38,6 +38,7 @@ __all__ = [
     "Pruning",
     "Keep",
     "Budget",
+    "Vocabulary",
     "Unstructured",
     "NMSparsity",
     "load_recipe",
@@ -334,6 +335,21 @@ class Stage:
 
 
 @dataclass
+class Vocabulary:
+    """Vocabulary pruning (text): at the end of training, drop the embedding rows of tokens
+    that occur fewer than ``min_count`` times in the training set, and save a tokenizer that
+    maps text to the new ids. ``dropped: unk`` keeps the original segmentation and maps
+    dropped tokens to [UNK]; ``resegment`` keeps a plain subset vocabulary (robust to stock
+    re-saving, but words with dropped pieces segment differently)."""
+
+    dropped: Literal["unk", "resegment"] = "unk"
+    min_count: int = 1
+
+    def _validate(self, path: str) -> None:
+        _check(self.min_count >= 1, f"{path}.min_count", f"must be >= 1, got {self.min_count}")
+
+
+@dataclass
 class Recipe:
     """A validated recipe. Build one with :func:`load_recipe`."""
 
@@ -344,6 +360,7 @@ class Recipe:
     stages: list[Stage]
     modality: Literal["text", "vision", "audio"] | None = None
     description: str | None = None
+    vocabulary: Vocabulary | None = None
 
     def _validate(self, path: str) -> None:
         _check(bool(self.name.strip()), "name", "must not be empty")
@@ -355,6 +372,11 @@ class Recipe:
             self.modality == expected,
             "modality",
             f"task '{self.task}' is {expected}, got '{self.modality}' (remove it or set '{expected}')",
+        )
+        _check(
+            self.vocabulary is None or self.modality == "text",
+            "vocabulary",
+            f"vocabulary pruning is for text models, but the task is {self.task}; remove the block",
         )
         seen: dict[str, int] = {}
         for i, stage in enumerate(self.stages):

@@ -124,6 +124,7 @@ class _PaKDCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer._finish_pruning()
+        self.trainer._prune_vocabulary()
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -165,6 +166,8 @@ class PaKDTrainer(Trainer):
         self._mask_state: MaskState | None = None
         self._pruner: StagePruner | None = None
         self._resume_pruning: dict | None = None
+        self._vocab_record: dict | None = None
+        self._vocab_id_map: torch.Tensor | None = None
 
         super().__init__(model=model, args=args, **kwargs)
 
@@ -199,6 +202,20 @@ class PaKDTrainer(Trainer):
                 check_label_spaces(model, teacher)
         if recipe is None:
             return
+        if recipe.vocabulary is not None:
+            tokenizer = kwargs.get("processing_class")
+            backend = getattr(tokenizer, "backend_tokenizer", None)
+            if backend is None or type(backend.model).__name__ != "WordPiece":
+                raise RecipeError(
+                    "vocabulary",
+                    "vocabulary pruning needs the student's fast WordPiece tokenizer (BERT family): pass "
+                    "PaKDTrainer(processing_class=tokenizer) or remove the block",
+                )
+            columns = getattr(kwargs.get("train_dataset"), "column_names", None) or []
+            if "input_ids" not in columns:
+                raise RecipeError(
+                    "vocabulary", "vocabulary pruning counts the tokens of train_dataset['input_ids'], which it lacks"
+                )
         if recipe.needs_teacher and teacher is None:
             stage = next(s for s in recipe.stages if s.distillation is not None)
             raise ValueError(
@@ -461,6 +478,46 @@ class PaKDTrainer(Trainer):
         self._after_compaction(result)
         return True
 
+    def _prune_vocabulary(self) -> None:
+        """End of training: keep only the tokens the training set uses (recipe `vocabulary`).
+
+        Training never changes rows of tokens that do not occur, so dropping them changes no
+        output on the training distribution. The tokenizer becomes the rewritten one; data
+        tokenized with the original tokenizer is remapped in `prediction_step`, so
+        `evaluate()` / `predict()` keep working on it.
+        """
+        spec = self.recipe.vocabulary if self.recipe is not None else None
+        if spec is None or self._vocab_record is not None:
+            return
+        from collections import Counter
+
+        from .prune.vocab import prune_vocabulary
+
+        counts: Counter[int] = Counter()
+        for row in self.train_dataset["input_ids"]:
+            counts.update(int(i) for i in row)
+        keep = {i for i, c in counts.items() if c >= spec.min_count}
+        result = prune_vocabulary(self.model, self.processing_class, keep, dropped=spec.dropped)
+        self.processing_class = result.tokenizer
+        self._vocab_record = result.record()
+        self._vocab_id_map = result.id_map()
+        message = (
+            f"[pakd] vocabulary: kept {self._vocab_record['vocab_size']:,} of "
+            f"{self._vocab_record['vocab_size_original']:,} tokens"
+        )
+        logger.info(message)
+        if self.is_world_process_zero():
+            for cb in self.callback_handler.callbacks:
+                bar = getattr(cb, "training_bar", None) if isinstance(cb, ProgressCallback) else None
+                if bar is not None:
+                    bar.write(message)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if self._vocab_id_map is not None and torch.is_tensor(inputs.get("input_ids")):
+            ids = inputs["input_ids"]
+            inputs = {**inputs, "input_ids": self._vocab_id_map.to(ids.device)[ids]}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
     def _after_compaction(self, result) -> None:
         """Parameters were replaced: fix what holds them (projections, DDP wrapper)."""
         structure = result.structure
@@ -669,7 +726,7 @@ class PaKDTrainer(Trainer):
 
     # ---- saving and resuming ----------------------------------------------------------
     def _pruning_involved(self) -> bool:
-        return self._mask_state is not None or getattr(self.model, "_pakd_structure", None) is not None or (
+        return self._vocab_record is not None or self._mask_state is not None or getattr(self.model, "_pakd_structure", None) is not None or (
             self.recipe is not None and any(s.pruning is not None for s in self.recipe.stages)
         )
 
@@ -700,6 +757,8 @@ class PaKDTrainer(Trainer):
             }
         if self._mask_state is not None and self._mask_state.weight_masks:
             extra["sparsity"] = self._mask_state.sparsity()
+        if self._vocab_record is not None:
+            extra["vocabulary"] = self._vocab_record
         write_pakd_json(folder, structure, architecture=type(self.model).__name__, family=adapter.family, extra=extra)
 
     def _save_pakd_state(self, checkpoint: str) -> None:

@@ -1,0 +1,115 @@
+"""Vocabulary pruning as a recipe block: the trained student keeps only the training set's
+tokens, its saved tokenizer maps text to the new ids, and nothing else changes."""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError
+
+WORDS = "the a cat dog sat on mat big small red blue fox ran walked park in quick brown jumped over lazy".split()
+UNUSED = "zebra yak quilt violin xylophone".split()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    chars = sorted(set("".join(WORDS + UNUSED)))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + UNUSED + chars + [f"##{c}" for c in chars]
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(vocab))})
+    folder = tmp_path_factory.mktemp("tok")
+    tok.save_pretrained(folder)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok.vocab_size == len(dict.fromkeys(vocab)) and tok.is_fast
+    return tok
+
+
+def corpus(tok, n, seed):
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) for _ in range(n)]
+    labels = [int("cat" in t.split()) for t in texts]
+    enc = tok(texts, padding="max_length", max_length=12, truncation=True)
+    return texts, Dataset.from_dict({**enc, "labels": labels})
+
+
+def run(tok, data, out, vocabulary):
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0, attention_probs_dropout_prob=0)
+    student = BertForSequenceClassification(cfg)
+    recipe = {"name": "v", "task": "text-classification", "stages": [{"name": "train", "steps": 12}]}
+    if vocabulary:
+        recipe["vocabulary"] = {"dropped": "unk"}
+    args = PaKDTrainingArguments(output_dir=str(out), per_device_train_batch_size=8, learning_rate=3e-3, report_to=[],
+                                 save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = PaKDTrainer(model=student, args=args, train_dataset=data, processing_class=tok, recipe=recipe)
+    trainer.train()
+    return trainer, student
+
+
+def test_vocabulary_block_prunes_rows_and_keeps_outputs(tokenizer, tmp_path):
+    texts, data = corpus(tokenizer, 64, seed=0)
+    _, full = run(tokenizer, data, tmp_path / "full", vocabulary=False)
+    trainer, pruned = run(tokenizer, data, tmp_path / "vocab", vocabulary=True)
+    used = {int(i) for row in data["input_ids"] for i in row}
+    assert pruned.config.vocab_size == len(used | set(tokenizer.all_special_ids)) < tokenizer.vocab_size
+
+    # Same training, so the full-vocabulary student on the original ids equals the pruned one
+    # on the new tokenizer's ids (for text made of training-set tokens).
+    probe = ["the quick brown fox", "a cat sat on the mat", "red dog walked in park"]
+    old = tokenizer(probe, padding=True, return_tensors="pt")
+    new = trainer.processing_class(probe, padding=True, return_tensors="pt")
+    full.eval(), pruned.eval()
+    with torch.no_grad():
+        expected = full(**old).logits
+        torch.testing.assert_close(pruned(**new).logits, expected, rtol=0, atol=1e-5)
+    # A token that was dropped maps to [UNK].
+    unseen = trainer.processing_class("zebra")["input_ids"]
+    assert trainer.processing_class.unk_token_id in unseen
+
+    # evaluate() still takes data tokenized with the original tokenizer (ids are remapped).
+    _, eval_data = corpus(tokenizer, 32, seed=1)
+    metrics_full = PaKDTrainer(model=full, args=trainer.args, processing_class=tokenizer).evaluate(eval_data)
+    metrics = trainer.evaluate(eval_data)
+    assert metrics["eval_loss"] == pytest.approx(metrics_full["eval_loss"], abs=1e-5)
+
+    folder = tmp_path / "saved"
+    trainer.save_model(str(folder))
+    record = json.loads((folder / "pakd.json").read_text())["vocabulary"]
+    assert record["vocab_size"] == pruned.config.vocab_size and record["vocab_size_original"] == tokenizer.vocab_size
+    torch.save({"texts": probe, "logits": expected}, tmp_path / "expected.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoTokenizer, AutoModelForSequenceClassification\n"
+        "assert 'pakd_hf' not in sys.modules\n"
+        f"tok = AutoTokenizer.from_pretrained({str(folder)!r})\n"
+        f"model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}).eval()\n"
+        f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    got = model(**tok(exp['texts'], padding=True, return_tensors='pt')).logits\n"
+        "print((got - exp['logits']).abs().max().item())\n"
+        "assert (got - exp['logits']).abs().max().item() <= 1e-5\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_vocabulary_block_needs_a_wordpiece_tokenizer(tokenizer, tmp_path):
+    _, data = corpus(tokenizer, 8, seed=0)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    recipe = {"name": "v", "task": "text-classification", "stages": [{"name": "t", "steps": 1}], "vocabulary": {}}
+    args = PaKDTrainingArguments(output_dir=str(tmp_path / "never"), report_to=[], use_cpu=True)
+    with pytest.raises(RecipeError, match="'vocabulary'.*processing_class"):
+        PaKDTrainer(model=BertForSequenceClassification(cfg), args=args, train_dataset=data, recipe=recipe)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(RecipeError, match="for text models"):
+        from pakd_hf import load_recipe
+
+        load_recipe({"name": "v", "task": "image-classification", "stages": [{"name": "t", "steps": 1}], "vocabulary": {}})
