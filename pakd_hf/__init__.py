@@ -7,6 +7,7 @@ The trainer and the arguments import transformers, which is slow to import; they
 on first use so that `pakd validate` and recipe handling stay quick.
 """
 
+from . import export as _export  # noqa: F401  stdlib only: registers PaKD model classes with transformers' Auto classes when those load
 from .recipe import Recipe, RecipeError, load_recipe
 
 __version__ = "0.1.0"

@@ -472,7 +472,7 @@ class PaKDTrainer(Trainer):
             self._pruner = None
         if result is None and global_step is None and self._mask_state is not None:
             if self._mask_state.structure() != self._mask_state.base:
-                result = compact(self.model, self._mask_state)
+                result = compact(self.model, self._mask_state, check_export=False)
         if result is None:
             return False
         self._after_compaction(result)
@@ -731,15 +731,33 @@ class PaKDTrainer(Trainer):
         )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Trainer's save plus `pakd_recipe.yaml` and, for pruned students, `pakd.json`."""
-        super().save_model(output_dir, _internal_call)
+        """Trainer's save plus `pakd_recipe.yaml` and, for pruned students, `pakd.json`.
+
+        A student whose shapes a stock config cannot describe (per-layer shapes, or BERT's
+        hidden != heads x head_dim) is saved with generated modeling code instead
+        (`pakd_hf.export.save_compact`): `trust_remote_code=True`, or `import pakd_hf`, loads it.
+        """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        if self.recipe is not None:
+        if self._pruning_involved() and self._needs_custom_code():
+            if self.args.should_save:
+                from .export import save_compact
+
+                save_compact(self.model, output_dir, extra_pakd=self._pakd_extra())
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+        else:
+            super().save_model(output_dir, _internal_call)
+            if self.args.should_save and self._pruning_involved():
+                self._write_pakd_json(Path(output_dir))
+        if self.recipe is not None and self.args.should_save:
             self.recipe.save(Path(output_dir))
-        if self._pruning_involved():
-            self._write_pakd_json(Path(output_dir))
+
+    def _needs_custom_code(self) -> bool:
+        if self._mask_state is not None and self._mask_state.structure() != self._mask_state.base:
+            return False  # mid-stage masks: the model still has its full shapes
+        from .export import needs_custom_code
+
+        return needs_custom_code(self.model)
 
     def _write_pakd_json(self, folder: Path) -> None:
         from .arch import get_adapter
@@ -747,6 +765,10 @@ class PaKDTrainer(Trainer):
 
         adapter = get_adapter(self.model)
         structure = Structure.from_model(self.model, adapter)
+        write_pakd_json(folder, structure, architecture=type(self.model).__name__, family=adapter.family,
+                        extra=self._pakd_extra())
+
+    def _pakd_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"recipe": self.recipe.name if self.recipe is not None else None}
         teacher = self.teacher_model
         if teacher is not None:
@@ -759,7 +781,7 @@ class PaKDTrainer(Trainer):
             extra["sparsity"] = self._mask_state.sparsity()
         if self._vocab_record is not None:
             extra["vocabulary"] = self._vocab_record
-        write_pakd_json(folder, structure, architecture=type(self.model).__name__, family=adapter.family, extra=extra)
+        return extra
 
     def _save_pakd_state(self, checkpoint: str) -> None:
         state = {

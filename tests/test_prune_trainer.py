@@ -192,7 +192,6 @@ def test_weight_masks_stay_zero_through_training(kind, tmp_path):
         ({"head": {"keep": 2}}, "did you mean 'heads'"),
         ({"heads": {"keep": 5}}, "only 4 heads per layer"),
         ({"hidden": {"keep": 20}}, "stages[0].pruning"),  # 20 is not heads (4) x head_dim (8)
-        ({"heads": {"keep": 2}, "uniform": False}, "stages[0].pruning.uniform"),
         ({}, "prunes nothing"),
         ({"heads": {"keep": 2}, "end_step": 99}, "past the stage's last step"),
     ],
@@ -243,3 +242,41 @@ def test_budget_that_cannot_be_met_is_rejected_before_training(tmp_path):
     with pytest.raises(RecipeError, match=r"stages\[0\].pruning.budget"):
         PaKDTrainer(model=tiny_bert(), args=targs(tmp_path / "never"), train_dataset=toy_dataset(16), recipe=recipe)
     assert not (tmp_path / "never").exists()
+
+
+def test_non_uniform_recipe_saves_generated_code_that_reloads_both_ways(tmp_path):
+    student, teacher, data = tiny_bert(seed=0), tiny_bert(seed=5), toy_dataset(128)
+    pruning = {"heads": {"keep": 2}, "ffn": {"keep": 24}, "uniform": False, "frequency": 2}
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=targs(tmp_path / "run"), train_dataset=data,
+                          recipe=prune_recipe("text-classification", pruning))
+    trainer.train()
+    folder = tmp_path / "student"
+    trainer.save_model(str(folder))
+    record = json.loads((folder / "pakd.json").read_text())
+    assert record["custom_code"] is True and (folder / "modeling_pakd_bert.py").is_file()
+    config = json.loads((folder / "config.json").read_text())
+    assert "auto_map" in config and sum(config["pakd_heads_per_layer"]) == 2 * 4
+    assert len(set(config["pakd_ffn_per_layer"])) > 1  # the budget was spread unevenly across layers
+    batch = data[:4]
+    inputs = {"input_ids": torch.tensor(batch["input_ids"]), "attention_mask": torch.tensor(batch["attention_mask"])}
+    with torch.no_grad():
+        expected = student.eval()(**inputs).logits
+    torch.save({"inputs": inputs, "logits": expected}, tmp_path / "expected.pt")
+    for preamble, kwargs in (("", "trust_remote_code=True"), ("import pakd_hf\n", "")):
+        script = (
+            f"{preamble}import sys, torch\nfrom transformers import AutoModelForSequenceClassification\n"
+            f"model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, {kwargs}).eval()\n"
+            f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+            "with torch.no_grad():\n    got = model(**exp['inputs']).logits\n"
+            "assert (got - exp['logits']).abs().max().item() <= 1e-5, (got - exp['logits']).abs().max()\n"
+            + ("assert 'pakd_hf' not in sys.modules\n" if not preamble else "")
+        )
+        env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1]) if preamble else ""}
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd="/")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_uniform_recipe_that_needs_custom_code_says_how_to_get_it(tmp_path):
+    recipe = prune_recipe("text-classification", {"heads": {"keep": 2}}, distil=False)  # hidden 32 != 2 x 8
+    with pytest.raises(RecipeError, match="uniform: false"):
+        PaKDTrainer(model=tiny_bert(), args=targs(tmp_path / "never"), train_dataset=toy_dataset(16), recipe=recipe)

@@ -118,12 +118,25 @@ def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
             continue
         acc = ImportanceAccumulator(model, adapter, kinds=tuple(counts), criterion="magnitude")
         acc.update()
+        if not spec.uniform:
+            from ..export import CUSTOM_MODEL_TYPES
+
+            model_type = getattr(getattr(model, "config", None), "model_type", "")
+            if model_type not in CUSTOM_MODEL_TYPES and f"pakd_{model_type}" not in CUSTOM_MODEL_TYPES:
+                raise RecipeError(
+                    f"{where}.uniform",
+                    f"false needs generated modeling code, which exists for "
+                    f"{', '.join(t.removeprefix('pakd_') for t in CUSTOM_MODEL_TYPES)} but not '{model_type}'; set true",
+                )
         try:
             current = select_structure(
-                acc.scores(), base, within=current, adapter=adapter, check_export=spec.compact, **counts
+                acc.scores(), base, within=current, adapter=adapter, uniform=spec.uniform,
+                check_export=spec.compact and spec.uniform, **counts
             )
         except (HeadDimError, NonUniformStructureError) as exc:
-            raise RecipeError(where, str(exc)) from None
+            raise RecipeError(
+                where, f"{exc} (or set uniform: false to save it with generated modeling code)"
+            ) from None
 
 
 class StagePruner:
@@ -189,7 +202,8 @@ class StagePruner:
             self._update(max(step, self.end))
             self.finished = True
         if self.spec.compact and self.has_structural_masks():
-            return compact(self.model, self.mask_state, adapter=self.adapter)
+            # Non-uniform shapes are not a stock config: they are saved with generated code.
+            return compact(self.model, self.mask_state, adapter=self.adapter, check_export=self.spec.uniform)
         return None
 
     def has_structural_masks(self) -> bool:
@@ -232,7 +246,8 @@ class StagePruner:
                 self.mask_state.base,
                 within=self.mask_state.structure(),
                 adapter=self.adapter,
-                check_export=final and self.spec.compact,
+                uniform=self.spec.uniform,
+                check_export=final and self.spec.compact and self.spec.uniform,
                 **counts,
             )
             self.mask_state.set_structure(structure)
