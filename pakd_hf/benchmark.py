@@ -66,15 +66,15 @@ def latency_ms(model: nn.Module, inputs: dict[str, torch.Tensor], *, warmup: int
 
 
 def _interleaved_latency(
-    models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], warmup: int, repeats: int
+    runs: dict[str, tuple[nn.Module, dict[str, torch.Tensor]]], warmup: int, repeats: int
 ) -> dict[str, float]:
-    for model in models.values():
+    for model, inputs in runs.values():
         model.eval()
         for _ in range(warmup):
             _forward(model, inputs)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, model in models.items():
+        for name, (model, inputs) in runs.items():
             start = time.perf_counter()
             _forward(model, inputs)
             times[name].append((time.perf_counter() - start) * 1000)
@@ -95,28 +95,32 @@ def compare_models(
     accuracy: tuple[float, float] | None = None,
     split: str | None = None,
     n_eval: int | None = None,
+    make_student_inputs: Callable[[int], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Measure both models and return a report with :data:`REPORT_KEYS` (those known).
 
     ``make_inputs(batch_size)`` returns the model inputs for one batch (the same for both
-    models); ``*_dir`` are saved folders for the on-disk size; ``accuracy`` is
-    (teacher, student) measured by the caller on ``split`` with ``n_eval`` examples.
+    models, unless ``make_student_inputs`` gives the student's own encoding of the same
+    examples, e.g. after vocabulary pruning); ``*_dir`` are saved folders for the on-disk
+    size; ``accuracy`` is (teacher, student) measured by the caller on ``split`` with
+    ``n_eval`` examples.
     """
+    make_student_inputs = make_student_inputs or make_inputs
     previous = torch.get_num_threads()
     threads = threads or previous
     torch.set_num_threads(threads)
     try:
         b1, b32 = batch_sizes
-        one = make_inputs(1)
         report: dict[str, Any] = {
             "params_teacher": count_params(teacher),
             "params_student": count_params(student),
-            "macs_teacher": count_macs(teacher, one),
-            "macs_student": count_macs(student, one),
+            "macs_teacher": count_macs(teacher, make_inputs(1)),
+            "macs_student": count_macs(student, make_student_inputs(1)),
         }
         for bs, key in ((b1, "b1"), (b32, "b32")):
-            inputs = make_inputs(bs)
-            lat = _interleaved_latency({"teacher": teacher, "student": student}, inputs, warmup, repeats)
+            lat = _interleaved_latency(
+                {"teacher": (teacher, make_inputs(bs)), "student": (student, make_student_inputs(bs))}, warmup, repeats
+            )
             report[f"latency_ms_{key}_teacher"] = round(lat["teacher"], 4)
             report[f"latency_ms_{key}_student"] = round(lat["student"], 4)
             report[f"speedup_{key}"] = round(lat["teacher"] / lat["student"], 3)
