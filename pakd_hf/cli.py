@@ -71,6 +71,37 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .compress import compress
+
+    try:
+        compress(args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
+                 threads=args.threads)
+    except RecipeError as exc:
+        print(f"{args.recipe}: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    import json
+
+    from .compress import benchmark_folders
+
+    try:
+        report = benchmark_folders(args.teacher_dir, args.student_dir, recipe=args.data, threads=args.threads,
+                                   repeats=args.repeats)
+    except (RecipeError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pakd",
@@ -81,6 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check recipe files and print a summary of each")
     validate.add_argument("recipes", nargs="+", metavar="RECIPE.yaml")
     validate.set_defaults(func=_cmd_validate)
+
+    comp = sub.add_parser("compress", help="run a recipe end to end: teacher, PaKD stages, evaluation, benchmark, card")
+    comp.add_argument("recipe", metavar="RECIPE.yaml")
+    comp.add_argument("--output-dir", required=True, help="OUT: teacher/, student/ and report.json are written here")
+    comp.add_argument("--quick", action="store_true", help="same path on a small slice and a few steps (smoke check)")
+    comp.add_argument("--push-to-hub", action="store_true", help="push the student when done (needs --hub-model-id)")
+    comp.add_argument("--hub-model-id", help="namespace/name to push to")
+    comp.add_argument("--threads", type=int, help="CPU threads for the benchmark (default: torch's)")
+    comp.set_defaults(func=_cmd_compress)
+
+    bench = sub.add_parser("benchmark", help="measure a teacher and a student side by side (size, MACs, latency, accuracy)")
+    bench.add_argument("teacher_dir", metavar="TEACHER_DIR")
+    bench.add_argument("student_dir", metavar="STUDENT_DIR")
+    bench.add_argument("--data", metavar="RECIPE", help="a recipe whose data block gives the test split (adds accuracy)")
+    bench.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    bench.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    bench.add_argument("--repeats", type=int, default=20, help="timed runs per model and batch size (median reported)")
+    bench.set_defaults(func=_cmd_benchmark)
 
     card = sub.add_parser("card", help="(re)generate the model card of an output folder from its saved report")
     card.add_argument("dir", metavar="DIR", help="an output folder of `pakd compress` (or its student/ folder)")

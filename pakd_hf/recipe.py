@@ -39,6 +39,10 @@ __all__ = [
     "Keep",
     "Budget",
     "Vocabulary",
+    "Data",
+    "Teacher",
+    "FineTune",
+    "Training",
     "Unstructured",
     "NMSparsity",
     "load_recipe",
@@ -234,6 +238,9 @@ class Pruning:
     start_step: int = 0
     end_step: int | None = None
     frequency: int = 10
+    # true: every layer keeps the same shape, so the result is a stock architecture.
+    # false: per-layer head counts / FFN widths (ranked across layers); the saved folder then
+    # carries generated modeling code (BERT, RoBERTa, ViT).
     uniform: bool = True
     compact: bool = True
     heads: Keep | None = None
@@ -271,11 +278,6 @@ class Pruning:
                 f"must be >= start_step ({self.start_step}), got {self.end_step}",
             )
         _check(self.frequency >= 1, f"{path}.frequency", f"must be >= 1, got {self.frequency}")
-        _check(
-            self.uniform,
-            f"{path}.uniform",
-            "false (per-layer shapes) is not supported yet: stock configs describe uniform layers; set true",
-        )
         _check(
             self.unstructured is None or self.n_m is None,
             path,
@@ -350,6 +352,72 @@ class Vocabulary:
 
 
 @dataclass
+class Data:
+    """Where the examples come from. ``dataset`` names an offline data set that ships in a
+    package (see ``pakd_hf.data.DATASETS``: e.g. ``rotten-tomatoes``) or, for users with a
+    network, a Hub data set id (with ``config``, column and split names)."""
+
+    dataset: str
+    config: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    train_split: str = "train"
+    validation_split: str | None = "validation"
+    test_split: str | None = "test"
+    max_length: int = 128
+    seed: int = 0
+
+    def _validate(self, path: str) -> None:
+        _check(bool(self.dataset.strip()), f"{path}.dataset", "must not be empty")
+        _check(self.max_length >= 4, f"{path}.max_length", f"must be >= 4, got {self.max_length}")
+
+
+@dataclass
+class FineTune:
+    """The teacher stage: fine-tune the teacher on the task (plain Trainer) before compressing."""
+
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+
+    def _validate(self, path: str) -> None:
+        _check(self.epochs > 0, f"{path}.epochs", f"must be > 0, got {self.epochs}")
+        _check(self.learning_rate > 0, f"{path}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _check(self.batch_size >= 1, f"{path}.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(0.0 <= self.warmup_ratio < 1.0, f"{path}.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class Teacher:
+    """The teacher: ``model`` is an offline model that ships in a package (see
+    ``pakd_hf.data.MODELS``: e.g. ``all-minilm-l6-v2``), a local folder or a Hub id."""
+
+    model: str
+    fine_tune: FineTune | None = None
+    license: str | None = None
+
+    def _validate(self, path: str) -> None:
+        _check(bool(self.model.strip()), f"{path}.model", "must not be empty")
+
+
+@dataclass
+class Training:
+    """Run settings of `pakd compress` (the Python API takes TrainingArguments instead)."""
+
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    seed: int = 0
+    logging_steps: int = 50
+
+    def _validate(self, path: str) -> None:
+        for name in ("batch_size", "eval_batch_size", "logging_steps"):
+            value = getattr(self, name)
+            _check(value >= 1, f"{path}.{name}", f"must be >= 1, got {value}")
+
+
+@dataclass
 class Recipe:
     """A validated recipe. Build one with :func:`load_recipe`."""
 
@@ -361,6 +429,9 @@ class Recipe:
     modality: Literal["text", "vision", "audio"] | None = None
     description: str | None = None
     vocabulary: Vocabulary | None = None
+    data: Data | None = None
+    teacher: Teacher | None = None
+    training: Training | None = None
 
     def _validate(self, path: str) -> None:
         _check(bool(self.name.strip()), "name", "must not be empty")

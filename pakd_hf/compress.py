@@ -1,0 +1,401 @@
+"""`pakd compress`: run a recipe end to end, offline, into an output folder.
+
+    OUT/teacher/     the fine-tuned teacher (reused when it matches the recipe)
+    OUT/student/     the compact student with its card (stock from_pretrained loads it)
+    OUT/report.json  measured teacher vs student numbers (see pakd_hf.benchmark.REPORT_KEYS)
+
+Steps: load the data (an offline data set by name, or the Hub), prepare the teacher
+(fine-tune it in a teacher stage when the recipe says so), run the PaKD stages on a copy of
+it, reload the saved student with stock classes and evaluate it on the test split,
+benchmark teacher and student side by side, write the report and the card, optionally push.
+The student folder is written under a temporary name and renamed when complete, so a
+failed run never leaves a half-written student.
+
+Text classification is wired here; other modalities plug in through `_TASKS`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .recipe import Recipe, RecipeError, load_recipe
+
+__all__ = ["compress", "QUICK"]
+
+
+@dataclass(frozen=True)
+class Quick:
+    """How --quick shrinks a run: small slices and a few steps per stage, same code path."""
+
+    train: int = 320
+    validation: int = 64
+    test: int = 128
+    teacher_steps: int = 12
+    stage_steps: int = 8
+
+
+QUICK = Quick()
+
+
+def _say(message: str) -> None:
+    print(f"[pakd] {message}", file=sys.stderr, flush=True)
+
+
+def _quick_recipe(recipe: Recipe) -> Recipe:
+    """The same recipe with every stage cut to a few steps (pruning runs over the whole stage)."""
+    raw = recipe.to_dict()
+    raw["name"] = f"{recipe.name}-quick"
+    for stage in raw["stages"]:
+        stage.pop("epochs", None)
+        stage["steps"] = QUICK.stage_steps
+        stage.pop("warmup_steps", None)
+        if "pruning" in stage:
+            stage["pruning"]["start_step"] = 0
+            stage["pruning"].pop("end_step", None)
+            stage["pruning"]["frequency"] = 2
+    if raw.get("teacher", {}).get("fine_tune"):
+        raw["teacher"]["fine_tune"]["epochs"] = 1
+    return load_recipe(raw)
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---- data -----------------------------------------------------------------------------
+def load_data(recipe: Recipe, quick: bool):
+    """DatasetDict(train, validation, test) with the recipe's text/label columns."""
+    from datasets import DatasetDict
+
+    from .data import DATASETS, load_dataset
+
+    spec = recipe.data
+    if spec.dataset in DATASETS:
+        data = load_dataset(spec.dataset, seed=spec.seed)
+    else:
+        import datasets
+
+        raw = datasets.load_dataset(spec.dataset, spec.config)
+        train = raw[spec.train_split]
+        if spec.validation_split is None:
+            parts = train.train_test_split(test_size=0.05, seed=spec.seed, stratify_by_column=spec.label_column)
+            train, validation = parts["train"], parts["test"]
+        else:
+            validation = raw[spec.validation_split]
+        test = raw[spec.test_split] if spec.test_split else validation
+        data = DatasetDict({"train": train, "validation": validation, "test": test})
+    for split in data.values():
+        for column in (spec.text_column, spec.label_column):
+            if column not in split.column_names:
+                raise RecipeError(
+                    "data.text_column" if column == spec.text_column else "data.label_column",
+                    f"the data set has no column '{column}' (it has {', '.join(split.column_names)})",
+                )
+    if quick:
+        sizes = {"train": QUICK.train, "validation": QUICK.validation, "test": QUICK.test}
+        data = DatasetDict({k: v.shuffle(seed=spec.seed).select(range(min(len(v), sizes[k]))) for k, v in data.items()})
+    return data
+
+
+def _labels(data, spec) -> list[str]:
+    feature = data["train"].features[spec.label_column]
+    names = getattr(feature, "names", None)
+    if names:
+        return list(names)
+    values = sorted(set(data["train"][spec.label_column]))
+    return [str(v) for v in values]
+
+
+# ---- models ---------------------------------------------------------------------------
+def _load_teacher(recipe: Recipe, labels: list[str]):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .data import resolve_model
+
+    source = resolve_model(recipe.teacher.model)
+    id2label = dict(enumerate(labels))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return model, tokenizer, source
+
+
+def _tokenize(data, tokenizer, spec):
+    def encode(batch):
+        out = tokenizer(batch[spec.text_column], truncation=True, max_length=spec.max_length)
+        out["labels"] = batch[spec.label_column]
+        return out
+
+    return data.map(encode, batched=True, remove_columns=data["train"].column_names, desc="tokenize")
+
+
+def _training_args(out: Path, recipe: Recipe, **kw):
+    from .arguments import PaKDTrainingArguments
+
+    run = recipe.training
+    return PaKDTrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=run.batch_size,
+        per_device_eval_batch_size=run.eval_batch_size,
+        seed=run.seed,
+        logging_steps=run.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        **kw,
+    )
+
+
+def _accuracy(model, tokenizer, texts: list[str], labels: list[int], max_length: int, batch_size: int) -> float:
+    import torch
+
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            pred = model(**enc).logits.argmax(-1)
+            correct += int((pred == torch.tensor(labels[i : i + batch_size])).sum())
+    return correct / max(len(texts), 1)
+
+
+def _prepare_teacher(recipe: Recipe, out: Path, data, tokenized, labels, quick: bool):
+    """Fine-tune (or reuse) the teacher; returns (model, tokenizer, info)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer
+
+    folder = out / "teacher"
+    key = _fingerprint(recipe.teacher, recipe.data, recipe.training, quick)
+    info_file = folder / "pakd_teacher.json"
+    if info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key:
+        _say(f"reusing the teacher in {folder} (it matches the recipe)")
+        info = json.loads(info_file.read_text())
+        return AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), info
+    model, tokenizer, source = _load_teacher(recipe, labels)
+    info: dict[str, Any] = {"fingerprint": key, "source": recipe.teacher.model, "fine_tune_seconds": 0.0}
+    ft = recipe.teacher.fine_tune
+    if ft is not None:
+        _say(f"teacher stage: fine-tuning {recipe.teacher.model} on {recipe.data.dataset} "
+             f"({len(tokenized['train']):,} examples, {ft.epochs:g} epochs)")
+        kw = dict(num_train_epochs=ft.epochs, learning_rate=ft.learning_rate, warmup_steps=ft.warmup_ratio,
+                  weight_decay=ft.weight_decay)
+        if quick:
+            kw["max_steps"] = QUICK.teacher_steps
+        args = _training_args(out / ".teacher-run", recipe, **kw)
+        args.per_device_train_batch_size = ft.batch_size
+        start = time.perf_counter()
+        Trainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer).train()
+        info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
+        shutil.rmtree(out / ".teacher-run", ignore_errors=True)
+    info["accuracy_validation"] = _accuracy(
+        model, tokenizer, list(data["validation"][recipe.data.text_column]), list(data["validation"][recipe.data.label_column]),
+        recipe.data.max_length, recipe.training.eval_batch_size,
+    )
+    tmp = out / ".teacher-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "pakd_teacher.json").write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    _say(f"teacher saved in {folder} (validation accuracy {info['accuracy_validation']:.4f})")
+    return model, tokenizer, info
+
+
+# ---- the pipeline ---------------------------------------------------------------------
+def compress(
+    recipe_source,
+    output_dir: str | Path,
+    *,
+    quick: bool = False,
+    push_to_hub: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run a recipe end to end (see the module docs); returns the report."""
+    recipe = load_recipe(recipe_source)
+    for block in ("data", "teacher"):
+        if getattr(recipe, block) is None:
+            raise RecipeError(block, f"`pakd compress` needs a '{block}' block (see recipes/nlp/minilm-rotten-tomatoes.yaml)")
+    if recipe.task != "text-classification":
+        raise RecipeError("task", f"`pakd compress` runs text-classification recipes so far, got '{recipe.task}'")
+    if recipe.training is None:
+        recipe = load_recipe({**recipe.to_dict(), "training": {}})
+    if quick:
+        recipe = _quick_recipe(recipe)
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--output-dir {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .benchmark import compare_models
+    from .hub import push_folder, write_card
+    from .trainer import PaKDTrainer
+
+    started = time.perf_counter()
+    spec = recipe.data
+    data = load_data(recipe, quick)
+    labels = _labels(data, spec)
+    _say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items()) + f"; labels {labels}")
+    # The teacher's tokenizer encodes the data for both models (the student starts as its copy).
+    from .data import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        out / "teacher" if (out / "teacher" / "tokenizer_config.json").is_file() else resolve_model(recipe.teacher.model)
+    )
+    tokenized = _tokenize(data, tokenizer, spec)
+    teacher, tokenizer, teacher_info = _prepare_teacher(recipe, out, data, tokenized, labels, quick)
+
+    # ---- the PaKD stages on a copy of the teacher
+    student = copy.deepcopy(teacher)
+    run_dir = out / ".student-run"
+    args = _training_args(run_dir, recipe)
+    trainer = PaKDTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"], processing_class=tokenizer, recipe=recipe,
+    )
+    stage_start = time.perf_counter()
+    trainer.train()
+    compress_seconds = round(time.perf_counter() - stage_start, 1)
+    tmp = out / ".student-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    for name in ("training_args.bin",):
+        (tmp / name).unlink(missing_ok=True)
+
+    # ---- evaluate what users will load: the saved folders, stock classes, their tokenizers
+    texts, gold = list(data["test"][spec.text_column]), list(data["test"][spec.label_column])
+    student_loaded = AutoModelForSequenceClassification.from_pretrained(tmp)
+    student_tok = AutoTokenizer.from_pretrained(tmp)
+    teacher_dir = out / "teacher"
+    acc_teacher = _accuracy(teacher, tokenizer, texts, gold, spec.max_length, recipe.training.eval_batch_size)
+    acc_student = _accuracy(student_loaded, student_tok, texts, gold, spec.max_length, recipe.training.eval_batch_size)
+    _say(f"test accuracy: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
+
+    def encoder(tok):
+        def make(bs):
+            rows = [texts[i % len(texts)] for i in range(bs)]
+            return dict(tok(rows, truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt"))
+
+        return make
+
+    _say("benchmarking teacher vs student (CPU, median of repeated runs)")
+    report = compare_models(
+        teacher, student_loaded, encoder(tokenizer), make_student_inputs=encoder(student_tok),
+        teacher_dir=teacher_dir, student_dir=tmp, threads=threads or torch.get_num_threads(),
+        repeats=5 if quick else 20, accuracy=(acc_teacher, acc_student), split="test", n_eval=len(texts),
+    )
+    report.update(
+        recipe=recipe.name,
+        task=recipe.task,
+        teacher=recipe.teacher.model if recipe.teacher.model not in ("all-minilm-l6-v2",) else "sentence-transformers/all-MiniLM-L6-v2",
+        license=recipe.teacher.license,
+        dataset={"id": spec.dataset, "name": spec.dataset},
+        reproduce=f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir OUT"
+        + (" --quick" if quick else ""),
+        quick=quick,
+        teacher_accuracy_validation=teacher_info.get("accuracy_validation"),
+        teacher_fine_tune_seconds=teacher_info.get("fine_tune_seconds"),
+        compress_seconds=compress_seconds,
+        total_seconds=round(time.perf_counter() - started, 1),
+        student_structure=json.loads((tmp / "pakd.json").read_text()).get("structure") if (tmp / "pakd.json").is_file() else None,
+    )
+    report.pop("student_structure", None)
+    write_card(tmp, report)
+    shutil.rmtree(out / "student", ignore_errors=True)
+    tmp.rename(out / "student")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _print_summary(report, out)
+    if push_to_hub:
+        url = push_folder(out / "student", push_to_hub)
+        _say(f"pushed to {url}")
+    return report
+
+
+SAMPLE_TEXTS = [
+    "A warm, funny and surprisingly moving film that earns every one of its laughs.",
+    "The plot is thin, the jokes are stale, and the whole thing drags on far too long.",
+    "An uneven but ambitious drama with two terrific performances at its centre.",
+    "Neither scary nor clever, this sequel has nothing new to say.",
+]
+
+
+def benchmark_folders(teacher_dir, student_dir, *, recipe=None, threads: int | None = None, repeats: int = 20) -> dict[str, Any]:
+    """`pakd benchmark`: two saved text classifiers side by side, each with its own tokenizer.
+
+    With a recipe, its test split gives the inputs and the accuracy; without one, a few fixed
+    sentences give the inputs (no accuracy).
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .benchmark import compare_models
+
+    models, tokenizers = [], []
+    for folder in (teacher_dir, student_dir):
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
+        models.append(AutoModelForSequenceClassification.from_pretrained(folder).eval())
+        tokenizers.append(AutoTokenizer.from_pretrained(folder))
+    max_length, accuracy, split, n_eval = 128, None, None, None
+    texts = SAMPLE_TEXTS
+    if recipe is not None:
+        recipe = load_recipe(recipe)
+        if recipe.data is None:
+            raise RecipeError("data", "--data needs a recipe with a data block")
+        data = load_data(recipe, quick=False)
+        spec = recipe.data
+        texts, gold = list(data["test"][spec.text_column]), list(data["test"][spec.label_column])
+        max_length, split, n_eval = spec.max_length, "test", len(texts)
+        accuracy = tuple(_accuracy(m, t, texts, gold, max_length, 128) for m, t in zip(models, tokenizers))
+
+    def encoder(tok):
+        def make(bs):
+            rows = [texts[i % len(texts)] for i in range(bs)]
+            return dict(tok(rows, truncation=True, max_length=max_length, padding=True, return_tensors="pt"))
+
+        return make
+
+    report = compare_models(
+        models[0], models[1], encoder(tokenizers[0]), make_student_inputs=encoder(tokenizers[1]),
+        teacher_dir=teacher_dir, student_dir=student_dir, threads=threads or torch.get_num_threads(),
+        repeats=repeats, accuracy=accuracy, split=split, n_eval=n_eval,
+    )
+    _print_summary(report, None)
+    return report
+
+
+def _print_summary(r: dict[str, Any], out: Path | None) -> None:
+    def get(key, fmt):
+        return format(r[key], fmt) if r.get(key) is not None else "n/a"
+
+    rows = [
+        ("parameters", f"{r['params_teacher']:,}", f"{r['params_student']:,}", f"{r['params_teacher'] / r['params_student']:.1f}x"),
+        ("safetensors bytes", f"{r['bytes_teacher']:,}", f"{r['bytes_student']:,}", f"{r['size_ratio']:.1f}x"),
+        ("MACs / sample", f"{r['macs_teacher']:,}", f"{r['macs_student']:,}", f"{r['mac_ratio']:.1f}x"),
+        ("latency b1 (ms)", f"{r['latency_ms_b1_teacher']:.2f}", f"{r['latency_ms_b1_student']:.2f}", f"{r['speedup_b1']:.1f}x"),
+        ("latency b32 (ms)", f"{r['latency_ms_b32_teacher']:.2f}", f"{r['latency_ms_b32_student']:.2f}", f"{r['speedup_b32']:.1f}x"),
+        ("accuracy (test)", get("accuracy_teacher", ".4f"), get("accuracy_student", ".4f"),
+         f"{get('accuracy_kept', '.3f')} kept"),
+    ]
+    print(f"\n{'':<20}{'teacher':>14}{'student':>14}{'ratio':>12}")
+    for name, t, s, ratio in rows:
+        print(f"{name:<20}{t:>14}{s:>14}{ratio:>12}")
+    tail = f"{r['hardware']}, {r['threads']} threads"
+    if out is not None:
+        tail += (f"; teacher fine-tune {r.get('teacher_fine_tune_seconds') or 0:.0f} s, compression "
+                 f"{r['compress_seconds']:.0f} s. Output: {out}")
+    print(f"\n{tail}")

