@@ -196,7 +196,7 @@ WORKER = textwrap.dedent('''
             except Exception as e:
                 results[case["name"]] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
                 continue
-            ref = torch.load(case["ref"])
+            ref = torch.load(case["ref"], weights_only=True)
             with torch.no_grad():
                 out = model.eval()(**ref["inputs"], output_hidden_states=True)
             results[case["name"]] = {

@@ -191,7 +191,7 @@ _RELOAD = textwrap.dedent(
     for job in jobs:
         auto = AutoModelForSequenceClassification if job["arch"] == "bert" else AutoModelForImageClassification
         model = auto.from_pretrained(job["dir"]).eval()
-        saved = torch.load(job["io"])
+        saved = torch.load(job["io"], weights_only=True)
         with torch.no_grad():
             y = model(**saved["inputs"]).logits
         out[job["dir"]] = float((y - saved["logits"]).abs().max())
