@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .data import hub_id
 from .recipe import Recipe, RecipeError, load_recipe
 
 __all__ = ["compress", "QUICK"]
@@ -139,13 +140,13 @@ def _tokenize(data, tokenizer, spec):
     return data.map(encode, batched=True, remove_columns=data["train"].column_names, desc="tokenize")
 
 
-def _training_args(out: Path, recipe: Recipe, **kw):
+def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, **kw):
     from .arguments import PaKDTrainingArguments
 
     run = recipe.training
     return PaKDTrainingArguments(
         output_dir=str(out),
-        per_device_train_batch_size=run.batch_size,
+        per_device_train_batch_size=batch_size or run.batch_size,
         per_device_eval_batch_size=run.eval_batch_size,
         seed=run.seed,
         logging_steps=run.logging_steps,
@@ -191,8 +192,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, tokenized, labels, quick: 
                   weight_decay=ft.weight_decay)
         if quick:
             kw["max_steps"] = QUICK.teacher_steps
-        args = _training_args(out / ".teacher-run", recipe, **kw)
-        args.per_device_train_batch_size = ft.batch_size
+        args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, **kw)
         start = time.perf_counter()
         Trainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer).train()
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
@@ -300,7 +300,7 @@ def compress(
     report.update(
         recipe=recipe.name,
         task=recipe.task,
-        teacher=recipe.teacher.model if recipe.teacher.model not in ("all-minilm-l6-v2",) else "sentence-transformers/all-MiniLM-L6-v2",
+        teacher=hub_id(recipe.teacher.model),
         license=recipe.teacher.license,
         dataset={"id": spec.dataset, "name": spec.dataset},
         reproduce=f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir OUT"
@@ -310,9 +310,7 @@ def compress(
         teacher_fine_tune_seconds=teacher_info.get("fine_tune_seconds"),
         compress_seconds=compress_seconds,
         total_seconds=round(time.perf_counter() - started, 1),
-        student_structure=json.loads((tmp / "pakd.json").read_text()).get("structure") if (tmp / "pakd.json").is_file() else None,
     )
-    report.pop("student_structure", None)
     write_card(tmp, report)
     shutil.rmtree(out / "student", ignore_errors=True)
     tmp.rename(out / "student")

