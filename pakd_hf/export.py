@@ -299,6 +299,9 @@ def needs_custom_code(model) -> bool:
     from .prune.structure import Structure
 
     adapter = get_adapter(_unwrap(model))
+    fits = adapter.stock_config_fits()  # families whose stock config is not one shape per layer (ResNet)
+    if fits is not None:
+        return not fits
     heads, ffn, head_dim, hidden = _shapes(adapter)
     if len(set(heads)) > 1 or len(set(ffn)) > 1:
         return True

@@ -61,7 +61,17 @@ class Cut:
       plain index along axis 1: masks, importance and compaction have their own rule for it, and
       compaction needs every group to keep the same number of channels.
 
+    - ``nn.Conv2d`` (``groups=1``): axis 1 = in channels (weight only).
+    - ``nn.BatchNorm*``: axis 0 (weight and bias; compaction also slices ``running_mean`` /
+      ``running_var``). Masking zeroes weight AND bias, so a masked channel outputs exactly 0 whatever
+      its running statistics (train or eval mode).
+
     ``group`` consecutive entries form one unit (``head_dim`` for attention heads, 1 otherwise).
+
+    ``offset`` / ``size`` (families whose units of one kind live in several separate tensors, e.g. a
+    CNN's per-stage channels concatenated into one hidden vector): the cut holds only units
+    ``offset .. offset + size - 1`` of the kind, as its entries ``0 .. size - 1``; other units do not
+    touch it. Default (``size=None``): every unit, unshifted.
     """
 
     module: nn.Module
@@ -69,6 +79,15 @@ class Cut:
     name: str | None = None
     group: int = 1
     conv_groups: int = 1
+    offset: int = 0
+    size: int | None = None
+
+    def local(self, units: list[int]) -> list[int]:
+        """The units (of the kind) this cut holds, as its own indices (see ``offset`` / ``size``)."""
+        if self.size is None and not self.offset:
+            return list(units)
+        hi = self.offset + self.size if self.size is not None else float("inf")
+        return [u - self.offset for u in units if self.offset <= u < hi]
 
     def params(self) -> list[tuple[str, nn.Parameter, int]]:
         """``[(param_name, parameter, axis)]`` touched by this cut (bias only where it follows)."""
@@ -92,8 +111,14 @@ class Cut:
         if isinstance(m, nn.LayerNorm):
             return [(n, p, 0) for n, p in (("weight", m.weight), ("bias", m.bias)) if p is not None]
         if isinstance(m, nn.Conv2d):
+            if self.axis == 0:
+                return [(n, p, 0) for n, p in (("weight", m.weight), ("bias", m.bias)) if p is not None]
+            if self.axis == 1 and m.groups == 1:
+                return [("weight", m.weight, 1)]
+            raise ValueError("a Conv2d cut is along its out channels (axis 0) or, groups=1, its in channels (axis 1)")
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if self.axis != 0:
-                raise ValueError("a Conv2d cut is along its out channels (axis 0)")
+                raise ValueError("a BatchNorm cut is along its channels (axis 0)")
             return [(n, p, 0) for n, p in (("weight", m.weight), ("bias", m.bias)) if p is not None]
         if isinstance(m, nn.Conv1d):
             _check_plain_conv1d(m)
@@ -146,7 +171,10 @@ class AttentionParts:
 
 @dataclass
 class LayerParts:
-    """One transformer block: attention, FFN in/out and the LayerNorms over the residual width."""
+    """One transformer block: attention, FFN in/out and the LayerNorms over the residual width.
+
+    A family without attention (a CNN) gives ``attn=None`` and overrides every method that reads
+    the parts (``head_cuts``, ``ffn_cuts``, ``layer_hidden_cuts``, ``prunable_linears``, ...)."""
 
     layer: nn.Module
     attn: AttentionParts
@@ -258,6 +286,66 @@ class ArchAdapter:
     def check_compactable(self, structure: Structure) -> None:
         """Raise when ``structure`` cannot be compacted physically at all (even with
         ``check_export=False``), before anything is touched. Default: always possible."""
+
+    # ---------------------------------------- optional hooks (defaults: transformer families)
+    #: True when the family's config derives the FFN width from the hidden width (a CNN's block
+    #: inner channels): selecting ``hidden`` then also selects ``ffn`` through
+    #: :meth:`ffn_keep_for_hidden`, and importance accumulates ``ffn`` scores with ``hidden``.
+    ffn_follows_hidden: ClassVar[bool] = False
+
+    def check_kinds(self, kinds: list[str]) -> None:
+        """Raise :class:`UnsupportedArchitectureError` (one line naming the family and what it
+        supports) when one of ``kinds`` (``heads``, ``ffn``, ``layers``, ``hidden``, ``budget``,
+        ``unstructured``, ``n_m``) cannot be pruned in this family. Default: all can."""
+
+    def full_structure(self) -> Structure | None:
+        """The "everything kept" record of a never-compacted model whose layers differ in shape
+        by design (a CNN's stages), or ``None`` (default): the generic uniform record."""
+        return None
+
+    def required_layers(self) -> list[int]:
+        """Current layer indices that layer pruning must keep (e.g. a CNN stage's first block,
+        which changes width and resolution). Default: none."""
+        return []
+
+    def hidden_segments(self) -> list[tuple[int, int, int]] | None:
+        """``[(start, stop, minimum)]``: contiguous ranges of the current hidden dims that are
+        separate residual streams (a CNN's stages). A hidden count is then split over them in
+        proportion to their sizes (rounded up, at least ``minimum`` each). ``None`` (default): one
+        stream."""
+        return None
+
+    def ffn_keep_for_hidden(self, hidden_keep: list[bool]) -> list[list[tuple[int, int, int]]]:
+        """With :attr:`ffn_follows_hidden`: per current layer, ``[(start, stop, keep)]`` ranges of
+        its FFN units and how many of each range the config implies when the current hidden dims
+        flagged in ``hidden_keep`` stay."""
+        raise NotImplementedError
+
+    def stock_config_fits(self) -> bool | None:
+        """Whether the model's current module shapes can be written into the family's stock
+        config, read from the modules; ``None`` (default): decided by the generic per-layer check
+        (one head count, one FFN width)."""
+        return None
+
+    @classmethod
+    def structure_problems(cls, config: dict, structure: Structure) -> list[str]:
+        """Contradictions between a saved ``config.json`` and the ``pakd.json`` structure record.
+        Default: a uniform record whose counts are the config's layer / head / FFN / hidden fields."""
+        s = structure
+        if not s.is_uniform():
+            return [f"pakd.json structure is not uniform ({s.describe()}); a stock config cannot hold it"]
+        want = {
+            "num_hidden_layers": len(s.layers),
+            "num_attention_heads": s.heads_per_layer()[0],
+            "intermediate_size": s.ffn_per_layer()[0],
+            "hidden_size": len(s.hidden),
+        }
+        problems = []
+        for k, v in want.items():
+            key = cls.config_field(k)  # e.g. Whisper: encoder_layers, d_model
+            if config.get(key) != v:
+                problems.append(f"pakd.json structure implies {key}={v}, config.json has {config.get(key)}")
+        return problems
 
     def after_compact(self) -> None:
         """Fix module attributes that only mirror tensor shapes, after :func:`compact` sliced them

@@ -9,7 +9,8 @@ are no longer in the model, silently. The caller MUST rebuild them after compact
 Slicing follows ``transformers.pytorch_utils.prune_linear_layer`` (``index_select`` along the
 axis, bias only along the output axis) but keeps each module object, its dtype, device and
 ``requires_grad``, so references to modules (hooks, adapters, teacher/student maps) stay valid.
-Embeddings, LayerNorms, Conv1d in/out channels, Conv2d out channels, raw parameters (ViT's
+Embeddings, LayerNorms, Conv1d and Conv2d in/out channels, BatchNorms (with their running
+statistics), raw parameters (ViT's
 ``cls_token`` / ``position_embeddings``) and the in channels of grouped convolutions
 (``Cut.conv_groups``, e.g. wav2vec2's weight-normed positional conv) get the same treatment; a
 ``use_weighted_layer_sum`` weight vector (``ArchAdapter.layer_sum_weights``) loses the entries of
@@ -107,10 +108,23 @@ def _slice_module(module: nn.Module, axes: dict[int, torch.Tensor]) -> None:
                 _select_param(module, "bias", 0, idx)
         module.out_channels, module.in_channels = module.weight.shape[:2]
     elif isinstance(module, nn.Conv2d):
-        _select_param(module, "weight", 0, axes[0])
-        if module.bias is not None:
-            _select_param(module, "bias", 0, axes[0])
-        module.out_channels = module.weight.shape[0]
+        if module.groups != 1 and 1 in axes:
+            raise TypeError("the in channels of a grouped Conv2d cannot be cut")
+        for axis, idx in axes.items():
+            _select_param(module, "weight", axis, idx)
+            if axis == 0 and module.bias is not None:
+                _select_param(module, "bias", 0, idx)
+        module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        idx = axes[0]
+        for name in ("weight", "bias"):
+            if getattr(module, name) is not None:
+                _select_param(module, name, 0, idx)
+        for name in ("running_mean", "running_var"):  # buffers: eval-mode outputs depend on them
+            buf = getattr(module, name)
+            if buf is not None:
+                setattr(module, name, buf.index_select(0, idx.to(buf.device)).clone())
+        module.num_features = len(idx)
     else:
         raise TypeError(f"no compaction rule for {type(module).__name__}")
 
@@ -160,10 +174,13 @@ def compact(
         if len(keep_units) == total:
             return
         for cut in cut_list:
+            units = cut.local(keep_units)  # the units this cut holds (Cut.offset / size), as its indices
+            if cut.size is not None and len(units) == cut.size:
+                continue  # this part of the kind keeps everything
             if cut.conv_groups > 1:
-                grouped.append((cut.module, cut.name or "weight", _expand(keep_units, cut.group), cut.conv_groups))
+                grouped.append((cut.module, cut.name or "weight", _expand(units, cut.group), cut.conv_groups))
                 continue
-            idx = torch.tensor(_expand(keep_units, cut.group), dtype=torch.long)
+            idx = torch.tensor(_expand(units, cut.group), dtype=torch.long)
             if cut.name is not None:
                 raw.append((cut.module, cut.name, cut.axis, idx))
                 continue
@@ -190,6 +207,8 @@ def compact(
         add(adapter.ffn_cuts(j, parts), ffn, len(rel.ffn[j]))
         if len(heads) != len(rel.heads[j]):
             adapter.set_num_heads(parts.attn, len(heads))
+        if parts.attn is None:
+            continue  # a family without attention (a CNN): no prunable Linears in its blocks
         for role, lin in zip(ROLES, (parts.attn.q, parts.attn.k, parts.attn.v, parts.attn.o, parts.fc1, parts.fc2)):
             linear_keys[id(lin)] = f"{j}.{role}"
     hidden = [d for d, k in enumerate(rel.hidden) if k]

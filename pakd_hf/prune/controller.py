@@ -95,7 +95,7 @@ def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
     larger than the model, BERT's hidden != heads * head_dim), do not depend on them.
     """
     from ..recipe import RecipeError
-    from ..arch import HeadDimError, NonUniformStructureError
+    from ..arch import HeadDimError, NonUniformStructureError, UnsupportedArchitectureError
 
     adapter = get_adapter(model)
     base = Structure.from_model(model, adapter)
@@ -105,6 +105,11 @@ def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
         if spec is None:
             continue
         where = f"{path}[{i}].pruning"
+        kinds = list(spec.structured_targets()) + [k for k in ("budget", "unstructured", "n_m") if getattr(spec, k, None)]
+        try:
+            adapter.check_kinds(kinds)  # e.g. a CNN has no heads: one line naming what it can prune
+        except UnsupportedArchitectureError as exc:
+            raise RecipeError(where, str(exc)) from None
         check_targets(spec, current, where)
         counts = {kind: target_count(keep, current, kind) for kind, keep in spec.structured_targets().items()}
         if spec.budget is not None:

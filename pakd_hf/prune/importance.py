@@ -52,8 +52,11 @@ def _reduce_grouped_in(t: torch.Tensor, conv_groups: int) -> torch.Tensor:
     return t.reshape(G, c_out // G, n, -1).sum((1, 3)).reshape(-1)
 
 
-def _group_sum(cuts: list[Cut], fn) -> torch.Tensor | None:
-    """``sum over the group of fn(weight, grad)`` per unit, over all cuts (None if no grads)."""
+def _group_sum(cuts: list[Cut], fn, width: int | None = None) -> torch.Tensor | None:
+    """``sum over the group of fn(weight, grad)`` per unit, over all cuts (None if no grads).
+
+    A cut that holds only some units (``Cut.size``) adds into entries ``offset ..`` of a vector of
+    ``width`` units (needed then)."""
     total = None
     for cut in cuts:
         for _, p, axis in cut.params():
@@ -65,6 +68,10 @@ def _group_sum(cuts: list[Cut], fn) -> torch.Tensor | None:
                 r = r.reshape(-1, cut.group).sum(1) if cut.group > 1 else r
             else:
                 r = _reduce(v.float(), axis, cut.group)
+            if cut.size is not None:
+                full = torch.zeros(width, dtype=r.dtype, device=r.device)
+                full[cut.offset:cut.offset + r.numel()] = r
+                r = full
             total = r if total is None else total + r.to(total.device)
     return total
 
@@ -93,6 +100,8 @@ class ImportanceAccumulator:
         if p not in (1, 2):
             raise ValueError("p must be 1 (L1) or 2 (L2)")
         self.adapter = adapter or get_adapter(model)
+        if "hidden" in kinds and "ffn" not in kinds and self.adapter.ffn_follows_hidden:
+            kinds = tuple(kinds) + ("ffn",)  # the config derives the FFN width from the hidden one
         self.kinds = tuple(kinds)
         self.criterion = criterion
         self.p = p
@@ -119,15 +128,16 @@ class ImportanceAccumulator:
         need = self._need()
         out: dict[str, object] = {}
         parts = a.layers()
-        hmax = max((a.num_heads(i) for i in range(len(parts))), default=0)
-        imax = max((p.fc1.out_features for p in parts), default=0)
+        heads = [a.num_heads(i) for i in range(len(parts))]
+        inter = [a.intermediate_size(i) for i in range(len(parts))]
+        hmax, imax = max(heads, default=0), max(inter, default=0)
 
-        def per_layer(cut_fn, width):
+        def per_layer(cut_fn, width, counts):
             rows = []
             for i, pt in enumerate(parts):
                 cuts = cut_fn(i, pt)
-                r = _group_sum(cuts, fn)
-                n = cuts[0].module.weight.shape[0] // cuts[0].group  # q rows / fc1 rows
+                n = counts[i]  # this layer's heads / FFN neurons
+                r = _group_sum(cuts, fn, n) if cuts else None
                 row = torch.zeros(width)
                 if r is not None:
                     row[:n] = post(r).cpu()
@@ -136,11 +146,11 @@ class ImportanceAccumulator:
             return torch.stack(rows) if rows else torch.zeros(0, width)
 
         if "heads" in need:
-            out["heads"] = per_layer(a.head_cuts, hmax)
+            out["heads"] = per_layer(a.head_cuts, hmax, heads)
         if "ffn" in need:
-            out["ffn"] = per_layer(a.ffn_cuts, imax)
+            out["ffn"] = per_layer(a.ffn_cuts, imax, inter)
         if "hidden" in need:
-            r = _group_sum(a.hidden_cuts(), fn)
+            r = _group_sum(a.hidden_cuts(), fn, a.hidden_size())
             out["hidden"] = post(r).cpu() if r is not None else torch.zeros(a.hidden_size())
         if "weights" in need:
             w = {}

@@ -159,11 +159,14 @@ class MaskState:
             if not drop:
                 return
             for cut in cuts:
+                units = cut.local(drop)  # the units this cut holds (Cut.offset / size), as its indices
+                if not units:
+                    continue
                 for _, p, axis in cut.params():
                     if cut.conv_groups > 1:
-                        plan.append((p, None, _grouped_keep_mask(p, _expand(drop, cut.group), cut.conv_groups), 0.0))
+                        plan.append((p, None, _grouped_keep_mask(p, _expand(units, cut.group), cut.conv_groups), 0.0))
                         continue
-                    idx = torch.tensor(_expand(drop, cut.group), dtype=torch.long, device=p.device)
+                    idx = torch.tensor(_expand(units, cut.group), dtype=torch.long, device=p.device)
                     plan.append((p, axis, idx, 0.0))
 
         lsw = a.layer_sum_weights()
@@ -240,7 +243,7 @@ class MaskState:
 
         def frac(flags):
             flat = [f for fs in flags for f in fs] if flags and isinstance(flags[0], list) else flags
-            return 1.0 - sum(flat) / max(len(flat), 1)
+            return 1.0 - sum(flat) / len(flat) if flat else 0.0  # no units of the kind (a CNN's heads)
 
         out = {"layers": frac(rel.layers), "heads": frac(rel.heads), "ffn": frac(rel.ffn), "hidden": frac(rel.hidden)}
         if self.weight_masks:

@@ -71,6 +71,9 @@ def select_structure(
     :class:`~pakd_hf.arch.HeadDimError` when ``hidden != heads * head_dim`` ("head_dim not
     dividing"). Pass ``check_export=False`` for intermediate mask states of a schedule.
     """
+    if adapter is not None:  # a kind the family cannot prune: one line naming what it can
+        adapter.check_kinds([k for k, v in (("heads", heads), ("ffn", ffn), ("layers", layers), ("hidden", hidden))
+                             if v is not None])
     within = copy.deepcopy(within or base)
     rel = relative_keep(base, within)  # flags of `within` in current coordinates
     L = len(base.layers)
@@ -83,8 +86,12 @@ def select_structure(
     layer_flags = list(rel.layers)
     n_layers = _count(layers, base.num_layers, "layers")
     if n_layers is not None:
-        allowed = [j for j in range(L) if rel.layers[j]]
-        kept = set(_top(need("layers"), allowed, n_layers, "layers"))
+        required = [j for j in (adapter.required_layers() if adapter is not None else []) if rel.layers[j]]
+        if n_layers < len(required):
+            raise ValueError(f"cannot keep {n_layers} layers: {len(required)} layers of {adapter.description} "
+                             "always stay (its required_layers(), e.g. the first block of each stage)")
+        allowed = [j for j in range(L) if rel.layers[j] and j not in required]
+        kept = set(required) | set(_top(need("layers"), allowed, n_layers - len(required), "layers"))
         layer_flags = [j in kept for j in range(L)]
 
     def per_layer_select(kind, target, original, flags):
@@ -121,7 +128,17 @@ def select_structure(
     n_hidden = _count(hidden, base.hidden_size, "hidden")
     if n_hidden is not None:
         groups = adapter.hidden_groups() if adapter is not None else 1
-        if groups > 1:
+        segments = adapter.hidden_segments() if adapter is not None else None
+        if segments is not None:
+            # separate residual streams (a CNN's stages): each keeps its share of the count
+            total = len(rel.hidden)
+            kept = set()
+            for start, stop, minimum in segments:
+                size = stop - start
+                per = min(size, max(minimum, math.ceil(n_hidden * size / total - 1e-9)))
+                allowed = [d for d in range(start, stop) if rel.hidden[d]]
+                kept |= set(_top(need("hidden"), allowed, per, f"hidden dims of stream {start}..{stop - 1}"))
+        elif groups > 1:
             # a grouped conv over the residual width: the same number of dims in every
             # (contiguous) group, the count rounded up to a multiple of the groups
             size = len(rel.hidden) // groups
@@ -134,6 +151,20 @@ def select_structure(
             allowed = [d for d, f in enumerate(rel.hidden) if f]
             kept = set(_top(need("hidden"), allowed, n_hidden, "hidden dims"))
         hidden_flags = [d in kept for d in range(len(rel.hidden))]
+        if adapter is not None and adapter.ffn_follows_hidden:
+            # the config derives the FFN width from the hidden one (a CNN block's inner channels)
+            s = need("ffn")
+            tied = adapter.ffn_keep_for_hidden(hidden_flags)
+            ffn_flags = [list(f) for f in ffn_flags]
+            for j in range(L):
+                if not layer_flags[j]:
+                    continue
+                new = [False] * len(ffn_flags[j])
+                for start, stop, k in tied[j]:
+                    allowed = [u for u in range(start, stop) if ffn_flags[j][u]]
+                    for u in _top(s[j], allowed, k, f"ffn units {start}..{stop - 1} in layer {base.layers[j]}"):
+                        new[u] = True
+                ffn_flags[j] = new
 
     result = from_relative(base, layer_flags, head_flags, ffn_flags, hidden_flags)
     if adapter is not None and check_export:

@@ -34,7 +34,8 @@ class Structure:
     ``num_layers``/``num_heads``/``head_dim``/``intermediate_size``/``hidden_size`` are the
     original sizes. ``heads[l]`` and ``ffn[l]`` are given for every original layer ``l`` (empty
     for a removed layer); ``layers`` lists the kept original layers; ``hidden`` the kept
-    residual-stream dims.
+    residual-stream dims. ``num_heads == 0``: a family without attention heads (a CNN); its
+    head lists are all empty.
     """
 
     num_layers: int
@@ -75,6 +76,9 @@ class Structure:
         from ..arch import get_adapter
 
         a = adapter or get_adapter(model)
+        full = a.full_structure()  # families whose layers differ in shape by design (CNN stages)
+        if full is not None:
+            return full
         L = a.num_layers
         heads = [a.num_heads(i) for i in range(L)]
         ffn = [a.intermediate_size(i) for i in range(L)]
@@ -98,7 +102,7 @@ class Structure:
                 raise ValueError(f"layer {i} keeps heads outside 0..{self.num_heads - 1}")
             if any(not 0 <= n < self.intermediate_size for n in self.ffn[i]):
                 raise ValueError(f"layer {i} keeps FFN neurons outside 0..{self.intermediate_size - 1}")
-            if not self.heads[i] or not self.ffn[i]:
+            if (self.num_heads and not self.heads[i]) or not self.ffn[i]:
                 raise ValueError(f"layer {i} is kept but keeps no heads or no FFN neurons; drop the layer instead")
         if not self.hidden or any(not 0 <= d < self.hidden_size for d in self.hidden):
             raise ValueError(f"structure keeps hidden dims outside 0..{self.hidden_size - 1} (or none)")
@@ -265,19 +269,7 @@ def verify_against_config(folder) -> None:
         s = Structure.from_dict(rec["structure"])
         if rec.get("family") not in (None, cls.family):
             problems.append(f"pakd.json family {rec.get('family')!r} but config model_type {config['model_type']!r}")
-        if not s.is_uniform():
-            problems.append(f"pakd.json structure is not uniform ({s.describe()}); a stock config cannot hold it")
-        else:
-            want = {
-                "num_hidden_layers": len(s.layers),
-                "num_attention_heads": s.heads_per_layer()[0],
-                "intermediate_size": s.ffn_per_layer()[0],
-                "hidden_size": len(s.hidden),
-            }
-            for k, v in want.items():
-                key = cls.config_field(k)  # e.g. Whisper: encoder_layers, d_model
-                if config.get(key) != v:
-                    problems.append(f"pakd.json structure implies {key}={v}, config.json has {config.get(key)}")
+        problems += cls.structure_problems(config, s)  # default: uniform counts == the config's fields
     if problems:
         raise CheckpointMismatchError(f"{folder}: " + "; ".join(problems))
 
