@@ -303,7 +303,7 @@ def compress(
         teacher=hub_id(recipe.teacher.model),
         license=recipe.teacher.license,
         dataset={"id": spec.dataset, "name": spec.dataset},
-        reproduce=f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir OUT"
+        reproduce=f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir {out}"
         + (" --quick" if quick else ""),
         quick=quick,
         teacher_accuracy_validation=teacher_info.get("accuracy_validation"),
@@ -311,7 +311,7 @@ def compress(
         compress_seconds=compress_seconds,
         total_seconds=round(time.perf_counter() - started, 1),
     )
-    write_card(tmp, report)
+    write_card(tmp, report, repo_id=push_to_hub, location=push_to_hub or str(out / "student"))
     shutil.rmtree(out / "student", ignore_errors=True)
     tmp.rename(out / "student")
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -198,11 +198,14 @@ def build_card(
     dataset: dict[str, str] | None = None,
     reproduce: str | None = None,
     write_figure: bool = True,
+    location: str | None = None,
 ):
     """Render the card of a saved student from its measured `report` (see module docs).
 
     `dataset`: {"id": Hub id or name, "name": display name}. `teacher`: the teacher's Hub id or
     path (else taken from pakd.json). `license`: the teacher's license where known.
+    `location`: what the card's code passes to from_pretrained (default: `repo_id`, else the
+    folder).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -249,7 +252,7 @@ def build_card(
     figure = _figure(folder, report, structure) if write_figure else (CARD_FIGURE if (folder / CARD_FIGURE).is_file() else None)
     structure_summary, layer_rows = _structure_rows(structure)
     auto = AUTO_CLASSES[task]
-    target = repo_id or str(folder)
+    target = location or repo_id or str(folder)
     trc = ", trust_remote_code=True" if custom_code else ""
     load_code = f"from transformers import {auto}\n\nmodel = {auto}.from_pretrained({target!r}{trc})"
     if modality == "text":
