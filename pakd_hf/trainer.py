@@ -399,7 +399,7 @@ class PaKDTrainer(Trainer):
     # ---- pruning -----------------------------------------------------------------------
     def _begin_stage_pruning(self) -> None:
         """Start the current stage's pruning block (masks persist across stages until compacted)."""
-        from .prune import MaskState, Structure, compact
+        from .prune import MaskState, Structure
         from .prune.controller import StagePruner
 
         resume, self._resume_pruning = self._resume_pruning, None

@@ -53,7 +53,7 @@ def toy_data():
 @pytest.fixture(scope="session")
 def trained_teacher(toy_data, tmp_path_factory):
     """A tiny BERT trained on the toy task with the plain Trainer, saved once per session."""
-    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from toy import tiny_bert
 

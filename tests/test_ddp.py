@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 TESTS = Path(__file__).resolve().parent
 

@@ -12,8 +12,8 @@ import yaml
 from hub_server import patch_hub_endpoint
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments
 from pakd_hf.benchmark import REPORT_KEYS, compare_models
-from pakd_hf.hub import CARD_FIGURE, PushError, build_card, push_folder, write_card
-from toy import tiny_bert, toy_dataset
+from pakd_hf.hub import CARD_FIGURE, PushError, push_folder, write_card
+from toy import toy_dataset
 
 TOKEN, OTHER = "hf_pakd_writer", "hf_someone_else"
 EXPECTED_FILES = {"config.json", "model.safetensors", "pakd.json", "pakd_recipe.yaml", "README.md", CARD_FIGURE}

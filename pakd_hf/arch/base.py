@@ -417,6 +417,29 @@ class ArchAdapter:
         return out
 
 
+# ------------------------------------------------------------- stock-config checks
+def check_stock_attention_shape(structure: Structure, family: str, heads_field: str, ffn_field: str,
+                                hidden_field: str) -> None:
+    """The check of families whose stock config holds one head count and one FFN width and
+    derives the head size as ``hidden // heads`` (BERT, Whisper, wav2vec2/HuBERT): raise
+    :class:`NonUniformStructureError` or :class:`HeadDimError` ("head_dim not dividing")."""
+    if not structure.is_uniform():
+        raise NonUniformStructureError(
+            f"layers keep different numbers of heads or FFN neurons: a stock {family} config holds one "
+            f"{heads_field} and one {ffn_field} (per layer: {structure.describe()})"
+        )
+    heads = structure.heads_per_layer()
+    h = heads[0] if heads else structure.num_heads
+    hidden = len(structure.hidden)
+    if h * structure.head_dim != hidden:
+        raise HeadDimError(
+            f"head_dim not dividing: stock {family} derives the head size as {hidden_field} // {heads_field} "
+            f"= {hidden} // {h} = {hidden // max(h, 1)}, but the kept heads have head_dim {structure.head_dim}; "
+            f"keep {hidden_field} = heads * head_dim (e.g. {h} heads -> hidden {h * structure.head_dim}, or hidden "
+            f"{hidden} -> {hidden // structure.head_dim} heads when it divides)"
+        )
+
+
 # ------------------------------------------------------------- checkpoint checks
 def layer_shapes(shapes: dict[str, list[int]], pattern: str) -> dict[int, list[int]]:
     """``{layer_index: shape}`` for keys matching ``pattern`` (a regex with one int group)."""

@@ -26,11 +26,10 @@ from .base import (
     ArchAdapter,
     AttentionParts,
     Cut,
-    HeadDimError,
     LayerParts,
-    NonUniformStructureError,
     UnsupportedArchitectureError,
     check_layer_tensors,
+    check_stock_attention_shape,
 )
 
 
@@ -131,21 +130,7 @@ class BertAdapter(ArchAdapter):
 
     # ----------------------------------------------------------------- config
     def check_structure(self, structure) -> None:
-        if not structure.is_uniform():
-            raise NonUniformStructureError(
-                "layers keep different numbers of heads or FFN neurons: a stock BERT config holds one "
-                f"num_attention_heads and one intermediate_size (per layer: {structure.describe()})"
-            )
-        heads = structure.heads_per_layer()
-        h = heads[0] if heads else structure.num_heads
-        hidden = len(structure.hidden)
-        if h * structure.head_dim != hidden:
-            raise HeadDimError(
-                f"head_dim not dividing: stock BERT sets attention_head_size = hidden_size // num_attention_heads "
-                f"= {hidden} // {h} = {hidden // max(h, 1)}, but the kept heads have head_dim {structure.head_dim}; "
-                f"keep hidden_size = heads * head_dim (e.g. {h} heads -> hidden {h * structure.head_dim}, or "
-                f"hidden {hidden} -> {hidden // structure.head_dim} heads when it divides)"
-            )
+        check_stock_attention_shape(structure, "BERT", "num_attention_heads", "intermediate_size", "hidden_size")
 
     def update_config(self, config: Any, structure, *, strict: bool = True) -> None:
         if strict:

@@ -50,11 +50,11 @@ from .base import (
     ArchAdapter,
     AttentionParts,
     Cut,
-    HeadDimError,
     LayerParts,
     NonUniformStructureError,
     UnsupportedArchitectureError,
     check_layer_tensors,
+    check_stock_attention_shape,
 )
 
 
@@ -211,21 +211,8 @@ class Wav2Vec2Adapter(ArchAdapter):
             )
 
     def check_structure(self, structure) -> None:
-        if not structure.is_uniform():
-            raise NonUniformStructureError(
-                "layers keep different numbers of heads or FFN neurons: a stock wav2vec2/HuBERT config holds one "
-                f"num_attention_heads and one intermediate_size (per layer: {structure.describe()})"
-            )
-        heads = structure.heads_per_layer()
-        h = heads[0] if heads else structure.num_heads
+        check_stock_attention_shape(structure, "wav2vec2/HuBERT", "num_attention_heads", "intermediate_size", "hidden_size")
         hidden = len(structure.hidden)
-        if h * structure.head_dim != hidden:
-            raise HeadDimError(
-                f"head_dim not dividing: stock wav2vec2/HuBERT sets head_dim = hidden_size // num_attention_heads "
-                f"= {hidden} // {h} = {hidden // max(h, 1)} with square q/k/v projections, but the kept heads have "
-                f"head_dim {structure.head_dim}; keep hidden_size = heads * head_dim (e.g. {h} heads -> hidden "
-                f"{h * structure.head_dim}, or hidden {hidden} -> {hidden // structure.head_dim} heads when it divides)"
-            )
         G = self.hidden_groups()
         if hidden % G:
             raise NonUniformStructureError(

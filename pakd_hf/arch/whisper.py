@@ -41,11 +41,10 @@ from .base import (
     ArchAdapter,
     AttentionParts,
     Cut,
-    HeadDimError,
     LayerParts,
-    NonUniformStructureError,
     UnsupportedArchitectureError,
     check_layer_tensors,
+    check_stock_attention_shape,
 )
 
 
@@ -143,21 +142,7 @@ class WhisperAdapter(ArchAdapter):
 
     # ----------------------------------------------------------------- config
     def check_structure(self, structure) -> None:
-        if not structure.is_uniform():
-            raise NonUniformStructureError(
-                "layers keep different numbers of heads or FFN neurons: a stock Whisper config holds one "
-                f"encoder_attention_heads and one encoder_ffn_dim (per layer: {structure.describe()})"
-            )
-        heads = structure.heads_per_layer()
-        h = heads[0] if heads else structure.num_heads
-        hidden = len(structure.hidden)
-        if h * structure.head_dim != hidden:
-            raise HeadDimError(
-                f"head_dim not dividing: stock Whisper sets head_dim = d_model // encoder_attention_heads "
-                f"= {hidden} // {h} = {hidden // max(h, 1)} with square q/k/v projections, but the kept heads have "
-                f"head_dim {structure.head_dim}; keep d_model = heads * head_dim (e.g. {h} heads -> hidden "
-                f"{h * structure.head_dim}, or hidden {hidden} -> {hidden // structure.head_dim} heads when it divides)"
-            )
+        check_stock_attention_shape(structure, "Whisper", "encoder_attention_heads", "encoder_ffn_dim", "d_model")
 
     def update_config(self, config: Any, structure, *, strict: bool = True) -> None:
         if strict:

@@ -60,4 +60,5 @@ __all__ = [
     "unstructured_masks",
     "verify_against_config",
     "weight_scores",
+    "write_pakd_json",
 ]
