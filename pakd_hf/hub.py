@@ -131,6 +131,12 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
         ax.scatter([x], [y], s=80, color=color, label=who, zorder=3)
         ax.annotate(f"{who}\n{x:.1f} ms, {y:.3f}", (x, y), textcoords="offset points", xytext=(8, -4), fontsize=8)
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    lows = [r["latency_ms_b1_teacher"], r["latency_ms_b1_student"]]
+    ax.set_xlim(min(lows) / 1.6, max(lows) * 3.0)  # room for the labels right of the points
     ax.set_xlabel(f"CPU latency, batch 1 (ms, {r.get('threads', '?')} threads)")
     ax.set_ylabel(f"accuracy ({r.get('split', 'eval')})")
     ax.set_title("accuracy vs latency", fontsize=10)
