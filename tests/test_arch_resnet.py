@@ -317,7 +317,7 @@ _RELOAD = textwrap.dedent(
     out = {}
     for job in json.loads(sys.argv[1]):
         model = AutoModelForImageClassification.from_pretrained(job["dir"]).eval()
-        saved = torch.load(job["io"])
+        saved = torch.load(job["io"], weights_only=True)
         with torch.no_grad():
             y = model(**saved["inputs"]).logits
         out[job["dir"]] = [type(model).__name__, float((y - saved["logits"]).abs().max())]

@@ -440,6 +440,18 @@ def check_stock_attention_shape(structure: Structure, family: str, heads_field: 
         )
 
 
+def write_shape_fields(config: Any, structure: Structure, layers_field: str, heads_field: str, ffn_field: str,
+                       hidden_field: str) -> None:
+    """Write a structure's shapes into a transformer config's four fields (per-layer maxima,
+    so a non-uniform structure still builds modules large enough for every layer)."""
+    heads = structure.heads_per_layer() or [structure.num_heads]
+    ffn = structure.ffn_per_layer() or [structure.intermediate_size]
+    setattr(config, layers_field, len(structure.layers))
+    setattr(config, heads_field, max(heads))
+    setattr(config, ffn_field, max(ffn))
+    setattr(config, hidden_field, len(structure.hidden))
+
+
 # ------------------------------------------------------------- checkpoint checks
 def layer_shapes(shapes: dict[str, list[int]], pattern: str) -> dict[int, list[int]]:
     """``{layer_index: shape}`` for keys matching ``pattern`` (a regex with one int group)."""

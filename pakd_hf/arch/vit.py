@@ -31,6 +31,7 @@ from .base import (
     NonUniformStructureError,
     UnsupportedArchitectureError,
     check_layer_tensors,
+    write_shape_fields,
 )
 
 
@@ -120,13 +121,9 @@ class ViTAdapter(ArchAdapter):
     def update_config(self, config: Any, structure, *, strict: bool = True) -> None:
         if strict:
             self.check_structure(structure)
-        heads = structure.heads_per_layer() or [structure.num_heads]
-        ffn = structure.ffn_per_layer() or [structure.intermediate_size]
         hidden = len(structure.hidden)
-        config.num_hidden_layers = len(structure.layers)
-        config.num_attention_heads = max(heads)
-        config.intermediate_size = max(ffn)
-        config.hidden_size = hidden
+        write_shape_fields(config, structure, "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "hidden_size")
         if getattr(config, "pooler_output_size", None) is None:
             config.pooler_output_size = structure.hidden_size  # keep the original pooler width
         if hidden // config.num_attention_heads != structure.head_dim or hasattr(config, "head_dim"):

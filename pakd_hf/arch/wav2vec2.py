@@ -55,6 +55,7 @@ from .base import (
     UnsupportedArchitectureError,
     check_layer_tensors,
     check_stock_attention_shape,
+    write_shape_fields,
 )
 
 
@@ -222,15 +223,10 @@ class Wav2Vec2Adapter(ArchAdapter):
     def update_config(self, config: Any, structure, *, strict: bool = True) -> None:
         if strict:
             self.check_structure(structure)
-        heads = structure.heads_per_layer() or [structure.num_heads]
-        ffn = structure.ffn_per_layer() or [structure.intermediate_size]
-        hidden = len(structure.hidden)
         if getattr(config, "output_hidden_size", None) == config.hidden_size:
-            config.output_hidden_size = hidden
-        config.num_hidden_layers = len(structure.layers)
-        config.num_attention_heads = max(heads)
-        config.intermediate_size = max(ffn)
-        config.hidden_size = hidden
+            config.output_hidden_size = len(structure.hidden)
+        write_shape_fields(config, structure, "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "hidden_size")
 
     @classmethod
     def checkpoint_problems(cls, config: dict, shapes: dict[str, list[int]]) -> list[str]:

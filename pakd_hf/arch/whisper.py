@@ -45,6 +45,7 @@ from .base import (
     UnsupportedArchitectureError,
     check_layer_tensors,
     check_stock_attention_shape,
+    write_shape_fields,
 )
 
 
@@ -147,12 +148,7 @@ class WhisperAdapter(ArchAdapter):
     def update_config(self, config: Any, structure, *, strict: bool = True) -> None:
         if strict:
             self.check_structure(structure)
-        heads = structure.heads_per_layer() or [structure.num_heads]
-        ffn = structure.ffn_per_layer() or [structure.intermediate_size]
-        config.encoder_layers = len(structure.layers)
-        config.encoder_attention_heads = max(heads)
-        config.encoder_ffn_dim = max(ffn)
-        config.d_model = len(structure.hidden)
+        write_shape_fields(config, structure, "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "d_model")
 
     @classmethod
     def checkpoint_problems(cls, config: dict, shapes: dict[str, list[int]]) -> list[str]:
