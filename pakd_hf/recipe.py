@@ -360,16 +360,21 @@ class Data:
     dataset: str
     config: str | None = None
     text_column: str = "text"
+    image_column: str = "image"
+    audio_column: str = "audio"
     label_column: str = "label"
     train_split: str = "train"
     validation_split: str | None = "validation"
     test_split: str | None = "test"
-    max_length: int = 128
+    max_length: int = 128  # text: tokens
+    max_seconds: float = 1.0  # audio: clips are cut / padded to this length
     seed: int = 0
+    options: dict[str, Any] | None = None  # keyword arguments of an offline loader
 
     def _validate(self, path: str) -> None:
         _check(bool(self.dataset.strip()), f"{path}.dataset", "must not be empty")
         _check(self.max_length >= 4, f"{path}.max_length", f"must be >= 4, got {self.max_length}")
+        _check(self.max_seconds > 0, f"{path}.max_seconds", f"must be > 0, got {self.max_seconds}")
 
 
 @dataclass
@@ -392,14 +397,44 @@ class FineTune:
 @dataclass
 class Teacher:
     """The teacher: ``model`` is an offline model that ships in a package (see
-    ``pakd_hf.data.MODELS``: e.g. ``all-minilm-l6-v2``), a local folder or a Hub id."""
+    ``pakd_hf.data.MODELS``: e.g. ``all-minilm-l6-v2``), a local folder or a Hub id; or
+    ``config`` (a transformers config as a mapping, with ``model_type``) builds a randomly
+    initialised model that the teacher stage (``fine_tune``) trains from scratch, with an
+    image processor built from ``processor`` (``ViTImageProcessor`` keyword arguments)."""
 
-    model: str
+    model: str | None = None
+    config: dict[str, Any] | None = None
+    processor: dict[str, Any] | None = None
     fine_tune: FineTune | None = None
     license: str | None = None
 
     def _validate(self, path: str) -> None:
-        _check(bool(self.model.strip()), f"{path}.model", "must not be empty")
+        _check(
+            (self.model is None) != (self.config is None),
+            f"{path}.model",
+            "give exactly one of 'model' (pretrained weights) and 'config' (a model trained from scratch)",
+        )
+        if self.model is not None:
+            _check(bool(self.model.strip()), f"{path}.model", "must not be empty")
+            _check(self.processor is None, f"{path}.processor", "is for a teacher built from 'config'; remove it")
+        else:
+            _check(
+                isinstance(self.config.get("model_type"), str),
+                f"{path}.config.model_type",
+                "is required: the transformers model type to build (e.g. 'vit')",
+            )
+            _check(
+                self.fine_tune is not None,
+                f"{path}.fine_tune",
+                "is required with 'config': a teacher built from a config starts random and must be trained",
+            )
+
+    @property
+    def name(self) -> str:
+        """How reports and cards name the teacher."""
+        if self.model is not None:
+            return self.model
+        return f"{self.config['model_type']} trained from scratch"
 
 
 @dataclass
@@ -588,6 +623,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif origin is dict:
+        # Free-form keyword arguments (a model config, loader options): string keys, plain
+        # YAML values; the library that receives them checks them.
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise RecipeError(path, f"must be a mapping of names to values, got {_describe(value)}")
     else:  # pragma: no cover - a schema bug, not a user error
         raise TypeError(f"unsupported schema type {tp!r} at {path}")
     raise RecipeError(path, f"must be {_type_name(tp)}, got {_describe(value)}")

@@ -1,0 +1,238 @@
+"""What differs between modalities in `pakd compress`: one small adapter per task.
+
+Each adapter knows the stock Auto class of its task, how to load (or build) the teacher and
+its preprocessor, how to turn a data set into model inputs for training, and how to encode a
+batch of raw examples for evaluation and benchmarking. Everything else in the pipeline
+(teacher stage, PaKD stages, saving, evaluation of the saved student, benchmark, card) is
+shared. The preprocessor is always a transformers one (tokenizer, image processor, feature
+extractor) saved beside the weights, so the student works with a stock ``pipeline``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .recipe import Recipe, RecipeError
+
+__all__ = ["TaskAdapter", "adapter_for", "ADAPTERS"]
+
+
+class TaskAdapter:
+    task: str = ""
+    auto_class: str = ""
+    preprocessor_class: str = ""
+    column_field: str = ""  # the recipe's data field that names the input column
+
+    # ---- models ------------------------------------------------------------------------
+    def _auto(self):
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    def load_preprocessor(self, source):
+        import transformers
+
+        return getattr(transformers, self.preprocessor_class).from_pretrained(source)
+
+    def load_teacher(self, recipe: Recipe, labels: list[str]):
+        """(model, preprocessor) of the recipe's teacher, with a head for ``labels``."""
+        from .data import resolve_model
+
+        id2label = dict(enumerate(labels))
+        label_kw = dict(num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+        teacher = recipe.teacher
+        if teacher.config is not None:
+            return self.build_teacher(recipe, label_kw)
+        source = resolve_model(teacher.model)
+        if teacher.fine_tune is None:
+            # No teacher stage: the teacher's own head must already predict the data's labels.
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(source)
+            theirs = [str(config.id2label[i]) for i in sorted(config.id2label)] if config.id2label else []
+            if theirs != [str(x) for x in labels]:
+                raise RecipeError(
+                    "teacher.fine_tune",
+                    f"the teacher predicts {theirs or 'no labels'} but the data has {labels}: "
+                    "add a fine_tune block to train a head for these labels",
+                )
+            return self._auto().from_pretrained(source), self.load_preprocessor(source)
+        # A head for other labels (or none) is replaced by a new one that the teacher stage trains.
+        model = self._auto().from_pretrained(source, ignore_mismatched_sizes=True, **label_kw)
+        return model, self.load_preprocessor(source)
+
+    def check(self, recipe: Recipe) -> None:
+        """Fail early (before any output is written) on a teacher this task cannot build."""
+        if recipe.teacher.config is not None:
+            self.build_teacher(recipe, {})
+
+    def build_teacher(self, recipe: Recipe, label_kw: dict[str, Any]):
+        raise RecipeError("teacher.config", f"a teacher built from a config is not supported for {self.task}; name a pretrained 'model'")
+
+    # ---- data --------------------------------------------------------------------------
+    def column(self, recipe: Recipe) -> str:
+        return getattr(recipe.data, self.column_field)
+
+    def encode_batch(self, preprocessor, examples: list, recipe: Recipe) -> dict[str, Any]:
+        """Model inputs (torch tensors) for a list of raw examples (texts, images, clips)."""
+        raise NotImplementedError
+
+    def encode_dataset(self, data, preprocessor, recipe: Recipe):
+        """The data set as model inputs + labels, for Trainer."""
+        column, label = self.column(recipe), recipe.data.label_column
+
+        def encode(batch):
+            out = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in self.encode_batch(preprocessor, batch[column], recipe).items()}
+            out["labels"] = batch[label]
+            return out
+
+        encoded = data.map(encode, batched=True, batch_size=256, remove_columns=data["train"].column_names, desc="encode")
+        # Fixed-size arrays: hand them to the collator as numpy, not as nested Python lists.
+        return encoded.with_format("numpy")
+
+    def accuracy(self, model, preprocessor, examples: list, labels: list[int], recipe: Recipe, batch_size: int) -> float:
+        import torch
+
+        model.eval()
+        correct = 0
+        with torch.inference_mode():
+            for i in range(0, len(examples), batch_size):
+                pred = model(**self.encode_batch(preprocessor, examples[i : i + batch_size], recipe)).logits.argmax(-1)
+                correct += int((pred == torch.tensor(labels[i : i + batch_size])).sum())
+        return correct / max(len(examples), 1)
+
+
+class TextClassification(TaskAdapter):
+    task = "text-classification"
+    auto_class = "AutoModelForSequenceClassification"
+    preprocessor_class = "AutoTokenizer"
+    column_field = "text_column"
+
+    def encode_batch(self, tokenizer, texts, recipe):
+        return dict(tokenizer(list(texts), truncation=True, max_length=recipe.data.max_length, padding=True, return_tensors="pt"))
+
+    def encode_dataset(self, data, tokenizer, recipe):
+        spec = recipe.data
+
+        def encode(batch):  # unpadded: Trainer's collator pads each batch to its longest text
+            out = tokenizer(batch[spec.text_column], truncation=True, max_length=spec.max_length)
+            out["labels"] = batch[spec.label_column]
+            return out
+
+        return data.map(encode, batched=True, remove_columns=data["train"].column_names, desc="tokenize")
+
+
+class ImageClassification(TaskAdapter):
+    task = "image-classification"
+    auto_class = "AutoModelForImageClassification"
+    preprocessor_class = "AutoImageProcessor"
+    column_field = "image_column"
+
+    def _config(self, recipe, label_kw):
+        from transformers import AutoConfig
+
+        raw = dict(recipe.teacher.config)
+        model_type = raw.pop("model_type")
+        try:
+            config = AutoConfig.for_model(model_type, **raw, **label_kw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RecipeError("teacher.config", f"transformers cannot build a '{model_type}' config from it: {exc}") from None
+        # Configs accept any keyword as an extra attribute, so a misspelt field would be silently
+        # ignored: compare with the fields the class itself defines.
+        known = set(type(config)().to_dict())
+        unknown = sorted(k for k in raw if k not in known)
+        if unknown:
+            raise RecipeError(f"teacher.config.{unknown[0]}", f"'{model_type}' configs have no such field; check the spelling")
+        channels = getattr(config, "num_channels", 3)
+        if channels != 3:
+            raise RecipeError(
+                "teacher.config.num_channels",
+                f"must be 3 (got {channels}): image pipelines convert every image to RGB before the processor runs",
+            )
+        return config
+
+    def _processor(self, recipe, config):
+        from transformers import ViTImageProcessor
+
+        size = getattr(config, "image_size", 224)
+        kwargs = dict(do_convert_rgb=True, do_resize=True, size={"height": size, "width": size},
+                      image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        known = set(ViTImageProcessor().to_dict()) | set(kwargs)
+        unknown = sorted(set(recipe.teacher.processor or {}) - known)
+        if unknown:
+            raise RecipeError(f"teacher.processor.{unknown[0]}", "is not a ViTImageProcessor setting; check the spelling")
+        kwargs.update(recipe.teacher.processor or {})
+        return ViTImageProcessor(**kwargs)
+
+    def check(self, recipe):
+        if recipe.teacher.config is not None:
+            self._processor(recipe, self._config(recipe, {"num_labels": 2}))
+
+    def build_teacher(self, recipe, label_kw):
+        """A randomly initialised model from ``teacher.config`` and a ``ViTImageProcessor``.
+
+        The processor converts every image to RGB (``pipeline("image-classification")`` does
+        so anyway, and gray images then give three equal channels), resizes to the config's
+        ``image_size`` and normalises with mean / std 0.5 unless ``teacher.processor`` says
+        otherwise. It suits any model that takes ``pixel_values`` (ViT, ResNet, ...).
+        """
+        from transformers import AutoModelForImageClassification
+
+        config = self._config(recipe, label_kw)
+        try:
+            model = AutoModelForImageClassification.from_config(config)
+        except ValueError as exc:
+            raise RecipeError("teacher.config.model_type", f"'{config.model_type}' has no image-classification model: {exc}") from None
+        return model, self._processor(recipe, config)
+
+    def encode_batch(self, processor, images, recipe):
+        return {"pixel_values": processor(images=list(images), return_tensors="pt")["pixel_values"]}
+
+
+class AudioClassification(TaskAdapter):
+    task = "audio-classification"
+    auto_class = "AutoModelForAudioClassification"
+    preprocessor_class = "AutoFeatureExtractor"
+    column_field = "audio_column"
+
+    @staticmethod
+    def _arrays(clips, default_rate: int) -> tuple[list[np.ndarray], int]:
+        """Raw clips as float32 arrays: a list of samples, or a datasets Audio dict."""
+        arrays, rates = [], set()
+        for clip in clips:
+            if isinstance(clip, dict):
+                arrays.append(np.asarray(clip["array"], dtype=np.float32))
+                rates.add(int(clip.get("sampling_rate", default_rate)))
+            else:
+                arrays.append(np.asarray(clip, dtype=np.float32))
+                rates.add(default_rate)
+        if len(rates) > 1 or (rates and rates != {default_rate}):
+            raise ValueError(
+                f"clips are sampled at {sorted(rates)} Hz but the feature extractor expects {default_rate} Hz: "
+                "resample the data set (datasets: cast_column('audio', Audio(sampling_rate=...)))"
+            )
+        return arrays, default_rate
+
+    def encode_batch(self, extractor, clips, recipe):
+        rate = int(extractor.sampling_rate)
+        arrays, rate = self._arrays(clips, rate)
+        if hasattr(extractor, "chunk_length") and hasattr(extractor, "n_samples"):
+            # Whisper: the extractor pads / cuts to its own window (chunk_length seconds), which
+            # must match the encoder's positions; max_seconds does not apply.
+            out = extractor(arrays, sampling_rate=rate, return_tensors="pt")
+            return {"input_features": out["input_features"]}
+        samples = int(round(recipe.data.max_seconds * rate))
+        out = extractor(arrays, sampling_rate=rate, max_length=samples, truncation=True, padding="max_length", return_tensors="pt")
+        return {k: v for k, v in out.items() if k in ("input_values", "input_features", "attention_mask")}
+
+
+ADAPTERS = {cls.task: cls() for cls in (TextClassification, ImageClassification, AudioClassification)}
+
+
+def adapter_for(recipe: Recipe) -> TaskAdapter:
+    if recipe.task not in ADAPTERS:
+        supported = ", ".join(ADAPTERS)
+        raise RecipeError("task", f"`pakd compress` runs {supported} recipes; '{recipe.task}' is not wired yet")
+    return ADAPTERS[recipe.task]
