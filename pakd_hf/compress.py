@@ -212,7 +212,6 @@ def compress(
         if getattr(recipe, block) is None:
             raise RecipeError(block, f"`pakd compress` needs a '{block}' block (see recipes/nlp/minilm-rotten-tomatoes.yaml)")
     adapter = adapter_for(recipe)
-    adapter.check(recipe)
     if recipe.training is None:
         recipe = load_recipe({**recipe.to_dict(), "training": {}})
     if quick:
@@ -220,7 +219,6 @@ def compress(
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--output-dir {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
 
     import torch
 
@@ -233,6 +231,8 @@ def compress(
     data = load_data(recipe, quick)
     labels = _labels(data, spec)
     _say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items()) + f"; labels {labels}")
+    adapter.check(recipe, labels)  # a teacher that cannot serve fails here, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     teacher, preprocessor, encoded, teacher_info = _prepare_teacher(recipe, out, data, labels, adapter, quick)
 
     # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)

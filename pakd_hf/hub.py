@@ -229,7 +229,11 @@ def build_card(
     modality = recipe.get("modality") or {"text-classification": "text", "token-classification": "text",
                                           "image-classification": "vision", "audio-classification": "audio"}[task]
     structure = pakd.get("structure")
-    teacher = teacher or (pakd.get("teacher") or {}).get("name_or_path") or "the teacher"
+    teacher = teacher or (pakd.get("teacher") or {}).get("name_or_path") or None
+    # base_model names a Hub model; a teacher trained from scratch by the recipe has none, and
+    # the card then describes it (e.g. "vit trained from scratch").
+    base_model = teacher
+    teacher = teacher or report.get("teacher_description") or "the teacher"
     architecture = (config.get("architectures") or [pakd.get("architecture", "the model")])[0]
     custom_code = bool(pakd.get("custom_code") or config.get("auto_map"))
     name = repo_id.split("/")[-1] if repo_id else (recipe.get("name") or folder.name)
@@ -246,7 +250,7 @@ def build_card(
     tags = ["pakd", "pruned", "knowledge-distillation", MODALITY_TAGS[modality], *_kinds_used(structure, pakd)]
     card_data = ModelCardData(
         library_name="transformers",
-        base_model=teacher if teacher != "the teacher" else None,
+        base_model=base_model,
         pipeline_tag=PIPELINE_TAGS[task],
         tags=tags,
         datasets=[dataset["id"]] if dataset else None,
@@ -292,7 +296,7 @@ def build_card(
         title=name,
         summary=(
             f"A compressed `{architecture}` for {task.replace('-', ' ')}, pruned and distilled from "
-            f"`{teacher}` with pakd-hf."
+            + (f"`{teacher}`" if base_model else teacher) + " with pakd-hf."
         ),
         figure=figure,
         figure_alt="accuracy vs latency of the teacher and the student",
@@ -304,7 +308,7 @@ def build_card(
         custom_code=custom_code,
         architecture=architecture,
         teacher_name=teacher,
-        teacher_link=f"https://huggingface.co/{teacher}" if "/" in teacher and not Path(teacher).exists() else teacher,
+        teacher_link=f"https://huggingface.co/{teacher}" if base_model and "/" in teacher and not Path(teacher).exists() else teacher,
         recipe_yaml=recipe_text,
         reproduce=reproduce,
         limitations=limitations,

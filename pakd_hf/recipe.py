@@ -434,7 +434,7 @@ class Teacher:
         """How reports and cards name the teacher."""
         if self.model is not None:
             return self.model
-        return f"{self.config['model_type']} trained from scratch"
+        return f"a {self.config['model_type']} teacher trained from scratch"
 
 
 @dataclass

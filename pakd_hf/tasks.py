@@ -47,26 +47,34 @@ class TaskAdapter:
             return self.build_teacher(recipe, label_kw)
         source = resolve_model(teacher.model)
         if teacher.fine_tune is None:
-            # No teacher stage: the teacher's own head must already predict the data's labels.
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(source)
-            theirs = [str(config.id2label[i]) for i in sorted(config.id2label)] if config.id2label else []
-            if theirs != [str(x) for x in labels]:
-                raise RecipeError(
-                    "teacher.fine_tune",
-                    f"the teacher predicts {theirs or 'no labels'} but the data has {labels}: "
-                    "add a fine_tune block to train a head for these labels",
-                )
+            self._check_head(source, labels)
             return self._auto().from_pretrained(source), self.load_preprocessor(source)
         # A head for other labels (or none) is replaced by a new one that the teacher stage trains.
         model = self._auto().from_pretrained(source, ignore_mismatched_sizes=True, **label_kw)
         return model, self.load_preprocessor(source)
 
-    def check(self, recipe: Recipe) -> None:
-        """Fail early (before any output is written) on a teacher this task cannot build."""
+    @staticmethod
+    def _check_head(source, labels: list[str]) -> None:
+        """Without a teacher stage, the teacher's own head must already predict the data's labels."""
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source)
+        theirs = [str(config.id2label[i]) for i in sorted(config.id2label)] if config.id2label else []
+        if theirs != [str(x) for x in labels]:
+            raise RecipeError(
+                "teacher.fine_tune",
+                f"the teacher predicts {theirs or 'no labels'} but the data has {labels}: "
+                "add a fine_tune block to train a head for these labels",
+            )
+
+    def check(self, recipe: Recipe, labels: list[str]) -> None:
+        """Fail early (before any output is written) on a teacher this task cannot use."""
         if recipe.teacher.config is not None:
             self.build_teacher(recipe, {})
+        elif recipe.teacher.fine_tune is None:
+            from .data import resolve_model
+
+            self._check_head(resolve_model(recipe.teacher.model), labels)
 
     def build_teacher(self, recipe: Recipe, label_kw: dict[str, Any]):
         raise RecipeError("teacher.config", f"a teacher built from a config is not supported for {self.task}; name a pretrained 'model'")
@@ -166,9 +174,10 @@ class ImageClassification(TaskAdapter):
         kwargs.update(recipe.teacher.processor or {})
         return ViTImageProcessor(**kwargs)
 
-    def check(self, recipe):
-        if recipe.teacher.config is not None:
-            self._processor(recipe, self._config(recipe, {"num_labels": 2}))
+    def check(self, recipe, labels):
+        if recipe.teacher.config is None:
+            return super().check(recipe, labels)
+        self._processor(recipe, self._config(recipe, {"num_labels": len(labels)}))
 
     def build_teacher(self, recipe, label_kw):
         """A randomly initialised model from ``teacher.config`` and a ``ViTImageProcessor``.

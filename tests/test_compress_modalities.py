@@ -228,3 +228,20 @@ def test_speech_student_in_a_stock_pipeline_gives_the_logged_accuracy(speech_run
     )
     report = json.loads((out / "report.json").read_text())
     assert float(accuracy) == pytest.approx(report["accuracy_student"], abs=1e-5)
+
+
+@needs_espeak
+def test_teacher_with_other_labels_and_no_teacher_stage_is_refused_before_any_output(tiny_whisper, tmp_path, capsys):
+    """The tiny Whisper's head predicts 2 labels; the keywords are 10: without a fine_tune
+    block that is a one-line error naming teacher.fine_tune, and no output folder."""
+    recipe = {
+        "name": "no-head", "task": "audio-classification", "data": {"dataset": "speech-keywords"},
+        "teacher": {"model": str(tiny_whisper)},
+        "stages": [{"name": "s", "steps": 1, "distillation": {"alpha": 0.5}}],
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["compress", str(path), "--output-dir", str(tmp_path / "out"), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.fine_tune" in err and "add a fine_tune block" in err
+    assert not (tmp_path / "out").exists()

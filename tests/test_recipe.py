@@ -76,6 +76,14 @@ def _error(mutate) -> RecipeError:
         (lambda r: r["stages"][0]["distillation"].update(logits=False), "stages[0].distillation", "enables no loss"),
         (lambda r: r["stages"][0].update(warmup_ratio=1.0), "stages[0].warmup_ratio", "[0, 1)"),
         (lambda r: r.update(stages={"name": "a"}), "stages", "must be a list"),
+        (lambda r: r.update(teacher={"model": "m", "config": {"model_type": "vit"}}), "teacher.model", "exactly one of"),
+        (lambda r: r.update(teacher={"license": "mit"}), "teacher.model", "exactly one of"),
+        (lambda r: r.update(teacher={"config": {"hidden_size": 8}, "fine_tune": {}}), "teacher.config.model_type", "is required"),
+        (lambda r: r.update(teacher={"config": {"model_type": "vit"}}), "teacher.fine_tune", "must be trained"),
+        (lambda r: r.update(teacher={"config": ["vit"], "fine_tune": {}}), "teacher.config", "mapping of names"),
+        (lambda r: r.update(teacher={"model": "m", "processor": {}}), "teacher.processor", "built from 'config'"),
+        (lambda r: r.update(data={"dataset": "speech-keywords", "options": 3}), "data.options", "mapping of names"),
+        (lambda r: r.update(data={"dataset": "speech-keywords", "max_seconds": 0}), "data.max_seconds", "must be > 0"),
     ],
 )
 def test_bad_recipes_name_the_field(mutate, field, fragment):
