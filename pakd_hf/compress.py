@@ -160,9 +160,6 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         model, preprocessor = adapter._auto().from_pretrained(folder), adapter.load_preprocessor(folder)
         return model, preprocessor, adapter.encode_dataset(data, preprocessor, recipe), info
     model, preprocessor = adapter.load_teacher(recipe, labels)
-    if recipe.teacher.model is not None:
-        # Cards and pakd.json name the teacher by its Hub id, not by a local wheel folder.
-        model.config._name_or_path = hub_id(recipe.teacher.model)
     encoded = adapter.encode_dataset(data, preprocessor, recipe)
     info: dict[str, Any] = {"fingerprint": key, "source": recipe.teacher.name, "fine_tune_seconds": 0.0}
     ft = recipe.teacher.fine_tune
@@ -234,6 +231,8 @@ def compress(
     adapter.check(recipe, labels)  # a teacher that cannot serve fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     teacher, preprocessor, encoded, teacher_info = _prepare_teacher(recipe, out, data, labels, adapter, quick)
+    # pakd.json and the card name the teacher by its Hub id, not by a wheel's or OUT's folder.
+    teacher.config._name_or_path = hub_id(recipe.teacher.model) if recipe.teacher.model else ""
 
     # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
     student = copy.deepcopy(teacher)
