@@ -50,7 +50,18 @@ class TaskAdapter:
             self._check_head(source, labels)
             return self._auto().from_pretrained(source), self.load_preprocessor(source)
         # A head for other labels (or none) is replaced by a new one that the teacher stage trains.
-        model = self._auto().from_pretrained(source, ignore_mismatched_sizes=True, **label_kw)
+        # Only the label-sized head may differ: any other shape mismatch is an error, not a
+        # silent re-initialisation.
+        model, info = self._auto().from_pretrained(
+            source, ignore_mismatched_sizes=True, output_loading_info=True, **label_kw
+        )
+        for entry in info.get("mismatched_keys") or ():
+            key = entry[0] if isinstance(entry, (tuple, list)) else entry
+            if model.get_parameter(key).shape[0] != len(labels):
+                raise RecipeError(
+                    "teacher.model",
+                    f"'{teacher.model}' does not match its own config at '{key}' (not the label head): the checkpoint is broken",
+                )
         return model, self.load_preprocessor(source)
 
     @staticmethod
