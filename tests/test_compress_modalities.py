@@ -43,6 +43,15 @@ def _check_outputs(out: Path, preprocessor: str) -> dict:
     return report
 
 
+def _quick_compress(root: Path, recipe: dict):
+    """`pakd compress --quick` of `recipe` into root/out; (root, recipe path, out)."""
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = root / "out"
+    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1"]) == 0
+    return root, path, out
+
+
 # ---- vision ---------------------------------------------------------------------------
 needs_fashion_mnist = pytest.mark.skipif(
     not all((FOLDER / name).is_file() for pair in FILES.values() for name in pair),
@@ -69,12 +78,7 @@ VISION_RECIPE = {
 
 @pytest.fixture(scope="module")
 def vision_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compress-vision")
-    path = root / "recipe.yaml"
-    path.write_text(yaml.safe_dump(VISION_RECIPE))
-    out = root / "out"
-    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1"]) == 0
-    return root, path, out
+    return _quick_compress(tmp_path_factory.mktemp("compress-vision"), VISION_RECIPE)
 
 
 @needs_fashion_mnist
@@ -188,11 +192,7 @@ def speech_run(tiny_whisper, tmp_path_factory):
             {"name": "recover", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5}},
         ],
     }
-    path = root / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    out = root / "out"
-    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1"]) == 0
-    return root, path, out
+    return _quick_compress(root, recipe)
 
 
 @needs_espeak
