@@ -111,6 +111,7 @@ class _PaKDCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._set_attention_for_stage()
         self.trainer._begin_stage_pruning()
         self.trainer._announce_stage()
 
@@ -125,6 +126,7 @@ class _PaKDCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer._finish_pruning()
         self.trainer._prune_vocabulary()
+        self.trainer._restore_attention()
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -140,6 +142,9 @@ class PaKDTrainer(Trainer):
         teacher_model: a frozen teacher (eval mode, no gradients, never saved, never optimised).
         args: usually [`PaKDTrainingArguments`]; any `TrainingArguments` works.
         recipe: a path, a mapping or a [`Recipe`]; overrides `args.recipe`.
+        vocabulary_dataset: the tokenized data whose tokens vocabulary pruning keeps (default:
+            `train_dataset`). Pass the real training set when training on a transfer set of
+            perturbed copies, so the copies do not lift rare tokens over `min_count`.
         **kwargs: every other `Trainer` argument, unchanged.
     """
 
@@ -151,6 +156,7 @@ class PaKDTrainer(Trainer):
         teacher_model: nn.Module | None = None,
         args=None,
         recipe: "str | os.PathLike | dict | Recipe | None" = None,
+        vocabulary_dataset: Any = None,
         **kwargs: Any,
     ):
         if recipe is None and args is not None:
@@ -158,8 +164,9 @@ class PaKDTrainer(Trainer):
         # Everything that can be wrong with the inputs is checked here, before Trainer.__init__
         # touches output_dir or the models.
         self.recipe: Recipe | None = load_recipe(recipe) if recipe is not None else None
-        self._check_inputs(model, teacher_model, kwargs)
+        self._check_inputs(model, teacher_model, {**kwargs, "vocabulary_dataset": vocabulary_dataset})
         self.teacher_model = teacher_model
+        self.vocabulary_dataset = vocabulary_dataset
         self._spans: list[StageSpan] | None = None
         self._stage_idx = 0
         self._window_samples: int | None = None
@@ -177,14 +184,7 @@ class PaKDTrainer(Trainer):
             # Moved, never wrapped: the teacher takes no gradients, so DDP has nothing to sync.
             teacher_model.to(self.args.device)
 
-        needs_attn = self.recipe is not None and any(
-            s.distillation is not None and s.distillation.attention is not None for s in self.recipe.stages
-        )
-        if needs_attn:
-            # Only the eager attention implementation returns attention probabilities.
-            for m in (self.model, teacher_model):
-                if hasattr(m, "set_attn_implementation"):
-                    m.set_attn_implementation("eager")
+        self._attn_restore: dict[int, tuple[nn.Module, str]] = {}
 
         self.distill_projections: HiddenProjections | None = self._build_projections(model, teacher_model)
         self._component_sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)
@@ -211,11 +211,10 @@ class PaKDTrainer(Trainer):
                     "vocabulary pruning needs the student's fast WordPiece tokenizer (BERT family): pass "
                     "PaKDTrainer(processing_class=tokenizer) or remove the block",
                 )
-            columns = getattr(kwargs.get("train_dataset"), "column_names", None) or []
+            name = "vocabulary_dataset" if kwargs.get("vocabulary_dataset") is not None else "train_dataset"
+            columns = getattr(kwargs.get(name), "column_names", None) or []
             if "input_ids" not in columns:
-                raise RecipeError(
-                    "vocabulary", "vocabulary pruning counts the tokens of train_dataset['input_ids'], which it lacks"
-                )
+                raise RecipeError("vocabulary", f"vocabulary pruning counts the tokens of {name}['input_ids'], which it lacks")
         if recipe.needs_teacher and teacher is None:
             stage = next(s for s in recipe.stages if s.distillation is not None)
             raise ValueError(
@@ -392,9 +391,36 @@ class PaKDTrainer(Trainer):
     def _start_stage(self, index: int) -> None:
         """Enter stage `index`: a fresh optimizer and LR schedule for the stage's steps."""
         self._stage_idx = index
+        self._set_attention_for_stage()
         self._begin_stage_pruning()
         self.rebuild_optimizer()
         self._announce_stage()
+
+    def _set_attention_for_stage(self) -> None:
+        """Eager attention only while a stage distils attention maps; the model's own otherwise.
+
+        Only the eager implementation returns attention probabilities, and it is several times
+        slower than sdpa on CPU, so it is switched on per stage (student and teacher) and the
+        original implementation is restored as soon as a stage no longer needs it, and at the
+        end of training (the saved config keeps the user's choice).
+        """
+        stage = self.current_stage
+        needs = stage is not None and stage.distillation is not None and stage.distillation.attention is not None
+        if not needs:
+            self._restore_attention()
+            return
+        for m in (self.model, self.teacher_model):
+            impl = getattr(getattr(m, "config", None), "_attn_implementation", None)
+            if m is None or not hasattr(m, "set_attn_implementation") or impl == "eager":
+                continue
+            self._attn_restore[id(m)] = (m, impl)
+            m.set_attn_implementation("eager")
+
+    def _restore_attention(self) -> None:
+        for m, impl in self._attn_restore.values():
+            if impl is not None:
+                m.set_attn_implementation(impl)
+        self._attn_restore.clear()
 
     # ---- pruning -----------------------------------------------------------------------
     def _begin_stage_pruning(self) -> None:
@@ -479,7 +505,8 @@ class PaKDTrainer(Trainer):
         return True
 
     def _prune_vocabulary(self) -> None:
-        """End of training: keep only the tokens the training set uses (recipe `vocabulary`).
+        """End of training: keep only the tokens the training set uses (recipe `vocabulary`;
+        counted on `vocabulary_dataset` when given).
 
         Training never changes rows of tokens that do not occur, so dropping them changes no
         output on the training distribution. The tokenizer becomes the rewritten one; data
@@ -494,7 +521,8 @@ class PaKDTrainer(Trainer):
         from .prune.vocab import prune_vocabulary
 
         counts: Counter[int] = Counter()
-        for row in self.train_dataset["input_ids"]:
+        source = self.vocabulary_dataset if self.vocabulary_dataset is not None else self.train_dataset
+        for row in source["input_ids"]:
             counts.update(int(i) for i in row)
         keep = {i for i, c in counts.items() if c >= spec.min_count}
         result = prune_vocabulary(self.model, self.processing_class, keep, dropped=spec.dropped)

@@ -151,7 +151,20 @@ def test_two_stage_recipe_distils_a_smaller_bert(toy_data, teacher, tmp_path):
     trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_data)
     first_optimizer = []
     trainer.add_callback(type("C", (TrainerCallback,), {"on_train_begin": lambda self, *a, **k: first_optimizer.append(trainer.optimizer)})())
+    impls = {}  # step -> (student, teacher) attention implementation while that step runs
+
+    def record(self, args, state, control, **kw):
+        impls[state.global_step] = (student.config._attn_implementation, teacher.config._attn_implementation)
+
+    trainer.add_callback(type("Attn", (TrainerCallback,), {"on_step_begin": record})())
+    original = (student.config._attn_implementation, teacher.config._attn_implementation)
+    assert original == ("sdpa", "sdpa")
     trainer.train()
+    # Eager attention (slow, but the only one that returns attention maps) only while the stage
+    # that distils attention runs; the models' own implementation before and after.
+    assert {impls[s] for s in range(0, 64)} == {original}
+    assert {impls[s] for s in range(64, 128)} == {("eager", "eager")}
+    assert (student.config._attn_implementation, teacher.config._attn_implementation) == original
 
     spans = trainer.stage_spans
     assert [(s.start, s.end) for s in spans] == [(0, 64), (64, 128)]  # 4 epochs each, 16 steps per epoch
