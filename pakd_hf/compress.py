@@ -238,11 +238,26 @@ def compress(
     student = copy.deepcopy(teacher)
     run_dir = out / ".student-run"
     args = _training_args(run_dir, recipe)
-    trainer = PaKDTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=encoded["train"],
-        eval_dataset=encoded["validation"], processing_class=preprocessor, recipe=recipe,
-    )
     stage_start = time.perf_counter()
+    train_dataset, vocabulary_dataset = encoded["train"], None
+    if recipe.augment is not None:
+        from .augment import transfer_texts
+
+        texts = transfer_texts(teacher, preprocessor, list(data["train"][adapter.column(recipe)]), recipe.augment)
+        _say(f"transfer set: {len(texts):,} texts (the {len(data['train']):,} training texts and "
+             f"{recipe.augment.copies} perturbed copies of each), labelled by the teacher")
+        train_dataset, vocabulary_dataset = adapter.encode_texts(preprocessor, texts, recipe), encoded["train"]
+        if any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages):
+            # One teacher pass now instead of one per step of every logits-only stage.
+            from .trainer import add_teacher_logits
+
+            _say("transfer set: the teacher's logits, once")
+            train_dataset = add_teacher_logits(train_dataset, teacher, preprocessor, recipe.training.eval_batch_size)
+    trainer = PaKDTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset,
+        eval_dataset=encoded["validation"], processing_class=preprocessor, recipe=recipe,
+        vocabulary_dataset=vocabulary_dataset,
+    )
     trainer.train()
     compress_seconds = round(time.perf_counter() - stage_start, 1)
     tmp = out / ".student-tmp"
@@ -287,6 +302,7 @@ def compress(
         teacher_accuracy_validation=teacher_info.get("accuracy_validation"),
         teacher_fine_tune_seconds=teacher_info.get("fine_tune_seconds"),
         compress_seconds=compress_seconds,
+        train_examples=len(train_dataset),  # with `augment`: the transfer set
         total_seconds=round(time.perf_counter() - started, 1),
     )
     write_card(tmp, report, repo_id=push_to_hub, location=push_to_hub or str(out / "student"))

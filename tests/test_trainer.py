@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError, load_recipe
+from pakd_hf.trainer import TEACHER_LOGITS, add_teacher_logits
 from toy import tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +142,37 @@ def test_gradient_accumulation_matches_one_big_batch(toy_data, teacher, tmp_path
     assert one.keys() == accumulated.keys() and any(k.startswith("proj.") for k in one)
     for name in one:
         torch.testing.assert_close(accumulated[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cached_teacher_logits_replace_the_teachers_pass(toy_data, teacher, tmp_path):
+    """A `teacher_logits` column gives the same training with no teacher pass where only
+    logits are distilled; stages that distil hidden states still run the teacher."""
+    data = toy_data.remove_columns("labels")  # a transfer set: the teacher's outputs are the targets
+    cached = add_teacher_logits(data, teacher, None, batch_size=48)
+    with torch.no_grad():
+        expected = teacher(input_ids=torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])).logits
+    torch.testing.assert_close(torch.tensor(cached[TEACHER_LOGITS]), expected, rtol=1e-4, atol=1e-5)
+    recipe = {"name": "c", "task": "text-classification", "stages": [
+        {"name": "logits", "steps": 4, "distillation": {"temperature": 2.0}},
+        {"name": "hidden", "steps": 3, "distillation": {"temperature": 2.0, "hidden": {"weight": 1.0}}},
+    ]}
+    runs = {}
+    for name, train in (("teacher", data), ("cached", cached)):
+        student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+        trainer = PaKDTrainer(model=student, teacher_model=teacher, args=targs(tmp_path / name, per_device_train_batch_size=8),
+                              train_dataset=train, recipe=recipe)
+        calls = []
+        handle = teacher.register_forward_hook(lambda *a: calls.append(trainer.state.global_step))
+        trainer.train()
+        handle.remove()
+        losses = [h["kd_logits"] for h in trainer.state.log_history if "kd_logits" in h]
+        runs[name] = (losses, student.state_dict(), calls)
+    assert runs["teacher"][2] == [0, 1, 2, 3, 4, 5, 6]
+    assert runs["cached"][2] == [4, 5, 6]  # only the hidden-state stage ran the teacher
+    assert len(runs["cached"][0]) == 7
+    assert runs["cached"][0] == pytest.approx(runs["teacher"][0], rel=1e-4, abs=1e-6)
+    for key, value in runs["teacher"][1].items():
+        torch.testing.assert_close(runs["cached"][1][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_two_stage_recipe_distils_a_smaller_bert(toy_data, teacher, tmp_path):

@@ -39,7 +39,7 @@ def corpus(tok, n, seed):
     return texts, Dataset.from_dict({**enc, "labels": labels})
 
 
-def run(tok, data, out, vocabulary):
+def run(tok, data, out, vocabulary, **trainer_kw):
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0, attention_probs_dropout_prob=0)
@@ -49,9 +49,26 @@ def run(tok, data, out, vocabulary):
         recipe["vocabulary"] = {"dropped": "unk"}
     args = PaKDTrainingArguments(output_dir=str(out), per_device_train_batch_size=8, learning_rate=3e-3, report_to=[],
                                  save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    trainer = PaKDTrainer(model=student, args=args, train_dataset=data, processing_class=tok, recipe=recipe)
+    trainer = PaKDTrainer(model=student, args=args, train_dataset=data, processing_class=tok, recipe=recipe, **trainer_kw)
     trainer.train()
     return trainer, student
+
+
+def test_vocabulary_dataset_decides_which_tokens_stay(tokenizer, tmp_path):
+    """Training on a transfer set with extra words, the vocabulary still follows the real data."""
+    _, real = corpus(tokenizer, 48, seed=0)
+    extra = tokenizer([" ".join(UNUSED[:3])] * 16, padding="max_length", max_length=12, truncation=True)
+    transfer = Dataset.from_dict({k: list(real[k]) + extra[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+                                 | {"labels": list(real["labels"]) + [0] * 16})
+    trainer, student = run(tokenizer, transfer, tmp_path / "v", vocabulary=True, vocabulary_dataset=real)
+    used = {int(i) for row in real["input_ids"] for i in row}
+    assert student.config.vocab_size == len(used | set(tokenizer.all_special_ids))
+    assert trainer.processing_class("zebra yak")["input_ids"][1:-1] == [trainer.processing_class.unk_token_id] * 2
+    # Without it, the transfer set's extra words would have been kept.
+    _, student_all = run(tokenizer, transfer, tmp_path / "all", vocabulary=True)
+    assert student_all.config.vocab_size == student.config.vocab_size + 3
+    with pytest.raises(RecipeError, match="vocabulary_dataset"):
+        run(tokenizer, transfer, tmp_path / "bad", vocabulary=True, vocabulary_dataset=Dataset.from_dict({"x": [1]}))
 
 
 def test_vocabulary_block_prunes_rows_and_keeps_outputs(tokenizer, tmp_path):
