@@ -290,6 +290,13 @@ def build_card(
     if pakd.get("vocabulary"):
         limitations.append("The vocabulary was reduced to the tokens of the training corpus: other tokens map "
                            "to the unknown token.")
+    augment = recipe.get("augment")
+    if isinstance(augment, dict):
+        limitations.append(
+            f"The student learned from the teacher's outputs only, on the training texts and "
+            f"{augment.get('copies', 4)} perturbed copies of each (words masked or swapped for nearest words, "
+            "spans): it copies the teacher's mistakes as faithfully as its strengths."
+        )
     card = ModelCard.from_template(
         card_data,
         template_path=str(_template_path()),

@@ -85,7 +85,8 @@ def test_outputs_and_report(quick_run):
     tok = AutoTokenizer.from_pretrained(out / "teacher")
     used = {i for ids in tok(list(texts), truncation=True, max_length=48)["input_ids"] for i in ids}
     assert pakd["vocabulary"]["vocab_size"] == len(used | set(tok.all_special_ids))
-    assert "## Compression" in (student / "README.md").read_text()
+    card = (student / "README.md").read_text()
+    assert "## Compression" in card and "2 perturbed copies of each" in card
 
 
 def test_student_reloads_in_a_fresh_stock_process_with_the_logged_accuracy(quick_run):
