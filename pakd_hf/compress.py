@@ -192,6 +192,22 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     return model, preprocessor, encoded, info
 
 
+def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter):
+    """The recipe's `augment` transfer set, tokenized, with the teacher's logits when a stage
+    distils logits only (one teacher pass now instead of one per step of such stages)."""
+    from .augment import transfer_texts
+    from .trainer import add_teacher_logits
+
+    texts = transfer_texts(teacher, preprocessor, list(data["train"][adapter.column(recipe)]), recipe.augment)
+    _say(f"transfer set: {len(texts):,} texts (the {len(data['train']):,} training texts and "
+         f"{recipe.augment.copies} perturbed copies of each), labelled by the teacher")
+    encoded = adapter.encode_texts(preprocessor, texts, recipe)
+    if any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages):
+        _say("transfer set: the teacher's logits, once")
+        encoded = add_teacher_logits(encoded, teacher, preprocessor, recipe.training.eval_batch_size)
+    return encoded
+
+
 # ---- the pipeline ---------------------------------------------------------------------
 def compress(
     recipe_source,
@@ -241,18 +257,7 @@ def compress(
     stage_start = time.perf_counter()
     train_dataset, vocabulary_dataset = encoded["train"], None
     if recipe.augment is not None:
-        from .augment import transfer_texts
-
-        texts = transfer_texts(teacher, preprocessor, list(data["train"][adapter.column(recipe)]), recipe.augment)
-        _say(f"transfer set: {len(texts):,} texts (the {len(data['train']):,} training texts and "
-             f"{recipe.augment.copies} perturbed copies of each), labelled by the teacher")
-        train_dataset, vocabulary_dataset = adapter.encode_texts(preprocessor, texts, recipe), encoded["train"]
-        if any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages):
-            # One teacher pass now instead of one per step of every logits-only stage.
-            from .trainer import add_teacher_logits
-
-            _say("transfer set: the teacher's logits, once")
-            train_dataset = add_teacher_logits(train_dataset, teacher, preprocessor, recipe.training.eval_batch_size)
+        train_dataset, vocabulary_dataset = _transfer_set(recipe, data, teacher, preprocessor, adapter), encoded["train"]
     trainer = PaKDTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=train_dataset,
         eval_dataset=encoded["validation"], processing_class=preprocessor, recipe=recipe,

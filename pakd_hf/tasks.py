@@ -137,19 +137,18 @@ class TextClassification(TaskAdapter):
 
         def encode(batch):  # unpadded: Trainer's collator pads each batch to its longest text
             out = tokenizer(batch[spec.text_column], truncation=True, max_length=spec.max_length)
-            out["labels"] = batch[spec.label_column]
+            if spec.label_column in batch:
+                out["labels"] = batch[spec.label_column]
             return out
 
-        return data.map(encode, batched=True, remove_columns=data["train"].column_names, desc="tokenize")
+        return data.map(encode, batched=True, remove_columns=next(iter(data.values())).column_names, desc="tokenize")
 
     def encode_texts(self, tokenizer, texts: list[str], recipe):
         """Unlabelled texts (a transfer set) as a tokenized, unpadded Dataset."""
-        from datasets import Dataset
+        from datasets import Dataset, DatasetDict
 
-        def encode(batch):
-            return tokenizer(batch["text"], truncation=True, max_length=recipe.data.max_length)
-
-        return Dataset.from_dict({"text": list(texts)}).map(encode, batched=True, remove_columns=["text"], desc="tokenize")
+        data = DatasetDict({"texts": Dataset.from_dict({recipe.data.text_column: list(texts)})})
+        return self.encode_dataset(data, tokenizer, recipe)["texts"]
 
 
 class ImageClassification(TaskAdapter):

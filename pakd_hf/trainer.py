@@ -80,7 +80,9 @@ def add_teacher_logits(dataset, teacher: nn.Module, tokenizer, batch_size: int =
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc="teacher logits", unit="batch"):
             idx = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
+            columns = rows[idx]  # one read per batch, not per row
+            features = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            batch = {k: v.to(device) for k, v in collate(features).items()}
             logits = teacher(**batch).logits.float().cpu().tolist()
             for i, row in zip(idx, logits):
                 out[i] = row
