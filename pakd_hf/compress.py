@@ -192,19 +192,22 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     return model, preprocessor, encoded, info
 
 
-def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter):
-    """The recipe's `augment` transfer set, tokenized, with the teacher's logits when a stage
-    distils logits only (one teacher pass now instead of one per step of such stages)."""
+def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_preprocessor):
+    """The recipe's `augment` transfer set, tokenized for the student, with the teacher's logits
+    when a stage distils logits only (one teacher pass now instead of one per step of such
+    stages; the teacher reads each text with its own tokenizer)."""
     from .augment import transfer_texts
-    from .trainer import add_teacher_logits
+    from .trainer import TEACHER_LOGITS, add_teacher_logits
 
     texts = transfer_texts(teacher, preprocessor, list(data["train"][adapter.column(recipe)]), recipe.augment)
     _say(f"transfer set: {len(texts):,} texts (the {len(data['train']):,} training texts and "
          f"{recipe.augment.copies} perturbed copies of each), labelled by the teacher")
-    encoded = adapter.encode_texts(preprocessor, texts, recipe)
+    encoded = adapter.encode_texts(student_preprocessor, texts, recipe)
     if any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages):
         _say("transfer set: the teacher's logits, once")
-        encoded = add_teacher_logits(encoded, teacher, preprocessor, recipe.training.eval_batch_size)
+        for_teacher = encoded if student_preprocessor is preprocessor else adapter.encode_texts(preprocessor, texts, recipe)
+        logits = add_teacher_logits(for_teacher, teacher, preprocessor, recipe.training.eval_batch_size)[TEACHER_LOGITS]
+        encoded = encoded.add_column(TEACHER_LOGITS, list(logits))
     return encoded
 
 
@@ -255,12 +258,21 @@ def compress(
     run_dir = out / ".student-run"
     args = _training_args(run_dir, recipe)
     stage_start = time.perf_counter()
-    train_dataset, vocabulary_dataset = encoded["train"], None
+    student_pre, student_encoded = preprocessor, encoded
+    if recipe.vocabulary is not None and recipe.vocabulary.at == "start":
+        from .trainer import prune_student_vocabulary
+
+        student_pre = prune_student_vocabulary(student, preprocessor, encoded["train"], recipe)
+        _say(f"vocabulary: kept {student.config.vocab_size:,} of {teacher.config.vocab_size:,} tokens "
+             "before training; the student's data is tokenized with its own tokenizer")
+        student_encoded = adapter.encode_dataset(data, student_pre, recipe)
+    train_dataset, vocabulary_dataset = student_encoded["train"], None
     if recipe.augment is not None:
-        train_dataset, vocabulary_dataset = _transfer_set(recipe, data, teacher, preprocessor, adapter), encoded["train"]
+        train_dataset = _transfer_set(recipe, data, teacher, preprocessor, adapter, student_pre)
+        vocabulary_dataset = student_encoded["train"]
     trainer = PaKDTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=train_dataset,
-        eval_dataset=encoded["validation"], processing_class=preprocessor, recipe=recipe,
+        eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=vocabulary_dataset,
     )
     trainer.train()

@@ -17,6 +17,7 @@ __all__ = [
     "hidden_per_sample",
     "attention_kl_per_sample",
     "logit_kd_loss",
+    "logit_mse_per_sample",
     "resolve_layer_map",
     "HiddenProjections",
 ]
@@ -52,6 +53,22 @@ def logit_kd_per_sample(
     if kl.dim() == 1:
         return kl
     return _masked_mean_over_positions(kl.flatten(1), None if mask is None else mask.flatten(1))
+
+
+def logit_mse_per_sample(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean squared difference of the raw logits per sample (Tang et al., 2019, "Distilling
+    task-specific knowledge from BERT into simple neural networks"): unlike the KL of softened
+    probabilities it keeps pulling when the student already ranks the classes like the teacher.
+    Token-level logits are averaged over the positions where ``mask`` is true."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ: distillation needs the same label space"
+        )
+    se = (student_logits.float() - teacher_logits.float()).pow(2).mean(dim=-1)
+    if se.dim() == 1:
+        return se
+    return _masked_mean_over_positions(se.flatten(1), None if mask is None else mask.flatten(1))
 
 
 def logit_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None) -> Tensor:

@@ -129,13 +129,15 @@ class Distillation:
 
     loss = alpha * kd_logits + (1 - alpha) * task + hidden.weight * kd_hidden
            + attention.weight * kd_attn
-    where kd_logits = T^2 * KL(softmax(t/T) || softmax(s/T)). Without labels in a batch the
+    where kd_logits = T^2 * KL(softmax(t/T) || softmax(s/T)) (``loss: kl``) or the mean squared
+    difference of the raw logits (``loss: mse``; no temperature). Without labels in a batch the
     task term is absent and kd_logits gets weight 1 (pure distillation).
     """
 
     temperature: float = 2.0
     alpha: float = 0.5
     logits: bool = True
+    loss: Literal["kl", "mse"] = "kl"
     hidden: HiddenDistillation | None = None
     attention: AttentionDistillation | None = None
 
@@ -339,14 +341,20 @@ class Stage:
 
 @dataclass
 class Vocabulary:
-    """Vocabulary pruning (text): at the end of training, drop the embedding rows of tokens
-    that occur fewer than ``min_count`` times in the training set, and save a tokenizer that
-    maps text to the new ids. ``dropped: unk`` keeps the original segmentation and maps
-    dropped tokens to [UNK]; ``resegment`` keeps a plain subset vocabulary (robust to stock
-    re-saving, but words with dropped pieces segment differently)."""
+    """Vocabulary pruning (text): drop the embedding rows of tokens that occur fewer than
+    ``min_count`` times in the training set, and save a tokenizer that maps text to the new
+    ids. ``dropped: unk`` keeps the original segmentation and maps dropped tokens to [UNK];
+    ``resegment`` keeps a plain subset vocabulary (robust to stock re-saving; a word with
+    dropped pieces is split into kept pieces instead of becoming [UNK]).
+
+    ``at: end`` prunes when training ends (the trainer counts ``train_dataset``). ``at: start``
+    prunes before the data is tokenized (``pakd_hf.trainer.prune_student_vocabulary``): the
+    student trains with its final tokenizer, every step is cheaper (no gradient for rows that
+    go), and the teacher gets the same tokens mapped back to its own ids."""
 
     dropped: Literal["unk", "resegment"] = "unk"
     min_count: int = 1
+    at: Literal["start", "end"] = "end"
 
     def _validate(self, path: str) -> None:
         _check(self.min_count >= 1, f"{path}.min_count", f"must be >= 1, got {self.min_count}")

@@ -37,6 +37,7 @@ from .distill import (
     attention_kl_per_sample,
     hidden_per_sample,
     logit_kd_per_sample,
+    logit_mse_per_sample,
     resolve_layer_map,
 )
 from .recipe import Recipe, RecipeError, Stage, check_layer_map, load_recipe
@@ -56,8 +57,11 @@ COMPONENTS = ("task", "kd_logits", "kd_hidden", "kd_attn")
 TEACHER_LOGITS = "teacher_logits"
 
 
-def add_teacher_logits(dataset, teacher: nn.Module, tokenizer, batch_size: int = 128):
+def add_teacher_logits(dataset, teacher: nn.Module, tokenizer, batch_size: int = 128, teacher_token_ids=None):
     """``dataset`` (tokenized, unpadded) with the teacher's logits as a ``teacher_logits`` column.
+
+    ``teacher_token_ids``: for data tokenized with a student's pruned vocabulary, the map from
+    its ids to the teacher's (``VocabPruneResult.teacher_ids()``; what the trainer applies).
 
     One inference pass over the data (batches of similar length, so little padding), run once
     instead of once per epoch: worth it when a stage trains on the same data for several
@@ -83,6 +87,8 @@ def add_teacher_logits(dataset, teacher: nn.Module, tokenizer, batch_size: int =
             columns = rows[idx]  # one read per batch, not per row
             features = [dict(zip(columns, values)) for values in zip(*columns.values())]
             batch = {k: v.to(device) for k, v in collate(features).items()}
+            if teacher_token_ids is not None:
+                batch["input_ids"] = teacher_token_ids.to(device)[batch["input_ids"]]
             logits = teacher(**batch).logits.float().cpu().tolist()
             for i, row in zip(idx, logits):
                 out[i] = row
@@ -120,6 +126,30 @@ def _num_layers(model: nn.Module) -> int | None:
 
 def _hidden_width(model: nn.Module) -> int | None:
     return _config_get(getattr(model, "config", None), ("hidden_size", "d_model", "dim", "n_embd"))
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return getattr(emb, "num_embeddings", None)
+
+
+def prune_student_vocabulary(student: nn.Module, tokenizer, dataset, recipe):
+    """The recipe's `vocabulary` pruning, done before training (`vocabulary.at: start`).
+
+    Counts the tokens of `dataset["input_ids"]` (the real training set, tokenized with
+    `tokenizer`), slices the student's embedding rows in place and returns the student's new
+    tokenizer: tokenize the training and evaluation data with it. A `PaKDTrainer` given this
+    student maps its inputs back to the teacher's ids (same tokens, same positions) and records
+    the pruning in `pakd.json`.
+    """
+    from .prune.vocab import prune_vocabulary_by_counts
+
+    spec = load_recipe(recipe).vocabulary
+    if spec is None:
+        raise RecipeError("vocabulary", "the recipe has no vocabulary block to apply")
+    result = prune_vocabulary_by_counts(student, tokenizer, dataset["input_ids"], min_count=spec.min_count, dropped=spec.dropped)
+    logger.info(f"[pakd] vocabulary: kept {result.vocab_size:,} of {result.vocab_size_original:,} tokens")
+    return result.tokenizer
 
 
 def _default_labels(id2label: dict | None) -> bool:
@@ -217,6 +247,14 @@ class PaKDTrainer(Trainer):
         self._resume_pruning: dict | None = None
         self._vocab_record: dict | None = None
         self._vocab_id_map: torch.Tensor | None = None
+        # A student whose vocabulary was pruned before training (prune_student_vocabulary):
+        # its ids -> the teacher's, when the teacher kept the original vocabulary.
+        self._teacher_token_ids: torch.Tensor | None = None
+        pruned = getattr(model, "_pakd_vocabulary", None)
+        if pruned is not None:
+            self._vocab_record = pruned.record()
+            if teacher_model is not None and _vocab_size(teacher_model) != _vocab_size(model):
+                self._teacher_token_ids = pruned.teacher_ids()
 
         super().__init__(model=model, args=args, **kwargs)
 
@@ -244,7 +282,19 @@ class PaKDTrainer(Trainer):
                 check_label_spaces(model, teacher)
         if recipe is None:
             return
-        if recipe.vocabulary is not None:
+        pruned = getattr(model, "_pakd_vocabulary", None)
+        if pruned is not None and teacher is not None and _vocab_size(teacher) not in (_vocab_size(model), pruned.vocab_size_original):
+            raise ValueError(
+                f"the student's vocabulary was pruned from {pruned.vocab_size_original:,} tokens, but the teacher has "
+                f"{_vocab_size(teacher):,}: pass the teacher the student was pruned from"
+            )
+        if recipe.vocabulary is not None and recipe.vocabulary.at == "start" and pruned is None:
+            raise RecipeError(
+                "vocabulary.at",
+                "'start' prunes before the data is tokenized: call pakd_hf.trainer.prune_student_vocabulary(student, "
+                "tokenizer, train_dataset, recipe) and tokenize with the tokenizer it returns, or set at: end",
+            )
+        if recipe.vocabulary is not None and pruned is None:
             tokenizer = kwargs.get("processing_class")
             backend = getattr(tokenizer, "backend_tokenizer", None)
             if backend is None or type(backend.model).__name__ != "WordPiece":
@@ -558,16 +608,11 @@ class PaKDTrainer(Trainer):
         spec = self.recipe.vocabulary if self.recipe is not None else None
         if spec is None or self._vocab_record is not None:
             return
-        from collections import Counter
+        from .prune.vocab import prune_vocabulary_by_counts
 
-        from .prune.vocab import prune_vocabulary
-
-        counts: Counter[int] = Counter()
         source = self.vocabulary_dataset if self.vocabulary_dataset is not None else self.train_dataset
-        for row in source["input_ids"]:
-            counts.update(int(i) for i in row)
-        keep = {i for i, c in counts.items() if c >= spec.min_count}
-        result = prune_vocabulary(self.model, self.processing_class, keep, dropped=spec.dropped)
+        result = prune_vocabulary_by_counts(self.model, self.processing_class, source["input_ids"],
+                                            min_count=spec.min_count, dropped=spec.dropped)
         self.processing_class = result.tokenizer
         self._vocab_record = result.record()
         self._vocab_id_map = result.id_map()
@@ -710,6 +755,9 @@ class PaKDTrainer(Trainer):
             t_logits = cached_logits.to(s_logits.device)
         else:
             teacher_inputs = {k: v for k, v in inputs.items() if k not in label_names}
+            if self._teacher_token_ids is not None and torch.is_tensor(teacher_inputs.get("input_ids")):
+                ids = teacher_inputs["input_ids"]
+                teacher_inputs["input_ids"] = self._teacher_token_ids.to(ids.device)[ids]
             # no_grad rather than inference_mode: teacher outputs are loss targets, and autograd
             # must be able to save them for the student's backward pass.
             with torch.no_grad():
@@ -731,7 +779,10 @@ class PaKDTrainer(Trainer):
 
         if dist.logits:
             mask = _position_mask(inputs, s_logits)
-            sums["kd_logits"] = logit_kd_per_sample(s_logits, t_logits, dist.temperature, mask).sum()
+            if dist.loss == "mse":
+                sums["kd_logits"] = logit_mse_per_sample(s_logits, t_logits, mask).sum()
+            else:
+                sums["kd_logits"] = logit_kd_per_sample(s_logits, t_logits, dist.temperature, mask).sum()
 
         if dist.hidden is not None:
             s_h, t_h = outputs["hidden_states"], teacher_outputs["hidden_states"]

@@ -42,7 +42,7 @@ def quick_run(tiny_teacher, tmp_path_factory):
         "data": {"dataset": "rotten-tomatoes", "max_length": 48},
         "teacher": {"model": str(tiny_teacher), "fine_tune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16}},
         "training": {"batch_size": 16, "eval_batch_size": 64, "logging_steps": 4},
-        "vocabulary": {"dropped": "unk"},
+        "vocabulary": {"at": "start", "dropped": "resegment"},  # as the main recipe
         "augment": {"copies": 2},
         "stages": [
             {"name": "prune", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
@@ -85,6 +85,10 @@ def test_outputs_and_report(quick_run):
     tok = AutoTokenizer.from_pretrained(out / "teacher")
     used = {i for ids in tok(list(texts), truncation=True, max_length=48)["input_ids"] for i in ids}
     assert pakd["vocabulary"]["vocab_size"] == len(used | set(tok.all_special_ids))
+    # Pruned before training with a plain subset vocabulary: the student's tokenizer has one id
+    # per embedding row.
+    assert len(AutoTokenizer.from_pretrained(student)) == pakd["vocabulary"]["vocab_size"]
+    assert pakd["vocabulary"]["dropped_tokens"] == "resegment"
     card = (student / "README.md").read_text()
     assert "## Compression" in card and "2 perturbed copies of each" in card
 

@@ -11,6 +11,7 @@ from pakd_hf.distill import (
     hidden_per_sample,
     logit_kd_loss,
     logit_kd_per_sample,
+    logit_mse_per_sample,
     resolve_layer_map,
 )
 
@@ -51,6 +52,21 @@ def test_token_level_kd_masks_padding():
     expected1 = (row([0.0, 0.0], [0.0, 0.0]) + row([0.0, 1.0], [1.0, 0.0])) / 2
     got = logit_kd_per_sample(s, t, T, mask)
     assert torch.allclose(got, torch.tensor([expected0, expected1]), atol=1e-6)
+
+
+def test_logit_mse_by_hand_and_masked():
+    s = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    t = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    assert torch.allclose(logit_mse_per_sample(s, t), torch.tensor([(1 + 4) / 2, (0 + 4) / 2]))
+    # Unlike the KL, it still pulls when the softened probabilities nearly agree.
+    a, b = torch.tensor([[10.0, -10.0]]), torch.tensor([[20.0, -20.0]])
+    assert logit_kd_per_sample(a, b, 2.0).item() < 1e-3 < logit_mse_per_sample(a, b).item() == 100.0
+    tok_s = torch.tensor([[[1.0, 0.0], [9.0, 9.0]]])
+    tok_t = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    got = logit_mse_per_sample(tok_s, tok_t, torch.tensor([[True, False]]))
+    assert torch.allclose(got, torch.tensor([0.5]))  # the padded position is ignored
+    with pytest.raises(ValueError, match="same label space"):
+        logit_mse_per_sample(torch.zeros(2, 3), torch.zeros(2, 4))
 
 
 def test_logit_kd_rejects_different_label_spaces():

@@ -130,3 +130,89 @@ def test_vocabulary_block_needs_a_wordpiece_tokenizer(tokenizer, tmp_path):
         from pakd_hf import load_recipe
 
         load_recipe({"name": "v", "task": "image-classification", "stages": [{"name": "t", "steps": 1}], "vocabulary": {}})
+
+
+def test_vocabulary_at_start_student_trains_with_its_tokenizer(tokenizer, tmp_path):
+    """`vocabulary.at: start`: the student is pruned before training and reads its own ids; the
+    teacher gets the same tokens at the same positions in its original ids."""
+    import copy
+
+    from pakd_hf.trainer import TEACHER_LOGITS, add_teacher_logits, prune_student_vocabulary
+
+    texts, real = corpus(tokenizer, 48, seed=0)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0, attention_probs_dropout_prob=0)
+    teacher = BertForSequenceClassification(cfg).eval()
+    recipe = {
+        "name": "v", "task": "text-classification",
+        "vocabulary": {"at": "start", "dropped": "resegment"},
+        "stages": [
+            {"name": "hidden", "steps": 4, "distillation": {"hidden": {"weight": 1.0}}},
+            {"name": "logits", "steps": 4, "distillation": {}},
+        ],
+    }
+    args = PaKDTrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, learning_rate=3e-3,
+                                 report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+
+    # Not pruned first: a one-line recipe error that says what to call.
+    with pytest.raises(RecipeError, match=r"vocabulary\.at.*prune_student_vocabulary"):
+        PaKDTrainer(model=copy.deepcopy(teacher), teacher_model=teacher, args=args, train_dataset=real,
+                    processing_class=tokenizer, recipe=recipe)
+
+    student = copy.deepcopy(teacher)
+    new_tok = prune_student_vocabulary(student, tokenizer, real, recipe)
+    used = {int(i) for row in real["input_ids"] for i in row}
+    assert student.config.vocab_size == len(used | set(tokenizer.all_special_ids)) == len(new_tok)
+    enc = new_tok(texts, padding="max_length", max_length=12, truncation=True)
+    data = Dataset.from_dict({**enc, "labels": list(real["labels"])})
+    assert max(max(r) for r in data["input_ids"]) < student.config.vocab_size
+
+    # The teacher's cached logits from the student's ids equal its logits on its own tokenization.
+    kept = student._pakd_vocabulary.teacher_ids()
+    cached = add_teacher_logits(data, teacher, new_tok, batch_size=16, teacher_token_ids=kept)[TEACHER_LOGITS]
+    with torch.no_grad():
+        direct = teacher(**tokenizer(texts, padding="max_length", max_length=12, truncation=True, return_tensors="pt")).logits
+    torch.testing.assert_close(torch.tensor(list(cached)), direct, rtol=0, atol=1e-5)
+
+    seen: list[torch.Tensor] = []
+    hook = teacher.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                          processing_class=new_tok, recipe=recipe)
+    trainer.train()
+    hook.remove()
+    assert len(seen) == 8  # one teacher pass per step: both stages (the data carries no cached logits)
+    original_rows = {tuple(r) for r in tokenizer(texts, padding="max_length", max_length=12, truncation=True)["input_ids"]}
+    for batch in seen:
+        assert {tuple(r) for r in batch.tolist()} <= original_rows
+    assert student.config.vocab_size == len(new_tok)  # nothing pruned again at the end
+
+    folder = tmp_path / "saved"
+    trainer.save_model(str(folder))
+    record = json.loads((folder / "pakd.json").read_text())["vocabulary"]
+    assert record["dropped_tokens"] == "resegment" and record["vocab_size"] == student.config.vocab_size
+    probe = ["the quick brown fox", "a zebra sat on the mat"]
+    student.eval()
+    with torch.no_grad():
+        expected = student(**new_tok(probe, padding=True, return_tensors="pt")).logits
+    torch.save({"texts": probe, "logits": expected}, tmp_path / "expected.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoTokenizer, AutoModelForSequenceClassification\n"
+        "assert 'pakd_hf' not in sys.modules\n"
+        f"tok = AutoTokenizer.from_pretrained({str(folder)!r})\n"
+        f"model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}).eval()\n"
+        "assert len(tok) == model.config.vocab_size, (len(tok), model.config.vocab_size)\n"
+        f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    got = model(**tok(exp['texts'], padding=True, return_tensors='pt')).logits\n"
+        "assert (got - exp['logits']).abs().max().item() <= 1e-5\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # A teacher with some other vocabulary cannot be mapped to: refused up front.
+    other = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size + 7, hidden_size=16, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=16))
+    with pytest.raises(ValueError, match="pruned from .* tokens, but the teacher has"):
+        PaKDTrainer(model=student, teacher_model=other, args=args, train_dataset=data, processing_class=new_tok, recipe=recipe)

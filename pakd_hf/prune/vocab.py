@@ -190,6 +190,11 @@ class VocabPruneResult:
         m[torch.tensor(self.kept_ids, dtype=torch.long)] = torch.arange(len(self.kept_ids))
         return m
 
+    def teacher_ids(self) -> torch.Tensor:
+        """LongTensor ``[vocab_size]``: new id -> old id. ``teacher_ids()[new_input_ids]`` feeds a
+        model with the original vocabulary (a teacher) the same tokens at the same positions."""
+        return torch.tensor(self.kept_ids, dtype=torch.long)
+
     def record(self) -> dict[str, Any]:
         """JSON-able summary for ``pakd.json`` (e.g. ``extra={"vocab": res.record()}``)."""
         return {
@@ -466,6 +471,26 @@ def prune_vocabulary(model: nn.Module, tokenizer, keep_ids: Iterable[int], *, dr
         params_before=params_before, params_after=_num_params(model),
         embedding_params_before=emb_before, embedding_params_after=emb.weight.numel(), old_to_new=old_to_new,
     )
+
+
+def prune_vocabulary_by_counts(model: nn.Module, tokenizer, input_ids: Iterable[Iterable[int]], *,
+                               min_count: int = 1, dropped: str = "unk") -> VocabPruneResult:
+    """:func:`prune_vocabulary` keeping the tokens that occur at least ``min_count`` times in
+    ``input_ids`` (rows tokenized with ``tokenizer``, e.g. a training set's ``input_ids``).
+
+    The result is also attached to the model (``model._pakd_vocabulary``): a
+    :class:`~pakd_hf.PaKDTrainer` given that student maps its inputs back to the original ids
+    for a teacher with the full vocabulary, and records the pruning in ``pakd.json``.
+    """
+    from collections import Counter
+
+    counts: Counter[int] = Counter()
+    for row in input_ids:
+        counts.update(int(i) for i in row)
+    keep = {i for i, c in counts.items() if c >= min_count}
+    result = prune_vocabulary(model, tokenizer, keep, dropped=dropped)
+    model._pakd_vocabulary = result
+    return result
 
 
 # ----------------------------------------------------------- saved folders
