@@ -175,6 +175,28 @@ def test_cached_teacher_logits_replace_the_teachers_pass(toy_data, teacher, tmp_
         torch.testing.assert_close(runs["cached"][1][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_logit_mse_loss_is_what_the_stage_minimises(toy_data, teacher, tmp_path):
+    """`distillation.loss: mse`: the logged kd_logits of the first step is the mean squared
+    logit difference of the untrained student, and it falls with training."""
+    data = toy_data.remove_columns("labels")
+    recipe = {"name": "m", "task": "text-classification",
+              "stages": [{"name": "mse", "steps": 6, "distillation": {"loss": "mse"}}]}
+    student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+    rows = data.select(range(8))
+    ids, mask = torch.tensor(rows["input_ids"]), torch.tensor(rows["attention_mask"])
+    with torch.no_grad():
+        student.eval()
+        expected = (student(input_ids=ids, attention_mask=mask).logits - teacher(input_ids=ids, attention_mask=mask).logits).pow(2).mean()
+    args = targs(tmp_path / "mse", per_device_train_batch_size=8, logging_steps=1)
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, recipe=recipe)
+    trainer.get_train_dataloader = lambda: torch.utils.data.DataLoader(  # fixed order: the first batch is `rows`
+        data.with_format("torch", columns=["input_ids", "attention_mask"]), batch_size=8)
+    trainer.train()
+    losses = [h["kd_logits"] for h in trainer.state.log_history if "kd_logits" in h]
+    assert losses[0] == pytest.approx(expected.item(), rel=1e-4)  # dropout is off in tiny_bert
+    assert losses[-1] < losses[0]
+
+
 def test_two_stage_recipe_distils_a_smaller_bert(toy_data, teacher, tmp_path):
     teacher_acc = accuracy(teacher, toy_data)
     assert teacher_acc > 0.85, "the toy teacher should have learned the task"
