@@ -54,6 +54,26 @@ def run(tok, data, out, vocabulary, **trainer_kw):
     return trainer, student
 
 
+def assert_stock_logits(folder, texts, expected, tmp_path, one_id_per_row=False):
+    """In a fresh process without pakd_hf, stock Auto classes load `folder` and give `expected`."""
+    torch.save({"texts": texts, "logits": expected}, tmp_path / "expected.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoTokenizer, AutoModelForSequenceClassification\n"
+        f"tok = AutoTokenizer.from_pretrained({str(folder)!r})\n"
+        f"model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}).eval()\n"
+        "assert 'pakd_hf' not in sys.modules\n"
+        + ("assert len(tok) == model.config.vocab_size, (len(tok), model.config.vocab_size)\n" if one_id_per_row else "")
+        + f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    got = model(**tok(exp['texts'], padding=True, return_tensors='pt')).logits\n"
+        "assert (got - exp['logits']).abs().max().item() <= 1e-5, (got - exp['logits']).abs().max().item()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_vocabulary_dataset_decides_which_tokens_stay(tokenizer, tmp_path):
     """Training on a transfer set with extra words, the vocabulary still follows the real data."""
     _, real = corpus(tokenizer, 48, seed=0)
@@ -101,21 +121,7 @@ def test_vocabulary_block_prunes_rows_and_keeps_outputs(tokenizer, tmp_path):
     trainer.save_model(str(folder))
     record = json.loads((folder / "pakd.json").read_text())["vocabulary"]
     assert record["vocab_size"] == pruned.config.vocab_size and record["vocab_size_original"] == tokenizer.vocab_size
-    torch.save({"texts": probe, "logits": expected}, tmp_path / "expected.pt")
-    script = (
-        "import sys, torch\n"
-        "from transformers import AutoTokenizer, AutoModelForSequenceClassification\n"
-        "assert 'pakd_hf' not in sys.modules\n"
-        f"tok = AutoTokenizer.from_pretrained({str(folder)!r})\n"
-        f"model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}).eval()\n"
-        f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
-        "with torch.no_grad():\n"
-        "    got = model(**tok(exp['texts'], padding=True, return_tensors='pt')).logits\n"
-        "print((got - exp['logits']).abs().max().item())\n"
-        "assert (got - exp['logits']).abs().max().item() <= 1e-5\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd="/")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_stock_logits(folder, probe, expected, tmp_path)
 
 
 def test_vocabulary_block_needs_a_wordpiece_tokenizer(tokenizer, tmp_path):
@@ -195,21 +201,7 @@ def test_vocabulary_at_start_student_trains_with_its_tokenizer(tokenizer, tmp_pa
     student.eval()
     with torch.no_grad():
         expected = student(**new_tok(probe, padding=True, return_tensors="pt")).logits
-    torch.save({"texts": probe, "logits": expected}, tmp_path / "expected.pt")
-    script = (
-        "import sys, torch\n"
-        "from transformers import AutoTokenizer, AutoModelForSequenceClassification\n"
-        "assert 'pakd_hf' not in sys.modules\n"
-        f"tok = AutoTokenizer.from_pretrained({str(folder)!r})\n"
-        f"model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}).eval()\n"
-        "assert len(tok) == model.config.vocab_size, (len(tok), model.config.vocab_size)\n"
-        f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
-        "with torch.no_grad():\n"
-        "    got = model(**tok(exp['texts'], padding=True, return_tensors='pt')).logits\n"
-        "assert (got - exp['logits']).abs().max().item() <= 1e-5\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd="/")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_stock_logits(folder, probe, expected, tmp_path, one_id_per_row=True)
 
     # A teacher with some other vocabulary cannot be mapped to: refused up front.
     other = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size + 7, hidden_size=16, num_hidden_layers=2,
