@@ -146,13 +146,25 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, **k
     )
 
 
+def _student_args(out: Path, recipe: Recipe):
+    """TrainingArguments of the PaKD stages (the teacher's fine-tune ignores group_by_length)."""
+    kw = {"train_sampling_strategy": "group_by_length"} if recipe.training.group_by_length else {}
+    return _training_args(out, recipe, **kw)
+
+
+def _teacher_key(recipe: Recipe, quick: bool) -> str:
+    """The cached teacher's key: what its fine-tune depends on (Training's repr leaves out the
+    student-only group_by_length, so turning it on keeps the cache)."""
+    return _fingerprint(recipe.teacher, recipe.data, recipe.training, quick)
+
+
 def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bool):
     """Fine-tune / train (or reuse) the teacher; returns (model, preprocessor, encoded data, info)."""
     from transformers import Trainer
 
     spec = recipe.data
     folder = out / "teacher"
-    key = _fingerprint(recipe.teacher, recipe.data, recipe.training, quick)
+    key = _teacher_key(recipe, quick)
     info_file = folder / "pakd_teacher.json"
     if info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key:
         _say(f"reusing the teacher in {folder} (it matches the recipe)")
@@ -256,7 +268,7 @@ def compress(
     # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
     student = copy.deepcopy(teacher)
     run_dir = out / ".student-run"
-    args = _training_args(run_dir, recipe)
+    args = _student_args(run_dir, recipe)
     stage_start = time.perf_counter()
     student_pre, student_encoded = preprocessor, encoded
     if recipe.vocabulary is not None and recipe.vocabulary.at == "start":

