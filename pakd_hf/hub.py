@@ -187,6 +187,8 @@ def _kinds_used(structure: dict | None, pakd: dict) -> list[str]:
             tags.append("layer-pruning")
         if len(structure["hidden"]) < structure["original"]["hidden_size"]:
             tags.append("hidden-pruning")
+    if pakd.get("hidden_rotation"):
+        tags.append("hidden-rotation")
     if pakd.get("vocabulary"):
         tags.append("vocabulary-pruning")
     if pakd.get("sparsity", {}).get("weights"):
@@ -261,6 +263,13 @@ def build_card(
     )
     figure = _figure(folder, report, structure) if write_figure else (CARD_FIGURE if (folder / CARD_FIGURE).is_file() else None)
     structure_summary, layer_rows = _structure_rows(structure)
+    rotation = pakd.get("hidden_rotation")
+    if rotation:
+        structure_summary += (
+            f" The hidden stream was rotated onto its {rotation['width_after']} principal directions before it was cut "
+            f"(they hold {rotation['energy_kept']:.0%} of its energy; the best {rotation['width_after']} coordinates "
+            f"{rotation['energy_kept_best_coordinates']:.0%}), so hidden indices do not name the teacher's coordinates."
+        )
     auto = AUTO_CLASSES[task]
     target = location or repo_id or str(folder)
     trc = ", trust_remote_code=True" if custom_code else ""

@@ -176,6 +176,27 @@ class Keep:
 
 
 @dataclass
+class HiddenKeep(Keep):
+    """The hidden (residual stream) width to keep, and how.
+
+    ``method: select`` (default) masks and then removes coordinates of the stream, ranked by
+    ``importance`` on the stage's schedule, like the other kinds. ``method: rotate`` (BERT /
+    RoBERTa) rotates the stream onto its principal directions, measured on ``calibration``
+    training examples when the stage starts, and cuts it to ``keep`` there in one step
+    (:mod:`pakd_hf.prune.rotate`); the rest of the stage then trains (and prunes the other
+    kinds) at the new width."""
+
+    method: Literal["select", "rotate"] = "select"
+    calibration: int = 512
+
+    def _validate(self, path: str) -> None:
+        super()._validate(path)
+        _check(self.calibration >= 1, f"{path}.calibration", f"must be >= 1 example, got {self.calibration}")
+        if self.method == "rotate" and self.keep is not None:
+            _check(self.keep >= 2, f"{path}.keep", f"a rotated stream keeps at least 2 directions, got {self.keep}")
+
+
+@dataclass
 class Unstructured:
     """Per-weight sparsity of the Linear layers, as masks (saved dense, never a CPU speedup)."""
 
@@ -249,7 +270,7 @@ class Pruning:
     heads: Keep | None = None
     ffn: Keep | None = None
     layers: Keep | None = None
-    hidden: Keep | None = None
+    hidden: HiddenKeep | None = None
     budget: Budget | None = None
     unstructured: Unstructured | None = None
     n_m: NMSparsity | None = None

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,7 +185,8 @@ class _PaKDCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer._set_attention_for_stage()
-        self.trainer._begin_stage_pruning()
+        if self.trainer._begin_stage_pruning():
+            self.trainer.rebuild_optimizer()  # the first stage rotated the hidden stream: new parameters
         self.trainer._announce_stage()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -246,6 +248,7 @@ class PaKDTrainer(Trainer):
         self._pruner: StagePruner | None = None
         self._resume_pruning: dict | None = None
         self._vocab_record: dict | None = None
+        self._rotation_record: dict | None = None
         self._vocab_id_map: torch.Tensor | None = None
         # A student whose vocabulary was pruned before training (prune_student_vocabulary):
         # its ids -> the teacher's, when the teacher kept the original vocabulary.
@@ -515,8 +518,11 @@ class PaKDTrainer(Trainer):
         self._attn_restore.clear()
 
     # ---- pruning -----------------------------------------------------------------------
-    def _begin_stage_pruning(self) -> None:
-        """Start the current stage's pruning block (masks persist across stages until compacted)."""
+    def _begin_stage_pruning(self) -> bool:
+        """Start the current stage's pruning block (masks persist across stages until compacted).
+
+        Returns True when the model's parameters were replaced (a hidden rotation), so the
+        caller rebuilds the optimizer."""
         from .prune import MaskState, Structure
         from .prune.controller import StagePruner
 
@@ -534,14 +540,19 @@ class PaKDTrainer(Trainer):
         stage = self.current_stage
         if stage is None or stage.pruning is None or self._spans is None:
             self._pruner = None
-            return
+            return False
+        spec = stage.pruning
+        rotated = False
+        if spec.hidden is not None and spec.hidden.method == "rotate":
+            rotated = self._rotate_hidden(spec.hidden)
+            spec = dataclasses.replace(spec, hidden=None)  # done: the schedule prunes the other kinds
         span = self._spans[self._stage_idx]
         initial = None
         if resume is not None and resume.get("stage_initial") and resume.get("stage_index") == self._stage_idx:
             initial = Structure.from_dict(resume["stage_initial"])
         self._pruner = StagePruner(
             self.model,
-            stage.pruning,
+            spec,
             stage_start=span.start,
             stage_end=span.end,
             mask_state=self._mask_state,
@@ -550,6 +561,49 @@ class PaKDTrainer(Trainer):
             sample_inputs=self._sample_inputs() if stage.pruning.budget is not None and stage.pruning.budget.metric == "macs" else None,
         )
         self._mask_state = self._pruner.mask_state
+        return rotated
+
+    def _rotate_hidden(self, spec) -> bool:
+        """`hidden.method: rotate`: rotate the student's stream onto its principal directions
+        (measured on `spec.calibration` training examples) and cut it to the target. A student
+        already at the target (a resumed stage) is left alone. Returns True when it rotated."""
+        from .prune import Structure
+        from .prune.controller import target_count
+        from .prune.rotate import rotate_hidden
+
+        current = Structure.from_model(self.model)
+        target = target_count(spec, Structure.full(*current.original_sizes()), "hidden")
+        if len(current.hidden) <= target:
+            return False
+        if self._mask_state is not None and self._mask_state.structure() != self._mask_state.base:
+            raise ValueError(
+                f"stage '{self.current_stage.name}' rotates the hidden stream, but an earlier stage left "
+                "structural masks uncompacted: set compact: true on it"
+            )
+        batches, seen = [], 0
+        skip = set(self.label_names or []) | {TEACHER_LOGITS, "labels"}
+        for batch in self.get_train_dataloader():
+            batches.append({k: v for k, v in batch.items() if torch.is_tensor(v) and k not in skip})
+            seen += _batch_size(batch)
+            if seen >= spec.calibration:
+                break
+        result = rotate_hidden(self.model, batches, target, projections=self.distill_projections)
+        if self.accelerator.num_processes > 1:
+            # Each process measured its own batches: all take process 0's rotated model.
+            import torch.distributed as dist
+
+            modules = [self.model] + ([self.distill_projections] if self.distill_projections is not None else [])
+            for module in modules:
+                for tensor in module.state_dict().values():
+                    dist.broadcast(tensor, src=0)
+        self._rotation_record = result.record()
+        message = (
+            f"[pakd] hidden stream rotated and cut {result.width_before} -> {result.width_after}: the kept "
+            f"directions hold {result.energy_kept:.1%} of its energy (the best coordinates: "
+            f"{result.energy_kept_coordinates:.1%}; {result.tokens:,} tokens)"
+        )
+        self._after_compaction(result.compact, message)
+        return True
 
     def _sample_inputs(self) -> dict:
         """One training sample (no labels), for counting MACs of a budget."""
@@ -639,7 +693,7 @@ class PaKDTrainer(Trainer):
             inputs = {**inputs, "input_ids": self._vocab_id_map.to(ids.device)[ids]}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
-    def _after_compaction(self, result) -> None:
+    def _after_compaction(self, result, message: str | None = None) -> None:
         """Parameters were replaced: fix what holds them (projections, DDP wrapper)."""
         structure = result.structure
         if self.distill_projections is not None:
@@ -648,7 +702,7 @@ class PaKDTrainer(Trainer):
             # DDP registered gradient hooks on the old parameters: wrap the compacted model anew.
             self.model_wrapped = self.accelerator.prepare_model(self.model)
         counts = structure.counts()
-        message = (
+        message = message or (
             f"[pakd] compacted: {result.params_before:,} -> {result.params_after:,} parameters ({counts})"
         )
         logger.info(message)
@@ -913,6 +967,8 @@ class PaKDTrainer(Trainer):
             extra["sparsity"] = self._mask_state.sparsity()
         if self._vocab_record is not None:
             extra["vocabulary"] = self._vocab_record
+        if self._rotation_record is not None:
+            extra["hidden_rotation"] = self._rotation_record
         return extra
 
     def _save_pakd_state(self, checkpoint: str) -> None:
@@ -937,6 +993,8 @@ class PaKDTrainer(Trainer):
                 save_file({k: v.cpu().contiguous() for k, v in weight_masks.items()}, os.path.join(checkpoint, MASKS_FILENAME))
         if self._pruner is not None:
             state["stage_initial"] = self._pruner.initial.to_dict()
+        if self._rotation_record is not None:
+            state["hidden_rotation"] = self._rotation_record
         Path(checkpoint, STATE_FILENAME).write_text(json.dumps(state, indent=2) + "\n")
         if self.distill_projections is not None:
             from safetensors.torch import save_file
@@ -960,6 +1018,8 @@ class PaKDTrainer(Trainer):
             target = Structure.from_dict(saved["structure"])
             if target != Structure.from_model(self.model):
                 self._after_compaction(compact(self.model, target, check_export=False))
+        if saved.get("hidden_rotation"):
+            self._rotation_record = saved["hidden_rotation"]
         masks_file = Path(checkpoint, MASKS_FILENAME)
         self._resume_pruning = {
             "mask_state": saved.get("mask_state"),

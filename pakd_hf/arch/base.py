@@ -293,6 +293,18 @@ class ArchAdapter:
     #: :meth:`ffn_keep_for_hidden`, and importance accumulates ``ffn`` scores with ``hidden``.
     ffn_follows_hidden: ClassVar[bool] = False
 
+    def rotation_heads(self) -> list[tuple[nn.Linear, list[nn.Linear]]]:  # family (optional)
+        """For hidden rotation (``pruning.hidden.method: rotate``, :mod:`pakd_hf.prune.rotate`):
+        the Linears that map the stream to a same-width output followed by a non-linearity (so
+        not part of the stream: BERT's pooler), each with the Linears reading that output.
+
+        Only families whose stream is the output of its LayerNorms (post-LN) define it; the
+        default raises :class:`UnsupportedArchitectureError`."""
+        raise UnsupportedArchitectureError(
+            f"hidden rotation (pruning.hidden.method: rotate) supports post-LayerNorm BERT/RoBERTa models, "
+            f"not {self.description or type(self.model).__name__}: use method: select"
+        )
+
     def check_kinds(self, kinds: list[str]) -> None:
         """Raise :class:`UnsupportedArchitectureError` (one line naming the family and what it
         supports) when one of ``kinds`` (``heads``, ``ffn``, ``layers``, ``hidden``, ``budget``,

@@ -117,6 +117,18 @@ class BertAdapter(ArchAdapter):
             "pruning work for every BERT/RoBERTa model)"
         )
 
+    def rotation_heads(self) -> list[tuple[nn.Linear, list[nn.Linear]]]:
+        bb = self.backbone()
+        m = self.model
+        heads = []
+        if getattr(bb, "pooler", None) is not None:
+            classifier = getattr(m, "classifier", None) if m is not bb else None
+            heads.append((bb.pooler.dense, [classifier] if isinstance(classifier, nn.Linear) else []))
+        head = getattr(m, "classifier", None) if m is not bb else None
+        if head is not None and isinstance(getattr(head, "dense", None), nn.Linear):
+            heads.append((head.dense, [head.out_proj]))  # RobertaClassificationHead
+        return heads
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         emb = self.backbone().embeddings
         mods = [emb.word_embeddings, emb.position_embeddings, getattr(emb, "token_type_embeddings", None)]

@@ -111,6 +111,11 @@ def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
         except UnsupportedArchitectureError as exc:
             raise RecipeError(where, str(exc)) from None
         check_targets(spec, current, where)
+        if spec.hidden is not None and getattr(spec.hidden, "method", "select") == "rotate":
+            try:
+                adapter.rotation_heads()
+            except UnsupportedArchitectureError as exc:
+                raise RecipeError(f"{where}.hidden.method", str(exc)) from None
         counts = {kind: target_count(keep, current, kind) for kind, keep in spec.structured_targets().items()}
         if spec.budget is not None:
             if spec.budget.metric == "macs":

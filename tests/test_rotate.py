@@ -1,0 +1,173 @@
+"""Hidden rotation (`pruning.hidden.method: rotate`): exact at full width, closer to the
+original than cutting the best coordinates, inside PaKDTrainer (a stage rotates the stream,
+prunes heads on its schedule, saves a stock BERT, resumes mid-stage), refused where no rule
+exists."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertForSequenceClassification
+
+from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError
+from pakd_hf.prune import Structure, compact
+from pakd_hf.prune.rotate import rotate_hidden
+from toy import tiny_bert, tiny_vit, toy_dataset, toy_images
+
+
+def model_batches(data, n=64, size=16):
+    return [{k: torch.tensor(v) for k, v in data[i : i + size].items() if k != "labels"} for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def logits(model, batches):
+    model.eval()
+    return torch.cat([model(**b).logits for b in batches])
+
+
+def test_full_width_rotation_changes_no_output():
+    """With equal LayerNorm gains the only approximation is gone: outputs must not move."""
+    data = toy_dataset(64, seed=1)
+    model = tiny_bert(seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.fill_(0.7)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
+            elif isinstance(m, nn.Linear):
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
+    batches = model_batches(data)
+    before = logits(model, batches)
+    table = model.bert.embeddings.word_embeddings.weight.detach().clone()
+    result = rotate_hidden(model, batches, 32)
+    torch.testing.assert_close(logits(model, batches), before, rtol=0, atol=1e-5)
+    assert (model.bert.embeddings.word_embeddings.weight - table).abs().max() > 0.1  # really rotated
+    assert result.width_after == 32 and result.energy_kept == pytest.approx(1.0)
+
+
+def test_cut_keeps_more_of_a_trained_model_than_the_best_coordinates(teacher, toy_data):
+    batches = model_batches(toy_data, n=128)
+    reference = logits(teacher, batches)
+    rotated = copy.deepcopy(teacher)
+    result = rotate_hidden(rotated, batches, 16)
+    assert rotated.config.hidden_size == 16 and rotated.bert.pooler.dense.weight.shape == (16, 16)
+
+    # the coordinate cut: the 16 coordinates with the largest second moment in the stream
+    moment = torch.zeros(32)
+    norms = [m for m in teacher.modules() if isinstance(m, nn.LayerNorm)]
+
+    def add(module, args, out):
+        moment.add_((out.detach() ** 2).sum((0, 1)))
+
+    hooks = [n.register_forward_hook(add) for n in norms]
+    logits(teacher, batches)
+    for h in hooks:
+        h.remove()
+    best = sorted(moment.argsort(descending=True)[:16].tolist())
+    coords = copy.deepcopy(teacher)
+    structure = Structure.from_model(coords)
+    compact(coords, Structure.from_dict({**structure.to_dict(), "hidden": best}), check_export=False)
+
+    error = {name: (logits(m, batches) - reference).pow(2).mean().item() for name, m in (("rotate", rotated), ("coords", coords))}
+    agree = {name: (logits(m, batches).argmax(1) == reference.argmax(1)).float().mean().item()
+             for name, m in (("rotate", rotated), ("coords", coords))}
+    assert error["rotate"] < 0.5 * error["coords"], error
+    assert agree["rotate"] >= agree["coords"], agree
+    assert result.energy_kept > result.energy_kept_coordinates
+
+
+def test_rotation_rejects_bad_widths(teacher, toy_data):
+    with pytest.raises(ValueError, match="between 2 and the current width 32"):
+        rotate_hidden(teacher, model_batches(toy_data), 33)
+
+
+# magnitude importance: a resumed stage ranks heads exactly as the uninterrupted one (Taylor
+# scores accumulated before a checkpoint are not saved with it)
+ROTATE = {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "calibration": 48}, "frequency": 2,
+          "importance": "magnitude"}
+
+
+def recipe(pruning=ROTATE, task="text-classification"):
+    dist = {"alpha": 0.5, "hidden": {"weight": 1.0}}
+    return {"name": "rot", "task": task, "stages": [
+        {"name": "prune", "steps": 8, "distillation": dist, "pruning": pruning},
+        {"name": "recover", "steps": 4, "distillation": {"alpha": 0.5}},
+    ]}
+
+
+def targs(out, **kw):
+    return PaKDTrainingArguments(**{**dict(
+        output_dir=str(out), per_device_train_batch_size=8, learning_rate=2e-3, report_to=[], save_strategy="no",
+        use_cpu=True, disable_tqdm=True, seed=0, logging_steps=2), **kw})
+
+
+@pytest.fixture(scope="module")
+def rotated_run(tmp_path_factory, trained_teacher):
+    out = tmp_path_factory.mktemp("rotate")
+    data = toy_dataset(128)
+    student = BertForSequenceClassification.from_pretrained(trained_teacher)
+    teacher = BertForSequenceClassification.from_pretrained(trained_teacher)
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, train_dataset=data, recipe=recipe(),
+                          args=targs(out / "run", save_strategy="steps", save_steps=5))
+    trainer.train()
+    trainer.save_model(str(out / "student"))
+    return dict(trainer=trainer, student=student, data=data, out=out, teacher=trained_teacher)
+
+
+def test_stage_rotates_prunes_heads_and_saves_a_stock_bert(rotated_run):
+    trainer, student, out = rotated_run["trainer"], rotated_run["student"], rotated_run["out"]
+    assert (student.config.hidden_size, student.config.num_attention_heads) == (16, 2)
+    record = json.loads((out / "student" / "pakd.json").read_text())
+    assert record["hidden_rotation"]["width_before"] == 32 and record["hidden_rotation"]["width_after"] == 16
+    assert record["hidden_rotation"]["energy_kept"] > record["hidden_rotation"]["energy_kept_best_coordinates"]
+    assert all(m.in_features == 16 for m in trainer.distill_projections.maps.values())
+    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in student.parameters()} <= optimised
+
+    batch = rotated_run["data"][:6]
+    inputs = {k: torch.tensor(batch[k]) for k in ("input_ids", "attention_mask")}
+    expected = logits(student, [inputs])
+    torch.save({"inputs": inputs, "logits": expected}, out / "expected.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        f"model = AutoModelForSequenceClassification.from_pretrained({str(out / 'student')!r}).eval()\n"
+        "assert 'pakd_hf' not in sys.modules and type(model).__name__ == 'BertForSequenceClassification'\n"
+        f"exp = torch.load({str(out / 'expected.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    got = model(**exp['inputs']).logits\n"
+        "assert (got - exp['logits']).abs().max().item() <= 1e-5, (got - exp['logits']).abs().max().item()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_resume_in_the_middle_of_a_rotating_stage(rotated_run):
+    """Resuming after the rotation must not rotate again, and must end where the run ended."""
+    checkpoint = rotated_run["out"] / "run" / "checkpoint-5"
+    state = json.loads((checkpoint / "pakd_state.json").read_text())
+    assert state["stage_name"] == "prune" and state["hidden_rotation"]["width_after"] == 16
+    student = BertForSequenceClassification.from_pretrained(rotated_run["teacher"])  # full width again
+    trainer = PaKDTrainer(model=student, teacher_model=BertForSequenceClassification.from_pretrained(rotated_run["teacher"]),
+                          train_dataset=rotated_run["data"], recipe=recipe(), args=targs(rotated_run["out"] / "run"))
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert trainer._rotation_record == state["hidden_rotation"]
+    # Seven AdamW steps (lr 2e-3) after the checkpoint: Adam turns float noise in near-zero
+    # gradients (key biases) into steps of up to ~lr, so ~5e-4 is noise; rotating twice or a
+    # lost projection moves weights by 0.1-1.
+    for name, value in rotated_run["student"].state_dict().items():
+        torch.testing.assert_close(student.state_dict()[name], value, rtol=0, atol=2e-3, msg=name)
+
+
+def test_rotate_is_refused_for_pre_ln_families_before_training(tmp_path):
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.pruning\.hidden\.method.*BERT/RoBERTa.*method: select"):
+        PaKDTrainer(model=tiny_vit(seed=0), teacher_model=tiny_vit(seed=5), train_dataset=toy_images(16),
+                    recipe=recipe(task="image-classification"), args=targs(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
