@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -575,11 +576,20 @@ class PaKDTrainer(Trainer):
         target = target_count(spec, Structure.full(*current.original_sizes()), "hidden")
         if len(current.hidden) <= target:
             return False
-        if self._mask_state is not None and self._mask_state.structure() != self._mask_state.base:
-            raise ValueError(
-                f"stage '{self.current_stage.name}' rotates the hidden stream, but an earlier stage left "
-                "structural masks uncompacted: set compact: true on it"
-            )
+        if self._mask_state is not None:
+            if self._mask_state.structure() != self._mask_state.base:
+                raise ValueError(
+                    f"stage '{self.current_stage.name}' rotates the hidden stream, but an earlier stage left "
+                    "structural masks uncompacted: set compact: true on it"
+                )
+            if self._mask_state.weight_masks:
+                raise ValueError(
+                    f"stage '{self.current_stage.name}' rotates the hidden stream, which would fill in the "
+                    "unstructured / N:M sparsity of an earlier stage: sparsify after the rotation"
+                )
+            # The rotation compacts the model: the earlier stages' mask state no longer fits it.
+            self._mask_state.detach()
+            self._mask_state = None
         batches, seen = [], 0
         skip = set(self.label_names or []) | {TEACHER_LOGITS, "labels"}
         for batch in self.get_train_dataloader():
@@ -1094,7 +1104,8 @@ class PaKDTrainer(Trainer):
 
 
 def _batch_size(batch: Any) -> int:
-    if isinstance(batch, dict):
+    # Mapping, not dict: tokenizer collators return a BatchEncoding (a UserDict)
+    if isinstance(batch, Mapping):
         for value in batch.values():
             if isinstance(value, torch.Tensor) and value.dim() > 0:
                 return int(value.shape[0])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import BertForSequenceClassification
+from transformers import BatchEncoding, BertForSequenceClassification, default_data_collator
 
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError
 from pakd_hf.prune import Structure, compact
@@ -94,9 +94,12 @@ ROTATE = {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "cali
 
 
 def recipe(pruning=ROTATE, task="text-classification"):
+    """Like the main recipe: layers and FFN first (compacted), then rotate + heads, then recover."""
     dist = {"alpha": 0.5, "hidden": {"weight": 1.0}}
+    first = {"layers": {"keep": 2}, "ffn": {"keep": 32}, "frequency": 2, "importance": "magnitude"}
     return {"name": "rot", "task": task, "stages": [
-        {"name": "prune", "steps": 8, "distillation": dist, "pruning": pruning},
+        {"name": "prune-layers", "steps": 4, "distillation": dist, "pruning": first},
+        {"name": "prune", "steps": 6, "distillation": dist, "pruning": pruning},
         {"name": "recover", "steps": 4, "distillation": {"alpha": 0.5}},
     ]}
 
@@ -113,8 +116,10 @@ def rotated_run(tmp_path_factory, trained_teacher):
     data = toy_dataset(128)
     student = BertForSequenceClassification.from_pretrained(trained_teacher)
     teacher = BertForSequenceClassification.from_pretrained(trained_teacher)
+    # like a tokenizer's collator, batches are BatchEncodings (a UserDict, not a dict)
+    collate = lambda features: BatchEncoding(default_data_collator(features))  # noqa: E731
     trainer = PaKDTrainer(model=student, teacher_model=teacher, train_dataset=data, recipe=recipe(),
-                          args=targs(out / "run", save_strategy="steps", save_steps=5))
+                          data_collator=collate, args=targs(out / "run", save_strategy="steps", save_steps=7))
     trainer.train()
     trainer.save_model(str(out / "student"))
     return dict(trainer=trainer, student=student, data=data, out=out, teacher=trained_teacher)
@@ -122,10 +127,13 @@ def rotated_run(tmp_path_factory, trained_teacher):
 
 def test_stage_rotates_prunes_heads_and_saves_a_stock_bert(rotated_run):
     trainer, student, out = rotated_run["trainer"], rotated_run["student"], rotated_run["out"]
-    assert (student.config.hidden_size, student.config.num_attention_heads) == (16, 2)
+    cfg = student.config
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, cfg.intermediate_size) == (16, 2, 2, 32)
     record = json.loads((out / "student" / "pakd.json").read_text())
     assert record["hidden_rotation"]["width_before"] == 32 and record["hidden_rotation"]["width_after"] == 16
     assert record["hidden_rotation"]["energy_kept"] > record["hidden_rotation"]["energy_kept_best_coordinates"]
+    # measured on `calibration: 48` examples (6 batches of 8, at most 12 tokens each), not the whole set
+    assert 0 < record["hidden_rotation"]["calibration_tokens"] <= 48 * 12
     assert all(m.in_features == 16 for m in trainer.distill_projections.maps.values())
     optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert {id(p) for p in student.parameters()} <= optimised
@@ -151,7 +159,7 @@ def test_stage_rotates_prunes_heads_and_saves_a_stock_bert(rotated_run):
 
 def test_resume_in_the_middle_of_a_rotating_stage(rotated_run):
     """Resuming after the rotation must not rotate again, and must end where the run ended."""
-    checkpoint = rotated_run["out"] / "run" / "checkpoint-5"
+    checkpoint = rotated_run["out"] / "run" / "checkpoint-7"
     state = json.loads((checkpoint / "pakd_state.json").read_text())
     assert state["stage_name"] == "prune" and state["hidden_rotation"]["width_after"] == 16
     student = BertForSequenceClassification.from_pretrained(rotated_run["teacher"])  # full width again
@@ -167,7 +175,7 @@ def test_resume_in_the_middle_of_a_rotating_stage(rotated_run):
 
 
 def test_rotate_is_refused_for_pre_ln_families_before_training(tmp_path):
-    with pytest.raises(RecipeError, match=r"stages\[0\]\.pruning\.hidden\.method.*BERT/RoBERTa.*method: select"):
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.pruning\.hidden\.method.*BERT/RoBERTa.*method: select"):
         PaKDTrainer(model=tiny_vit(seed=0), teacher_model=tiny_vit(seed=5), train_dataset=toy_images(16),
                     recipe=recipe(task="image-classification"), args=targs(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
