@@ -48,8 +48,11 @@ def quick_run(tiny_teacher, tmp_path_factory):
         "vocabulary": {"at": "start", "dropped": "resegment"},  # as the main recipe
         "augment": {"copies": 2},
         "stages": [
-            {"name": "prune", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
-             "pruning": {"ffn": {"keep": 32}, "layers": {"keep": 2}, "heads": {"keep": 2}, "hidden": {"keep": 16}}},
+            # the main recipe's shape: layers and FFN, then the hidden stream rotated and cut with heads
+            {"name": "prune", "epochs": 0.5, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
+             "pruning": {"ffn": {"keep": 32}, "layers": {"keep": 2}}},
+            {"name": "prune-hidden", "epochs": 0.5, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
+             "pruning": {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "calibration": 64}}},
             {"name": "recover", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5}},
         ],
     }
@@ -94,6 +97,11 @@ def test_outputs_and_report(quick_run):
     assert pakd["vocabulary"]["dropped_tokens"] == "resegment"
     card = (student / "README.md").read_text()
     assert "## Compression" in card and "2 perturbed copies of each" in card
+    # The hidden stream was rotated (on `calibration: 64` texts of at most 48 tokens) and says so.
+    rotation = pakd["hidden_rotation"]
+    assert (rotation["width_before"], rotation["width_after"]) == (32, 16)
+    assert 0 < rotation["calibration_tokens"] <= 64 * 48
+    assert "rotated onto its 16 principal directions" in card and "hidden-rotation" in card
 
 
 def test_student_reloads_in_a_fresh_stock_process_with_the_logged_accuracy(quick_run):
@@ -144,10 +152,11 @@ def test_group_by_length_is_for_the_student_stages_only(tmp_path):
     from pakd_hf import load_recipe
     from pakd_hf.compress import _student_args, _teacher_key
 
-    plain = load_recipe(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml")
-    raw = plain.to_dict()
-    raw["training"]["group_by_length"] = True
-    grouped = load_recipe(raw)
+    grouped = load_recipe(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml")  # the main recipe groups
+    raw = grouped.to_dict()
+    assert raw["training"]["group_by_length"] is True
+    raw["training"]["group_by_length"] = False
+    plain = load_recipe(raw)
     assert _student_args(tmp_path, grouped).train_sampling_strategy == "group_by_length"
     assert _student_args(tmp_path, plain).train_sampling_strategy == "random"
     # The teacher's fine-tune does not use it, so its cache stays valid.
