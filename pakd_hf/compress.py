@@ -158,6 +158,15 @@ def _teacher_key(recipe: Recipe, quick: bool) -> str:
     return _fingerprint(recipe.teacher, recipe.data, recipe.training, quick)
 
 
+def _check_stages(recipe: Recipe, model) -> None:
+    """The pruning stages' targets against the model's shapes (what PaKDTrainer checks when it
+    is built), so that a recipe that cannot run fails before the teacher's minutes are spent."""
+    if any(stage.pruning is not None for stage in recipe.stages):
+        from .prune.controller import dry_run
+
+        dry_run(model, recipe.stages)
+
+
 def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bool):
     """Fine-tune / train (or reuse) the teacher; returns (model, preprocessor, encoded data, info)."""
     from transformers import Trainer
@@ -172,6 +181,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         model, preprocessor = adapter._auto().from_pretrained(folder), adapter.load_preprocessor(folder)
         return model, preprocessor, adapter.encode_dataset(data, preprocessor, recipe), info
     model, preprocessor = adapter.load_teacher(recipe, labels)
+    _check_stages(recipe, model)  # before the fine-tune: its minutes should not be spent on a recipe that fails later
     encoded = adapter.encode_dataset(data, preprocessor, recipe)
     info: dict[str, Any] = {"fingerprint": key, "source": recipe.teacher.name, "fine_tune_seconds": 0.0}
     ft = recipe.teacher.fine_tune
@@ -260,13 +270,20 @@ def compress(
     labels = _labels(data, spec)
     _say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items()) + f"; labels {labels}")
     adapter.check(recipe, labels)  # a teacher that cannot serve fails here, before anything is written
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    teacher, preprocessor, encoded, teacher_info = _prepare_teacher(recipe, out, data, labels, adapter, quick)
+    try:
+        teacher, preprocessor, encoded, teacher_info = _prepare_teacher(recipe, out, data, labels, adapter, quick)
+    except RecipeError:  # the stages do not fit the teacher (checked before its fine-tune): leave no folder
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     # pakd.json and the card name the teacher by its Hub id, not by a wheel's or OUT's folder.
     teacher.config._name_or_path = hub_id(recipe.teacher.model) if recipe.teacher.model else ""
 
     # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
     student = copy.deepcopy(teacher)
+    _check_stages(recipe, student)  # before the transfer set's teacher pass (minutes), not after it
     run_dir = out / ".student-run"
     args = _student_args(run_dir, recipe)
     stage_start = time.perf_counter()

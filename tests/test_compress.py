@@ -165,6 +165,21 @@ def test_group_by_length_is_for_the_student_stages_only(tmp_path):
     assert _teacher_key(load_recipe(raw), False) != _teacher_key(plain, False)
 
 
+def test_stages_that_do_not_fit_the_teacher_fail_before_its_fine_tune(tiny_teacher, tmp_path, capsys):
+    """A rotation to 16 that leaves 4 heads of 8 (not a stock BERT): one line, no folder, no training."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "x", "task": "text-classification", "data": {"dataset": "rotten-tomatoes", "max_length": 48},
+        "teacher": {"model": str(tiny_teacher), "fine_tune": {"epochs": 1}},
+        "stages": [{"name": "s", "steps": 1, "pruning": {"hidden": {"keep": 16, "method": "rotate"}}}],
+    }))
+    assert main(["compress", str(path), "--output-dir", str(tmp_path / "out"), "--quick"]) == 2
+    captured = capsys.readouterr()
+    assert "teacher stage" not in captured.out + captured.err  # the fine-tune never started
+    assert "stages[0].pruning" in captured.err and "head_dim" in captured.err and "Traceback" not in captured.err
+    assert not (tmp_path / "out").exists()
+
+
 def test_recipe_without_data_is_rejected(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "task": "text-classification", "stages": [{"name": "s", "steps": 1}]}))
