@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 STATE_FILENAME = "pakd_state.json"
 PROJECTIONS_FILENAME = "pakd_distill_projections.safetensors"
 MASKS_FILENAME = "pakd_masks.safetensors"
+IMPORTANCE_FILENAME = "pakd_importance.safetensors"
 COMPONENTS = ("task", "kd_logits", "kd_hidden", "kd_attn")
 TEACHER_LOGITS = "teacher_logits"
 
@@ -562,6 +563,12 @@ class PaKDTrainer(Trainer):
             sample_inputs=self._sample_inputs() if stage.pruning.budget is not None and stage.pruning.budget.metric == "macs" else None,
         )
         self._mask_state = self._pruner.mask_state
+        if initial is not None and resume.get("importance_file") and self._pruner.accumulator is not None:
+            # Taylor / movement sums of the steps before the checkpoint: without them a resumed
+            # stage would rank units on its remaining steps only.
+            from safetensors.torch import load_file
+
+            self._pruner.accumulator.load_state_dict(load_file(resume["importance_file"]))
         return rotated
 
     def _rotate_hidden(self, spec) -> bool:
@@ -1003,6 +1010,11 @@ class PaKDTrainer(Trainer):
                 save_file({k: v.cpu().contiguous() for k, v in weight_masks.items()}, os.path.join(checkpoint, MASKS_FILENAME))
         if self._pruner is not None:
             state["stage_initial"] = self._pruner.initial.to_dict()
+            accumulator = self._pruner.accumulator
+            if accumulator is not None and accumulator.criterion != "magnitude" and accumulator.num_updates:
+                from safetensors.torch import save_file
+
+                save_file(accumulator.state_dict(), os.path.join(checkpoint, IMPORTANCE_FILENAME))
         if self._rotation_record is not None:
             state["hidden_rotation"] = self._rotation_record
         Path(checkpoint, STATE_FILENAME).write_text(json.dumps(state, indent=2) + "\n")
@@ -1031,7 +1043,9 @@ class PaKDTrainer(Trainer):
         if saved.get("hidden_rotation"):
             self._rotation_record = saved["hidden_rotation"]
         masks_file = Path(checkpoint, MASKS_FILENAME)
+        importance_file = Path(checkpoint, IMPORTANCE_FILENAME)
         self._resume_pruning = {
+            "importance_file": str(importance_file) if importance_file.is_file() else None,
             "mask_state": saved.get("mask_state"),
             "masks_file": str(masks_file) if masks_file.is_file() else None,
             "stage_initial": saved.get("stage_initial"),

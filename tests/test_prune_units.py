@@ -178,6 +178,34 @@ def test_taylor_accumulates_and_resets(bert):
     torch.testing.assert_close(mv.scores()["ffn"][0], want.detach())
 
 
+def test_accumulated_importance_round_trips_through_safetensors(bert, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = copy.deepcopy(bert)
+    acc = ImportanceAccumulator(m, criterion="movement", kinds=("heads", "hidden", "weights"))
+    m.zero_grad()
+    m(**_batch()).loss.backward()
+    acc.update()
+    acc.update()
+    save_file(acc.state_dict(), tmp_path / "importance.safetensors")
+    again = ImportanceAccumulator(m, criterion="movement", kinds=("heads", "hidden", "weights"))
+    again.load_state_dict(load_file(tmp_path / "importance.safetensors"))
+    assert again.num_updates == 2
+    want, got = acc.scores(), again.scores()
+    assert got["heads"].abs().sum() > 0
+    for kind in ("heads", "hidden"):
+        torch.testing.assert_close(got[kind], want[kind], rtol=0, atol=0)
+    assert set(got["weights"]) == set(want["weights"])
+    for key in want["weights"]:
+        torch.testing.assert_close(got["weights"][key], want["weights"][key], rtol=0, atol=0)
+    # another model's shapes: refused with the key and the fix, not a broadcasting error later
+    small = copy.deepcopy(bert)
+    compact(small, select_structure({"heads": want["heads"]}, Structure.from_model(bert), heads=2), check_export=False)
+    with pytest.raises(ValueError, match=r"saved importance 'heads' \(4, 4\) does not fit this model \(\(4, 2\)\)"):
+        ImportanceAccumulator(small, criterion="movement", kinds=("heads",)).load_state_dict(
+            {"num_updates": torch.tensor(2), "heads": want["heads"]})
+
+
 # ---------------------------------------------------------------- structure / errors
 def test_structure_json_round_trip_and_uniformity():
     s = Structure(2, 4, 8, 6, 16, layers=[1], heads=[[0, 1], [3, 1]], ffn=[[0], [5, 2]], hidden=list(range(8)))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import BatchEncoding, BertForSequenceClassification, default_data_collator
+from transformers import BatchEncoding, BertForSequenceClassification, TrainerCallback, default_data_collator
 
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError
 from pakd_hf.prune import Structure, compact
@@ -87,10 +87,8 @@ def test_rotation_rejects_bad_widths(teacher, toy_data):
         rotate_hidden(teacher, model_batches(toy_data), 33)
 
 
-# magnitude importance: a resumed stage ranks heads exactly as the uninterrupted one (Taylor
-# scores accumulated before a checkpoint are not saved with it)
 ROTATE = {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "calibration": 48}, "frequency": 2,
-          "importance": "magnitude"}
+          "importance": "taylor"}
 
 
 def recipe(pruning=ROTATE, task="text-classification"):
@@ -110,6 +108,17 @@ def targs(out, **kw):
         use_cpu=True, disable_tqdm=True, seed=0, logging_steps=2), **kw})
 
 
+class ImportanceAt(TrainerCallback):
+    """Keeps the pruner's accumulated importance after optimizer step `step`."""
+
+    def __init__(self, step):
+        self.step, self.trainer, self.saved = step, None, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.saved = self.trainer._pruner.accumulator.state_dict()
+
+
 @pytest.fixture(scope="module")
 def rotated_run(tmp_path_factory, trained_teacher):
     out = tmp_path_factory.mktemp("rotate")
@@ -118,11 +127,14 @@ def rotated_run(tmp_path_factory, trained_teacher):
     teacher = BertForSequenceClassification.from_pretrained(trained_teacher)
     # like a tokenizer's collator, batches are BatchEncodings (a UserDict, not a dict)
     collate = lambda features: BatchEncoding(default_data_collator(features))  # noqa: E731
+    importance = ImportanceAt(9)
     trainer = PaKDTrainer(model=student, teacher_model=teacher, train_dataset=data, recipe=recipe(),
-                          data_collator=collate, args=targs(out / "run", save_strategy="steps", save_steps=7))
+                          data_collator=collate, args=targs(out / "run", save_strategy="steps", save_steps=7),
+                          callbacks=[importance])
+    importance.trainer = trainer
     trainer.train()
     trainer.save_model(str(out / "student"))
-    return dict(trainer=trainer, student=student, data=data, out=out, teacher=trained_teacher)
+    return dict(trainer=trainer, student=student, data=data, out=out, teacher=trained_teacher, importance=importance.saved)
 
 
 def test_stage_rotates_prunes_heads_and_saves_a_stock_bert(rotated_run):
@@ -162,11 +174,21 @@ def test_resume_in_the_middle_of_a_rotating_stage(rotated_run):
     checkpoint = rotated_run["out"] / "run" / "checkpoint-7"
     state = json.loads((checkpoint / "pakd_state.json").read_text())
     assert state["stage_name"] == "prune" and state["hidden_rotation"]["width_after"] == 16
+    assert (checkpoint / "pakd_importance.safetensors").is_file()  # the Taylor sums of steps 5-7
     student = BertForSequenceClassification.from_pretrained(rotated_run["teacher"])  # full width again
+    importance = ImportanceAt(9)
     trainer = PaKDTrainer(model=student, teacher_model=BertForSequenceClassification.from_pretrained(rotated_run["teacher"]),
-                          train_dataset=rotated_run["data"], recipe=recipe(), args=targs(rotated_run["out"] / "run"))
+                          train_dataset=rotated_run["data"], recipe=recipe(), args=targs(rotated_run["out"] / "run"),
+                          callbacks=[importance])
+    importance.trainer = trainer
     trainer.train(resume_from_checkpoint=str(checkpoint))
     assert trainer._rotation_record == state["hidden_rotation"]
+    # The resumed stage's Taylor scores at step 9 include the steps before the checkpoint: same
+    # number of updates and the same sums (a lost accumulator would miss 3 of 5 steps' worth).
+    expected = rotated_run["importance"]
+    assert int(importance.saved["num_updates"]) == int(expected["num_updates"]) == 5
+    assert set(importance.saved) == set(expected) == {"num_updates", "heads"}
+    torch.testing.assert_close(importance.saved["heads"], expected["heads"], rtol=0.02, atol=1e-6)
     # Seven AdamW steps (lr 2e-3) after the checkpoint: Adam turns float noise in near-zero
     # gradients (key biases) into steps of up to ~lr, so ~5e-4 is noise; rotating twice or a
     # lost projection moves weights by 0.1-1.

@@ -161,6 +161,42 @@ class ImportanceAccumulator:
         return out
 
     # ------------------------------------------------------------------- API
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What was accumulated, as flat tensors (a checkpoint saves them with safetensors, so a
+        stage resumed in its middle ranks units on the whole stage's gradients, not only on the
+        steps after the checkpoint). ``weights`` entries are ``weights.<key>``."""
+        out = {"num_updates": torch.tensor(self.num_updates, dtype=torch.int64)}
+        for kind, value in self._acc.items():
+            if kind == "weights":
+                out.update({f"weights.{name}": t.detach().cpu().contiguous() for name, t in value.items()})
+            else:
+                out[kind] = value.detach().cpu().contiguous()
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from :meth:`state_dict` of an accumulator over a model of the same shapes."""
+        self.reset()
+        state = dict(state)
+        self.num_updates = int(state.pop("num_updates", torch.tensor(0)))
+        shapes = self._group_scores(lambda p: torch.zeros_like(p), lambda r: r)
+        weights = {}
+        for key, value in state.items():
+            kind, _, name = key.partition(".")
+            expected = shapes.get(kind)
+            if kind == "weights":
+                expected = expected.get(name) if expected is not None else None
+            if expected is None or tuple(expected.shape) != tuple(value.shape):
+                got = tuple(value.shape)
+                want = None if expected is None else tuple(expected.shape)
+                raise ValueError(f"saved importance '{key}' {got} does not fit this model ({want}): "
+                                 "resume with the model the checkpoint was made from")
+            if kind == "weights":
+                weights[name] = value.float().clone()
+            else:
+                self._acc[kind] = value.float().clone()
+        if weights:
+            self._acc["weights"] = weights
+
     @torch.no_grad()
     def update(self) -> None:
         """Accumulate one step's contribution from the current weights and ``.grad``."""
