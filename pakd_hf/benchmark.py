@@ -2,12 +2,16 @@
 
 Latency is the median of repeated timed forward passes after a warm-up, with the number of
 threads fixed and reported; teacher and student runs are interleaved so that a change in
-machine load hits both. Size is safetensors bytes on disk, parameters and MACs are counted.
+machine load hits both. Like :mod:`timeit`, the garbage collector is paused while timing, so a
+collection over the objects a training run left behind (``pakd compress`` measures in the
+process that trained) never lands in a timed pass. Size is safetensors bytes on disk, parameters and MACs are counted.
 Nothing here asserts a speed: numbers are measured and reported (`report.json`, the card).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import platform
 import statistics
@@ -47,6 +51,19 @@ def hardware_description() -> str:
     return f"{name} ({os.cpu_count()} logical cores)"
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Collect once, then keep the garbage collector off until the block ends (as timeit does)."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
     with torch.inference_mode():
         model(**inputs)
@@ -58,10 +75,11 @@ def latency_ms(model: nn.Module, inputs: dict[str, torch.Tensor], *, warmup: int
     for _ in range(warmup):
         _forward(model, inputs)
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _forward(model, inputs)
-        times.append((time.perf_counter() - start) * 1000)
+    with _gc_paused():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            _forward(model, inputs)
+            times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
 
@@ -73,11 +91,12 @@ def _interleaved_latency(
         for _ in range(warmup):
             _forward(model, inputs)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, (model, inputs) in runs.items():
-            start = time.perf_counter()
-            _forward(model, inputs)
-            times[name].append((time.perf_counter() - start) * 1000)
+    with _gc_paused():
+        for _ in range(repeats):
+            for name, (model, inputs) in runs.items():
+                start = time.perf_counter()
+                _forward(model, inputs)
+                times[name].append((time.perf_counter() - start) * 1000)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
