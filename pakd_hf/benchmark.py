@@ -84,20 +84,26 @@ def latency_ms(model: nn.Module, inputs: dict[str, torch.Tensor], *, warmup: int
 
 
 def _interleaved_latency(
-    runs: dict[str, tuple[nn.Module, dict[str, torch.Tensor]]], warmup: int, repeats: int
-) -> dict[str, float]:
+    runs: dict[str, tuple[nn.Module, dict[str, torch.Tensor]]], warmup: int, repeats: int, min_seconds: float = 0.0
+) -> tuple[dict[str, float], int]:
+    """Median ms per run name, and the number of rounds: at least ``repeats``, and more until
+    ``min_seconds`` have passed (at batch 1 twenty rounds last half a second, shorter than a
+    burst of load on a shared machine)."""
     for model, inputs in runs.values():
         model.eval()
         for _ in range(warmup):
             _forward(model, inputs)
     times: dict[str, list[float]] = {name: [] for name in runs}
+    rounds = 0
     with _gc_paused():
-        for _ in range(repeats):
+        began = time.perf_counter()
+        while rounds < repeats or time.perf_counter() - began < min_seconds:
             for name, (model, inputs) in runs.items():
                 start = time.perf_counter()
                 _forward(model, inputs)
                 times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+            rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}, rounds
 
 
 def compare_models(
@@ -111,6 +117,7 @@ def compare_models(
     batch_sizes: tuple[int, int] = (1, 32),
     warmup: int = 3,
     repeats: int = 10,
+    min_seconds: float = 0.0,
     accuracy: tuple[float, float] | None = None,
     split: str | None = None,
     n_eval: int | None = None,
@@ -122,7 +129,9 @@ def compare_models(
     models, unless ``make_student_inputs`` gives the student's own encoding of the same
     examples, e.g. after vocabulary pruning); ``*_dir`` are saved folders for the on-disk
     size; ``accuracy`` is (teacher, student) measured by the caller on ``split`` with
-    ``n_eval`` examples.
+    ``n_eval`` examples. Each batch size runs at least ``repeats`` interleaved rounds and
+    keeps going until ``min_seconds`` have passed; the counts are reported
+    (``latency_repeats_b1``, ``latency_repeats_b32``).
     """
     make_student_inputs = make_student_inputs or make_inputs
     previous = torch.get_num_threads()
@@ -137,9 +146,11 @@ def compare_models(
             "macs_student": count_macs(student, make_student_inputs(1)),
         }
         for bs, key in ((b1, "b1"), (b32, "b32")):
-            lat = _interleaved_latency(
-                {"teacher": (teacher, make_inputs(bs)), "student": (student, make_student_inputs(bs))}, warmup, repeats
+            lat, rounds = _interleaved_latency(
+                {"teacher": (teacher, make_inputs(bs)), "student": (student, make_student_inputs(bs))}, warmup, repeats,
+                min_seconds,
             )
+            report[f"latency_repeats_{key}"] = rounds
             report[f"latency_ms_{key}_teacher"] = round(lat["teacher"], 4)
             report[f"latency_ms_{key}_student"] = round(lat["student"], 4)
             report[f"speedup_{key}"] = round(lat["teacher"] / lat["student"], 3)
@@ -163,4 +174,5 @@ def compare_models(
         report["split"] = split
     if n_eval is not None:
         report["n_eval"] = n_eval
-    return {k: report[k] for k in [*REPORT_KEYS, "batch_sizes", "latency_repeats"] if k in report}
+    extra = ["batch_sizes", "latency_repeats", "latency_repeats_b1", "latency_repeats_b32"]
+    return {k: report[k] for k in [*REPORT_KEYS, *extra] if k in report}

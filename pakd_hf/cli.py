@@ -93,7 +93,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
     try:
         report = benchmark_folders(args.teacher_dir, args.student_dir, recipe=args.data, threads=args.threads,
-                                   repeats=args.repeats)
+                                   repeats=args.repeats, min_seconds=args.min_seconds)
     except (RecipeError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", metavar="RECIPE", help="a recipe whose data block gives the test split (adds accuracy)")
     bench.add_argument("--json", metavar="FILE", help="write the report as JSON")
     bench.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    bench.add_argument("--repeats", type=int, default=20, help="timed runs per model and batch size (median reported)")
+    bench.add_argument("--repeats", type=int, default=20, help="timed runs per model and batch size, at least (median reported)")
+    bench.add_argument("--min-seconds", type=float, default=5.0,
+                       help="keep timing each batch size for at least this long (default 5; 0: exactly --repeats runs)")
     bench.set_defaults(func=_cmd_benchmark)
 
     card = sub.add_parser("card", help="(re)generate the model card of an output folder from its saved report")

@@ -49,6 +49,10 @@ class Quick:
 
 QUICK = Quick()
 
+# Timed rounds per batch size go on for at least this long (and at least `repeats` rounds):
+# on a shared machine a burst of load outlasts twenty batch-1 rounds (half a second).
+LATENCY_MIN_SECONDS = 5.0
+
 
 def _say(message: str) -> None:
     print(f"[pakd] {message}", file=sys.stderr, flush=True)
@@ -333,7 +337,8 @@ def compress(
     report = compare_models(
         teacher, student_loaded, encoder(preprocessor), make_student_inputs=encoder(student_pre),
         teacher_dir=teacher_dir, student_dir=tmp, threads=threads or torch.get_num_threads(),
-        repeats=5 if quick else 20, accuracy=(acc_teacher, acc_student), split="test", n_eval=len(examples),
+        repeats=5 if quick else 20, min_seconds=0.0 if quick else LATENCY_MIN_SECONDS,
+        accuracy=(acc_teacher, acc_student), split="test", n_eval=len(examples),
     )
     report.update(
         recipe=recipe.name,
@@ -398,7 +403,10 @@ def _sample_inputs(task: str, preprocessor) -> list:
     return [(0.1 * rng.standard_normal(rate)).astype(np.float32) for _ in range(4)]
 
 
-def benchmark_folders(teacher_dir, student_dir, *, recipe=None, threads: int | None = None, repeats: int = 20) -> dict[str, Any]:
+def benchmark_folders(
+    teacher_dir, student_dir, *, recipe=None, threads: int | None = None, repeats: int = 20,
+    min_seconds: float = LATENCY_MIN_SECONDS,
+) -> dict[str, Any]:
     """`pakd benchmark`: two saved classifiers side by side, each with its own preprocessor.
 
     The task (text, image or audio classification) is read from the folders' preprocessor
@@ -449,7 +457,7 @@ def benchmark_folders(teacher_dir, student_dir, *, recipe=None, threads: int | N
     report = compare_models(
         models[0], models[1], encoder(pres[0]), make_student_inputs=encoder(pres[1]),
         teacher_dir=teacher_dir, student_dir=student_dir, threads=threads or torch.get_num_threads(),
-        repeats=repeats, accuracy=accuracy, split=split, n_eval=n_eval,
+        repeats=repeats, min_seconds=min_seconds, accuracy=accuracy, split=split, n_eval=n_eval,
     )
     _print_summary(report, None)
     return report

@@ -88,6 +88,14 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "n/a"
 
 
+def _repeats(r: dict[str, Any]) -> str:
+    """'20', or '284 (batch 1) and 20 (batch 32)' when the rounds ran on for a minimum time."""
+    b1, b32 = r.get("latency_repeats_b1"), r.get("latency_repeats_b32")
+    if b1 is not None and b32 is not None and b1 != b32:
+        return f"{b1} (batch 1) and {b32} (batch 32)"
+    return str(b1 if b1 is not None else r.get("latency_repeats", "?"))
+
+
 def _compression_rows(r: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     if "params_teacher" in r:
@@ -283,7 +291,7 @@ def build_card(
     if report.get("hardware"):
         note = (
             f"Measured by `pakd benchmark` on {report['hardware']}, {report.get('threads', '?')} threads, "
-            f"PyTorch eager on CPU, median of {report.get('latency_repeats', '?')} timed runs after warm-up; "
+            f"PyTorch eager on CPU, median of {_repeats(report)} timed runs after warm-up; "
             f"teacher and student measured side by side in one process on the same inputs."
         )
     limitations = [

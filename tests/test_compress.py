@@ -4,6 +4,7 @@ and `pakd benchmark` on the two saved models."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,9 +142,15 @@ def test_second_run_reuses_the_teacher_and_benchmark_compares_folders(quick_run,
     assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == before
     assert "reusing the teacher" in capsys.readouterr().err
     target = tmp_path / "bench.json"
-    assert main(["benchmark", str(out / "teacher"), str(out / "student"), "--json", str(target), "--threads", "1", "--repeats", "3"]) == 0
+    started = time.perf_counter()
+    assert main(["benchmark", str(out / "teacher"), str(out / "student"), "--json", str(target), "--threads", "1",
+                 "--repeats", "3", "--min-seconds", "0.5"]) == 0
     bench = json.loads(target.read_text())
     assert {"size_ratio", "speedup_b1", "speedup_b32", "mac_ratio", "params_student"} <= set(bench)
+    # tiny models: three rounds take milliseconds, so the rounds go on for half a second per batch size
+    assert bench["latency_repeats_b1"] > 3 and bench["latency_repeats_b32"] > 3 and bench["latency_repeats"] == 3
+    assert bench["latency_repeats_b1"] * (bench["latency_ms_b1_teacher"] + bench["latency_ms_b1_student"]) > 0.3 * 500
+    assert time.perf_counter() - started > 1.0
     assert "accuracy_student" not in bench  # no --data, no accuracy
     assert main(["benchmark", str(out / "teacher"), str(tmp_path / "missing")]) == 2
 

@@ -131,9 +131,11 @@ def test_vision_student_in_a_stock_pipeline_gives_the_logged_accuracy(vision_run
 def test_vision_benchmark_without_data_uses_noise_images(vision_run, tmp_path):
     _, _, out = vision_run
     target = tmp_path / "bench.json"
-    assert main(["benchmark", str(out / "teacher"), str(out / "student"), "--json", str(target), "--threads", "1", "--repeats", "3"]) == 0
+    assert main(["benchmark", str(out / "teacher"), str(out / "student"), "--json", str(target), "--threads", "1", "--repeats", "3",
+                 "--min-seconds", "0"]) == 0
     bench = json.loads(target.read_text())
     assert bench["size_ratio"] > 1 and bench["speedup_b1"] > 0 and "accuracy_student" not in bench
+    assert bench["latency_repeats_b1"] == bench["latency_repeats_b32"] == 3  # no minimum time: exactly --repeats
 
 
 def test_config_teacher_errors_come_before_any_output(tmp_path):
