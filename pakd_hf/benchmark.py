@@ -4,7 +4,8 @@ Latency is the median of repeated timed forward passes after a warm-up, with the
 threads fixed and reported; teacher and student runs are interleaved so that a change in
 machine load hits both. Like :mod:`timeit`, the garbage collector is paused while timing, so a
 collection over the objects a training run left behind (``pakd compress`` measures in the
-process that trained) never lands in a timed pass. Size is safetensors bytes on disk, parameters and MACs are counted.
+process that trained) never lands in a timed pass. Size is safetensors bytes on disk,
+parameters and MACs are counted.
 Nothing here asserts a speed: numbers are measured and reported (`report.json`, the card).
 """
 
@@ -71,16 +72,8 @@ def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
 
 def latency_ms(model: nn.Module, inputs: dict[str, torch.Tensor], *, warmup: int = 3, repeats: int = 10) -> float:
     """Median wall time (ms) of ``model(**inputs)`` in eval mode under inference_mode."""
-    model.eval()
-    for _ in range(warmup):
-        _forward(model, inputs)
-    times = []
-    with _gc_paused():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            _forward(model, inputs)
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    medians, _ = _interleaved_latency({"model": (model, inputs)}, warmup, repeats)
+    return medians["model"]
 
 
 def _interleaved_latency(

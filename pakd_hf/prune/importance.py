@@ -160,6 +160,10 @@ class ImportanceAccumulator:
             out["weights"] = w
         return out
 
+    def _zero_scores(self) -> dict[str, object]:
+        """Zeros in the shapes :meth:`scores` has for the current model."""
+        return self._group_scores(lambda p: torch.zeros_like(p), lambda r: r)
+
     # ------------------------------------------------------------------- API
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What was accumulated, as flat tensors (a checkpoint saves them with safetensors, so a
@@ -178,7 +182,7 @@ class ImportanceAccumulator:
         self.reset()
         state = dict(state)
         self.num_updates = int(state.pop("num_updates", torch.tensor(0)))
-        shapes = self._group_scores(lambda p: torch.zeros_like(p), lambda r: r)
+        shapes = self._zero_scores()
         weights = {}
         for key, value in state.items():
             kind, _, name = key.partition(".")
@@ -246,7 +250,7 @@ class ImportanceAccumulator:
                     v = self._acc[k]
                     res[k] = {n: t.clone() for n, t in v.items()} if k == "weights" else v.clone()
             if len(res) < len(self._need()):
-                zeros = self._group_scores(lambda p: torch.zeros_like(p), lambda r: r)
+                zeros = self._zero_scores()
                 for k in self._need():
                     res.setdefault(k, zeros[k])
         if "layers" in self.kinds:
