@@ -2,7 +2,10 @@
 
 Latency is the median of repeated timed forward passes after a warm-up, with the number of
 threads fixed and reported; teacher and student runs are interleaved so that a change in
-machine load hits both. Like :mod:`timeit`, the garbage collector is paused while timing, so a
+machine load hits both. Both batch sizes run on the same real examples (32 by default): at
+batch 32 as one batch, at batch 1 one example per timed run, cycling through them, so that a
+batch-1 figure is not the speed of whichever example happens to come first (the ratio of a
+6-layer teacher to a 3-layer student changes with the length of the one snippet timed). Like :mod:`timeit`, the garbage collector is paused while timing, so a
 collection over the objects a training run left behind (``pakd compress`` measures in the
 process that trained) never lands in a timed pass. Size is safetensors bytes on disk,
 parameters and MACs are counted.
@@ -14,8 +17,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import pickle
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +33,7 @@ from torch import nn
 
 from .measure import count_macs, count_params, safetensors_bytes
 
-__all__ = ["hardware_description", "latency_ms", "compare_models", "REPORT_KEYS"]
+__all__ = ["hardware_description", "latency_ms", "compare_models", "with_accuracy", "in_fresh_process", "REPORT_KEYS"]
 
 REPORT_KEYS = (
     "params_teacher", "params_student", "bytes_teacher", "bytes_student", "size_ratio",
@@ -65,35 +72,44 @@ def _gc_paused():
             gc.enable()
 
 
-def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+Inputs = dict[str, torch.Tensor]
+
+
+def _forward(model: nn.Module, inputs: Inputs) -> None:
     with torch.inference_mode():
         model(**inputs)
 
 
-def latency_ms(model: nn.Module, inputs: dict[str, torch.Tensor], *, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall time (ms) of ``model(**inputs)`` in eval mode under inference_mode."""
+def latency_ms(model: nn.Module, inputs: Inputs | list[Inputs], *, warmup: int = 3, repeats: int = 10) -> float:
+    """Median wall time (ms) of ``model(**inputs)`` in eval mode under inference_mode; with a
+    list of inputs, the timed runs cycle through it (each is run at least once)."""
     medians, _ = _interleaved_latency({"model": (model, inputs)}, warmup, repeats)
     return medians["model"]
 
 
 def _interleaved_latency(
-    runs: dict[str, tuple[nn.Module, dict[str, torch.Tensor]]], warmup: int, repeats: int, min_seconds: float = 0.0
+    runs: dict[str, tuple[nn.Module, Inputs | list[Inputs]]], warmup: int, repeats: int, min_seconds: float = 0.0
 ) -> tuple[dict[str, float], int]:
-    """Median ms per run name, and the number of rounds: at least ``repeats``, and more until
-    ``min_seconds`` have passed (at batch 1 twenty rounds last half a second, shorter than a
-    burst of load on a shared machine)."""
+    """Median ms per run name, and the number of rounds. Round ``r`` runs every model once on
+    its ``r % n``-th input (the same example for all when the lists are parallel); there are at
+    least ``repeats`` rounds and at least one per input, and more until ``min_seconds`` have
+    passed (at batch 1 twenty rounds last half a second, shorter than a burst of load on a
+    shared machine)."""
+    runs = {name: (model, inputs if isinstance(inputs, list) else [inputs]) for name, (model, inputs) in runs.items()}
+    n = max(len(inputs) for _, inputs in runs.values())
     for model, inputs in runs.values():
         model.eval()
-        for _ in range(warmup):
-            _forward(model, inputs)
+        for i in range(max(warmup, len(inputs))):
+            _forward(model, inputs[i % len(inputs)])
     times: dict[str, list[float]] = {name: [] for name in runs}
     rounds = 0
     with _gc_paused():
         began = time.perf_counter()
-        while rounds < repeats or time.perf_counter() - began < min_seconds:
+        while rounds < max(repeats, n) or time.perf_counter() - began < min_seconds:
             for name, (model, inputs) in runs.items():
+                batch = inputs[rounds % len(inputs)]
                 start = time.perf_counter()
-                _forward(model, inputs)
+                _forward(model, batch)
                 times[name].append((time.perf_counter() - start) * 1000)
             rounds += 1
     return {name: statistics.median(t) for name, t in times.items()}, rounds
@@ -102,7 +118,7 @@ def _interleaved_latency(
 def compare_models(
     teacher: nn.Module,
     student: nn.Module,
-    make_inputs: Callable[[int], dict[str, torch.Tensor]],
+    make_inputs: Callable[[list[int]], Inputs],
     *,
     teacher_dir: str | os.PathLike | None = None,
     student_dir: str | os.PathLike | None = None,
@@ -111,20 +127,24 @@ def compare_models(
     warmup: int = 3,
     repeats: int = 10,
     min_seconds: float = 0.0,
+    examples: int = 32,
     accuracy: tuple[float, float] | None = None,
     split: str | None = None,
     n_eval: int | None = None,
-    make_student_inputs: Callable[[int], dict[str, torch.Tensor]] | None = None,
+    make_student_inputs: Callable[[list[int]], Inputs] | None = None,
 ) -> dict[str, Any]:
     """Measure both models and return a report with :data:`REPORT_KEYS` (those known).
 
-    ``make_inputs(batch_size)`` returns the model inputs for one batch (the same for both
-    models, unless ``make_student_inputs`` gives the student's own encoding of the same
-    examples, e.g. after vocabulary pruning); ``*_dir`` are saved folders for the on-disk
-    size; ``accuracy`` is (teacher, student) measured by the caller on ``split`` with
-    ``n_eval`` examples. Each batch size runs at least ``repeats`` interleaved rounds and
-    keeps going until ``min_seconds`` have passed; the counts are reported
-    (``latency_repeats_b1``, ``latency_repeats_b32``).
+    ``make_inputs(indices)`` returns the model inputs for a batch of those examples (the same
+    for both models, unless ``make_student_inputs`` gives the student's own encoding of the
+    same examples, e.g. after vocabulary pruning). Every batch size is timed on examples
+    ``0 .. examples-1``: cut in order into ``ceil(examples / batch_size)`` batches (the last one
+    wraps around to the first examples) that the timed rounds cycle through; at batch 1, one
+    example per round. MACs are per example: the mean over those examples. ``*_dir`` are
+    saved folders for the on-disk size; ``accuracy`` is (teacher, student) measured by the
+    caller on ``split`` with ``n_eval`` examples. Each batch size runs at least ``repeats``
+    interleaved rounds (and one per batch) and keeps going until ``min_seconds`` have passed;
+    the counts are reported (``latency_repeats_b1``, ``latency_repeats_b32``).
     """
     make_student_inputs = make_student_inputs or make_inputs
     previous = torch.get_num_threads()
@@ -132,16 +152,21 @@ def compare_models(
     torch.set_num_threads(threads)
     try:
         b1, b32 = batch_sizes
+
+        def batches(make, bs):
+            return [make([(start + i) % examples for i in range(bs)]) for start in range(0, examples, bs)]
+
+        singles = {"teacher": batches(make_inputs, 1), "student": batches(make_student_inputs, 1)}
         report: dict[str, Any] = {
             "params_teacher": count_params(teacher),
             "params_student": count_params(student),
-            "macs_teacher": count_macs(teacher, make_inputs(1)),
-            "macs_student": count_macs(student, make_student_inputs(1)),
+            "macs_teacher": round(statistics.mean(count_macs(teacher, x) for x in singles["teacher"])),
+            "macs_student": round(statistics.mean(count_macs(student, x) for x in singles["student"])),
         }
         for bs, key in ((b1, "b1"), (b32, "b32")):
             lat, rounds = _interleaved_latency(
-                {"teacher": (teacher, make_inputs(bs)), "student": (student, make_student_inputs(bs))}, warmup, repeats,
-                min_seconds,
+                {"teacher": (teacher, batches(make_inputs, bs)), "student": (student, batches(make_student_inputs, bs))},
+                warmup, repeats, min_seconds,
             )
             report[f"latency_repeats_{key}"] = rounds
             report[f"latency_ms_{key}_teacher"] = round(lat["teacher"], 4)
@@ -154,18 +179,63 @@ def compare_models(
         report["bytes_teacher"] = safetensors_bytes(teacher_dir)
         report["bytes_student"] = safetensors_bytes(student_dir)
         report["size_ratio"] = round(report["bytes_teacher"] / report["bytes_student"], 3)
-    if accuracy is not None:
-        t_acc, s_acc = accuracy
-        report["accuracy_teacher"] = round(float(t_acc), 5)
-        report["accuracy_student"] = round(float(s_acc), 5)
-        report["accuracy_kept"] = round(float(s_acc) / float(t_acc), 5) if t_acc else None
     report["hardware"] = hardware_description()
     report["threads"] = threads
     report["batch_sizes"] = list(batch_sizes)
     report["latency_repeats"] = repeats
+    report["latency_examples"] = examples
+    if accuracy is not None:
+        return with_accuracy(report, accuracy, split, n_eval)
+    return _ordered(report)
+
+
+def with_accuracy(
+    report: dict[str, Any], accuracy: tuple[float, float], split: str | None = None, n_eval: int | None = None
+) -> dict[str, Any]:
+    """``report`` plus the accuracy keys for (teacher, student) measured on ``split`` (``n_eval``
+    examples), in the report's key order."""
+    t_acc, s_acc = accuracy
+    report = {**report, "accuracy_teacher": round(float(t_acc), 5), "accuracy_student": round(float(s_acc), 5),
+              "accuracy_kept": round(float(s_acc) / float(t_acc), 5) if t_acc else None}
     if split is not None:
         report["split"] = split
     if n_eval is not None:
         report["n_eval"] = n_eval
-    extra = ["batch_sizes", "latency_repeats", "latency_repeats_b1", "latency_repeats_b32"]
-    return {k: report[k] for k in [*REPORT_KEYS, *extra] if k in report}
+    return _ordered(report)
+
+
+_EXTRA_KEYS = ("batch_sizes", "latency_examples", "latency_repeats", "latency_repeats_b1", "latency_repeats_b32")
+
+
+def _ordered(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: report[k] for k in [*REPORT_KEYS, *_EXTRA_KEYS] if k in report}
+
+
+def in_fresh_process(function: Callable[..., Any], /, **kwargs: Any) -> Any:
+    """``function(**kwargs)`` run in a new Python interpreter; returns its (pickled) result.
+
+    ``pakd compress`` times the saved folders this way, as a user who loads them does: in the
+    process that trained, both models ran 12-20% slower than in a fresh one (the small student
+    more), from the state a training run leaves behind. A plain subprocess rather than
+    :mod:`multiprocessing`: a "spawn" child re-imports the caller's ``__main__``, which re-runs
+    any script that calls :func:`pakd_hf.compress.compress` without a ``__main__`` guard.
+    ``function`` must be importable by module and name; its output is discarded unless it fails.
+    """
+    root = str(Path(__file__).resolve().parent.parent)  # this package, also when run from a source tree
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    with tempfile.TemporaryDirectory(prefix="pakd-") as tmp:
+        result = Path(tmp) / "result.pkl"
+        code = "import sys; from pakd_hf.benchmark import _fresh_process_main; _fresh_process_main(sys.argv[1])"
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(result)], input=pickle.dumps((function, kwargs)), env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
+        )
+        if done.returncode != 0 or not result.is_file():
+            tail = done.stdout.decode(errors="replace").strip().splitlines()[-15:]
+            raise RuntimeError(f"{function.__qualname__} failed in a fresh process (exit {done.returncode}):\n" + "\n".join(tail))
+        return pickle.loads(result.read_bytes())
+
+
+def _fresh_process_main(result_path: str) -> None:
+    function, kwargs = pickle.load(sys.stdin.buffer)
+    Path(result_path).write_bytes(pickle.dumps(function(**kwargs)))

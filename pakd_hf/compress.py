@@ -52,6 +52,8 @@ QUICK = Quick()
 # Timed rounds per batch size go on for at least this long (and at least `repeats` rounds):
 # on a shared machine a burst of load outlasts twenty batch-1 rounds (half a second).
 LATENCY_MIN_SECONDS = 5.0
+# Both batch sizes are timed on the test split's first 32 examples (batch 1: one per run, cycling).
+LATENCY_EXAMPLES = 32
 
 
 def _say(message: str) -> None:
@@ -264,7 +266,7 @@ def compress(
 
     import torch
 
-    from .benchmark import compare_models
+    from .benchmark import in_fresh_process, with_accuracy
     from .hub import push_folder, write_card
     from .trainer import PaKDTrainer
 
@@ -327,19 +329,13 @@ def compress(
     acc_student = adapter.accuracy(student_loaded, student_pre, examples, gold, recipe, bs)
     _say(f"test accuracy: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
 
-    def encoder(pre):
-        def make(batch_size):
-            return adapter.encode_batch(pre, [examples[i % len(examples)] for i in range(batch_size)], recipe)
-
-        return make
-
-    _say("benchmarking teacher vs student (CPU, median of repeated runs)")
-    report = compare_models(
-        teacher, student_loaded, encoder(preprocessor), make_student_inputs=encoder(student_pre),
-        teacher_dir=teacher_dir, student_dir=tmp, threads=threads or torch.get_num_threads(),
+    _say("benchmarking teacher vs student: the saved folders, in a fresh process (CPU, median of repeated runs)")
+    report = in_fresh_process(
+        measure_folders, teacher_dir=teacher_dir, student_dir=tmp, task=recipe.task, recipe=recipe,
+        examples=examples[:LATENCY_EXAMPLES], threads=threads or torch.get_num_threads(),
         repeats=5 if quick else 20, min_seconds=0.0 if quick else LATENCY_MIN_SECONDS,
-        accuracy=(acc_teacher, acc_student), split="test", n_eval=len(examples),
     )
+    report = with_accuracy(report, (acc_teacher, acc_student), "test", len(examples))
     report.update(
         recipe=recipe.name,
         task=recipe.task,
@@ -415,7 +411,7 @@ def benchmark_folders(
     """
     import torch
 
-    from .benchmark import compare_models
+    from .benchmark import with_accuracy
     from .tasks import ADAPTERS
 
     folders = [Path(teacher_dir), Path(student_dir)]
@@ -437,30 +433,51 @@ def benchmark_folders(
         recipe = load_recipe({"name": "benchmark", "task": task, "stages": [{"name": "none", "steps": 1}],
                               "data": {"dataset": "none"}})
     adapter = ADAPTERS[task]
-    models = [adapter._auto().from_pretrained(f).eval() for f in folders]
-    pres = [adapter.load_preprocessor(f) for f in folders]
     if recipe.data.dataset != "none":
         data = load_data(recipe, quick=False)
         column = adapter.column(recipe)
         examples, gold = list(data["test"][column]), list(data["test"][recipe.data.label_column])
         split, n_eval = "test", len(examples)
-        accuracy = tuple(adapter.accuracy(m, p, examples, gold, recipe, 128) for m, p in zip(models, pres))
+        accuracy = tuple(
+            adapter.accuracy(adapter._auto().from_pretrained(f).eval(), adapter.load_preprocessor(f), examples, gold,
+                             recipe, 128)
+            for f in folders
+        )
     else:
-        examples = _sample_inputs(task, pres[0])
+        examples = _sample_inputs(task, adapter.load_preprocessor(folders[0]))
 
-    def encoder(pre):
-        def make(bs):
-            return adapter.encode_batch(pre, [examples[i % len(examples)] for i in range(bs)], recipe)
-
-        return make
-
-    report = compare_models(
-        models[0], models[1], encoder(pres[0]), make_student_inputs=encoder(pres[1]),
-        teacher_dir=teacher_dir, student_dir=student_dir, threads=threads or torch.get_num_threads(),
-        repeats=repeats, min_seconds=min_seconds, accuracy=accuracy, split=split, n_eval=n_eval,
+    report = measure_folders(
+        teacher_dir, student_dir, task=task, recipe=recipe, examples=examples[:LATENCY_EXAMPLES],
+        threads=threads or torch.get_num_threads(), repeats=repeats, min_seconds=min_seconds,
     )
+    if accuracy is not None:
+        report = with_accuracy(report, accuracy, split, n_eval)
     _print_summary(report, None)
     return report
+
+
+def measure_folders(
+    teacher_dir, student_dir, *, task: str, recipe, examples: list, threads: int, repeats: int, min_seconds: float
+) -> dict[str, Any]:
+    """Size, MACs and latency of two saved classifiers, each loaded with its stock Auto class
+    and fed its own preprocessor's encoding of the same ``examples`` (see
+    :func:`pakd_hf.benchmark.compare_models`). Module-level so that ``pakd compress`` can run
+    it in a fresh process (:func:`pakd_hf.benchmark.in_fresh_process`)."""
+    from .benchmark import compare_models
+    from .tasks import ADAPTERS
+
+    recipe = load_recipe(recipe)
+    adapter = ADAPTERS[task]
+    models = [adapter._auto().from_pretrained(f).eval() for f in (teacher_dir, student_dir)]
+    pres = [adapter.load_preprocessor(f) for f in (teacher_dir, student_dir)]
+
+    def encoder(pre):
+        return lambda indices: adapter.encode_batch(pre, [examples[i] for i in indices], recipe)
+
+    return compare_models(
+        models[0], models[1], encoder(pres[0]), make_student_inputs=encoder(pres[1]), teacher_dir=teacher_dir,
+        student_dir=student_dir, threads=threads, repeats=repeats, min_seconds=min_seconds, examples=len(examples),
+    )
 
 
 def _print_summary(r: dict[str, Any], out: Path | None) -> None:

@@ -292,7 +292,10 @@ def build_card(
         note = (
             f"Measured by `pakd benchmark` on {report['hardware']}, {report.get('threads', '?')} threads, "
             f"PyTorch eager on CPU, median of {_repeats(report)} timed runs after warm-up; "
-            f"teacher and student measured side by side in one process on the same inputs."
+            f"teacher and student measured side by side in one process on the same inputs"
+            + (f" (the same {report['latency_examples']}{' ' + report['split'] if report.get('split') else ''} examples "
+               "at both batch sizes; at batch 1 one example "
+               "per timed run, cycling through them)." if report.get("latency_examples") else ".")
         )
     limitations = [
         "Accuracy was measured on one split of one data set; check it on your own data before relying on it.",

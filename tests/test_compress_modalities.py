@@ -135,7 +135,8 @@ def test_vision_benchmark_without_data_uses_noise_images(vision_run, tmp_path):
                  "--min-seconds", "0"]) == 0
     bench = json.loads(target.read_text())
     assert bench["size_ratio"] > 1 and bench["speedup_b1"] > 0 and "accuracy_student" not in bench
-    assert bench["latency_repeats_b1"] == bench["latency_repeats_b32"] == 3  # no minimum time: exactly --repeats
+    # no minimum time: exactly --repeats rounds, and at batch 1 one per noise image (4)
+    assert bench["latency_repeats_b32"] == 3 and bench["latency_repeats_b1"] == 4 == bench["latency_examples"]
 
 
 def test_config_teacher_errors_come_before_any_output(tmp_path):

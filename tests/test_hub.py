@@ -57,8 +57,8 @@ def compressed(tmp_path_factory, trained_teacher):
     trainer.save_model(str(out / "student"))
     torch.save(args, out / "student" / "training_args.bin")  # what Trainer leaves around: must not be pushed
 
-    def make_inputs(bs):
-        rows = test[:bs]
+    def make_inputs(indices):
+        rows = test[indices]
         return {"input_ids": torch.tensor(rows["input_ids"]), "attention_mask": torch.tensor(rows["attention_mask"])}
 
     report = compare_models(

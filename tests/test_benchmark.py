@@ -1,0 +1,61 @@
+"""What `compare_models` times (which examples, how many rounds) and the fresh-process runner."""
+
+import os
+
+import pytest
+import torch
+
+from pakd_hf.benchmark import _interleaved_latency, compare_models, in_fresh_process
+from toy import tiny_bert, toy_dataset
+
+
+def _recording(model, seen):
+    """Record the first token after [CLS] of every row of every forward (identifies the example)."""
+    model.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["input_ids"][:, 1:4].tolist()), with_kwargs=True)
+    return model
+
+
+def test_both_batch_sizes_cycle_through_the_same_examples():
+    data = toy_dataset(16, seed=3)
+    key = [row[1:4] for row in data["input_ids"]]  # distinct enough to name each example
+    assert len({tuple(k) for k in key[:5]}) == 5
+    seen_t, seen_s = [], []
+    teacher, student = _recording(tiny_bert(layers=2), seen_t), _recording(tiny_bert(hidden=16, layers=1, heads=2), seen_s)
+    asked = []
+
+    def make(indices):
+        asked.append(list(indices))
+        rows = data[indices]
+        return {"input_ids": torch.tensor(rows["input_ids"]), "attention_mask": torch.tensor(rows["attention_mask"])}
+
+    report = compare_models(teacher, student, make, threads=1, warmup=1, repeats=3, examples=5, batch_sizes=(1, 4))
+    # batch 1: one example per batch, all five; batch 4: [0 1 2 3] then [4 0 1 2] (wrapping)
+    assert asked[:5] == [[0], [1], [2], [3], [4]] and asked[-2:] == [[0, 1, 2, 3], [4, 0, 1, 2]]
+    assert report["latency_repeats_b1"] == 5  # one round per example even though repeats=3
+    assert report["latency_repeats_b32"] == 3 and report["latency_examples"] == 5
+    # Teacher and student saw the same examples, in the same order (interleaved rounds).
+    assert seen_t == seen_s
+    timed_b1 = [rows for rows in seen_t if len(rows) == 1][-5:]  # the last round of each example
+    assert sorted(r[0] for r in timed_b1) == sorted(key[:5])
+    # MACs per example are the mean over the five single examples (they differ in length).
+    from pakd_hf.measure import count_macs
+
+    singles = [make([i]) for i in range(5)]
+    expected = sum(count_macs(student, x) for x in singles) / 5
+    assert report["macs_student"] == round(expected)
+
+
+def test_rounds_go_on_for_the_minimum_time():
+    model = tiny_bert(layers=1)
+    x = {"input_ids": torch.tensor(toy_dataset(1)["input_ids"])}
+    _, rounds = _interleaved_latency({"m": (model, x)}, warmup=1, repeats=2, min_seconds=0.2)
+    assert rounds > 2
+    _, rounds = _interleaved_latency({"m": (model, [x, x, x])}, warmup=1, repeats=2)
+    assert rounds == 3
+
+
+def test_in_fresh_process_runs_elsewhere_and_reports_failures():
+    assert in_fresh_process(os.getpid) != os.getpid()
+    assert in_fresh_process(dict, teacher=1, student=2) == {"teacher": 1, "student": 2}
+    with pytest.raises(RuntimeError, match="(?s)failed in a fresh process.*/no/such/pakd-folder"):
+        in_fresh_process(os.stat, path="/no/such/pakd-folder")
