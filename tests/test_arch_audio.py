@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -34,6 +31,7 @@ from pakd_hf.prune import (
     select_structure,
     verify_against_config,
 )
+from toy import stock_result
 
 TOL = 1e-5
 KINDS = {
@@ -363,13 +361,7 @@ def exported(models, trained, tmp_path_factory):
             job((arch, kind), d, m, inputs)
     for name, run in trained.items():
         job((name, "trainer"), run["folder"], run["student"], run["inputs"])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    proc = subprocess.run([sys.executable, "-c", _RELOAD, json.dumps(jobs)], capture_output=True, text=True,
-                          env=env, cwd=str(root), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-    return folders, json.loads(line[len("RESULT"):])
+    return folders, stock_result(_RELOAD, jobs, cwd=root, timeout=300)
 
 
 @pytest.mark.parametrize("arch,kind", [(a, k) for a in ARCHS for k in EXPORTABLE] + [(n, "trainer") for n in TRAINED])

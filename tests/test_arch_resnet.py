@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -36,6 +33,7 @@ from pakd_hf.prune import (
     select_structure,
     verify_against_config,
 )
+from toy import stock_result
 
 TOL = 1e-5
 TYPES = ("basic", "bottleneck")
@@ -350,13 +348,7 @@ def exported(trained, tmp_path_factory):
         torch.save({"inputs": inputs, "logits": out(m, inputs)}, io)
         jobs.append({"dir": str(d), "io": str(io)})
         folders[(layer_type, kind)] = (d, m)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    proc = subprocess.run([sys.executable, "-c", _RELOAD, json.dumps(jobs)], capture_output=True, text=True,
-                          env=env, cwd=str(root), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-    return folders, json.loads(line[len("RESULT"):])
+    return folders, stock_result(_RELOAD, jobs, cwd=root, timeout=300)
 
 
 @pytest.mark.parametrize("layer_type,kind", EXPORTS)

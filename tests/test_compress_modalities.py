@@ -15,16 +15,13 @@ import yaml
 from pakd_hf.benchmark import REPORT_KEYS
 from pakd_hf.cli import main
 from pakd_hf.data.fashion_mnist import FILES, FOLDER
+from toy import run_stock
 
-STOCK_ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
 
 
 def _stock(script: str) -> str:
-    """Run a script in a fresh interpreter without pakd_hf on its path; its last stdout line."""
-    script += "\nimport sys\nassert 'pakd_hf' not in sys.modules\n"
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=STOCK_ENV, cwd="/")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
+    """Run a script in a fresh stock interpreter; its last stdout line."""
+    return run_stock(script).strip().splitlines()[-1]
 
 
 def _check_outputs(out: Path, preprocessor: str) -> dict:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -34,6 +31,7 @@ from pakd_hf.prune import (
     verify_against_config,
     weight_scores,
 )
+from toy import stock_result
 
 TOL = 1e-5
 KINDS = {
@@ -220,13 +218,7 @@ def exported(models, tmp_path_factory):
             torch.save({"inputs": inputs, "logits": logits(m, inputs)}, io)
             jobs.append({"arch": arch, "dir": str(d), "io": str(io)})
             folders[(arch, kind)] = (d, m)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    proc = subprocess.run([sys.executable, "-c", _RELOAD, json.dumps(jobs)], capture_output=True, text=True,
-                          env=env, cwd=str(root), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-    return folders, json.loads(line[len("RESULT"):])
+    return folders, stock_result(_RELOAD, jobs, cwd=root, timeout=300)
 
 
 @pytest.mark.parametrize("arch,kind", [("bert", k) for k in sorted(BERT_EXPORTABLE)] + [("vit", k) for k in KINDS])

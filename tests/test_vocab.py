@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pickle
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -32,6 +29,7 @@ from pakd_hf.prune.vocab import (
     saved_vocab_problems,
     used_token_ids,
 )
+from toy import stock_result
 
 TOL = 1e-5
 
@@ -214,12 +212,7 @@ def cases(own_tokenizer, tmp_path_factory):
             out[(tname, dropped)] = _build_case(tok, dropped, root, f"{tname}-{dropped}")
     texts = SEEN + UNSEEN + [["The cat sat.", "A dog is in the park!"]]
     jobs = [{"folder": str(c["folder"]), "texts": texts} for c in out.values()]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    proc = subprocess.run([sys.executable, "-c", _FRESH, json.dumps(jobs)], capture_output=True, text=True,
-                          env=env, cwd=str(root), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    fresh = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1][len("RESULT"):])
+    fresh = stock_result(_FRESH, jobs, cwd=root)
     for c in out.values():
         c["fresh"] = fresh[str(c["folder"])]
     return out, texts

@@ -3,8 +3,6 @@ tokens, its saved tokenizer maps text to the new ids, and nothing else changes."
 
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError
+from toy import run_stock
 
 WORDS = "the a cat dog sat on mat big small red blue fox ran walked park in quick brown jumped over lazy".split()
 UNUSED = "zebra yak quilt violin xylophone".split()
@@ -69,9 +68,7 @@ def assert_stock_logits(folder, texts, expected, tmp_path, one_id_per_row=False)
         "    got = model(**tok(exp['texts'], padding=True, return_tensors='pt')).logits\n"
         "assert (got - exp['logits']).abs().max().item() <= 1e-5, (got - exp['logits']).abs().max().item()\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd="/")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_stock(script)
 
 
 def test_vocabulary_dataset_decides_which_tokens_stay(tokenizer, tmp_path):

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification
@@ -62,3 +68,29 @@ def tiny_vit(hidden=32, layers=4, heads=4, ffn=64, seed=0):
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
     return ViTForImageClassification(cfg)
+
+
+# A fresh interpreter with stock packages only: offline, no PYTHONPATH (pakd_hf is not put on
+# its path; the check below catches an installed copy being imported anyway).
+STOCK_ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+_NO_PAKD = "\nimport sys as _sys\nassert not any(m.split('.')[0] == 'pakd_hf' for m in _sys.modules), 'pakd_hf was imported'\n"
+
+
+def run_stock(script: str, *args: str, cwd: str | Path = "/", timeout: int = 600, pythonpath: str | None = None) -> str:
+    """Run ``script`` (with ``args`` in ``sys.argv[1:]``) in a fresh stock interpreter; its stdout.
+
+    The test fails with the child's stderr when the script fails or when it imported pakd_hf
+    (unless ``pythonpath`` deliberately puts code on the path, e.g. for ``trust_remote_code``)."""
+    env = {**STOCK_ENV, "PYTHONPATH": pythonpath} if pythonpath else STOCK_ENV
+    code = script if pythonpath else script + _NO_PAKD
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=str(cwd),
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def stock_result(script: str, jobs: Any, **kw: Any) -> Any:
+    """``run_stock`` with ``jobs`` as JSON in argv[1]; the JSON the script printed after "RESULT"."""
+    out = run_stock(script, json.dumps(jobs), **kw)
+    line = [line for line in out.splitlines() if line.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
