@@ -66,6 +66,12 @@ if mode == "prune":
         "heads": {"keep": 2}, "ffn": {"keep": 32}, "layers": {"keep": 2}, "hidden": {"keep": 16},
         "frequency": 1, "importance": "taylor",
     }
+elif mode == "rotate":
+    # The rotation's principal directions come from each process's own training batches
+    # (different shards): every rank must still end up with process 0's rotated model.
+    student = tiny_bert(seed=1)
+    recipe["stages"][0]["pruning"] = {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "calibration": 16},
+                                      "frequency": 1, "importance": "taylor"}
 trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_dataset(64), recipe=recipe)
 masks_seen = []
 if mode == "prune":
@@ -97,6 +103,7 @@ report = {
     "written": sorted(set(written)),
     "masks": masks_seen,
     "shapes": {k: list(v.shape) for k, v in student.state_dict().items()},
+    "rotation": getattr(trainer, "_rotation_record", None),
 }
 report_dir.mkdir(parents=True, exist_ok=True)
 (report_dir / f"rank-{rank}.json").write_text(json.dumps(report))

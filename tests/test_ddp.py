@@ -46,3 +46,12 @@ def test_torchrun_pruning_takes_the_same_decisions_on_every_rank(tmp_path):
     assert r0["shapes"]["bert.embeddings.word_embeddings.weight"][1] == 16
     assert r0["student_sha"] == r1["student_sha"] and r0["projections_sha"] == r1["projections_sha"]
     assert (out / "pakd.json").is_file()
+
+
+def test_torchrun_rotation_gives_every_rank_the_same_rotated_student(tmp_path):
+    """Each rank measures the stream on its own shard of the batches; all keep rank 0's rotation."""
+    out, (r0, r1) = torchrun(tmp_path, "rotate")
+    assert r0["rotation"] is not None and (r0["rotation"]["width_before"], r0["rotation"]["width_after"]) == (32, 16)
+    assert r0["shapes"] == r1["shapes"] and r0["shapes"]["bert.embeddings.word_embeddings.weight"][1] == 16
+    assert r0["student_sha"] == r1["student_sha"] and r0["projections_sha"] == r1["projections_sha"]
+    assert json.loads((out / "pakd.json").read_text())["hidden_rotation"]["width_after"] == 16
