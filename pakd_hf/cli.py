@@ -103,6 +103,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compress import LATENCY_MIN_SECONDS  # light: no torch at import time
+
     parser = argparse.ArgumentParser(
         prog="pakd",
         description="Compress Hugging Face models by multi-stage pruning and knowledge distillation.",
@@ -129,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="write the report as JSON")
     bench.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     bench.add_argument("--repeats", type=int, default=20, help="timed runs per model and batch size, at least (median reported)")
-    bench.add_argument("--min-seconds", type=float, default=5.0,
-                       help="keep timing each batch size for at least this long (default 5; 0: exactly --repeats runs)")
+    bench.add_argument("--min-seconds", type=float, default=LATENCY_MIN_SECONDS,
+                       help=f"keep timing each batch size for at least this long (default {LATENCY_MIN_SECONDS:g}; "
+                       "0: exactly --repeats runs, and at batch 1 at least one per example)")
     bench.set_defaults(func=_cmd_benchmark)
 
     card = sub.add_parser("card", help="(re)generate the model card of an output folder from its saved report")

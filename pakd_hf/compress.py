@@ -7,7 +7,9 @@
 Steps: load the data (an offline data set by name, or the Hub), prepare the teacher
 (fine-tune it in a teacher stage when the recipe says so), run the PaKD stages on a copy of
 it, reload the saved student with stock classes and evaluate it on the test split,
-benchmark teacher and student side by side, write the report and the card, optionally push.
+benchmark the saved teacher and student side by side in a fresh process (as a user who loads
+them would run them, not in the state the training left), write the report and the card,
+optionally push.
 The student folder is written under a temporary name and renamed when complete, so a
 failed run never leaves a half-written student.
 
