@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from pakd_hf.benchmark import _interleaved_latency, compare_models, in_fresh_process
+from pakd_hf.benchmark import interleaved_latency, compare_models, in_fresh_process
 from toy import tiny_bert, toy_dataset
 
 
@@ -35,8 +35,10 @@ def test_both_batch_sizes_cycle_through_the_same_examples():
     assert report["latency_repeats_b32"] == 3 and report["latency_examples"] == 5
     # Teacher and student saw the same examples, in the same order (interleaved rounds).
     assert seen_t == seen_s
-    timed_b1 = [rows for rows in seen_t if len(rows) == 1][-5:]  # the last round of each example
-    assert sorted(r[0] for r in timed_b1) == sorted(key[:5])
+    # The five batch-1 rounds: each example run twice in a row (untimed, then timed).
+    rounds_b1 = [rows for rows in seen_t if len(rows) == 1][-10:]
+    assert rounds_b1[0::2] == rounds_b1[1::2]
+    assert [r[0] for r in rounds_b1[1::2]] == key[:5]
     # MACs per example are the mean over the five single examples (they differ in length).
     from pakd_hf.measure import count_macs
 
@@ -48,9 +50,9 @@ def test_both_batch_sizes_cycle_through_the_same_examples():
 def test_rounds_go_on_for_the_minimum_time():
     model = tiny_bert(layers=1)
     x = {"input_ids": torch.tensor(toy_dataset(1)["input_ids"])}
-    _, rounds = _interleaved_latency({"m": (model, x)}, warmup=1, repeats=2, min_seconds=0.2)
+    _, rounds = interleaved_latency({"m": (model, x)}, warmup=1, repeats=2, min_seconds=0.2)
     assert rounds > 2
-    _, rounds = _interleaved_latency({"m": (model, [x, x, x])}, warmup=1, repeats=2)
+    _, rounds = interleaved_latency({"m": (model, [x, x, x])}, warmup=1, repeats=2)
     assert rounds == 3
 
 
