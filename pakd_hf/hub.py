@@ -291,7 +291,9 @@ def build_card(
     if report.get("hardware"):
         note = (
             f"Measured by `pakd benchmark` on {report['hardware']}, {report.get('threads', '?')} threads, "
-            f"PyTorch eager on CPU, median of {_repeats(report)} timed runs after warm-up; "
+            f"PyTorch eager on CPU, median of {_repeats(report)} timed runs after warm-up"
+            + (f" (the median of {report['latency_processes']} fresh processes)" if report.get("latency_processes", 1) > 1 else "")
+            + "; "
             f"teacher and student measured side by side in one process on the same inputs"
             + (f" (the same {report['latency_examples']}{' ' + report['split'] if report.get('split') else ''} examples "
                "at both batch sizes; at batch 1 one example "

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from pakd_hf.benchmark import interleaved_latency, compare_models, in_fresh_process
+from pakd_hf.benchmark import compare_models, in_fresh_process, interleaved_latency, median_run
 from toy import tiny_bert, toy_dataset
 
 
@@ -61,3 +61,23 @@ def test_in_fresh_process_runs_elsewhere_and_reports_failures():
     assert in_fresh_process(dict, teacher=1, student=2) == {"teacher": 1, "student": 2}
     with pytest.raises(RuntimeError, match="(?s)failed in a fresh process.*/no/such/pakd-folder"):
         in_fresh_process(os.stat, path="/no/such/pakd-folder")
+
+
+def test_median_run_keeps_consistent_numbers_from_the_median_process():
+    def run(t1, s1, t32, s32):
+        return {"params_teacher": 10, "latency_ms_b1_teacher": t1, "latency_ms_b1_student": s1, "speedup_b1": t1 / s1,
+                "latency_repeats_b1": int(t1), "latency_ms_b32_teacher": t32, "latency_ms_b32_student": s32,
+                "speedup_b32": t32 / s32, "latency_repeats_b32": 20}
+
+    runs = [run(20, 4, 300, 30), run(28, 3.5, 320, 20), run(24, 4.4, 310, 25)]
+    merged = median_run(runs)
+    # batch 1: speedups 5.0, 8.0, 5.45 -> the third run; batch 32: 10, 16, 12.4 -> the third too
+    assert (merged["latency_ms_b1_teacher"], merged["latency_ms_b1_student"], merged["latency_repeats_b1"]) == (24, 4.4, 24)
+    assert merged["speedup_b1"] == pytest.approx(24 / 4.4) and merged["speedup_b1_runs"] == [5.0, 8.0, 24 / 4.4]
+    assert merged["speedup_b32"] == pytest.approx(310 / 25) and merged["latency_processes"] == 3
+    runs[2]["latency_ms_b32_student"], runs[2]["speedup_b32"] = 40, 310 / 40  # now 10, 16, 7.75 -> the first
+    assert median_run(runs)["latency_ms_b32_student"] == 30
+    assert median_run(runs[:2])["speedup_b1"] == 5.0  # even count: the lower middle
+    assert median_run(runs[:1])["latency_processes"] == 1
+    with pytest.raises(ValueError):
+        median_run([])
