@@ -290,7 +290,8 @@ def build_card(
     note = ""
     if report.get("hardware"):
         note = (
-            f"Measured by `pakd benchmark` on {report['hardware']}, {report.get('threads', '?')} threads, "
+            "Measured with `pakd_hf.benchmark` (what `pakd compress` and `pakd benchmark` run) on "
+            f"{report['hardware']}, {report.get('threads', '?')} threads, "
             f"PyTorch eager on CPU, median of {_repeats(report)} timed runs after warm-up"
             + (f" (the median of {report['latency_processes']} fresh processes)" if report.get("latency_processes", 1) > 1 else "")
             + "; "
