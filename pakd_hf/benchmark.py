@@ -3,16 +3,14 @@
 Latency is the median of repeated timed forward passes after a warm-up, with the number of
 threads fixed and reported; teacher and student runs are interleaved so that a change in
 machine load hits both. Each timed pass follows an untimed pass of the same model on the same
-input, so that each model is timed in its own steady state, as when it serves requests alone:
-timed right after the teacher, whose weights (90 MB for MiniLM) push everything else out of
-the CPU caches, a 5 MB student measured 6-14% slower than after a pass of its own, the
-teacher the same either way. Both batch sizes run on the same real examples (32 by default): at
+input, so that each model is timed in its own steady state, as when it serves requests alone,
+not right after the other model (a teacher's weights, 90 MB for MiniLM, push a small student's
+out of the CPU caches). Both batch sizes run on the same real examples (32 by default): at
 batch 32 as one batch, at batch 1 one example per timed run, cycling through them, so that a
-batch-1 figure is not the speed of whichever example happens to come first (the ratio of a
-6-layer teacher to a 3-layer student changes with the length of the one snippet timed). Like :mod:`timeit`, the garbage collector is paused while timing, so a
-collection over the objects a training run left behind (``pakd compress`` measures in the
-process that trained) never lands in a timed pass. Size is safetensors bytes on disk,
-parameters and MACs are counted.
+batch-1 figure is not the speed of whichever example happens to come first (the teacher's work
+grows with the snippet's length, a small student's fixed per-layer overhead much less). Like
+:mod:`timeit`, the garbage collector is paused while timing. Size is safetensors bytes on
+disk, parameters and MACs are counted.
 Nothing here asserts a speed: numbers are measured and reported (`report.json`, the card).
 """
 
@@ -164,17 +162,17 @@ def compare_models(
         def batches(make, bs):
             return [make([(start + i) % examples for i in range(bs)]) for start in range(0, examples, bs)]
 
-        singles = {"teacher": batches(make_inputs, 1), "student": batches(make_student_inputs, 1)}
+        singles = (batches(make_inputs, 1), batches(make_student_inputs, 1))  # MACs, and the batch-1 runs
         report: dict[str, Any] = {
             "params_teacher": count_params(teacher),
             "params_student": count_params(student),
-            "macs_teacher": round(statistics.mean(count_macs(teacher, x) for x in singles["teacher"])),
-            "macs_student": round(statistics.mean(count_macs(student, x) for x in singles["student"])),
+            "macs_teacher": round(statistics.mean(count_macs(teacher, x) for x in singles[0])),
+            "macs_student": round(statistics.mean(count_macs(student, x) for x in singles[1])),
         }
         for bs, key in ((b1, "b1"), (b32, "b32")):
+            t_in, s_in = singles if bs == 1 else (batches(make_inputs, bs), batches(make_student_inputs, bs))
             lat, rounds = interleaved_latency(
-                {"teacher": (teacher, batches(make_inputs, bs)), "student": (student, batches(make_student_inputs, bs))},
-                warmup, repeats, min_seconds,
+                {"teacher": (teacher, t_in), "student": (student, s_in)}, warmup, repeats, min_seconds
             )
             report[f"latency_repeats_{key}"] = rounds
             report[f"latency_ms_{key}_teacher"] = round(lat["teacher"], 4)
@@ -224,8 +222,8 @@ def median_run(reports: list[dict[str, Any]]) -> dict[str, Any]:
     Per batch size, the latencies, speedup and round count are those of the run with the median
     speedup (the lower middle for an even count), so that the three numbers still agree; every
     run's speedup is kept (``speedup_b1_runs``, ``speedup_b32_runs``) with their count
-    (``latency_processes``). On a shared 2-core machine the batch-1 ratio of the same two folders
-    moved 5.4x-7.6x from one fresh process to the next, far more than within one process."""
+    (``latency_processes``). On a shared machine the batch-1 ratio of the same two folders moves
+    more from one fresh process to the next than within one process."""
     if not reports:
         raise ValueError("median_run needs at least one report")
     merged = dict(reports[0])

@@ -334,15 +334,16 @@ def compress(
     acc_student = adapter.accuracy(student_loaded, student_pre, examples, gold, recipe, bs)
     _say(f"test accuracy: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
 
-    _say(f"benchmarking teacher vs student: the saved folders, in {1 if quick else LATENCY_PROCESSES} fresh "
-         "process(es) (CPU, medians of repeated runs)")
+    processes = 1 if quick else LATENCY_PROCESSES
+    _say(f"benchmarking teacher vs student: the saved folders, in {processes} fresh process(es) "
+         "(CPU, medians of repeated runs)")
     report = median_run([
         in_fresh_process(
             measure_folders, teacher_dir=teacher_dir, student_dir=tmp, task=recipe.task, recipe=recipe,
             examples=examples[:LATENCY_EXAMPLES], threads=threads or torch.get_num_threads(),
             repeats=5 if quick else 20, min_seconds=0.0 if quick else LATENCY_MIN_SECONDS,
         )
-        for _ in range(1 if quick else LATENCY_PROCESSES)
+        for _ in range(processes)
     ])
     report = with_accuracy(report, (acc_teacher, acc_student), "test", len(examples))
     report.update(

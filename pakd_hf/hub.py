@@ -289,16 +289,17 @@ def build_card(
         load_code += f"\n\nfrom transformers import {processor}\nprocessor = {processor}.from_pretrained({target!r})"
     note = ""
     if report.get("hardware"):
+        processes = report.get("latency_processes", 1)
+        examples = report.get("latency_examples")
+        split = f" {report['split']}" if report.get("split") else ""
         note = (
             "Measured with `pakd_hf.benchmark` (what `pakd compress` and `pakd benchmark` run) on "
-            f"{report['hardware']}, {report.get('threads', '?')} threads, "
-            f"PyTorch eager on CPU, median of {_repeats(report)} timed runs after warm-up"
-            + (f" (the median of {report['latency_processes']} fresh processes)" if report.get("latency_processes", 1) > 1 else "")
-            + "; "
-            f"teacher and student measured side by side in one process on the same inputs"
-            + (f" (the same {report['latency_examples']}{' ' + report['split'] if report.get('split') else ''} examples "
-               "at both batch sizes; at batch 1 one example "
-               "per timed run, cycling through them)." if report.get("latency_examples") else ".")
+            f"{report['hardware']}, {report.get('threads', '?')} threads, PyTorch eager on CPU, median of "
+            f"{_repeats(report)} timed runs after warm-up"
+            + (f" (the median of {processes} fresh processes)" if processes > 1 else "")
+            + "; teacher and student measured side by side in one process on the same inputs"
+            + (f" (the same {examples}{split} examples at both batch sizes; at batch 1 one example per timed "
+               "run, cycling through them)." if examples else ".")
         )
     limitations = [
         "Accuracy was measured on one split of one data set; check it on your own data before relying on it.",
