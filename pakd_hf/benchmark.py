@@ -37,7 +37,7 @@ from .measure import count_macs, count_params, safetensors_bytes
 
 __all__ = [
     "hardware_description", "latency_ms", "interleaved_latency", "compare_models", "with_accuracy", "median_run",
-    "in_fresh_process", "REPORT_KEYS",
+    "in_fresh_process", "vocabulary_share", "with_validation_accuracy", "REPORT_KEYS",
 ]
 
 REPORT_KEYS = (
@@ -185,6 +185,7 @@ def compare_models(
         report["bytes_teacher"] = safetensors_bytes(teacher_dir)
         report["bytes_student"] = safetensors_bytes(student_dir)
         report["size_ratio"] = round(report["bytes_teacher"] / report["bytes_student"], 3)
+        report.update(vocabulary_share(teacher, student, report["bytes_teacher"], report["bytes_student"]))
     report["hardware"] = hardware_description()
     report["threads"] = threads
     report["batch_sizes"] = list(batch_sizes)
@@ -193,6 +194,31 @@ def compare_models(
     if accuracy is not None:
         return with_accuracy(report, accuracy, split, n_eval)
     return _ordered(report)
+
+
+def vocabulary_share(teacher: nn.Module, student: nn.Module, bytes_teacher: int, bytes_student: int) -> dict[str, Any]:
+    """The size ratio without the part that vocabulary trimming gave.
+
+    ``size_ratio_same_vocab`` is (teacher bytes minus the teacher's embedding rows of the
+    tokens the student dropped) over student bytes: what pruning and distillation gave beyond
+    keeping fewer tokens (a teacher with the student's vocabulary would be that big). Models
+    without a token embedding table (vision, audio) get ``vocab_*`` of None and the plain ratio.
+    """
+    def table(model):
+        try:
+            embeddings = model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            return None
+        return embeddings.weight if isinstance(embeddings, nn.Embedding) else None
+
+    t, s = table(teacher), table(student)
+    if t is None or s is None:
+        return {"vocab_teacher": None, "vocab_student": None, "bytes_teacher_same_vocab": bytes_teacher,
+                "size_ratio_same_vocab": round(bytes_teacher / bytes_student, 3)}
+    dropped = max(t.shape[0] - s.shape[0], 0) * t[0].numel() * t.element_size()
+    return {"vocab_teacher": int(t.shape[0]), "vocab_student": int(s.shape[0]),
+            "bytes_teacher_same_vocab": bytes_teacher - dropped,
+            "size_ratio_same_vocab": round((bytes_teacher - dropped) / bytes_student, 3)}
 
 
 def with_accuracy(
@@ -210,7 +236,19 @@ def with_accuracy(
     return _ordered(report)
 
 
+def with_validation_accuracy(report: dict[str, Any], accuracy: tuple[float, float], n: int) -> dict[str, Any]:
+    """``report`` plus the (teacher, student) accuracy on the validation split (``n`` examples):
+    the figures that choices are made on; the test figures stay in ``accuracy_*``."""
+    t_acc, s_acc = accuracy
+    return _ordered({**report, "accuracy_teacher_validation": round(float(t_acc), 5),
+                     "accuracy_student_validation": round(float(s_acc), 5),
+                     "accuracy_kept_validation": round(float(s_acc) / float(t_acc), 5) if t_acc else None,
+                     "n_validation": n})
+
+
 _EXTRA_KEYS = (
+    "vocab_teacher", "vocab_student", "bytes_teacher_same_vocab", "size_ratio_same_vocab",
+    "accuracy_teacher_validation", "accuracy_student_validation", "accuracy_kept_validation", "n_validation",
     "batch_sizes", "latency_examples", "latency_repeats", "latency_repeats_b1", "latency_repeats_b32",
     "latency_processes", "speedup_b1_runs", "speedup_b32_runs",
 )

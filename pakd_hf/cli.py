@@ -76,13 +76,39 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     try:
         compress(args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
-                 threads=args.threads)
+                 threads=args.threads, seed=args.seed)
     except RecipeError as exc:
         print(f"{args.recipe}: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, NotADirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    """`--seeds 3` -> [0, 1, 2]; `--seeds 0,3,4` -> those seeds."""
+    try:
+        if "," in text:
+            return [int(v) for v in text.split(",") if v.strip()]
+        return list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count (3) or a list of seeds (0,1,2), got {text!r}") from None
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import ablate
+
+    arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
+    try:
+        summary = ablate(args.recipe, args.output_dir, seeds=args.seeds, arms=arms, quick=args.quick)
+    except RecipeError as exc:
+        print(f"{args.recipe}: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.output_dir) / "ablation.md").read_text())
     return 0
 
 
@@ -122,7 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--push-to-hub", action="store_true", help="push the student when done (needs --hub-model-id)")
     comp.add_argument("--hub-model-id", help="namespace/name to push to")
     comp.add_argument("--threads", type=int, help="CPU threads for the benchmark (default: torch's)")
+    comp.add_argument("--seed", type=int, help="the student's seed (data order, dropout, new weights; default: the "
+                      "recipe's seed). The teacher and the transfer set do not depend on it, so seeds share them")
     comp.set_defaults(func=_cmd_compress)
+
+    abl = sub.add_parser(
+        "ablate", help="train same-shape students by simpler routes (scratch, kd, prune-once-kd, prune-only) "
+        "beside the recipe (pakd), over seeds, and compare them",
+        description="Each arm trains a student of the recipe's final shape for the same number of steps on the same "
+        "examples, from the same cached teacher. Finished arm x seed runs are kept and skipped on a rerun. "
+        "Example: pakd ablate recipes/nlp/minilm-rotten-tomatoes.yaml --output-dir runs/ablation --seeds 3",
+    )
+    abl.add_argument("recipe", metavar="RECIPE.yaml")
+    abl.add_argument("--output-dir", required=True, help="OUT: teacher/, transfer/, <arm>/seed-<n>/ and ablation.{json,md,png}")
+    abl.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], help="a count (3: seeds 0, 1, 2) or a list (0,3,4)")
+    abl.add_argument("--arms", help="comma-separated subset of scratch,kd,prune-once-kd,prune-only,pakd (default: all)")
+    abl.add_argument("--quick", action="store_true", help="same path on a small slice and a few steps (smoke check)")
+    abl.set_defaults(func=_cmd_ablate)
 
     bench = sub.add_parser("benchmark", help="measure a teacher and a student side by side (size, MACs, latency, accuracy)")
     bench.add_argument("teacher_dir", metavar="TEACHER_DIR")

@@ -139,7 +139,7 @@ def _labels(data, spec) -> list[str]:
 
 
 # ---- models ---------------------------------------------------------------------------
-def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, **kw):
+def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, seed: int | None = None, **kw):
     from .arguments import PaKDTrainingArguments
 
     run = recipe.training
@@ -147,7 +147,7 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, **k
         output_dir=str(out),
         per_device_train_batch_size=batch_size or run.batch_size,
         per_device_eval_batch_size=run.eval_batch_size,
-        seed=run.seed,
+        seed=run.seed if seed is None else seed,
         logging_steps=run.logging_steps,
         save_strategy="no",
         report_to=[],
@@ -158,14 +158,16 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, **k
 
 
 def _student_args(out: Path, recipe: Recipe):
-    """TrainingArguments of the PaKD stages (the teacher's fine-tune ignores group_by_length)."""
+    """TrainingArguments of the PaKD stages: the student's seed (data order, dropout), and
+    length-grouped batches when the recipe asks (the teacher's fine-tune ignores both)."""
     kw = {"train_sampling_strategy": "group_by_length"} if recipe.training.group_by_length else {}
-    return _training_args(out, recipe, **kw)
+    return _training_args(out, recipe, seed=recipe.student_seed, **kw)
 
 
 def _teacher_key(recipe: Recipe, quick: bool) -> str:
     """The cached teacher's key: what its fine-tune depends on (Training's repr leaves out the
-    student-only group_by_length, so turning it on keeps the cache)."""
+    student-only group_by_length, so turning it on keeps the cache; the student's `seed` is not
+    part of it, so every seed of a recipe shares the teacher)."""
     return _fingerprint(recipe.teacher, recipe.data, recipe.training, quick)
 
 
@@ -179,7 +181,9 @@ def _check_stages(recipe: Recipe, model) -> None:
 
 
 def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bool):
-    """Fine-tune / train (or reuse) the teacher; returns (model, preprocessor, encoded data, info)."""
+    """Fine-tune / train (or reuse) the teacher; returns (model, preprocessor, encoded data, info).
+
+    ``data`` holds the train and validation splits only: the teacher is chosen on validation."""
     from transformers import Trainer
 
     spec = recipe.data
@@ -225,13 +229,26 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     return model, preprocessor, encoded, info
 
 
-def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_preprocessor):
+def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_preprocessor, cache: Path | None = None):
     """The recipe's `augment` transfer set, tokenized for the student, with the teacher's logits
     when a stage distils logits only (one teacher pass now instead of one per step of such
-    stages; the teacher reads each text with its own tokenizer)."""
+    stages; the teacher reads each text with its own tokenizer). Row ``i`` is a copy of training
+    example ``i % len(train)`` (see :func:`pakd_hf.augment.transfer_texts`).
+
+    ``cache``: a folder to keep it in (`pakd ablate` shares one transfer set between its arms
+    and sittings); reused when its key (the recipe's teacher, data, augment and vocabulary,
+    which fix the texts, the tokenizer and the logits) matches."""
+    from datasets import load_from_disk
+
     from .augment import transfer_texts
     from .trainer import TEACHER_LOGITS, add_teacher_logits
 
+    key = _fingerprint(_teacher_key(recipe, False), recipe.augment, recipe.vocabulary, len(data["train"]),
+                       any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages))
+    if cache is not None and (cache / "pakd_transfer.json").is_file():
+        if json.loads((cache / "pakd_transfer.json").read_text()).get("key") == key:
+            _say(f"transfer set: reusing {cache}")
+            return load_from_disk(str(cache))
     texts = transfer_texts(teacher, preprocessor, list(data["train"][adapter.column(recipe)]), recipe.augment)
     _say(f"transfer set: {len(texts):,} texts (the {len(data['train']):,} training texts and "
          f"{recipe.augment.copies} perturbed copies of each), labelled by the teacher")
@@ -241,19 +258,68 @@ def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_
         for_teacher = encoded if student_preprocessor is preprocessor else adapter.encode_texts(preprocessor, texts, recipe)
         logits = add_teacher_logits(for_teacher, teacher, preprocessor, recipe.training.eval_batch_size)[TEACHER_LOGITS]
         encoded = encoded.add_column(TEACHER_LOGITS, list(logits))
+    if cache is not None:
+        tmp = cache.with_name(f".{cache.name}-tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        encoded.save_to_disk(str(tmp))
+        (tmp / "pakd_transfer.json").write_text(json.dumps({"key": key, "rows": len(encoded)}) + "\n")
+        shutil.rmtree(cache, ignore_errors=True)
+        tmp.rename(cache)
+        encoded = load_from_disk(str(cache))
     return encoded
 
 
-# ---- the pipeline ---------------------------------------------------------------------
-def compress(
-    recipe_source,
-    output_dir: str | Path,
-    *,
-    quick: bool = False,
-    push_to_hub: str | None = None,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """Run a recipe end to end (see the module docs); returns the report."""
+class HeldOutSplit:
+    """The test split, kept out of everything that trains or chooses: it is handed out once,
+    for the final evaluation (``read``), and says so if asked twice."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+        self.reads: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def read(self, purpose: str):
+        if self.reads:
+            raise RuntimeError(f"the test split was already read ({self.reads[0]}); it is read once, at the end")
+        self.reads.append(purpose)
+        return self._dataset
+
+
+@dataclass
+class Prepared:
+    """What every student of a recipe starts from: its data (train and validation; the test
+    split held out), its labels, the (cached) teacher and its encodings."""
+
+    recipe: Recipe
+    adapter: Any
+    out: Path
+    quick: bool
+    data: Any  # DatasetDict(train, validation)
+    test: HeldOutSplit
+    labels: list[str]
+    teacher: Any
+    preprocessor: Any
+    encoded: Any
+    teacher_info: dict[str, Any]
+    created: bool
+
+    def examples(self, split) -> tuple[list, list[int]]:
+        """(raw inputs, gold labels) of a split (a Dataset)."""
+        spec = self.recipe.data
+        return list(split[self.adapter.column(self.recipe)]), list(split[spec.label_column])
+
+    def evaluate(self, model, preprocessor, split) -> float:
+        inputs, gold = self.examples(split)
+        return self.adapter.accuracy(model, preprocessor, inputs, gold, self.recipe, self.recipe.training.eval_batch_size)
+
+
+def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed: int | None = None) -> Prepared:
+    """Load and check the recipe, load the data (test split held out), prepare the teacher in
+    ``OUT/teacher`` (fine-tuned once, then reused). ``seed`` sets the recipe's student seed."""
+    from datasets import DatasetDict
+
     from .tasks import adapter_for
 
     recipe = load_recipe(recipe_source)
@@ -263,23 +329,22 @@ def compress(
     adapter = adapter_for(recipe)
     if recipe.training is None:
         recipe = load_recipe({**recipe.to_dict(), "training": {}})
+    if seed is not None:
+        if seed < 0:
+            raise RecipeError("seed", f"--seed must be >= 0, got {seed}")
+        recipe = load_recipe({**recipe.to_dict(), "seed": seed})
     if quick:
         recipe = _quick_recipe(recipe)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--output-dir {out} exists and is not a folder")
-
-    import torch
-
-    from .benchmark import in_fresh_process, median_run, with_accuracy
-    from .hub import push_folder, write_card
-    from .trainer import PaKDTrainer
-
-    started = time.perf_counter()
     spec = recipe.data
     data = load_data(recipe, quick)
     labels = _labels(data, spec)
-    _say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items()) + f"; labels {labels}")
+    _say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items()) + f"; labels {labels}"
+         + "; the test split is held out until the final evaluation")
+    test = HeldOutSplit(data["test"])
+    data = DatasetDict({"train": data["train"], "validation": data["validation"]})
     adapter.check(recipe, labels)  # a teacher that cannot serve fails here, before anything is written
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -291,27 +356,75 @@ def compress(
         raise
     # pakd.json and the card name the teacher by its Hub id, not by a wheel's or OUT's folder.
     teacher.config._name_or_path = hub_id(recipe.teacher.model) if recipe.teacher.model else ""
+    return Prepared(recipe, adapter, out, quick, data, test, labels, teacher, preprocessor, encoded, teacher_info, created)
 
-    # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
-    student = copy.deepcopy(teacher)
-    _check_stages(recipe, student)  # before the transfer set's teacher pass (minutes), not after it
-    run_dir = out / ".student-run"
-    args = _student_args(run_dir, recipe)
-    stage_start = time.perf_counter()
-    student_pre, student_encoded = preprocessor, encoded
+
+def student_start(p: Prepared):
+    """(student, its preprocessor, the data encoded for it): a copy of the teacher, with its
+    vocabulary pruned first when the recipe says ``vocabulary.at: start``."""
+    student = copy.deepcopy(p.teacher)
+    # PaKDTrainer freezes the teacher it is given: a copy taken after an earlier run must train.
+    student.requires_grad_(True)
+    student_pre, student_encoded = p.preprocessor, p.encoded
+    recipe = p.recipe
     if recipe.vocabulary is not None and recipe.vocabulary.at == "start":
         from .trainer import prune_student_vocabulary
 
-        student_pre = prune_student_vocabulary(student, preprocessor, encoded["train"], recipe)
-        _say(f"vocabulary: kept {student.config.vocab_size:,} of {teacher.config.vocab_size:,} tokens "
+        student_pre = prune_student_vocabulary(student, p.preprocessor, p.encoded["train"], recipe)
+        _say(f"vocabulary: kept {student.config.vocab_size:,} of {p.teacher.config.vocab_size:,} tokens "
              "before training; the student's data is tokenized with its own tokenizer")
-        student_encoded = adapter.encode_dataset(data, student_pre, recipe)
+        student_encoded = p.adapter.encode_dataset(p.data, student_pre, recipe)
+    return student, student_pre, student_encoded
+
+
+def save_student(trainer, folder: Path) -> None:
+    """The trained student into ``folder`` (written under a temporary name, renamed when complete)."""
+    tmp = folder.with_name(f".{folder.name}-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    (tmp / "training_args.bin").unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+# ---- the pipeline ---------------------------------------------------------------------
+def compress(
+    recipe_source,
+    output_dir: str | Path,
+    *,
+    quick: bool = False,
+    push_to_hub: str | None = None,
+    threads: int | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Run a recipe end to end (see the module docs); returns the report.
+
+    ``seed`` (``--seed``): the student's seed (its data order, dropout, the initialisation of
+    what is new); the teacher and the transfer set do not depend on it."""
+    import torch
+    from transformers import set_seed
+
+    from .benchmark import in_fresh_process, median_run, with_accuracy, with_validation_accuracy
+    from .hub import push_folder, write_card
+    from .trainer import PaKDTrainer
+
+    started = time.perf_counter()
+    p = prepare(recipe_source, output_dir, quick=quick, seed=seed)
+    recipe, adapter, out, spec = p.recipe, p.adapter, p.out, p.recipe.data
+
+    # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
+    set_seed(recipe.student_seed)
+    _check_stages(recipe, p.teacher)  # before the transfer set's teacher pass (minutes), not after it
+    run_dir = out / ".student-run"
+    args = _student_args(run_dir, recipe)
+    stage_start = time.perf_counter()
+    student, student_pre, student_encoded = student_start(p)
     train_dataset, vocabulary_dataset = student_encoded["train"], None
     if recipe.augment is not None:
-        train_dataset = _transfer_set(recipe, data, teacher, preprocessor, adapter, student_pre)
+        train_dataset = _transfer_set(recipe, p.data, p.teacher, p.preprocessor, adapter, student_pre)
         vocabulary_dataset = student_encoded["train"]
     trainer = PaKDTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset,
+        model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,
         eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=vocabulary_dataset,
     )
@@ -324,14 +437,16 @@ def compress(
         (tmp / name).unlink(missing_ok=True)
 
     # ---- evaluate what users will load: the saved folders, stock classes, their own preprocessors
-    column = adapter.column(recipe)
-    examples, gold = list(data["test"][column]), list(data["test"][spec.label_column])
     student_loaded = adapter._auto().from_pretrained(tmp)
     student_pre = adapter.load_preprocessor(tmp)
     teacher_dir = out / "teacher"
-    bs = recipe.training.eval_batch_size
-    acc_teacher = adapter.accuracy(teacher, preprocessor, examples, gold, recipe, bs)
-    acc_student = adapter.accuracy(student_loaded, student_pre, examples, gold, recipe, bs)
+    validation = p.data["validation"]
+    acc_validation = (p.evaluate(p.teacher, p.preprocessor, validation), p.evaluate(student_loaded, student_pre, validation))
+    _say(f"validation accuracy: teacher {acc_validation[0]:.4f}, student {acc_validation[1]:.4f}")
+    test = p.test.read("final evaluation")  # the only read of the test split
+    examples, _ = p.examples(test)
+    acc_teacher = p.evaluate(p.teacher, p.preprocessor, test)
+    acc_student = p.evaluate(student_loaded, student_pre, test)
     _say(f"test accuracy: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
 
     processes = 1 if quick else LATENCY_PROCESSES
@@ -346,23 +461,26 @@ def compress(
         for _ in range(processes)
     ])
     report = with_accuracy(report, (acc_teacher, acc_student), "test", len(examples))
+    report = with_validation_accuracy(report, acc_validation, len(validation))
+    command = f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir {out}"
     report.update(
         recipe=recipe.name,
         task=recipe.task,
         teacher=hub_id(recipe.teacher.model) if recipe.teacher.model else None,
         teacher_description=recipe.teacher.name,
         license=recipe.teacher.license,
-        dataset={"id": spec.dataset, "name": spec.dataset},
-        reproduce=f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir {out}"
-        + (" --quick" if quick else ""),
+        dataset=dataset_description(recipe),
+        reproduce=command + (f" --seed {seed}" if seed is not None else "") + (" --quick" if quick else ""),
         quick=quick,
-        teacher_accuracy_validation=teacher_info.get("accuracy_validation"),
-        teacher_fine_tune_seconds=teacher_info.get("fine_tune_seconds"),
+        seed=recipe.student_seed,
+        vocabulary_dropped=recipe.vocabulary.dropped if recipe.vocabulary is not None else None,
+        teacher_accuracy_validation=p.teacher_info.get("accuracy_validation"),
+        teacher_fine_tune_seconds=p.teacher_info.get("fine_tune_seconds"),
         compress_seconds=compress_seconds,
         train_examples=len(train_dataset),  # with `augment`: the transfer set
         total_seconds=round(time.perf_counter() - started, 1),
     )
-    write_card(tmp, report, repo_id=push_to_hub, location=push_to_hub or str(out / "student"))
+    write_card(tmp, report, repo_id=push_to_hub)
     shutil.rmtree(out / "student", ignore_errors=True)
     tmp.rename(out / "student")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -372,6 +490,18 @@ def compress(
         url = push_folder(out / "student", push_to_hub)
         _say(f"pushed to {url}")
     return report
+
+
+def dataset_description(recipe: Recipe) -> dict[str, str]:
+    """How reports and cards name the data: an offline set's own description (its source and
+    split), or the Hub id for a Hub data set."""
+    from .data import DATASET_NOTES
+
+    spec = recipe.data
+    note = DATASET_NOTES.get(spec.dataset)
+    if note is None:
+        return {"id": spec.dataset, "name": spec.dataset}
+    return {"id": spec.dataset, "name": note["name"], "note": note["note"]}
 
 
 SAMPLE_TEXTS = [

@@ -104,6 +104,10 @@ def _compression_rows(r: dict[str, Any]) -> list[dict[str, str]]:
     if "bytes_teacher" in r:
         rows.append({"name": "safetensors size", "teacher": _fmt_bytes(r["bytes_teacher"]),
                      "student": _fmt_bytes(r["bytes_student"]), "ratio": _ratio(r["bytes_teacher"], r["bytes_student"])})
+    if r.get("vocab_student") is not None and r.get("vocab_student") != r.get("vocab_teacher"):
+        rows.append({"name": f"size with the student's {r['vocab_student']:,}-token vocabulary",
+                     "teacher": _fmt_bytes(r["bytes_teacher_same_vocab"]), "student": _fmt_bytes(r["bytes_student"]),
+                     "ratio": _ratio(r["bytes_teacher_same_vocab"], r["bytes_student"])})
     if "macs_teacher" in r:
         rows.append({"name": "MACs per sample", "teacher": _fmt_int(r["macs_teacher"]),
                      "student": _fmt_int(r["macs_student"]), "ratio": _ratio(r["macs_teacher"], r["macs_student"])})
@@ -112,6 +116,11 @@ def _compression_rows(r: dict[str, Any]) -> list[dict[str, str]]:
             t, s = r[f"latency_ms_{key}_teacher"], r[f"latency_ms_{key}_student"]
             rows.append({"name": f"{label} (ms, median)", "teacher": f"{t:.2f}", "student": f"{s:.2f}",
                          "ratio": f"{t / s:.2f}x faster"})
+    if r.get("accuracy_teacher_validation") is not None:
+        rows.append({"name": f"accuracy (validation, n={r['n_validation']})",
+                     "teacher": f"{r['accuracy_teacher_validation']:.4f}",
+                     "student": f"{r['accuracy_student_validation']:.4f}",
+                     "ratio": f"{r['accuracy_kept_validation']:.3f} kept"})
     if r.get("accuracy_teacher") is not None:
         where = f" ({r.get('split', 'eval')}, n={r['n_eval']})" if r.get("n_eval") else ""
         rows.append({"name": f"accuracy{where}", "teacher": f"{r['accuracy_teacher']:.4f}",
@@ -124,13 +133,11 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
     """Accuracy vs batch-1 latency, teacher and student, plus kept heads/FFN per layer."""
     if r.get("accuracy_teacher") is None or "latency_ms_b1_teacher" not in r:
         return None
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # matplotlib is the optional `card` extra
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     panels = 2 if structure and structure.get("layers") else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), dpi=110, squeeze=False)
     ax = axes[0][0]
@@ -248,14 +255,17 @@ def build_card(
     custom_code = bool(pakd.get("custom_code") or config.get("auto_map"))
     name = repo_id.split("/")[-1] if repo_id else (recipe.get("name") or folder.name)
 
+    # The model-index holds the student's own results (the teacher's stay in the card's table).
     eval_results = []
-    if report.get("accuracy_student") is not None and dataset:
-        split = report.get("split", "test")
-        for who, value in (("student", report["accuracy_student"]), ("teacher", report["accuracy_teacher"])):
+    if dataset and not report.get("quick"):
+        splits = (("validation", report.get("accuracy_student_validation")),
+                  (report.get("split", "test"), report.get("accuracy_student")))
+        for split, value in splits:
+            if value is None:
+                continue
             eval_results.append(EvalResult(
                 task_type=PIPELINE_TAGS[task], dataset_type=dataset["id"], dataset_name=dataset.get("name", dataset["id"]),
-                dataset_split=split, metric_type="accuracy", metric_value=value,
-                metric_name=f"Accuracy ({who}{': ' + teacher if who == 'teacher' else ''})",
+                dataset_split=split, metric_type="accuracy", metric_value=value, metric_name=f"Accuracy ({split})",
             ))
     tags = ["pakd", "pruned", "knowledge-distillation", MODALITY_TAGS[modality], *_kinds_used(structure, pakd)]
     card_data = ModelCardData(
@@ -279,7 +289,8 @@ def build_card(
             f"{rotation['energy_kept_best_coordinates']:.0%}), so hidden indices do not name the teacher's coordinates."
         )
     auto = AUTO_CLASSES[task]
-    target = location or repo_id or str(folder)
+    # Where the card's code loads from: the Hub repository, never the folder the card was written in.
+    target = location or repo_id or f"<namespace>/{name}"
     trc = ", trust_remote_code=True" if custom_code else ""
     load_code = f"from transformers import {auto}\n\nmodel = {auto}.from_pretrained({target!r}{trc})"
     if modality == "text":
@@ -301,6 +312,10 @@ def build_card(
             + (f" (the same {examples}{split} examples at both batch sizes; at batch 1 one example per timed "
                "run, cycling through them)." if examples else ".")
         )
+    data_note = (dataset or {}).get("note", "")
+    if report.get("quick"):
+        data_note = ("**Smoke run** (`--quick`): a few training steps on small slices of the data. The accuracy "
+                     "figures mean nothing; this card only shows that the pipeline ran. " + data_note).strip()
     limitations = [
         "Accuracy was measured on one split of one data set; check it on your own data before relying on it.",
         "Latency depends on hardware, threads, batch size and sequence length; the numbers above are for the "
@@ -311,9 +326,15 @@ def build_card(
     if pakd.get("sparsity", {}).get("weights"):
         limitations.append("Unstructured / N:M sparsity is stored as dense zeros: it makes the model no smaller "
                            "or faster on CPU by itself.")
-    if pakd.get("vocabulary"):
-        limitations.append("The vocabulary was reduced to the tokens of the training corpus: other tokens map "
-                           "to the unknown token.")
+    vocabulary = pakd.get("vocabulary")
+    if vocabulary:
+        if vocabulary.get("dropped") == "resegment":
+            limitations.append("The vocabulary was reduced to the tokens of the training corpus: a word made of "
+                               "dropped tokens is split into smaller kept pieces, so rare words and other domains "
+                               "are read in more, less meaningful pieces.")
+        else:
+            limitations.append("The vocabulary was reduced to the tokens of the training corpus: other tokens map "
+                               "to the unknown token.")
     augment = recipe.get("augment")
     if isinstance(augment, dict):
         limitations.append(
@@ -343,6 +364,7 @@ def build_card(
         recipe_yaml=recipe_text,
         reproduce=reproduce,
         limitations=limitations,
+        data_note=data_note,
     )
     return card
 

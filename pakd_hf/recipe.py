@@ -526,9 +526,14 @@ class Recipe:
     data: Data | None = None
     teacher: Teacher | None = None
     training: Training | None = None
+    # The student's seed (`pakd compress --seed`): its initialisation where it has one, data
+    # order, dropout. The teacher stage keeps `training.seed`, so every student seed of a recipe
+    # shares one cached teacher and one transfer set. Unset: `training.seed`.
+    seed: int | None = None
 
     def _validate(self, path: str) -> None:
         _check(bool(self.name.strip()), "name", "must not be empty")
+        _check(self.seed is None or self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         _check(len(self.stages) > 0, "stages", "must list at least one stage")
         expected = TASK_MODALITY[self.task]
         if self.modality is None:
@@ -582,6 +587,13 @@ class Recipe:
         """A short stable hash of the recipe's content, used to match checkpoints to recipes."""
         canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    @property
+    def student_seed(self) -> int:
+        """The seed of the student's making: ``seed``, else ``training.seed``, else 0."""
+        if self.seed is not None:
+            return self.seed
+        return self.training.seed if self.training is not None else 0
 
     @property
     def needs_teacher(self) -> bool:

@@ -111,16 +111,23 @@ class TaskAdapter:
         # Fixed-size arrays: hand them to the collator as numpy, not as nested Python lists.
         return encoded.with_format("numpy")
 
-    def accuracy(self, model, preprocessor, examples: list, labels: list[int], recipe: Recipe, batch_size: int) -> float:
+    def predict(self, model, preprocessor, examples: list, recipe: Recipe, batch_size: int) -> list[int]:
+        """Predicted class ids of raw examples, in batches."""
         import torch
 
         model.eval()
-        correct = 0
+        predictions: list[int] = []
         with torch.inference_mode():
             for i in range(0, len(examples), batch_size):
-                pred = model(**self.encode_batch(preprocessor, examples[i : i + batch_size], recipe)).logits.argmax(-1)
-                correct += int((pred == torch.tensor(labels[i : i + batch_size])).sum())
-        return correct / max(len(examples), 1)
+                logits = model(**self.encode_batch(preprocessor, examples[i : i + batch_size], recipe)).logits
+                predictions += logits.argmax(-1).tolist()
+        return predictions
+
+    def accuracy(self, model, preprocessor, examples: list, labels: list[int], recipe: Recipe, batch_size: int) -> float:
+        """Accuracy (:class:`pakd_hf.metrics.Accuracy`) of ``model`` on raw examples."""
+        from .metrics import accuracy
+
+        return accuracy(self.predict(model, preprocessor, examples, recipe, batch_size), labels)
 
 
 class TextClassification(TaskAdapter):

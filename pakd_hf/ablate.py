@@ -1,0 +1,348 @@
+"""`pakd ablate`: does multi-stage pruning + distillation beat the simpler routes to the same
+small model? Each arm trains a student of the SAME final shape (layers, heads, hidden, FFN,
+vocabulary) as the recipe's, for the same number of optimizer steps, on the same examples
+(the recipe's transfer set when it has one), from the same cached teacher:
+
+- ``scratch``: random initialisation at the final shape, labels only;
+- ``kd``: random initialisation at the final shape, the recipe's distillation losses (hidden
+  losses through projections where the recipe uses them);
+- ``prune-once-kd``: the teacher cut to the final shape in one shot at the start (the
+  recipe's importance on the first batch; the hidden stream rotated if the recipe rotates),
+  then the recipe's distillation for all the steps;
+- ``prune-only``: the recipe's pruning stages with no teacher (label loss only; a copy in the
+  transfer set keeps the label of its source example), the recovery on labels;
+- ``pakd``: the recipe itself.
+
+Output (each arm x seed written as soon as it ends, and skipped when the command is run
+again, so an ablation can span several sittings)::
+
+    OUT/teacher/               the teacher (as `pakd compress`; shared by every arm and seed)
+    OUT/transfer/              the transfer set with the teacher's logits (shared)
+    OUT/<arm>/seed-<n>/        student/ (stock from_pretrained loads it) and report.json
+    OUT/ablation.json          per arm and seed: validation and test accuracy, params, bytes, shape
+    OUT/ablation.md            the table: mean +- sd and the worst seed, per arm
+    OUT/ablation.png           validation accuracy per arm with error bars, the teacher as a line
+
+Choices are made on validation; each run reads the test split once, after its training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from .compress import Prepared, _say, _student_args, _transfer_set, prepare, save_student, student_start
+from .recipe import Recipe, RecipeError, load_recipe
+
+__all__ = ["ARMS", "ablate", "arm_recipe", "summarise"]
+
+ARMS = ("scratch", "kd", "prune-once-kd", "prune-only", "pakd")
+SHAPE_FIELDS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size",
+                "encoder_layers", "encoder_attention_heads", "d_model", "encoder_ffn_dim", "hidden_sizes", "depths")
+
+
+# ---- the arms as recipes ---------------------------------------------------------------
+def _final_targets(recipe: Recipe):
+    """Every structured target of the recipe's stages in one pruning block (the last stage
+    that names a kind sets it), with the first pruning stage's importance."""
+    pruning = [s.pruning for s in recipe.stages if s.pruning is not None]
+    if not pruning:
+        raise RecipeError("stages", "`pakd ablate` compares routes to a pruned student, but no stage prunes")
+    for i, stage in enumerate(recipe.stages):
+        spec = stage.pruning
+        if spec is None:
+            continue
+        if spec.budget is not None or spec.unstructured is not None or spec.n_m is not None:
+            raise RecipeError(f"stages[{i}].pruning", "`pakd ablate` needs explicit heads / ffn / layers / hidden targets "
+                              "(a budget or sparsity has no one final shape to compare at)")
+        if not spec.uniform:
+            raise RecipeError(f"stages[{i}].pruning.uniform", "`pakd ablate` builds same-shape students from a stock "
+                              "config: set uniform: true")
+    targets: dict[str, Any] = {}
+    for spec in pruning:
+        targets.update(spec.structured_targets())
+    return dataclasses.replace(pruning[0], schedule="one-shot", start_step=0, end_step=None, compact=True, **{
+        kind: targets.get(kind) for kind in ("heads", "ffn", "layers", "hidden")
+    })
+
+
+def arm_recipe(recipe: Recipe, arm: str) -> Recipe:
+    """The recipe an arm trains with: same stages, durations and learning rates; pruning and
+    distillation kept or removed as the arm says. The transfer set is built once from the
+    recipe's ``augment`` and passed in, so arm recipes have no ``augment`` block."""
+    if arm not in ARMS:
+        raise RecipeError("--arms", f"unknown arm '{arm}'; choose from {', '.join(ARMS)}")
+    raw = recipe.to_dict()
+    raw.pop("augment", None)
+    raw["name"] = f"{recipe.name}-{arm}"
+    stages = raw["stages"]
+    if arm in ("scratch", "kd", "prune-once-kd"):
+        for stage in stages:
+            stage.pop("pruning", None)
+    if arm in ("scratch", "prune-only"):
+        for stage in stages:
+            stage.pop("distillation", None)
+    if arm == "prune-once-kd":
+        first = recipe.stages[0]
+        once = {"name": "prune-once", "steps": 1, "pruning": _plain(_final_targets(recipe))}
+        if first.distillation is not None:
+            once["distillation"] = _plain(first.distillation)
+        if first.learning_rate is not None:
+            once["learning_rate"] = first.learning_rate
+        if stages[0].get("steps", 0) > 1:  # the cut takes one of the first stage's steps
+            stages[0]["steps"] -= 1
+        raw["stages"] = [once, *stages]
+    return load_recipe(raw)
+
+
+def _plain(obj) -> dict:
+    from .recipe import _to_plain
+
+    return _to_plain(obj)
+
+
+# ---- students ---------------------------------------------------------------------------
+def _final_shape_config(p: Prepared, student):
+    """The config of the recipe's final student: a copy cut to the final targets in one step
+    (magnitude scores stand in: only the shape matters here, the weights are discarded)."""
+    import copy
+
+    from .prune.controller import StagePruner
+
+    spec = _final_targets(p.recipe)
+    if spec.hidden is not None:
+        spec = dataclasses.replace(spec, hidden=dataclasses.replace(spec.hidden, method="select"))
+    model = copy.deepcopy(student)
+    pruner = StagePruner(model, dataclasses.replace(spec, importance="magnitude"), stage_start=0, stage_end=0)
+    pruner.finish(0)
+    pruner.mask_state.detach()
+    return model.config
+
+
+def _random_student(p: Prepared, start, seed: int):
+    """A randomly initialised model of the final shape (stock config), with the start's pruned
+    vocabulary (so it reads the same tokens as every other arm)."""
+    from transformers import set_seed
+
+    config = _final_shape_config(p, start)
+    set_seed(seed)
+    model = p.adapter._auto().from_config(config)
+    vocabulary = getattr(start, "_pakd_vocabulary", None)
+    if vocabulary is not None:
+        model._pakd_vocabulary = vocabulary
+    return model
+
+
+def _shape(config: dict) -> dict[str, Any]:
+    return {k: config[k] for k in SHAPE_FIELDS if k in config}
+
+
+def _source_commit() -> str | None:
+    """The commit of the code that ran (``-dirty`` with uncommitted changes), when it runs from a checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty",
+                              "--abbrev=40"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> dict[str, Any]:
+    """Train one arm at one seed into ``folder`` (student/ then report.json, written last);
+    ``test`` (the test split) is evaluated once, after the training."""
+    from transformers import set_seed
+
+    from .measure import safetensors_bytes
+    from .trainer import TEACHER_LOGITS, PaKDTrainer
+
+    recipe = load_recipe({**arm_recipe(p.recipe, arm).to_dict(), "seed": seed})
+    set_seed(seed)
+    start, student_pre, student_encoded = student_start(p)
+    student = _random_student(p, start, seed) if arm in ("scratch", "kd") else start
+    uses_teacher = arm in ("kd", "prune-once-kd", "pakd")
+    train = student_encoded["train"]
+    if transfer is not None:
+        train = transfer
+        if not uses_teacher:  # labels only: a copy keeps its source example's label, and no teacher output
+            labels = list(student_encoded["train"]["labels"])
+            train = transfer.remove_columns([c for c in (TEACHER_LOGITS,) if c in transfer.column_names])
+            train = train.add_column("labels", [labels[i % len(labels)] for i in range(len(train))])
+    run_dir = folder / ".run"
+    started = time.perf_counter()
+    trainer = PaKDTrainer(
+        model=student, teacher_model=p.teacher if uses_teacher else None, args=_student_args(run_dir, recipe),
+        train_dataset=train, eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
+        vocabulary_dataset=student_encoded["train"] if transfer is not None else None,
+    )
+    trainer.train()
+    seconds = round(time.perf_counter() - started, 1)
+    save_student(trainer, folder / "student")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    # Evaluate what a user loads: the saved folder, stock classes, its own preprocessor.
+    model = p.adapter._auto().from_pretrained(folder / "student")
+    pre = p.adapter.load_preprocessor(folder / "student")
+    validation = p.evaluate(model, pre, p.data["validation"])
+    test = p.evaluate(model, pre, test)
+    config = json.loads((folder / "student" / "config.json").read_text())
+    report = {
+        "arm": arm, "seed": seed, "accuracy_validation": round(validation, 5), "accuracy_test": round(test, 5),
+        "params": sum(t.numel() for t in model.parameters()), "bytes": safetensors_bytes(folder / "student"),
+        "shape": _shape(config), "steps": trainer.state.global_step, "train_examples": len(train),
+        "train_seconds": seconds,
+    }
+    tmp = folder / ".report.json"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(folder / "report.json")
+    _say(f"{arm} seed {seed}: validation {validation:.4f}, test {test:.4f} ({seconds:.0f} s, {report['steps']} steps)")
+    return report
+
+
+# ---- the command ------------------------------------------------------------------------
+def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[str] | None = None,
+           quick: bool = False) -> dict[str, Any]:
+    """Run the arms (see the module docs); returns the summary written to ``OUT/ablation.json``."""
+    arms = list(arms or ARMS)
+    for arm in arms:
+        if arm not in ARMS:
+            raise RecipeError("--arms", f"unknown arm '{arm}'; choose from {', '.join(ARMS)}")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list or any(s < 0 for s in seed_list):
+        raise RecipeError("--seeds", f"needs at least one seed >= 0, got {seeds}")
+    recipe = load_recipe(recipe_source)
+    _final_targets(recipe)  # a recipe with no one final shape fails before any work
+    for arm in arms:
+        arm_recipe(recipe, arm)
+    p = prepare(recipe, output_dir, quick=quick)
+    out = p.out
+    # Each run evaluates the test split once, after its own training: the split is handed to
+    # the runs' final evaluations and to nothing else.
+    test = p.test.read("the runs' final evaluations")
+    transfer = None
+    if p.recipe.augment is not None:
+        _, student_pre, _ = student_start(p)
+        transfer = _transfer_set(p.recipe, p.data, p.teacher, p.preprocessor, p.adapter, student_pre, cache=out / "transfer")
+    runs = []
+    for seed in seed_list:
+        for arm in arms:
+            folder = out / arm / f"seed-{seed}"
+            done = folder / "report.json"
+            if done.is_file() and (folder / "student" / "config.json").is_file():
+                _say(f"{arm} seed {seed}: done earlier, skipped ({done})")
+                runs.append(json.loads(done.read_text()))
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            _say(f"{arm} seed {seed}: training")
+            runs.append(run_arm(p, arm, seed, transfer, folder, test))
+    command = (f"pakd ablate {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} "
+               f"--output-dir {out} --seeds {','.join(map(str, seed_list))} --arms {','.join(arms)}"
+               + (" --quick" if quick else ""))
+    teacher_validation = p.teacher_info.get("accuracy_validation")
+    teacher_test = p.evaluate(p.teacher, p.preprocessor, test)
+    summary = summarise(runs, p.recipe.name, command, {"validation": teacher_validation, "test": teacher_test}, quick)
+    write_outputs(out, summary)
+    return summary
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {"mean": round(statistics.mean(values), 5),
+            "sd": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
+            "worst": min(values), "n": len(values)}
+
+
+def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: dict[str, float], quick: bool) -> dict[str, Any]:
+    """Per-arm statistics over seeds, the shape check, and the claim (PaKD vs the best other arm on
+    validation)."""
+    shapes = {json.dumps(r["shape"], sort_keys=True) for r in runs}
+    if len(shapes) > 1:
+        raise RuntimeError(f"the arms' students differ in shape ({'; '.join(sorted(shapes))}): the comparison is void")
+    arms: dict[str, Any] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], {"runs": []})["runs"].append(run)
+    for arm, entry in arms.items():
+        entry["validation"] = _stats([r["accuracy_validation"] for r in entry["runs"]])
+        entry["test"] = _stats([r["accuracy_test"] for r in entry["runs"]])
+        entry["params"] = entry["runs"][0]["params"]
+        entry["bytes"] = entry["runs"][0]["bytes"]
+    claim = None
+    others = [a for a in arms if a != "pakd"]
+    if "pakd" in arms and others:
+        best = max(others, key=lambda a: arms[a]["validation"]["mean"])
+        margin = arms["pakd"]["validation"]["mean"] - arms[best]["validation"]["mean"]
+        claim = {"best_other_arm": best, "pakd_minus_best_validation": round(margin, 5),
+                 "target": 0.01, "met": margin >= 0.01}
+    return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick,
+            "shape": runs[0]["shape"] if runs else None, "teacher": teacher,
+            "arms": {a: arms[a] for a in ARMS if a in arms}, "claim": claim}
+
+
+def _fmt(stats: dict[str, Any]) -> str:
+    return f"{stats['mean']:.4f} ± {stats['sd']:.4f} (worst {stats['worst']:.4f}, n={stats['n']})"
+
+
+def write_outputs(out: Path, summary: dict[str, Any]) -> None:
+    """ablation.json, ablation.md and ablation.png, each written to a temporary file and renamed."""
+    def atomic(name: str, text: str) -> None:
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+
+    atomic("ablation.json", json.dumps(summary, indent=2) + "\n")
+    teacher = summary["teacher"]
+    lines = [
+        f"# Ablation: {summary['recipe']}" + (" (quick smoke run: the accuracies mean nothing)" if summary["quick"] else ""),
+        "",
+        f"Every arm trains a student of the same shape ({', '.join(f'{k} {v}' for k, v in (summary['shape'] or {}).items())}) "
+        "for the same number of steps on the same examples. Choices are made on validation; test is read once per run.",
+        "",
+        f"Teacher: validation {teacher['validation']:.4f}, test {teacher['test']:.4f}.",
+        "",
+        "| arm | validation accuracy | test accuracy | params | bytes | steps |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for arm, entry in summary["arms"].items():
+        lines.append(f"| {arm} | {_fmt(entry['validation'])} | {_fmt(entry['test'])} | {entry['params']:,} | "
+                     f"{entry['bytes']:,} | {entry['runs'][0]['steps']} |")
+    claim = summary.get("claim")
+    if claim:
+        lines += ["", f"PaKD minus the best other arm ({claim['best_other_arm']}) on validation: "
+                      f"{claim['pakd_minus_best_validation'] * 100:+.2f} points (target: +1.00): "
+                      + ("met." if claim["met"] else "not met.")]
+    lines += ["", f"Command: `{summary['command']}`" + (f" at commit {summary['commit']}" if summary.get("commit") else ""), ""]
+    atomic("ablation.md", "\n".join(lines))
+    _figure(out, summary)
+
+
+def _figure(out: Path, summary: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(summary["arms"])
+    fig, ax = plt.subplots(figsize=(1.3 * len(arms) + 2.5, 3.6), dpi=110)
+    for offset, split, color in ((-0.12, "validation", "tab:blue"), (0.12, "test", "tab:orange")):
+        means = [summary["arms"][a][split]["mean"] for a in arms]
+        sds = [summary["arms"][a][split]["sd"] for a in arms]
+        ax.errorbar([i + offset for i in range(len(arms))], means, yerr=sds, fmt="o", capsize=4, color=color, label=split)
+        for i, a in enumerate(arms):
+            ax.scatter([i + offset] * len(summary["arms"][a]["runs"]),
+                       [r[f"accuracy_{split}"] for r in summary["arms"][a]["runs"]], s=8, color=color, alpha=0.4)
+        value = summary["teacher"].get(split)
+        if value is not None and not math.isnan(value):
+            ax.axhline(value, color=color, linestyle="--", linewidth=0.8, label=f"teacher ({split})")
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{summary['recipe']}: same-shape students (mean ± sd over seeds)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = out / ".ablation.png.tmp"
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(out / "ablation.png")
