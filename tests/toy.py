@@ -94,3 +94,40 @@ def stock_result(script: str, jobs: Any, **kw: Any) -> Any:
     out = run_stock(script, json.dumps(jobs), **kw)
     line = [line for line in out.splitlines() if line.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT"):])
+
+
+def tiny_text_teacher(folder: Path) -> Path:
+    """A randomly initialised 4-layer BERT (hidden 32) with MiniLM's real tokenizer, saved in ``folder``."""
+    from transformers import AutoTokenizer
+
+    from pakd_hf.data import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2"))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64,
+    ))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_rt_recipe(teacher: Path | str, copies: int = 2) -> dict:
+    """The main NLP recipe's shape on the tiny teacher: vocabulary pruned first, a transfer set,
+    layers and FFN, then the hidden stream rotated and cut with the heads, then recovery."""
+    return {
+        "name": "tiny-rt", "task": "text-classification",
+        "data": {"dataset": "rotten-tomatoes", "max_length": 48},
+        "teacher": {"model": str(teacher), "fine_tune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16}},
+        "training": {"batch_size": 16, "eval_batch_size": 64, "logging_steps": 4, "group_by_length": True},
+        "vocabulary": {"at": "start", "dropped": "resegment"},
+        "augment": {"copies": copies},
+        "stages": [
+            {"name": "prune", "epochs": 0.5, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
+             "pruning": {"ffn": {"keep": 32}, "layers": {"keep": 2}}},
+            {"name": "prune-hidden", "epochs": 0.5, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
+             "pruning": {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "calibration": 64}}},
+            {"name": "recover", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5}},
+        ],
+    }

