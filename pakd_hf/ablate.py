@@ -6,20 +6,23 @@ vocabulary) as the recipe's, for the same number of optimizer steps, on the same
 - ``scratch``: random initialisation at the final shape, labels only;
 - ``kd``: random initialisation at the final shape, the recipe's distillation losses (hidden
   losses through projections where the recipe uses them);
-- ``prune-once-kd``: the teacher cut to the final shape in one shot at the start (the
-  recipe's importance on the first batch; the hidden stream rotated if the recipe rotates),
-  then the recipe's distillation for all the steps;
+- ``prune-once-kd``: the teacher cut to the final shape in one shot at the start: the hidden
+  stream rotated first if the recipe rotates, the other kinds cut after the first optimizer
+  step on the recipe's importance from that first batch; then the recipe's distillation for
+  all the steps;
 - ``prune-only``: the recipe's pruning stages with no teacher (label loss only; a copy in the
   transfer set keeps the label of its source example), the recovery on labels;
 - ``pakd``: the recipe itself.
 
 Output (each arm x seed written as soon as it ends, and skipped when the command is run
-again, so an ablation can span several sittings)::
+again while its key matches: the arm's recipe and seed, ``--quick`` and the teacher; so an
+ablation can span several sittings, and a changed recipe retrains)::
 
     OUT/teacher/               the teacher (as `pakd compress`; shared by every arm and seed)
     OUT/transfer/              the transfer set with the teacher's logits (shared)
     OUT/<arm>/seed-<n>/        student/ (stock from_pretrained loads it) and report.json
-    OUT/ablation.json          per arm and seed: validation and test accuracy, params, bytes, shape
+    OUT/ablation.json          every finished run under OUT that matches the recipe (not only this
+                               invocation's): validation and test accuracy, params, bytes, shape
     OUT/ablation.md            the table: mean +- sd and the worst seed, per arm
     OUT/ablation.png           validation accuracy per arm with error bars, the teacher as a line
 
@@ -38,10 +41,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .compress import Prepared, _say, _student_args, _transfer_set, prepare, save_student, student_start
+from .compress import Prepared, _fingerprint, _say, _student_args, prepare, save_student, student_start, transfer_set
 from .recipe import Recipe, RecipeError, load_recipe
 
-__all__ = ["ARMS", "ablate", "arm_recipe", "summarise"]
+__all__ = ["ARMS", "AblationError", "ablate", "arm_recipe", "summarise"]
+
+
+class AblationError(RuntimeError):
+    """The arms cannot be compared (e.g. their students differ in shape)."""
 
 ARMS = ("scratch", "kd", "prune-once-kd", "prune-only", "pakd")
 SHAPE_FIELDS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size",
@@ -73,10 +80,14 @@ def _final_targets(recipe: Recipe):
     })
 
 
-def arm_recipe(recipe: Recipe, arm: str) -> Recipe:
+def arm_recipe(recipe: Recipe, arm: str, steps_per_epoch: int | None = None) -> Recipe:
     """The recipe an arm trains with: same stages, durations and learning rates; pruning and
     distillation kept or removed as the arm says. The transfer set is built once from the
-    recipe's ``augment`` and passed in, so arm recipes have no ``augment`` block."""
+    recipe's ``augment`` and passed in, so arm recipes have no ``augment`` block.
+
+    ``prune-once-kd`` adds a one-step cut before the first stage and takes that step from it;
+    a first stage measured in epochs needs ``steps_per_epoch`` to be shortened by exactly one
+    step (without it the arm runs one step more than the others)."""
     if arm not in ARMS:
         raise RecipeError("--arms", f"unknown arm '{arm}'; choose from {', '.join(ARMS)}")
     raw = recipe.to_dict()
@@ -96,6 +107,8 @@ def arm_recipe(recipe: Recipe, arm: str) -> Recipe:
             once["distillation"] = _plain(first.distillation)
         if first.learning_rate is not None:
             once["learning_rate"] = first.learning_rate
+        if "epochs" in stages[0] and steps_per_epoch is not None:  # as PaKDTrainer counts a stage's steps
+            stages[0]["steps"] = max(1, math.ceil(stages[0].pop("epochs") * steps_per_epoch))
         if stages[0].get("steps", 0) > 1:  # the cut takes one of the first stage's steps
             stages[0]["steps"] -= 1
         raw["stages"] = [once, *stages]
@@ -162,7 +175,6 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     from .measure import safetensors_bytes
     from .trainer import TEACHER_LOGITS, PaKDTrainer
 
-    recipe = load_recipe({**arm_recipe(p.recipe, arm).to_dict(), "seed": seed})
     set_seed(seed)
     start, student_pre, student_encoded = student_start(p)
     student = _random_student(p, start, seed) if arm in ("scratch", "kd") else start
@@ -174,6 +186,10 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
             labels = list(student_encoded["train"]["labels"])
             train = transfer.remove_columns([c for c in (TEACHER_LOGITS,) if c in transfer.column_names])
             train = train.add_column("labels", [labels[i % len(labels)] for i in range(len(train))])
+    # One process, no gradient accumulation: Trainer's steps per epoch are the batches per epoch.
+    steps_per_epoch = math.ceil(len(train) / p.recipe.training.batch_size)
+    recipe = load_recipe({**arm_recipe(p.recipe, arm, steps_per_epoch).to_dict(), "seed": seed})
+    key = run_key(p, arm, seed)
     run_dir = folder / ".run"
     started = time.perf_counter()
     trainer = PaKDTrainer(
@@ -195,7 +211,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
         "arm": arm, "seed": seed, "accuracy_validation": round(validation, 5), "accuracy_test": round(test, 5),
         "params": sum(t.numel() for t in model.parameters()), "bytes": safetensors_bytes(folder / "student"),
         "shape": _shape(config), "steps": trainer.state.global_step, "train_examples": len(train),
-        "train_seconds": seconds,
+        "train_seconds": seconds, "key": key, "quick": p.quick, "commit": _source_commit(),
     }
     tmp = folder / ".report.json"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -204,15 +220,35 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     return report
 
 
+def run_key(p: Prepared, arm: str, seed: int) -> str:
+    """What a finished run must match to be reused: the arm's recipe at this seed (its steps
+    counted as this data gives them), ``--quick`` and the teacher it learned from."""
+    return _fingerprint(arm_recipe(p.recipe, arm).to_dict(), seed, p.quick, p.teacher_info.get("fingerprint"),
+                        len(p.data["train"]))
+
+
+def _finished(folder: Path) -> dict[str, Any] | None:
+    """A run's report when the run finished (its report is written last), else None."""
+    report = folder / "report.json"
+    if not (report.is_file() and (folder / "student" / "config.json").is_file()):
+        return None
+    try:
+        return json.loads(report.read_text())
+    except ValueError:
+        return None
+
+
 # ---- the command ------------------------------------------------------------------------
 def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[str] | None = None,
            quick: bool = False) -> dict[str, Any]:
-    """Run the arms (see the module docs); returns the summary written to ``OUT/ablation.json``."""
-    arms = list(arms or ARMS)
+    """Run the arms (see the module docs); returns the summary written to ``OUT/ablation.json``:
+    every finished run under OUT whose key matches, so a rerun for one more seed or one arm
+    adds to the table rather than replacing it."""
+    arms = list(dict.fromkeys(arms or ARMS))
     for arm in arms:
         if arm not in ARMS:
             raise RecipeError("--arms", f"unknown arm '{arm}'; choose from {', '.join(ARMS)}")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    seed_list = list(dict.fromkeys(range(seeds) if isinstance(seeds, int) else seeds))
     if not seed_list or any(s < 0 for s in seed_list):
         raise RecipeError("--seeds", f"needs at least one seed >= 0, got {seeds}")
     recipe = load_recipe(recipe_source)
@@ -224,24 +260,34 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
     # Each run evaluates the test split once, after its own training: the split is handed to
     # the runs' final evaluations and to nothing else.
     test = p.test.read("the runs' final evaluations")
-    transfer = None
-    if p.recipe.augment is not None:
-        _, student_pre, _ = student_start(p)
-        transfer = _transfer_set(p.recipe, p.data, p.teacher, p.preprocessor, p.adapter, student_pre, cache=out / "transfer")
-    runs = []
+    start, student_pre, _ = student_start(p)
+    expected = _shape(_final_shape_config(p, start).to_dict())
+    transfer = transfer_set(p, student_pre) if p.recipe.augment is not None else None
     for seed in seed_list:
         for arm in arms:
             folder = out / arm / f"seed-{seed}"
-            done = folder / "report.json"
-            if done.is_file() and (folder / "student" / "config.json").is_file():
-                _say(f"{arm} seed {seed}: done earlier, skipped ({done})")
-                runs.append(json.loads(done.read_text()))
+            report = _finished(folder)
+            if report is not None and report.get("key") == run_key(p, arm, seed):
+                _say(f"{arm} seed {seed}: done earlier, skipped ({folder / 'report.json'})")
                 continue
+            if report is not None:
+                _say(f"{arm} seed {seed}: the run in {folder} was made with another recipe, teacher or --quick: "
+                     "training it again")
             folder.mkdir(parents=True, exist_ok=True)
             _say(f"{arm} seed {seed}: training")
-            runs.append(run_arm(p, arm, seed, transfer, folder, test))
+            report = run_arm(p, arm, seed, transfer, folder, test)
+            if report["shape"] != expected:
+                raise AblationError(f"{arm} seed {seed} ended at {report['shape']}, not the recipe's final shape "
+                                    f"{expected}: the comparison would be void")
+    runs = []
+    for arm in ARMS:  # every finished run that matches, this invocation's or an earlier one's
+        folders = [f for f in (out / arm).glob("seed-*") if f.name.removeprefix("seed-").isdigit()]
+        for folder in sorted(folders, key=lambda f: int(f.name.removeprefix("seed-"))):
+            report = _finished(folder)
+            if report is not None and report.get("key") == run_key(p, arm, report.get("seed", -1)):
+                runs.append(report)
     command = (f"pakd ablate {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} "
-               f"--output-dir {out} --seeds {','.join(map(str, seed_list))} --arms {','.join(arms)}"
+               f"--output-dir {out} --seeds {','.join(map(str, sorted({r['seed'] for r in runs})))}"
                + (" --quick" if quick else ""))
     teacher_validation = p.teacher_info.get("accuracy_validation")
     teacher_test = p.evaluate(p.teacher, p.preprocessor, test)
@@ -261,7 +307,7 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
     validation)."""
     shapes = {json.dumps(r["shape"], sort_keys=True) for r in runs}
     if len(shapes) > 1:
-        raise RuntimeError(f"the arms' students differ in shape ({'; '.join(sorted(shapes))}): the comparison is void")
+        raise AblationError(f"the arms' students differ in shape ({'; '.join(sorted(shapes))}): the comparison is void")
     arms: dict[str, Any] = {}
     for run in runs:
         arms.setdefault(run["arm"], {"runs": []})["runs"].append(run)
@@ -275,8 +321,10 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
     if "pakd" in arms and others:
         best = max(others, key=lambda a: arms[a]["validation"]["mean"])
         margin = arms["pakd"]["validation"]["mean"] - arms[best]["validation"]["mean"]
-        claim = {"best_other_arm": best, "pakd_minus_best_validation": round(margin, 5),
-                 "target": 0.01, "met": margin >= 0.01}
+        # The spread of a difference of two means over seeds: within it of the line is "at the line".
+        sd = math.hypot(arms["pakd"]["validation"]["sd"], arms[best]["validation"]["sd"])
+        claim = {"best_other_arm": best, "pakd_minus_best_validation": round(margin, 5), "sd": round(sd, 5),
+                 "target": 0.01, "met": margin >= 0.01, "at_the_line": abs(margin - 0.01) <= sd}
     return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick,
             "shape": runs[0]["shape"] if runs else None, "teacher": teacher,
             "arms": {a: arms[a] for a in ARMS if a in arms}, "claim": claim}
@@ -299,21 +347,25 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         f"# Ablation: {summary['recipe']}" + (" (quick smoke run: the accuracies mean nothing)" if summary["quick"] else ""),
         "",
         f"Every arm trains a student of the same shape ({', '.join(f'{k} {v}' for k, v in (summary['shape'] or {}).items())}) "
-        "for the same number of steps on the same examples. Choices are made on validation; test is read once per run.",
+        "for the same number of steps on the same examples, with the recipe's stage lengths and learning rates (not "
+        "tuned per arm). The label-only arms (scratch, prune-only) give each perturbed copy its source's label. "
+        "Choices are made on validation; test is read once per run.",
         "",
         f"Teacher: validation {teacher['validation']:.4f}, test {teacher['test']:.4f}.",
         "",
-        "| arm | validation accuracy | test accuracy | params | bytes | steps |",
-        "|---|---|---|---:|---:|---:|",
+        "| arm | validation accuracy | test accuracy | params | bytes | steps | training (min, mean) |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for arm, entry in summary["arms"].items():
+        minutes = statistics.mean(r["train_seconds"] for r in entry["runs"]) / 60
         lines.append(f"| {arm} | {_fmt(entry['validation'])} | {_fmt(entry['test'])} | {entry['params']:,} | "
-                     f"{entry['bytes']:,} | {entry['runs'][0]['steps']} |")
+                     f"{entry['bytes']:,} | {entry['runs'][0]['steps']} | {minutes:.1f} |")
     claim = summary.get("claim")
     if claim:
         lines += ["", f"PaKD minus the best other arm ({claim['best_other_arm']}) on validation: "
-                      f"{claim['pakd_minus_best_validation'] * 100:+.2f} points (target: +1.00): "
-                      + ("met." if claim["met"] else "not met.")]
+                      f"{claim['pakd_minus_best_validation'] * 100:+.2f} points (sd of the difference "
+                      f"{claim.get('sd', 0) * 100:.2f}; target: +1.00): "
+                      + ("met" if claim["met"] else "not met") + (", at the line." if claim.get("at_the_line") else ".")]
     lines += ["", f"Command: `{summary['command']}`" + (f" at commit {summary['commit']}" if summary.get("commit") else ""), ""]
     atomic("ablation.md", "\n".join(lines))
     _figure(out, summary)

@@ -51,8 +51,27 @@ def _cmd_card(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = json.loads(report_path.read_text())
-    path = write_card(student, report, repo_id=args.repo_id)
-    print(f"wrote {path} from {report_path}")
+    ablation = None
+    if args.ablation:
+        try:
+            ablation = json.loads(Path(args.ablation).read_text())
+            shape = ablation["shape"]
+            arms = ablation["arms"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: --ablation {args.ablation}: not an ablation.json of `pakd ablate` ({exc})", file=sys.stderr)
+            return 2
+        config = json.loads((student / "config.json").read_text())
+        differ = sorted(k for k, v in (shape or {}).items() if config.get(k) != v)
+        if report.get("recipe") not in (None, ablation.get("recipe")):
+            differ.append(f"recipe ('{ablation.get('recipe')}', the report's is '{report['recipe']}')")
+        if bool(ablation.get("quick")) != bool(report.get("quick", ablation.get("quick"))):
+            differ.append("--quick")
+        if differ or not arms:
+            print(f"error: --ablation {args.ablation}: it differs from {student} in {', '.join(differ) or 'arms'}; "
+                  "pass the ablation of this recipe", file=sys.stderr)
+            return 2
+    path = write_card(student, report, repo_id=args.repo_id, ablation=ablation)
+    print(f"wrote {path} from {report_path}" + (f" and {args.ablation}" if ablation else ""))
     return 0
 
 
@@ -97,14 +116,17 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablate import ablate
+    from .ablate import AblationError, ablate
 
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
     try:
-        summary = ablate(args.recipe, args.output_dir, seeds=args.seeds, arms=arms, quick=args.quick)
+        ablate(args.recipe, args.output_dir, seeds=args.seeds, arms=arms, quick=args.quick)
     except RecipeError as exc:
         print(f"{args.recipe}: {exc}", file=sys.stderr)
         return 2
+    except AblationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, NotADirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -182,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     card = sub.add_parser("card", help="(re)generate the model card of an output folder from its saved report")
     card.add_argument("dir", metavar="DIR", help="an output folder of `pakd compress` (or its student/ folder)")
     card.add_argument("--repo-id", help="the Hub id the card's code should load from")
+    card.add_argument("--ablation", metavar="ABLATION.json",
+                      help="a `pakd ablate` summary of the same recipe: the card reports seeds and same-size baselines")
     card.set_defaults(func=_cmd_card)
 
     push = sub.add_parser("push", help="push a compressed student (and only it) to the Hugging Face Hub")

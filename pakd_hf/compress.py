@@ -1,6 +1,8 @@
 """`pakd compress`: run a recipe end to end, offline, into an output folder.
 
     OUT/teacher/     the fine-tuned teacher (reused when it matches the recipe)
+    OUT/transfer/    the transfer set with the teacher's logits (recipes with `augment`; reused
+                     by every seed while teacher and recipe match)
     OUT/student/     the compact student with its card (stock from_pretrained loads it)
     OUT/report.json  measured teacher vs student numbers (see pakd_hf.benchmark.REPORT_KEYS)
 
@@ -115,7 +117,7 @@ def load_data(recipe: Recipe, quick: bool):
             train, validation = parts["train"], parts["test"]
         else:
             validation = raw[spec.validation_split]
-        test = raw[spec.test_split] if spec.test_split else validation
+        test = raw[spec.test_split]
         data = DatasetDict({"train": train, "validation": validation, "test": test})
     adapter = adapter_for(recipe)
     column = adapter.column(recipe)
@@ -195,6 +197,9 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         info = json.loads(info_file.read_text())
         model, preprocessor = adapter._auto().from_pretrained(folder), adapter.load_preprocessor(folder)
         return model, preprocessor, adapter.encode_dataset(data, preprocessor, recipe), info
+    from transformers import set_seed
+
+    set_seed(recipe.training.seed)  # a new head (or a teacher from a config) starts the same in every process
     model, preprocessor = adapter.load_teacher(recipe, labels)
     _check_stages(recipe, model)  # before the fine-tune: its minutes should not be spent on a recipe that fails later
     encoded = adapter.encode_dataset(data, preprocessor, recipe)
@@ -229,21 +234,23 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     return model, preprocessor, encoded, info
 
 
-def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_preprocessor, cache: Path | None = None):
+def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_preprocessor, cache: Path | None = None,
+                  teacher_key: str | None = None):
     """The recipe's `augment` transfer set, tokenized for the student, with the teacher's logits
     when a stage distils logits only (one teacher pass now instead of one per step of such
     stages; the teacher reads each text with its own tokenizer). Row ``i`` is a copy of training
     example ``i % len(train)`` (see :func:`pakd_hf.augment.transfer_texts`).
 
-    ``cache``: a folder to keep it in (`pakd ablate` shares one transfer set between its arms
-    and sittings); reused when its key (the recipe's teacher, data, augment and vocabulary,
-    which fix the texts, the tokenizer and the logits) matches."""
+    ``cache``: a folder to keep it in (every seed of `pakd compress` and every arm of `pakd
+    ablate` share one); reused when its key matches: the teacher's (``teacher_key``, as in
+    ``pakd_teacher.json``) and the recipe's augment and vocabulary, which fix the texts, the
+    tokenizer and the logits."""
     from datasets import load_from_disk
 
     from .augment import transfer_texts
     from .trainer import TEACHER_LOGITS, add_teacher_logits
 
-    key = _fingerprint(_teacher_key(recipe, False), recipe.augment, recipe.vocabulary, len(data["train"]),
+    key = _fingerprint(teacher_key or _teacher_key(recipe, False), recipe.augment, recipe.vocabulary, len(data["train"]),
                        any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages))
     if cache is not None and (cache / "pakd_transfer.json").is_file():
         if json.loads((cache / "pakd_transfer.json").read_text()).get("key") == key:
@@ -322,6 +329,10 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
 
     from .tasks import adapter_for
 
+    try:  # the card's figure needs it: fail now, not after the training
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise RecipeError("", "matplotlib is missing (every card has its figure): pip install 'matplotlib>=3.7'") from None
     recipe = load_recipe(recipe_source)
     for block in ("data", "teacher"):
         if getattr(recipe, block) is None:
@@ -377,6 +388,12 @@ def student_start(p: Prepared):
     return student, student_pre, student_encoded
 
 
+def transfer_set(p: Prepared, student_preprocessor):
+    """The recipe's transfer set for this teacher, cached in ``OUT/transfer`` (shared by seeds)."""
+    return _transfer_set(p.recipe, p.data, p.teacher, p.preprocessor, p.adapter, student_preprocessor,
+                         cache=p.out / "transfer", teacher_key=p.teacher_info.get("fingerprint"))
+
+
 def save_student(trainer, folder: Path) -> None:
     """The trained student into ``folder`` (written under a temporary name, renamed when complete)."""
     tmp = folder.with_name(f".{folder.name}-tmp")
@@ -421,7 +438,7 @@ def compress(
     student, student_pre, student_encoded = student_start(p)
     train_dataset, vocabulary_dataset = student_encoded["train"], None
     if recipe.augment is not None:
-        train_dataset = _transfer_set(recipe, p.data, p.teacher, p.preprocessor, adapter, student_pre)
+        train_dataset = transfer_set(p, student_pre)
         vocabulary_dataset = student_encoded["train"]
     trainer = PaKDTrainer(
         model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,

@@ -178,6 +178,38 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
     return CARD_FIGURE
 
 
+ARM_NAMES = {
+    "scratch": "same shape, random init, labels only",
+    "kd": "same shape, random init, distillation",
+    "prune-once-kd": "teacher cut in one shot, then distillation",
+    "prune-only": "the recipe's pruning, no teacher",
+    "pakd": "this recipe (pruning + distillation, stage by stage)",
+}
+
+
+def _ablation_section(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """Template fields for a `pakd ablate` summary: mean ± sd and worst seed per route."""
+    if not summary or not summary.get("arms"):
+        return {"ablation_rows": [], "ablation_intro": "", "ablation_claim": ""}
+
+    def cell(stats):
+        return f"{stats['mean']:.4f} ± {stats['sd']:.4f} (worst {stats['worst']:.4f})"
+
+    rows = [{"arm": ARM_NAMES.get(arm, arm), "seeds": entry["validation"]["n"], "validation": cell(entry["validation"]),
+             "test": cell(entry["test"])} for arm, entry in summary["arms"].items()]
+    intro = ("Students of this model's exact shape made by other routes, each for the same number of steps on the "
+             "same examples from the same teacher, over seeds (mean ± standard deviation, worst seed), from "
+             f"`{summary.get('command', 'pakd ablate')}`:")
+    claim = summary.get("claim") or {}
+    text = ""
+    if claim:
+        text = (f"On validation this recipe is {claim['pakd_minus_best_validation'] * 100:+.2f} points from the best "
+                f"other route ({ARM_NAMES.get(claim['best_other_arm'], claim['best_other_arm'])}).")
+    if summary.get("quick"):
+        text += " Smoke run (`--quick`): these accuracies mean nothing."
+    return {"ablation_rows": rows, "ablation_intro": intro, "ablation_claim": text.strip()}
+
+
 def _structure_rows(structure: dict | None) -> tuple[str, list[dict[str, Any]]]:
     if not structure:
         return "The student keeps the teacher's architecture shape (distillation only).", []
@@ -222,13 +254,15 @@ def build_card(
     reproduce: str | None = None,
     write_figure: bool = True,
     location: str | None = None,
+    ablation: dict[str, Any] | None = None,
 ):
     """Render the card of a saved student from its measured `report` (see module docs).
 
     `dataset`: {"id": Hub id or name, "name": display name}. `teacher`: the teacher's Hub id or
     path (else taken from pakd.json). `license`: the teacher's license where known.
-    `location`: what the card's code passes to from_pretrained (default: `repo_id`, else the
-    folder).
+    `location`: what the card's code passes to from_pretrained (default: `repo_id`, else a
+    placeholder). `ablation`: the summary of `pakd ablate` for the same recipe and shape
+    (`ablation.json`): the card then reports the recipe over seeds beside same-size baselines.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -328,7 +362,7 @@ def build_card(
                            "or faster on CPU by itself.")
     vocabulary = pakd.get("vocabulary")
     if vocabulary:
-        if vocabulary.get("dropped") == "resegment":
+        if vocabulary.get("dropped_tokens", vocabulary.get("dropped")) == "resegment":
             limitations.append("The vocabulary was reduced to the tokens of the training corpus: a word made of "
                                "dropped tokens is split into smaller kept pieces, so rare words and other domains "
                                "are read in more, less meaningful pieces.")
@@ -365,6 +399,7 @@ def build_card(
         reproduce=reproduce,
         limitations=limitations,
         data_note=data_note,
+        **_ablation_section(ablation),
     )
     return card
 

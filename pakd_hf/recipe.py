@@ -430,6 +430,12 @@ class Data:
         _check(bool(self.dataset.strip()), f"{path}.dataset", "must not be empty")
         _check(self.max_length >= 4, f"{path}.max_length", f"must be >= 4, got {self.max_length}")
         _check(self.max_seconds > 0, f"{path}.max_seconds", f"must be > 0, got {self.max_seconds}")
+        _check(self.test_split is not None, f"{path}.test_split",
+               "is required: the test split is held out for the final evaluation (with validation_split: null, "
+               "validation is held out of train instead)")
+        _check(self.test_split != self.validation_split, f"{path}.test_split",
+               f"'{self.test_split}' is also the validation split: choices are made on validation, so the test split "
+               "must be another one (set validation_split: null to hold validation out of train)")
 
 
 @dataclass

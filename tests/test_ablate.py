@@ -7,7 +7,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from pakd_hf.ablate import ARMS, arm_recipe, summarise
+from pakd_hf.ablate import ARMS, AblationError, arm_recipe, summarise
 from pakd_hf.cli import main
 from pakd_hf.recipe import RecipeError, load_recipe
 from toy import stock_result, tiny_rt_recipe, tiny_text_teacher
@@ -87,16 +87,25 @@ def test_seeds_change_the_student_and_the_same_seed_reproduces_it(ablation):
     assert weights[1].keys() == second.keys() and all((weights[1][k] == second[k]).all() for k in second)
 
 
-def test_a_rerun_skips_finished_runs(ablation, capsys):
+def test_a_rerun_skips_finished_runs_and_retrains_stale_ones(ablation, capsys):
     _, path, out = ablation
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed-*/report.json")}
     (out / "scratch" / "seed-1" / "report.json").unlink()  # as if killed before this run finished
+    stale = out / "kd" / "seed-0" / "report.json"  # as if made by another recipe, teacher or --quick
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "key": "another-recipe"}))
+    before.pop(stale)
     assert main(["ablate", str(path), "--output-dir", str(out), "--seeds", "2", "--quick"]) == 0
     err = capsys.readouterr().err
-    assert err.count("done earlier, skipped") == len(ARMS) * 2 - 1 and "scratch seed 1: training" in err
+    assert err.count("done earlier, skipped") == len(ARMS) * 2 - 2 and "scratch seed 1: training" in err
+    assert "kd seed 0: the run in" in err and "training it again" in err
     for p, mtime in before.items():
         if p.parent != out / "scratch" / "seed-1":
             assert p.stat().st_mtime_ns == mtime, p
+    # A run of a subset adds to the summary instead of replacing it.
+    assert main(["ablate", str(path), "--output-dir", str(out), "--seeds", "1,", "--arms", "kd,kd", "--quick"]) == 0
+    summary = json.loads((out / "ablation.json").read_text())
+    assert all(summary["arms"][arm]["validation"]["n"] == 2 for arm in ARMS)
+    assert "done earlier, skipped" in capsys.readouterr().err
 
 
 def test_arm_recipes_keep_the_schedule_and_change_only_what_the_arm_says():
@@ -116,6 +125,13 @@ def test_arm_recipes_keep_the_schedule_and_change_only_what_the_arm_says():
     assert cut.pruning.hidden.method == "rotate" and cut.pruning.importance == "taylor"
     assert once.stages[1].steps == recipe.stages[0].steps - 1 and all(s.pruning is None for s in once.stages[1:])
     assert sum(s.steps or 0 for s in once.stages) == sum(s.steps or 0 for s in recipe.stages)
+
+
+def test_prune_once_takes_its_step_from_a_first_stage_counted_in_epochs():
+    recipe = load_recipe(ROOT / "recipes" / "vision" / "fashion-mnist-vit.yaml")
+    assert recipe.stages[0].epochs == 0.5
+    once = arm_recipe(recipe, "prune-once-kd", steps_per_epoch=860)
+    assert [s.steps for s in once.stages[:2]] == [1, 429] and once.stages[2].epochs == recipe.stages[1].epochs
 
 
 def test_recipes_without_one_final_shape_are_refused(tmp_path, capsys):
@@ -141,6 +157,34 @@ def test_summary_statistics_and_claim():
     summary = summarise(runs, "r", "cmd", {"validation": 0.85, "test": 0.84}, quick=False)
     assert summary["arms"]["pakd"]["validation"] == {"mean": 0.79, "sd": pytest.approx(0.01414, abs=1e-5), "worst": 0.78, "n": 2}
     assert summary["claim"] == {"best_other_arm": "scratch", "pakd_minus_best_validation": pytest.approx(0.08),
-                                "target": 0.01, "met": True}
-    with pytest.raises(RuntimeError, match="differ in shape"):
+                                "sd": pytest.approx(0.02, abs=1e-5), "target": 0.01, "met": True, "at_the_line": False}
+    # A margin within one sd of the line is "at the line", on either side of it.
+    close = summarise([run("scratch", 0, 0.70), run("scratch", 1, 0.72), run("pakd", 0, 0.73), run("pakd", 1, 0.69)],
+                      "r", "cmd", {"validation": 0.85, "test": 0.84}, quick=False)["claim"]
+    assert close["met"] is False and close["at_the_line"] is True
+    with pytest.raises(AblationError, match="differ in shape"):
         summarise([*runs, {**run("kd", 0, 0.7), "shape": {"hidden_size": 16}}], "r", "cmd", {}, quick=False)
+
+
+def test_the_card_reports_seeds_and_same_size_baselines(ablation, tmp_path, capsys):
+    import shutil
+
+    _, _, out = ablation
+    run = tmp_path / "seed-0"
+    shutil.copytree(out / "pakd" / "seed-0", run)
+    assert main(["card", str(run), "--ablation", str(out / "ablation.json")]) == 0
+    card = (run / "student" / "README.md").read_text()
+    section = card.split("## Seeds and same-size baselines")[1].split("## Structure kept")[0]
+    summary = json.loads((out / "ablation.json").read_text())
+    for arm in ARMS:
+        stats = summary["arms"][arm]["validation"]
+        assert f"{stats['mean']:.4f} ± {stats['sd']:.4f} (worst {stats['worst']:.4f})" in section
+    assert "random init, labels only" in section and "Smoke run" in section
+    # An ablation of another shape, or a file that is not one, is refused in one line.
+    other = json.loads((out / "ablation.json").read_text())
+    other["shape"] = {**other["shape"], "hidden_size": 999}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["card", str(run), "--ablation", str(tmp_path / "other.json")]) == 2
+    assert main(["card", str(run), "--ablation", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert "differs from" in err and "hidden_size" in err and "not an ablation.json" in err and "Traceback" not in err

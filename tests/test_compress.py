@@ -107,7 +107,9 @@ def test_outputs_and_report(quick_run):
     card = (student / "README.md").read_text()
     assert "## Compression" in card and "2 perturbed copies of each" in card
     assert "Smoke run" in card and "not comparable with published ones" in card and "split into smaller kept pieces" in card
-    assert str(out) not in card and "pakd_card.png" in card  # no local path; the figure is always there
+    how_to = card.split("## How to use")[1].split("## How it was made")[0]
+    assert str(out) not in how_to and "from_pretrained('<namespace>/" in how_to  # a placeholder, never a local path
+    assert "pakd_card.png" in card  # the figure is always there
     # The hidden stream was rotated (on `calibration: 64` texts of at most 48 tokens) and says so.
     rotation = pakd["hidden_rotation"]
     assert (rotation["width_before"], rotation["width_after"]) == (32, 16)

@@ -111,3 +111,15 @@ def test_example_recipe_content():
     assert [s.name for s in recipe.stages] == ["logits", "deep"]
     assert recipe.stages[1].distillation.hidden.layer_map == "auto"
     assert yaml.safe_load(recipe.to_yaml())["name"] == "tiny-bert-two-stage"
+
+
+def test_a_held_out_test_split_is_required_and_is_not_the_validation_split():
+    from pakd_hf.recipe import RecipeError, load_recipe
+
+    base = {"name": "x", "task": "text-classification", "stages": [{"name": "s", "steps": 1}],
+            "data": {"dataset": "some/hub-set"}}
+    for data, fragment in (({"test_split": None}, "is required"), ({"test_split": "validation"}, "also the validation split")):
+        with pytest.raises(RecipeError, match=fragment) as info:
+            load_recipe({**base, "data": {**base["data"], **data}})
+        assert "data.test_split" in str(info.value)
+    assert load_recipe({**base, "data": {**base["data"], "validation_split": None, "test_split": "validation"}})
