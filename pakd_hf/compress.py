@@ -501,7 +501,9 @@ def compress(
     shutil.rmtree(out / "student", ignore_errors=True)
     tmp.rename(out / "student")
     shutil.rmtree(run_dir, ignore_errors=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report_tmp = out / ".report.json.tmp"  # never a truncated report: written aside, then renamed
+    report_tmp.write_text(json.dumps(report, indent=2) + "\n")
+    report_tmp.replace(out / "report.json")
     _print_summary(report, out)
     if push_to_hub:
         url = push_folder(out / "student", push_to_hub)

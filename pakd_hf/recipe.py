@@ -19,7 +19,9 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -67,14 +69,82 @@ TASK_MODALITY = {
 }
 
 
+# Bounds of what a recipe file may be: recipes are a few kilobytes; these stop a hostile or
+# broken file (a 10 MB dump, 10,000 nested lists) before it costs time or memory.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_DEPTH = 32
+MAX_MESSAGE = 400
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class RecipeError(ValueError):
     """A recipe is invalid. The message is one line naming the field and the fix."""
 
     def __init__(self, path: str, problem: str):
-        self.field = path
-        self.problem = problem
-        where = f"recipe field '{path}'" if path else "recipe"
-        super().__init__(f"{where}: {problem}")
+        self.field = _one_line(path, 120)
+        self.problem = _one_line(problem, MAX_MESSAGE)
+        where = f"recipe field '{self.field}'" if self.field else "recipe"
+        super().__init__(f"{where}: {self.problem}")
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: no aliases (a few hundred bytes of nested aliases expand
+    to billions of nodes), no duplicate keys (YAML keeps the last one silently), bounded
+    nesting."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"aliases (*name) are not allowed in recipes (line {mark.line + 1}); write the value out")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_RECIPE_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"nested deeper than {MAX_RECIPE_DEPTH} levels (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the mapping constructor reports it
+                continue
+            if duplicate:
+                raise yaml.YAMLError(f"the key '{_one_line(key, 60)}' appears twice in one mapping "
+                                     f"(line {key_node.start_mark.line + 1}); keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The parsed YAML of a recipe file, or one RecipeError line (size, encoding, syntax)."""
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError("", f"{path} is {size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,} (is it the right file?)")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise RecipeError("", f"{path} is not text (it holds NUL bytes: binary, or UTF-16); save it as UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError("", f"{path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError("", f"{path} is not a valid recipe file{where}: {problem}") from None
+    except RecursionError:
+        raise RecipeError("", f"{path} is nested too deeply") from None
 
 
 # A layer map is either "auto" (uniform spacing) or explicit [student, teacher] index pairs.
@@ -619,13 +689,7 @@ def load_recipe(source: "str | os.PathLike | dict | Recipe") -> Recipe:
         path = Path(source)
         if not path.is_file():
             raise RecipeError("", f"file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise RecipeError("", f"{path} is not valid YAML{where}: {problem}") from None
+        raw = _read_yaml(path)
         if raw is None:
             raise RecipeError("", f"{path} is empty")
     elif isinstance(source, dict):
@@ -651,8 +715,13 @@ def _type_name(tp: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
+_REPR = reprlib.Repr()  # Python 3.11's takes no keyword arguments
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 3, 3, 40, 40, 40
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    """A short repr of a user's value, built in bounded time whatever its size (reprlib)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -697,16 +766,23 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 1 << 62:
+                raise RecipeError(path, f"is out of range, got {_describe(value)}")
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value) if abs(value) < 1e308 else math.inf
+        elif isinstance(value, str) and len(value) < 64:
             # YAML 1.1 reads "5e-5" (no dot) as a string; accept it as the number users meant.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise RecipeError(path, f"must be a finite number, got {_describe(value)}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

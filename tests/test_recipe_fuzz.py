@@ -1,0 +1,181 @@
+"""Malformed recipes, generated: every one gives exit 2 and one line naming the problem, fast and
+in bounded memory. The generator mutates the shipped recipes (seeded, so a failure reproduces):
+wrong types, misspelt or missing keys at every level, out-of-range and non-finite numbers,
+structural damage, duplicate keys, aliases, binary junk, other encodings, truncation."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pakd_hf.cli import main
+from pakd_hf.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+WANTED = 240  # malformed recipes that must be refused (mutations that happen to stay valid do not count)
+ALIAS_BOMB = "".join(f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9 if i else ['"lol"'] * 9) + "]\n" for i in range(8))
+
+
+def _paths(node, prefix=()):
+    """Every (path, value) inside a parsed recipe, mappings and lists included."""
+    yield prefix, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _paths(value, (*prefix, i))
+
+
+def _set(root, path, value):
+    node = root
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+
+
+def _misspell(rng, key: str) -> str:
+    if len(key) > 2 and rng.random() < 0.5:
+        i = rng.randrange(len(key) - 1)
+        return key[:i] + key[i + 1] + key[i] + key[i + 2:] if key[i] != key[i + 1] else key + "s"
+    return key + rng.choice(["s", "_", "x"])
+
+
+def _mutate(rng: random.Random, text: str) -> bytes:
+    raw = yaml.safe_load(text)
+    spots = [(p, v) for p, v in _paths(raw) if p]
+    op = rng.randrange(14)
+    data = copy.deepcopy(raw)
+    if op == 0:  # a wrong type anywhere
+        path, _ = rng.choice(spots)
+        _set(data, path, rng.choice([True, "abc", [1, 2], {"a": 1}, 3, -1.5, None, [], {}]))
+    elif op == 1:  # a misspelt key at any level
+        maps = [(p, v) for p, v in _paths(data) if isinstance(v, dict) and v]
+        path, node = rng.choice(maps)
+        key = rng.choice([k for k in node if isinstance(k, str)])
+        node[_misspell(rng, key)] = node.pop(key)
+    elif op == 2:  # a missing key
+        maps = [(p, v) for p, v in _paths(data) if isinstance(v, dict) and v]
+        _, node = rng.choice(maps)
+        node.pop(rng.choice(list(node)))
+    elif op == 3:  # a number out of range
+        numbers = [(p, v) for p, v in _paths(data) if p and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if not numbers:
+            return _mutate(rng, text)
+        path, value = rng.choice(numbers)
+        _set(data, path, rng.choice([-abs(value) - 1, 0, 10**30, -(10**30), 1e-300 * 0]))
+    elif op == 4:  # a number made non-finite (YAML spellings)
+        numbers = [p for p, v in _paths(data) if p and isinstance(v, float)]
+        if not numbers:
+            return _mutate(rng, text)
+        _set(data, rng.choice(numbers), "__NONFINITE__")
+        return yaml.safe_dump(data, sort_keys=False).replace("__NONFINITE__", rng.choice([".inf", "-.inf", ".nan", "1e400"])).encode()
+    elif op == 5:  # structural damage: a mapping or list replaced by the other kind, or emptied
+        containers = [(p, v) for p, v in _paths(data) if p and isinstance(v, (dict, list))]
+        path, node = rng.choice(containers)
+        _set(data, path, list(node.values()) if isinstance(node, dict) else ({} if rng.random() < 0.5 else {"x": node}))
+    elif op == 6:  # no stages at all, or a stage with no duration
+        if rng.random() < 0.5:
+            data["stages"] = []
+        else:
+            stage = rng.choice(data["stages"])
+            stage.pop("steps", None)
+            stage.pop("epochs", None)
+    elif op == 7:  # a duplicate key (YAML would silently keep the last)
+        lines = text.splitlines()
+        keys = [i for i, line in enumerate(lines) if line and not line[0].isspace() and ":" in line and not line.startswith("#")]
+        i = rng.choice(keys)
+        return "\n".join(lines + [lines[i].split(":")[0] + ": duplicate"]).encode()
+    elif op == 8:  # an alias bomb
+        return (ALIAS_BOMB + text).encode()
+    elif op == 9:  # binary junk
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(16, 4096)))
+    elif op == 10:  # another encoding
+        return text.encode(rng.choice(["utf-16", "utf-32", "latin-1"])) if rng.random() < 0.7 else b"\xff\xfe" + text.encode()
+    elif op == 11:  # cut short
+        data_bytes = text.encode()
+        return data_bytes[: rng.randrange(1, max(2, len(data_bytes)))]
+    elif op == 12:  # deep nesting
+        return ("name: x\nstages: " + "[" * 5000 + "]" * 5000 + "\n").encode()
+    else:  # indentation broken / a tab
+        lines = text.splitlines()
+        i = rng.randrange(len(lines))
+        lines[i] = ("\t" if rng.random() < 0.5 else "   ") + lines[i]
+        return "\n".join(lines).encode()
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode()
+
+
+def _is_valid(path: Path) -> bool:
+    try:
+        load_recipe(path)
+    except Exception:  # noqa: BLE001 - anything else is the failure the test reports
+        return False
+    return True
+
+
+def test_generated_malformed_recipes_are_refused_in_one_line_quickly(tmp_path, capsys):
+    rng = random.Random(20261202)
+    texts = [p.read_text() for p in RECIPES]
+    refused, tried = 0, 0
+    tracemalloc.start()
+    try:
+        while refused < WANTED:
+            tried += 1
+            assert tried < 4 * WANTED, "the generator produced too few malformed recipes"
+            source = rng.randrange(len(texts))
+            content = _mutate(rng, texts[source])
+            path = tmp_path / f"case-{tried}.yaml"
+            path.write_bytes(content)
+            tracemalloc.reset_peak()
+            started = time.perf_counter()
+            code = main(["validate", str(path)])
+            seconds = time.perf_counter() - started
+            _, peak = tracemalloc.get_traced_memory()
+            out = capsys.readouterr()
+            case = f"case {tried} (mutation of {RECIPES[source].name}, kept in {path})"
+            if code == 0:
+                assert _is_valid(path), case  # a mutation that stayed valid: fine, not counted
+                continue
+            lines = out.err.strip().splitlines()
+            assert code == 2, f"{case}: exit {code}"
+            assert len(lines) == 1 and "Traceback" not in out.err, f"{case}: {out.err[-2000:]}"
+            assert str(path) in lines[0] and len(lines[0]) < len(str(path)) + 600, case
+            assert seconds < 2.0, f"{case}: {seconds:.1f} s"
+            assert peak < 300 * 2**20, f"{case}: {peak / 2**20:.0f} MB"
+            refused += 1
+            path.unlink()
+    finally:
+        tracemalloc.stop()
+    assert refused >= WANTED
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (ALIAS_BOMB + "name: x\n", "aliases"),
+    ("name: x\nname: y\ntask: text-classification\nstages: [{name: s, steps: 1}]\n", "appears twice"),
+    ("name: x\ntask: text-classification\nstages: [{name: s, epochs: .inf}]\n", "finite"),
+    ("name: x\ntask: text-classification\nstages: [{name: s, steps: 1, learning_rate: 1e400}]\n", "finite"),
+    ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested deeper"),
+])
+def test_known_attacks_are_refused_by_name(tmp_path, capsys, content, fragment):
+    path = tmp_path / "r.yaml"
+    path.write_text(content)
+    started = time.perf_counter()
+    assert main(["validate", str(path)]) == 2
+    assert time.perf_counter() - started < 2.0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err
+
+
+def test_a_ten_megabyte_recipe_is_refused_without_reading_it(tmp_path, capsys):
+    path = tmp_path / "big.yaml"
+    path.write_text("name: x\n" + "# padding\n" * 1_000_000)
+    started = time.perf_counter()
+    assert main(["validate", str(path)]) == 2
+    assert time.perf_counter() - started < 2.0 and "at most 1,048,576" in capsys.readouterr().err
