@@ -142,7 +142,8 @@ def _read_yaml(path: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError("", f"{path} is not a valid recipe file{where}: {problem}") from None
+        what = "valid YAML" if mark else "a valid recipe file"  # a syntax error, or what _RecipeLoader refuses
+        raise RecipeError("", f"{path} is not {what}{where}: {problem}") from None
     except RecursionError:
         raise RecipeError("", f"{path} is nested too deeply") from None
 
