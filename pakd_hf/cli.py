@@ -82,7 +82,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     if (folder / "student" / "config.json").is_file():
         folder = folder / "student"
     try:
-        url = push_folder(folder, args.repo_id, private=args.private, revision=args.revision, token=args.token)
+        url = push_folder(folder, args.repo_id, private=args.private, revision=args.revision)
     except PushError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -208,12 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a `pakd ablate` summary of the same recipe: the card reports seeds and same-size baselines")
     card.set_defaults(func=_cmd_card)
 
-    push = sub.add_parser("push", help="push a compressed student (and only it) to the Hugging Face Hub")
+    push = sub.add_parser("push", help="push a compressed student (and only it) to the Hugging Face Hub",
+                          description="The token comes from HF_TOKEN or `hf auth login`, never from the command line "
+                          "(where other users of the machine could read it in the process list).")
     push.add_argument("dir", metavar="DIR", help="a student folder, or an output folder with student/")
     push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
     push.add_argument("--private", action="store_true", default=None, help="create the repository private")
     push.add_argument("--revision", help="branch to push to (created if missing)")
-    push.add_argument("--token", help="a write token (default: the logged-in token / HF_TOKEN)")
     push.set_defaults(func=_cmd_push)
     return parser
 

@@ -84,6 +84,18 @@ def _quick_recipe(recipe: Recipe) -> Recipe:
     return load_recipe(raw)
 
 
+def swap_in(new: Path, target: Path) -> None:
+    """Put the complete folder ``new`` at ``target``: the old one is renamed aside first and
+    deleted last, so a kill at any point leaves either the old folder or the new one (or the
+    old one aside, under a dot name), never a half-deleted one."""
+    old = target.with_name(f".{target.name}-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -228,8 +240,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     model.save_pretrained(tmp)
     preprocessor.save_pretrained(tmp)
     (tmp / "pakd_teacher.json").write_text(json.dumps(info, indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    swap_in(tmp, folder)
     _say(f"teacher saved in {folder} (validation accuracy {info['accuracy_validation']:.4f})")
     return model, preprocessor, encoded, info
 
@@ -270,8 +281,7 @@ def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_
         shutil.rmtree(tmp, ignore_errors=True)
         encoded.save_to_disk(str(tmp))
         (tmp / "pakd_transfer.json").write_text(json.dumps({"key": key, "rows": len(encoded)}) + "\n")
-        shutil.rmtree(cache, ignore_errors=True)
-        tmp.rename(cache)
+        swap_in(tmp, cache)
         encoded = load_from_disk(str(cache))
     return encoded
 
@@ -400,8 +410,7 @@ def save_student(trainer, folder: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
     (tmp / "training_args.bin").unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    swap_in(tmp, folder)
 
 
 # ---- the pipeline ---------------------------------------------------------------------
@@ -498,8 +507,7 @@ def compress(
         total_seconds=round(time.perf_counter() - started, 1),
     )
     write_card(tmp, report, repo_id=push_to_hub)
-    shutil.rmtree(out / "student", ignore_errors=True)
-    tmp.rename(out / "student")
+    swap_in(tmp, out / "student")
     shutil.rmtree(run_dir, ignore_errors=True)
     report_tmp = out / ".report.json.tmp"  # never a truncated report: written aside, then renamed
     report_tmp.write_text(json.dumps(report, indent=2) + "\n")

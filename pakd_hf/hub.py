@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["PushError", "build_card", "write_card", "push_folder", "PUSH_PATTERNS", "CARD_FIGURE"]
+__all__ = ["PushError", "build_card", "write_card", "push_folder", "PUSH_PATTERNS", "INTERNAL_FILES", "CARD_FIGURE"]
 
 CARD_FIGURE = "pakd_card.png"
 TEMPLATE = Path(__file__).resolve().parent.parent / "hub_cards" / "pakd_model_card.md"
@@ -412,11 +412,20 @@ def write_card(student_dir: str | os.PathLike, report: dict[str, Any], **kwargs)
     return path
 
 
+# pakd's own training state, written into checkpoint folders (PaKDTrainer): never pushed, even
+# where an allowlist pattern (`*.safetensors`) would match it.
+INTERNAL_FILES = frozenset({
+    "pakd_state.json", "pakd_masks.safetensors", "pakd_importance.safetensors", "pakd_distill_projections.safetensors",
+    "pakd_teacher.json", "training_args.bin",
+})
+
+
 def _files_to_push(folder: Path) -> list[str]:
     from fnmatch import fnmatch
 
     return sorted(
-        p.name for p in folder.iterdir() if p.is_file() and any(fnmatch(p.name, pat) for pat in PUSH_PATTERNS)
+        p.name for p in folder.iterdir()
+        if p.is_file() and p.name not in INTERNAL_FILES and any(fnmatch(p.name, pat) for pat in PUSH_PATTERNS)
     )
 
 

@@ -12,7 +12,7 @@ import yaml
 from hub_server import patch_hub_endpoint
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments
 from pakd_hf.benchmark import REPORT_KEYS, compare_models
-from pakd_hf.hub import CARD_FIGURE, PushError, push_folder, write_card
+from pakd_hf.hub import CARD_FIGURE, INTERNAL_FILES, PushError, push_folder, write_card
 from toy import toy_dataset
 
 TOKEN, OTHER = "hf_pakd_writer", "hf_someone_else"
@@ -230,8 +230,30 @@ def test_cli_card_and_push(compressed, hub_server, monkeypatch, tmp_path):
 
     hub_server.add_user("pakd", TOKEN)
     patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
-    assert main(["push", str(out), "--repo-id", "pakd/cli-push", "--token", TOKEN, "--private"]) == 0
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the CLI takes the token from the environment or the login cache only
+    assert main(["push", str(out), "--repo-id", "pakd/cli-push", "--private"]) == 0
     assert set(hub_server.files("pakd/cli-push", "main")) - {".gitattributes"} == EXPECTED_FILES
     assert hub_server.repos["pakd/cli-push"].private
-    assert main(["push", str(out), "--repo-id", "someone/else", "--token", TOKEN]) == 1
+    assert main(["push", str(out), "--repo-id", "someone/else"]) == 1
+    with pytest.raises(SystemExit):  # no --token flag: a secret never goes into the process list
+        main(["push", str(out), "--repo-id", "pakd/x", "--token", TOKEN])
     assert main(["card", str(tmp_path / "nothing")]) == 2
+
+
+def test_pakd_internal_files_are_never_pushed(compressed, hub_server, monkeypatch, tmp_path):
+    """A checkpoint folder holds pakd's training state beside the weights: the allowlist skips it."""
+    import shutil
+
+    from pakd_hf import trainer
+
+    assert {trainer.STATE_FILENAME, trainer.MASKS_FILENAME, trainer.IMPORTANCE_FILENAME,
+            trainer.PROJECTIONS_FILENAME} <= INTERNAL_FILES
+    folder = tmp_path / "checkpoint-like"
+    shutil.copytree(compressed["folder"], folder)
+    for name in INTERNAL_FILES:
+        (folder / name).write_bytes(b"internal")
+    hub_server.add_user("pakd", TOKEN)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    push_folder(folder, "pakd/checkpoint-like", token=TOKEN)
+    stored = set(hub_server.files("pakd/checkpoint-like", "main"))
+    assert not stored & INTERNAL_FILES and "model.safetensors" in stored
