@@ -80,20 +80,41 @@ def _final_targets(recipe: Recipe):
     })
 
 
+def split_arm(spec: str) -> tuple[str, float]:
+    """``"kd"`` -> ("kd", 1.0); ``"kd@5"`` -> ("kd", 5.0): the arm with every stage's learning
+    rate times 5 (a baseline tuned on validation is a fair one: run a few scales, the table
+    keeps each, and the claim compares the recipe with the best of them)."""
+    name, _, scale = spec.partition("@")
+    if name not in ARMS:
+        raise RecipeError("--arms", f"unknown arm '{name}'; choose from {', '.join(ARMS)} (optionally @SCALE)")
+    try:
+        value = float(scale) if scale else 1.0
+    except ValueError:
+        value = -1.0
+    if not (0 < value < 1e4) or (scale and not math.isfinite(value)):
+        raise RecipeError("--arms", f"'{spec}': the learning-rate scale after @ must be a positive number")
+    return name, value
+
+
 def arm_recipe(recipe: Recipe, arm: str, steps_per_epoch: int | None = None) -> Recipe:
-    """The recipe an arm trains with: same stages, durations and learning rates; pruning and
-    distillation kept or removed as the arm says. The transfer set is built once from the
-    recipe's ``augment`` and passed in, so arm recipes have no ``augment`` block.
+    """The recipe an arm trains with: same stages, durations and learning rates (times the arm's
+    ``@SCALE``); pruning and distillation kept or removed as the arm says. The transfer set is
+    built once from the recipe's ``augment`` and passed in, so arm recipes have no ``augment`` block.
 
     ``prune-once-kd`` adds a one-step cut before the first stage and takes that step from it;
     a first stage measured in epochs needs ``steps_per_epoch`` to be shortened by exactly one
     step (without it the arm runs one step more than the others)."""
-    if arm not in ARMS:
-        raise RecipeError("--arms", f"unknown arm '{arm}'; choose from {', '.join(ARMS)}")
+    spec, (arm, scale) = arm, split_arm(arm)
     raw = recipe.to_dict()
     raw.pop("augment", None)
-    raw["name"] = f"{recipe.name}-{arm}"
+    raw["name"] = f"{recipe.name}-{spec.replace('@', '-lr')}"
     stages = raw["stages"]
+    if scale != 1.0:
+        from transformers import TrainingArguments
+
+        default = TrainingArguments.__dataclass_fields__["learning_rate"].default  # what a stage without one uses
+        for stage in stages:
+            stage["learning_rate"] = stage.get("learning_rate", default) * scale
     if arm in ("scratch", "kd", "prune-once-kd"):
         for stage in stages:
             stage.pop("pruning", None)
@@ -105,8 +126,8 @@ def arm_recipe(recipe: Recipe, arm: str, steps_per_epoch: int | None = None) -> 
         once = {"name": "prune-once", "steps": 1, "pruning": _plain(_final_targets(recipe))}
         if first.distillation is not None:
             once["distillation"] = _plain(first.distillation)
-        if first.learning_rate is not None:
-            once["learning_rate"] = first.learning_rate
+        if "learning_rate" in stages[0]:
+            once["learning_rate"] = stages[0]["learning_rate"]
         if "epochs" in stages[0] and steps_per_epoch is not None:  # as PaKDTrainer counts a stage's steps
             stages[0]["steps"] = max(1, math.ceil(stages[0].pop("epochs") * steps_per_epoch))
         if stages[0].get("steps", 0) > 1:  # the cut takes one of the first stage's steps
@@ -177,8 +198,9 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
 
     set_seed(seed)
     start, student_pre, student_encoded = student_start(p)
-    student = _random_student(p, start, seed) if arm in ("scratch", "kd") else start
-    uses_teacher = arm in ("kd", "prune-once-kd", "pakd")
+    base, _ = split_arm(arm)
+    student = _random_student(p, start, seed) if base in ("scratch", "kd") else start
+    uses_teacher = base in ("kd", "prune-once-kd", "pakd")
     train = student_encoded["train"]
     if transfer is not None:
         train = transfer
@@ -246,8 +268,7 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
     adds to the table rather than replacing it."""
     arms = list(dict.fromkeys(arms or ARMS))
     for arm in arms:
-        if arm not in ARMS:
-            raise RecipeError("--arms", f"unknown arm '{arm}'; choose from {', '.join(ARMS)}")
+        split_arm(arm)
     seed_list = list(dict.fromkeys(range(seeds) if isinstance(seeds, int) else seeds))
     if not seed_list or any(s < 0 for s in seed_list):
         raise RecipeError("--seeds", f"needs at least one seed >= 0, got {seeds}")
@@ -280,7 +301,7 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
                 raise AblationError(f"{arm} seed {seed} ended at {report['shape']}, not the recipe's final shape "
                                     f"{expected}: the comparison would be void")
     runs = []
-    for arm in ARMS:  # every finished run that matches, this invocation's or an earlier one's
+    for arm in _arm_folders(out):  # every finished run that matches, this invocation's or an earlier one's
         folders = [f for f in (out / arm).glob("seed-*") if f.name.removeprefix("seed-").isdigit()]
         for folder in sorted(folders, key=lambda f: int(f.name.removeprefix("seed-"))):
             report = _finished(folder)
@@ -317,7 +338,7 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
         entry["params"] = entry["runs"][0]["params"]
         entry["bytes"] = entry["runs"][0]["bytes"]
     claim = None
-    others = [a for a in arms if a != "pakd"]
+    others = [a for a in arms if split_arm(a)[0] != "pakd"]  # the best of every baseline, tuned variants included
     if "pakd" in arms and others:
         best = max(others, key=lambda a: arms[a]["validation"]["mean"])
         margin = arms["pakd"]["validation"]["mean"] - arms[best]["validation"]["mean"]
@@ -327,7 +348,24 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
                  "target": 0.01, "met": margin >= 0.01, "at_the_line": abs(margin - 0.01) <= sd}
     return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick,
             "shape": runs[0]["shape"] if runs else None, "teacher": teacher,
-            "arms": {a: arms[a] for a in ARMS if a in arms}, "claim": claim}
+            "arms": {a: arms[a] for a in sorted(arms, key=_arm_order)}, "claim": claim}
+
+
+def _arm_order(spec: str) -> tuple[int, float]:
+    name, scale = split_arm(spec)
+    return ARMS.index(name), scale
+
+
+def _arm_folders(out: Path) -> list[str]:
+    """The arm folders under OUT (``kd``, ``kd@5``, ...), in table order."""
+    names = []
+    for folder in out.iterdir() if out.is_dir() else ():
+        try:
+            split_arm(folder.name)
+        except RecipeError:
+            continue
+        names.append(folder.name)
+    return sorted(names, key=_arm_order)
 
 
 def _fmt(stats: dict[str, Any]) -> str:

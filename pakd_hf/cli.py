@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--output-dir", required=True, help="OUT: teacher/, transfer/, <arm>/seed-<n>/ and ablation.{json,md,png}")
     abl.add_argument("--seeds", type=_seed_list, default=[0, 1, 2],
                      help="a count (3: seeds 0, 1, 2) or a comma-separated list (0,3,4; one seed: 2,)")
-    abl.add_argument("--arms", help="comma-separated subset of scratch,kd,prune-once-kd,prune-only,pakd (default: all)")
+    abl.add_argument("--arms", help="comma-separated subset of scratch,kd,prune-once-kd,prune-only,pakd (default: all); "
+                     "ARM@SCALE runs an arm with every learning rate times SCALE (kd@5), to tune a baseline on validation")
     abl.add_argument("--quick", action="store_true", help="same path on a small slice and a few steps (smoke check)")
     abl.set_defaults(func=_cmd_ablate)
 

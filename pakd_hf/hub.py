@@ -195,7 +195,11 @@ def _ablation_section(summary: dict[str, Any] | None) -> dict[str, Any]:
     def cell(stats):
         return f"{stats['mean']:.4f} ± {stats['sd']:.4f} (worst {stats['worst']:.4f})"
 
-    rows = [{"arm": ARM_NAMES.get(arm, arm), "seeds": entry["validation"]["n"], "validation": cell(entry["validation"]),
+    def arm_name(spec: str) -> str:
+        name, _, scale = spec.partition("@")
+        return ARM_NAMES.get(name, name) + (f", learning rates x{scale}" if scale else "")
+
+    rows = [{"arm": arm_name(arm), "seeds": entry["validation"]["n"], "validation": cell(entry["validation"]),
              "test": cell(entry["test"])} for arm, entry in summary["arms"].items()]
     intro = ("Students of this model's exact shape made by other routes, each for the same number of steps on the "
              "same examples from the same teacher, over seeds (mean ± standard deviation, worst seed), from "
@@ -204,7 +208,7 @@ def _ablation_section(summary: dict[str, Any] | None) -> dict[str, Any]:
     text = ""
     if claim:
         text = (f"On validation this recipe is {claim['pakd_minus_best_validation'] * 100:+.2f} points from the best "
-                f"other route ({ARM_NAMES.get(claim['best_other_arm'], claim['best_other_arm'])}).")
+                f"other route ({arm_name(claim['best_other_arm'])}).")
     if summary.get("quick"):
         text += " Smoke run (`--quick`): these accuracies mean nothing."
     return {"ablation_rows": rows, "ablation_intro": intro, "ablation_claim": text.strip()}

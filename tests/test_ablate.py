@@ -101,11 +101,17 @@ def test_a_rerun_skips_finished_runs_and_retrains_stale_ones(ablation, capsys):
     for p, mtime in before.items():
         if p.parent != out / "scratch" / "seed-1":
             assert p.stat().st_mtime_ns == mtime, p
-    # A run of a subset adds to the summary instead of replacing it.
-    assert main(["ablate", str(path), "--output-dir", str(out), "--seeds", "1,", "--arms", "kd,kd", "--quick"]) == 0
+    # A run of a subset adds to the summary instead of replacing it; ARM@SCALE is a baseline with
+    # scaled learning rates, kept in its own folder and row, and a candidate for the best baseline.
+    assert main(["ablate", str(path), "--output-dir", str(out), "--seeds", "1,", "--arms", "kd,kd,kd@3", "--quick"]) == 0
     summary = json.loads((out / "ablation.json").read_text())
     assert all(summary["arms"][arm]["validation"]["n"] == 2 for arm in ARMS)
-    assert "done earlier, skipped" in capsys.readouterr().err
+    assert list(summary["arms"]) == ["scratch", "kd", "kd@3", "prune-once-kd", "prune-only", "pakd"]
+    assert summary["arms"]["kd@3"]["validation"]["n"] == 1 and (out / "kd@3" / "seed-1" / "student").is_dir()
+    best = max((a for a in summary["arms"] if a != "pakd"), key=lambda a: summary["arms"][a]["validation"]["mean"])
+    assert summary["claim"]["best_other_arm"] == best
+    err = capsys.readouterr().err
+    assert err.count("done earlier, skipped") == 1 and "kd@3 seed 1: training" in err
 
 
 def test_arm_recipes_keep_the_schedule_and_change_only_what_the_arm_says():
@@ -125,6 +131,13 @@ def test_arm_recipes_keep_the_schedule_and_change_only_what_the_arm_says():
     assert cut.pruning.hidden.method == "rotate" and cut.pruning.importance == "taylor"
     assert once.stages[1].steps == recipe.stages[0].steps - 1 and all(s.pruning is None for s in once.stages[1:])
     assert sum(s.steps or 0 for s in once.stages) == sum(s.steps or 0 for s in recipe.stages)
+    # ARM@SCALE: every stage's learning rate scaled, nothing else.
+    scaled = arm_recipe(recipe, "kd@5")
+    assert [s.learning_rate for s in scaled.stages] == [pytest.approx(5 * s.learning_rate) for s in kd.stages]
+    assert [(s.steps, s.epochs, s.distillation) for s in scaled.stages] == [(s.steps, s.epochs, s.distillation) for s in kd.stages]
+    for bad in ("kd@0", "kd@x", "kd@nan", "distil@2"):
+        with pytest.raises(RecipeError, match="--arms"):
+            arm_recipe(recipe, bad)
 
 
 def test_prune_once_takes_its_step_from_a_first_stage_counted_in_epochs():
