@@ -92,7 +92,11 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     from .compress import compress
+    from .hub import PushError
 
+    if args.push_to_hub and not args.hub_model_id:
+        print("error: --push-to-hub needs --hub-model-id NAMESPACE/NAME (nothing was run)", file=sys.stderr)
+        return 2
     try:
         compress(args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
                  threads=args.threads, seed=args.seed)
@@ -102,6 +106,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     except (FileNotFoundError, NotADirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PushError as exc:
+        print(f"error: {exc} (the outputs in {args.output_dir} are complete; push them later with `pakd push`)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -150,6 +158,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doc(description: str, example: str) -> dict:
+    """A subcommand's --help text: what it does, then an example."""
+    return {"description": description, "epilog": f"example:\n  {example}",
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .compress import LATENCY_MIN_SECONDS  # light: no torch at import time
 
@@ -159,12 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pakd-hf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    validate = sub.add_parser("validate", help="check recipe files and print a summary of each")
-    validate.add_argument("recipes", nargs="+", metavar="RECIPE.yaml")
+    validate = sub.add_parser("validate", help="check recipe files and print a summary of each", **_doc(
+        "Load each recipe strictly (unknown keys, wrong types, values out of range, malformed YAML) and print one "
+        "line per file; exit 2 if any is invalid.", "pakd validate recipes/nlp/*.yaml"))
+    validate.add_argument("recipes", nargs="+", metavar="RECIPE.yaml", help="recipe files to check")
     validate.set_defaults(func=_cmd_validate)
 
-    comp = sub.add_parser("compress", help="run a recipe end to end: teacher, PaKD stages, evaluation, benchmark, card")
-    comp.add_argument("recipe", metavar="RECIPE.yaml")
+    comp = sub.add_parser("compress", help="run a recipe end to end: teacher, PaKD stages, evaluation, benchmark, card",
+                          **_doc("Fine-tune (or reuse) the teacher, run the recipe's PaKD stages on a copy of it, evaluate "
+                                 "the saved student on validation and test, benchmark it against the teacher, write "
+                                 "OUT/report.json and the model card.",
+                                 "pakd compress recipes/nlp/minilm-rotten-tomatoes.yaml --output-dir runs/minilm-rt --seed 1"))
+    comp.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe (with data and teacher blocks)")
     comp.add_argument("--output-dir", required=True, help="OUT: teacher/, student/ and report.json are written here")
     comp.add_argument("--quick", action="store_true", help="same path on a small slice and a few steps (smoke check)")
     comp.add_argument("--push-to-hub", action="store_true", help="push the student when done (needs --hub-model-id)")
@@ -177,11 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     abl = sub.add_parser(
         "ablate", help="train same-shape students by simpler routes (scratch, kd, prune-once-kd, prune-only) "
         "beside the recipe (pakd), over seeds, and compare them",
-        description="Each arm trains a student of the recipe's final shape for the same number of steps on the same "
-        "examples, from the same cached teacher. Finished arm x seed runs are kept and skipped on a rerun. "
-        "Example: pakd ablate recipes/nlp/minilm-rotten-tomatoes.yaml --output-dir runs/ablation --seeds 3",
+        **_doc("Each arm trains a student of the recipe's final shape for the same number of steps on the same "
+               "examples, from the same cached teacher. Finished arm x seed runs are kept and skipped on a rerun.",
+               "pakd ablate recipes/nlp/minilm-rotten-tomatoes.yaml --output-dir runs/ablation --seeds 3 "
+               "--arms scratch,scratch@5,kd,kd@5,prune-once-kd,prune-only,pakd"),
     )
-    abl.add_argument("recipe", metavar="RECIPE.yaml")
+    abl.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe whose final shape every arm reaches")
     abl.add_argument("--output-dir", required=True, help="OUT: teacher/, transfer/, <arm>/seed-<n>/ and ablation.{json,md,png}")
     abl.add_argument("--seeds", type=_seed_list, default=[0, 1, 2],
                      help="a count (3: seeds 0, 1, 2) or a comma-separated list (0,3,4; one seed: 2,)")
@@ -190,9 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--quick", action="store_true", help="same path on a small slice and a few steps (smoke check)")
     abl.set_defaults(func=_cmd_ablate)
 
-    bench = sub.add_parser("benchmark", help="measure a teacher and a student side by side (size, MACs, latency, accuracy)")
-    bench.add_argument("teacher_dir", metavar="TEACHER_DIR")
-    bench.add_argument("student_dir", metavar="STUDENT_DIR")
+    bench = sub.add_parser("benchmark", help="measure a teacher and a student side by side (size, MACs, latency, accuracy)",
+                           **_doc("Load two saved classifiers with stock classes and time them side by side on the same "
+                                  "inputs (interleaved rounds, medians, threads fixed); with --data, on the recipe's "
+                                  "test split and with accuracy. The folders need their tokenizer or preprocessor.",
+                                  "pakd benchmark runs/minilm-rt/teacher runs/minilm-rt/student --data "
+                                  "recipes/nlp/minilm-rotten-tomatoes.yaml --json bench.json"))
+    bench.add_argument("teacher_dir", metavar="TEACHER_DIR", help="the saved teacher (with its tokenizer or preprocessor)")
+    bench.add_argument("student_dir", metavar="STUDENT_DIR", help="the saved student (with its tokenizer or preprocessor)")
     bench.add_argument("--data", metavar="RECIPE", help="a recipe whose data block gives the test split (adds accuracy)")
     bench.add_argument("--json", metavar="FILE", help="write the report as JSON")
     bench.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
@@ -202,16 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "0: exactly --repeats runs, and at batch 1 at least one per example)")
     bench.set_defaults(func=_cmd_benchmark)
 
-    card = sub.add_parser("card", help="(re)generate the model card of an output folder from its saved report")
+    card = sub.add_parser("card", help="(re)generate the model card of an output folder from its saved report",
+                          **_doc("Render OUT/student/README.md (and its figure) from OUT/report.json; with --ablation, "
+                                 "add the recipe over seeds beside same-size baselines.",
+                                 "pakd card runs/minilm-rt --repo-id me/minilm-rt-pakd --ablation runs/ablation/ablation.json"))
     card.add_argument("dir", metavar="DIR", help="an output folder of `pakd compress` (or its student/ folder)")
     card.add_argument("--repo-id", help="the Hub id the card's code should load from")
     card.add_argument("--ablation", metavar="ABLATION.json",
                       help="a `pakd ablate` summary of the same recipe: the card reports seeds and same-size baselines")
     card.set_defaults(func=_cmd_card)
 
-    push = sub.add_parser("push", help="push a compressed student (and only it) to the Hugging Face Hub",
-                          description="The token comes from HF_TOKEN or `hf auth login`, never from the command line "
-                          "(where other users of the machine could read it in the process list).")
+    push = sub.add_parser("push", help="push a compressed student (and only it) to the Hugging Face Hub", **_doc(
+        "Upload the student's allowlisted files (weights, config, tokenizer/processor, pakd.json, the recipe, the "
+        "card and its figure). The token comes from HF_TOKEN or `hf auth login`, never from the command line "
+        "(where other users of the machine could read it in the process list).",
+        "pakd push runs/minilm-rt --repo-id me/minilm-rt-pakd --private   (after hf auth login, or with HF_TOKEN set)"))
     push.add_argument("dir", metavar="DIR", help="a student folder, or an output folder with student/")
     push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
     push.add_argument("--private", action="store_true", default=None, help="create the repository private")

@@ -1,0 +1,7 @@
+"""`python -m pakd_hf ...` is the `pakd` command (what `torchrun` or `accelerate launch` can start)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""The `pakd` command's surface: help texts, `python -m pakd_hf`, flags checked before any work."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pakd_hf.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = ("validate", "compress", "ablate", "benchmark", "card", "push")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_help_has_a_description_argument_help_and_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "example:\n  pakd " + command in text
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    assert sub.description and len(sub.description) > 40
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, f"{command} {action.dest} has no help"
+
+
+def test_python_dash_m_runs_the_command():
+    proc = subprocess.run([sys.executable, "-m", "pakd_hf", "validate", str(ROOT / "recipes" / "examples" / "tiny-bert-prune.yaml")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "ok: 'tiny-bert-prune'" in proc.stdout
+
+
+def test_push_to_hub_without_an_id_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compress", str(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml"), "--output-dir", str(out),
+                 "--push-to-hub"]) == 2
+    err = capsys.readouterr().err
+    assert "--hub-model-id" in err and len(err.strip().splitlines()) == 1 and not out.exists()
