@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .preflight import preflight
 from .recipe import RecipeError, load_recipe
 
 
@@ -15,6 +16,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for path in args.recipes:
         try:
             recipe = load_recipe(path)
+            notes: list[str] = []
+            preflight(recipe, notes=notes)  # what it names (data set, teacher) is there, and its layer maps fit
         except RecipeError as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             status = 2
@@ -24,7 +27,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             f"{', distil' if s.distillation is not None else ''})"
             for s in recipe.stages
         )
-        print(f"{path}: ok: '{recipe.name}' ({recipe.task}), {len(recipe.stages)} stage(s): {stages}")
+        print(f"{path}: ok: '{recipe.name}' ({recipe.task}), {len(recipe.stages)} stage(s): {stages}"
+              + "".join(f"; {note}" for note in notes))
     return status
 
 

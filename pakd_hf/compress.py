@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .data import hub_id
+from .preflight import preflight
 from .recipe import Recipe, RecipeError, load_recipe
 
 __all__ = ["compress", "QUICK"]
@@ -348,6 +349,7 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
         if getattr(recipe, block) is None:
             raise RecipeError(block, f"`pakd compress` needs a '{block}' block (see recipes/nlp/minilm-rotten-tomatoes.yaml)")
     adapter = adapter_for(recipe)
+    preflight(recipe)  # data, teacher and layer maps found and fitting, before any folder or minute is spent
     if recipe.training is None:
         recipe = load_recipe({**recipe.to_dict(), "training": {}})
     if seed is not None:

@@ -49,6 +49,8 @@ __all__ = [
     "Unstructured",
     "NMSparsity",
     "load_recipe",
+    "check_layer_maps",
+    "stage_layer_counts",
     "RECIPE_FILENAME",
 ]
 
@@ -868,3 +870,30 @@ def check_layer_map(
             f"{path}[{i}]",
             f"teacher index {t} is out of range: the teacher has indices 0..{n_teacher - 1}",
         )
+
+
+def stage_layer_counts(recipe: Recipe, n_layers: int) -> list[int]:
+    """The student's layer count when each stage starts: a stage that prunes layers (and
+    compacts, the default) leaves its target count to the stages after it."""
+    counts, n = [], n_layers
+    for stage in recipe.stages:
+        counts.append(n)
+        spec = stage.pruning
+        if spec is not None and spec.layers is not None and spec.compact:
+            keep = spec.layers.keep if spec.layers.keep is not None else max(1, round(spec.layers.keep_fraction * n_layers))
+            n = min(n, keep)
+    return counts
+
+
+def check_layer_maps(recipe: Recipe, n_student: int, n_teacher: int) -> None:
+    """Every stage's explicit layer maps against the layer counts the student and the teacher
+    will have when that stage runs (a later stage's map must fit the layers earlier stages left)."""
+    counts = stage_layer_counts(recipe, n_student)
+    for i, stage in enumerate(recipe.stages):
+        dist = stage.distillation
+        if dist is None:
+            continue
+        for block, kind, offset in ((dist.hidden, "hidden", 1), (dist.attention, "attention", 0)):
+            if block is not None:
+                check_layer_map(block.layer_map, counts[i] + offset, n_teacher + offset,
+                                f"stages[{i}].distillation.{kind}.layer_map")

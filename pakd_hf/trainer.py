@@ -42,7 +42,7 @@ from .distill import (
     logit_mse_per_sample,
     resolve_layer_map,
 )
-from .recipe import Recipe, RecipeError, Stage, check_layer_map, load_recipe
+from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
 
 if TYPE_CHECKING:
     from .prune import MaskState
@@ -345,7 +345,13 @@ class PaKDTrainer(Trainer):
                         f"cannot map layers of {type(model).__name__} / {type(teacher).__name__}: their configs "
                         "give no layer count (num_hidden_layers / encoder_layers)",
                     )
-                check_layer_map(block.layer_map, n_s + offset, n_t + offset, path)
+        if n_s is not None and n_t is not None:
+            # Each stage's maps against the layers the earlier stages leave, not only the first stage's.
+            check_layer_maps(recipe, n_s, n_t)
+        for i, stage in enumerate(recipe.stages):
+            dist = stage.distillation
+            if dist is None:
+                continue
             if dist.hidden is not None and (_hidden_width(model) is None or _hidden_width(teacher) is None):
                 raise RecipeError(
                     f"stages[{i}].distillation.hidden",

