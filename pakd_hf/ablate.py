@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from .compress import Prepared, _fingerprint, _say, _student_args, prepare, save_student, student_start, transfer_set
-from .recipe import Recipe, RecipeError, load_recipe
+from .preflight import preflight
+from .recipe import Recipe, RecipeError, check_layer_maps, load_recipe
 
 __all__ = ["ARMS", "AblationError", "ablate", "arm_recipe", "summarise"]
 
@@ -83,17 +84,26 @@ def _final_targets(recipe: Recipe):
 def split_arm(spec: str) -> tuple[str, float]:
     """``"kd"`` -> ("kd", 1.0); ``"kd@5"`` -> ("kd", 5.0): the arm with every stage's learning
     rate times 5 (a baseline tuned on validation is a fair one: run a few scales, the table
-    keeps each, and the claim compares the recipe with the best of them)."""
-    name, _, scale = spec.partition("@")
+    keeps each, and the claim compares the recipe with the best of them). The recipe itself
+    (``pakd``) is not rescaled: its learning rates are the recipe's."""
+    name, at, scale = spec.strip().partition("@")
     if name not in ARMS:
         raise RecipeError("--arms", f"unknown arm '{name}'; choose from {', '.join(ARMS)} (optionally @SCALE)")
     try:
-        value = float(scale) if scale else 1.0
+        value = float(scale) if at else 1.0
     except ValueError:
         value = -1.0
-    if not (0 < value < 1e4) or (scale and not math.isfinite(value)):
+    if not 0 < value < 1e4:  # also refuses nan
         raise RecipeError("--arms", f"'{spec}': the learning-rate scale after @ must be a positive number")
+    if name == "pakd" and value != 1.0:
+        raise RecipeError("--arms", f"'{spec}': the recipe keeps its own learning rates; scale the baselines only")
     return name, value
+
+
+def arm_name(spec: str) -> str:
+    """The canonical name of an arm spec (its folder): ``kd@5.0`` -> ``kd@5``, ``kd@1`` -> ``kd``."""
+    name, scale = split_arm(spec)
+    return name if scale == 1.0 else f"{name}@{scale:g}"
 
 
 def arm_recipe(recipe: Recipe, arm: str, steps_per_epoch: int | None = None) -> Recipe:
@@ -266,16 +276,20 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
     """Run the arms (see the module docs); returns the summary written to ``OUT/ablation.json``:
     every finished run under OUT whose key matches, so a rerun for one more seed or one arm
     adds to the table rather than replacing it."""
-    arms = list(dict.fromkeys(arms or ARMS))
-    for arm in arms:
-        split_arm(arm)
+    arms = list(dict.fromkeys(arm_name(arm) for arm in (arms or ARMS)))
     seed_list = list(dict.fromkeys(range(seeds) if isinstance(seeds, int) else seeds))
     if not seed_list or any(s < 0 for s in seed_list):
         raise RecipeError("--seeds", f"needs at least one seed >= 0, got {seeds}")
     recipe = load_recipe(recipe_source)
-    _final_targets(recipe)  # a recipe with no one final shape fails before any work
+    final = _final_targets(recipe).layers  # a recipe with no one final shape fails before any work
+    teacher_layers = preflight(recipe)
     for arm in arms:
-        arm_recipe(recipe, arm)
+        arm_spec = arm_recipe(recipe, arm)
+        if teacher_layers is not None:  # each arm's layer maps against the layers its student starts with
+            start = teacher_layers
+            if split_arm(arm)[0] in ("scratch", "kd") and final is not None:
+                start = final.keep if final.keep is not None else max(1, round(final.keep_fraction * teacher_layers))
+            check_layer_maps(arm_spec, start, teacher_layers)
     p = prepare(recipe, output_dir, quick=quick)
     out = p.out
     # Each run evaluates the test split once, after its own training: the split is handed to
@@ -361,7 +375,8 @@ def _arm_folders(out: Path) -> list[str]:
     names = []
     for folder in out.iterdir() if out.is_dir() else ():
         try:
-            split_arm(folder.name)
+            if arm_name(folder.name) != folder.name:
+                continue
         except RecipeError:
             continue
         names.append(folder.name)
@@ -385,8 +400,9 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         f"# Ablation: {summary['recipe']}" + (" (quick smoke run: the accuracies mean nothing)" if summary["quick"] else ""),
         "",
         f"Every arm trains a student of the same shape ({', '.join(f'{k} {v}' for k, v in (summary['shape'] or {}).items())}) "
-        "for the same number of steps on the same examples, with the recipe's stage lengths and learning rates (not "
-        "tuned per arm). The label-only arms (scratch, prune-only) give each perturbed copy its source's label. "
+        "for the same number of steps on the same examples, with the recipe's stage lengths and learning rates "
+        "(ARM@SCALE: every learning rate times SCALE, a baseline tuned on validation). The label-only arms (scratch, "
+        "prune-only) give each perturbed copy its source's label. "
         "Choices are made on validation; test is read once per run.",
         "",
         f"Teacher: validation {teacher['validation']:.4f}, test {teacher['test']:.4f}.",

@@ -79,8 +79,29 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repo_id_problem(repo_id: str) -> str | None:
+    """Why ``repo_id`` cannot name a Hub repository (None when it can): checked before any work."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo_id.count("/") != 1:
+        return "must be NAMESPACE/NAME"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
     from .hub import PushError, push_folder
+
+    if args.token is not None:
+        print("error: pakd push takes no --token (it would show in the process list): set HF_TOKEN or run "
+              "`hf auth login`", file=sys.stderr)
+        return 2
+    if problem := _repo_id_problem(args.repo_id):
+        print(f"error: --repo-id {args.repo_id!r}: {problem}", file=sys.stderr)
+        return 2
 
     folder = Path(args.dir)
     if (folder / "student" / "config.json").is_file():
@@ -100,6 +121,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     if args.push_to_hub and not args.hub_model_id:
         print("error: --push-to-hub needs --hub-model-id NAMESPACE/NAME (nothing was run)", file=sys.stderr)
+        return 2
+    if args.push_to_hub and (problem := _repo_id_problem(args.hub_model_id)):
+        print(f"error: --hub-model-id {args.hub_model_id!r}: {problem} (nothing was run)", file=sys.stderr)
         return 2
     try:
         compress(args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
@@ -178,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pakd-hf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     validate = sub.add_parser("validate", help="check recipe files and print a summary of each", **_doc(
-        "Load each recipe strictly (unknown keys, wrong types, values out of range, malformed YAML) and print one "
-        "line per file; exit 2 if any is invalid.", "pakd validate recipes/nlp/*.yaml"))
+        "Load each recipe strictly (unknown keys, wrong types, values out of range, malformed YAML) and check what "
+        "it names (the data set and teacher can be found; every stage's layer map fits the layers earlier stages "
+        "leave); print one line per file; exit 2 if any is invalid.", "pakd validate recipes/nlp/*.yaml"))
     validate.add_argument("recipes", nargs="+", metavar="RECIPE.yaml", help="recipe files to check")
     validate.set_defaults(func=_cmd_validate)
 
@@ -251,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
     push.add_argument("--private", action="store_true", default=None, help="create the repository private")
     push.add_argument("--revision", help="branch to push to (created if missing)")
+    push.add_argument("--token", help=argparse.SUPPRESS)  # refused with a pointer to HF_TOKEN (old scripts)
     push.set_defaults(func=_cmd_push)
     return parser
 

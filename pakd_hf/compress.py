@@ -97,6 +97,13 @@ def swap_in(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def restore_aside(target: Path) -> None:
+    """Undo a :func:`swap_in` killed between its two renames: the old folder, set aside, comes back."""
+    old = target.with_name(f".{target.name}-old")
+    if not target.exists() and old.is_dir():
+        old.rename(target)
+
+
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -204,6 +211,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     spec = recipe.data
     folder = out / "teacher"
     key = _teacher_key(recipe, quick)
+    restore_aside(folder)
     info_file = folder / "pakd_teacher.json"
     if info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key:
         _say(f"reusing the teacher in {folder} (it matches the recipe)")
@@ -264,6 +272,8 @@ def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_
 
     key = _fingerprint(teacher_key or _teacher_key(recipe, False), recipe.augment, recipe.vocabulary, len(data["train"]),
                        any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages))
+    if cache is not None:
+        restore_aside(cache)
     if cache is not None and (cache / "pakd_transfer.json").is_file():
         if json.loads((cache / "pakd_transfer.json").read_text()).get("key") == key:
             _say(f"transfer set: reusing {cache}")

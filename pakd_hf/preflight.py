@@ -20,6 +20,14 @@ __all__ = ["preflight"]
 LAYER_FIELDS = ("num_hidden_layers", "encoder_layers", "num_layers", "n_layer")
 
 
+def _exists(name: str) -> bool:
+    """Whether ``name`` is a path on disk (a name too long or odd to be one is not)."""
+    try:
+        return Path(name).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -48,7 +56,7 @@ def _check_dataset(name: str, notes: list[str] | None) -> None:
         require_binaries()
     elif name in DATASETS:  # pragma: no cover - a new offline set without a check here
         return
-    elif Path(name).exists():
+    elif _exists(name):
         return
     elif _hub_offline():
         if notes is not None:
@@ -76,7 +84,7 @@ def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
                 model_bin()
             return None
         folder = Path(resolve_model(name))
-    elif Path(name).exists():
+    elif _exists(name):
         folder = Path(name)
     elif _hub_offline():
         if notes is not None:
@@ -90,17 +98,20 @@ def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
     if not config.is_file():
         raise RecipeError(field, f"{folder} has no config.json: it is not a saved transformers model")
     try:
-        return json.loads(config.read_text())
-    except ValueError as exc:
-        raise RecipeError(field, f"{config} is not valid JSON ({exc})") from None
+        loaded = json.loads(config.read_bytes()[: 1 << 24])
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RecipeError(field, f"{config} cannot be read as JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(loaded, dict):
+        raise RecipeError(field, f"{config} is not a config (a JSON object)")
+    return loaded
 
 
-def preflight(recipe: Recipe, *, notes: list[str] | None = None) -> None:
+def preflight(recipe: Recipe, *, notes: list[str] | None = None) -> int | None:
     """Raise one RecipeError naming the field when the recipe's data, teacher or layer maps
     cannot work on this machine (see the module docs). Recipes without data or teacher (for
     `PaKDTrainer`) are checked by the trainer instead. With ``notes`` (a list, `pakd validate`),
     a Hub id while the Hub is offline is noted there instead of refused: the recipe may be
-    meant for another machine."""
+    meant for another machine. Returns the teacher's layer count where its config can be read."""
     from .data import MissingAssetError
 
     config = None
@@ -115,7 +126,8 @@ def preflight(recipe: Recipe, *, notes: list[str] | None = None) -> None:
     except MissingAssetError as exc:
         raise RecipeError("teacher.model", str(exc)) from None
     if config is None:
-        return
+        return None
     layers = next((config[k] for k in LAYER_FIELDS if isinstance(config.get(k), int)), None)
     if layers is not None:
         check_layer_maps(recipe, layers, layers)  # the student starts as a copy of the teacher
+    return layers

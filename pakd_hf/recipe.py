@@ -73,13 +73,17 @@ TASK_MODALITY = {
 
 # Bounds of what a recipe file may be: recipes are a few kilobytes; these stop a hostile or
 # broken file (a 10 MB dump, 10,000 nested lists) before it costs time or memory.
-MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_BYTES = 64 << 10  # the shipped recipes are 1-4 KB; PyYAML reads ~100 KB per second here
 MAX_RECIPE_DEPTH = 32
 MAX_MESSAGE = 400
 
 
-def _one_line(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
+def _one_line(text: Any, limit: int) -> str:
+    """``text`` as one printable line of at most ``limit`` characters (no control characters:
+    a message must not become two lines or a terminal escape)."""
+    text = text if isinstance(text, str) else _describe(text)
+    text = "".join(c if c.isprintable() else " " for c in text[: limit * 4])
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -114,6 +118,9 @@ class _RecipeLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise yaml.YAMLError(f"merge keys (<<) are not allowed in recipes (line {key_node.start_mark.line + 1}); "
+                                     "write the keys out")
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
@@ -128,10 +135,13 @@ class _RecipeLoader(yaml.SafeLoader):
 
 def _read_yaml(path: Path) -> Any:
     """The parsed YAML of a recipe file, or one RecipeError line (size, encoding, syntax)."""
-    size = path.stat().st_size
-    if size > MAX_RECIPE_BYTES:
-        raise RecipeError("", f"{path} is {size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,} (is it the right file?)")
-    data = path.read_bytes()
+    try:
+        with path.open("rb") as handle:  # read at most the cap (+1 to tell), whatever the file claims to be
+            data = handle.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise RecipeError("", f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise RecipeError("", f"{path} is over {MAX_RECIPE_BYTES:,} bytes, the most a recipe may be (is it the right file?)")
     if b"\x00" in data:
         raise RecipeError("", f"{path} is not text (it holds NUL bytes: binary, or UTF-16); save it as UTF-8")
     try:
@@ -148,6 +158,8 @@ def _read_yaml(path: Path) -> Any:
         raise RecipeError("", f"{path} is not {what}{where}: {problem}") from None
     except RecursionError:
         raise RecipeError("", f"{path} is nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4,300 digits
+        raise RecipeError("", f"{path} holds a value YAML cannot read: {_one_line(str(exc), 80)}") from None
 
 
 # A layer map is either "auto" (uniform spacing) or explicit [student, teacher] index pairs.
@@ -398,6 +410,7 @@ class Stage:
 
     def _validate(self, path: str) -> None:
         _check(bool(self.name.strip()), f"{path}.name", "must not be empty")
+        _check(self.name.isprintable(), f"{path}.name", "must be printable text (no control characters or line breaks)")
         _check(
             (self.epochs is None) != (self.steps is None),
             path,
@@ -612,6 +625,7 @@ class Recipe:
 
     def _validate(self, path: str) -> None:
         _check(bool(self.name.strip()), "name", "must not be empty")
+        _check(self.name.isprintable(), "name", "must be printable text (no control characters or line breaks)")
         _check(self.seed is None or self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         _check(len(self.stages) > 0, "stages", "must list at least one stage")
         expected = TASK_MODALITY[self.task]
@@ -690,8 +704,12 @@ def load_recipe(source: "str | os.PathLike | dict | Recipe") -> Recipe:
         return source
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
+        if path.is_dir():
+            raise RecipeError("", f"{path} is a folder, not a recipe file")
+        if not path.exists():
             raise RecipeError("", f"file not found: {path}")
+        if not path.is_file():  # a FIFO or a device would block or never end
+            raise RecipeError("", f"{path} is not a regular file")
         raw = _read_yaml(path)
         if raw is None:
             raise RecipeError("", f"{path} is empty")
@@ -724,6 +742,8 @@ _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _
 
 def _describe(value: Any) -> str:
     """A short repr of a user's value, built in bounded time whatever its size (reprlib)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length():,} bits"  # repr() of a huge int is slow or refused
     text = _REPR.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -872,16 +892,27 @@ def check_layer_map(
         )
 
 
-def stage_layer_counts(recipe: Recipe, n_layers: int) -> list[int]:
-    """The student's layer count when each stage starts: a stage that prunes layers (and
-    compacts, the default) leaves its target count to the stages after it."""
-    counts, n = [], n_layers
+def stage_layer_counts(recipe: Recipe, n_layers: int) -> list[int | None]:
+    """The student's layer count when each stage starts (None where it cannot be known from the
+    recipe: after a budget that may prune layers). Layer masks stay until a stage compacts, and
+    a compacting stage removes every pending mask, an earlier stage's included; ``keep_fraction``
+    is a share of ``n_layers``."""
+    counts: list[int | None] = []
+    n: int | None = n_layers
+    pending: int | None = None
     for stage in recipe.stages:
         counts.append(n)
         spec = stage.pruning
-        if spec is not None and spec.layers is not None and spec.compact:
+        if spec is None or n is None:
+            continue
+        if spec.budget is not None and "layers" in spec.budget.kinds:
+            n = None
+            continue
+        if spec.layers is not None:
             keep = spec.layers.keep if spec.layers.keep is not None else max(1, round(spec.layers.keep_fraction * n_layers))
-            n = min(n, keep)
+            pending = min(keep, pending if pending is not None else n)
+        if spec.compact and pending is not None:
+            n, pending = min(n, pending), None
     return counts
 
 
@@ -891,7 +922,7 @@ def check_layer_maps(recipe: Recipe, n_student: int, n_teacher: int) -> None:
     counts = stage_layer_counts(recipe, n_student)
     for i, stage in enumerate(recipe.stages):
         dist = stage.distillation
-        if dist is None:
+        if dist is None or counts[i] is None:
             continue
         for block, kind, offset in ((dist.hidden, "hidden", 1), (dist.attention, "attention", 0)):
             if block is not None:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from pakd_hf.ablate import ARMS, AblationError, arm_recipe, summarise
+from pakd_hf.ablate import ARMS, AblationError, arm_name, arm_recipe, summarise
 from pakd_hf.cli import main
 from pakd_hf.recipe import RecipeError, load_recipe
 from toy import stock_result, tiny_rt_recipe, tiny_text_teacher
@@ -135,9 +135,10 @@ def test_arm_recipes_keep_the_schedule_and_change_only_what_the_arm_says():
     scaled = arm_recipe(recipe, "kd@5")
     assert [s.learning_rate for s in scaled.stages] == [pytest.approx(5 * s.learning_rate) for s in kd.stages]
     assert [(s.steps, s.epochs, s.distillation) for s in scaled.stages] == [(s.steps, s.epochs, s.distillation) for s in kd.stages]
-    for bad in ("kd@0", "kd@x", "kd@nan", "distil@2"):
+    for bad in ("kd@0", "kd@", "kd@x", "kd@nan", "distil@2", "pakd@2"):
         with pytest.raises(RecipeError, match="--arms"):
             arm_recipe(recipe, bad)
+    assert [arm_name(a) for a in ("kd@5.0", "kd@1", "kd", " kd@0.5")] == ["kd@5", "kd", "kd", "kd@0.5"]
 
 
 def test_prune_once_takes_its_step_from_a_first_stage_counted_in_epochs():
@@ -175,6 +176,11 @@ def test_summary_statistics_and_claim():
     close = summarise([run("scratch", 0, 0.70), run("scratch", 1, 0.72), run("pakd", 0, 0.73), run("pakd", 1, 0.69)],
                       "r", "cmd", {"validation": 0.85, "test": 0.84}, quick=False)["claim"]
     assert close["met"] is False and close["at_the_line"] is True
+    # A tuned baseline (ARM@SCALE) is a candidate for the best other arm; the recipe is not.
+    tuned = summarise([*runs, run("kd@3", 0, 0.83), run("kd@3", 1, 0.83)], "r", "cmd", {"validation": 0.85, "test": 0.84},
+                      quick=False)
+    assert tuned["claim"]["best_other_arm"] == "kd@3" and tuned["claim"]["met"] is False
+    assert list(tuned["arms"]) == ["scratch", "kd@3", "pakd"]
     with pytest.raises(AblationError, match="differ in shape"):
         summarise([*runs, {**run("kd", 0, 0.7), "shape": {"hidden_size": 16}}], "r", "cmd", {}, quick=False)
 

@@ -207,12 +207,17 @@ def test_recipe_without_data_is_rejected(tmp_path):
 def test_a_failed_push_is_one_line_and_keeps_the_outputs(quick_run, hub_server, monkeypatch, capsys):
     from hub_server import patch_hub_endpoint
 
+    from huggingface_hub import constants
+
     _, path, out = quick_run
     patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_TOKEN_PATH", str(out / "no-token-here"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(out / "no-token-here"))
+    before = {name: (out / name).stat().st_mtime_ns for name in ("report.json", "student")}
     code = main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1",
                  "--push-to-hub", "--hub-model-id", "pakd/never"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and "no Hugging Face token" in err[-1] and "are complete" in err[-1] and "Traceback" not in "\n".join(err)
-    assert (out / "report.json").is_file() and (out / "student" / "model.safetensors").is_file()
+    # This run's outputs are in place (written before the push), not the previous run's.
+    assert all((out / name).stat().st_mtime_ns > mtime for name, mtime in before.items())
+    assert (out / "student" / "model.safetensors").is_file() and "pakd/never" not in hub_server.repos

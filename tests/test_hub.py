@@ -214,7 +214,7 @@ def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypa
     assert len(uploads()) == commits == 0
 
 
-def test_cli_card_and_push(compressed, hub_server, monkeypatch, tmp_path):
+def test_cli_card_and_push(compressed, hub_server, monkeypatch, tmp_path, capsys):
     import shutil
 
     from pakd_hf.cli import main
@@ -235,8 +235,11 @@ def test_cli_card_and_push(compressed, hub_server, monkeypatch, tmp_path):
     assert set(hub_server.files("pakd/cli-push", "main")) - {".gitattributes"} == EXPECTED_FILES
     assert hub_server.repos["pakd/cli-push"].private
     assert main(["push", str(out), "--repo-id", "someone/else"]) == 1
-    with pytest.raises(SystemExit):  # no --token flag: a secret never goes into the process list
-        main(["push", str(out), "--repo-id", "pakd/x", "--token", TOKEN])
+    # No token on the command line (the process list shows it): refused with a pointer, before any upload.
+    assert main(["push", str(out), "--repo-id", "pakd/x", "--token", TOKEN]) == 2
+    assert main(["push", str(out), "--repo-id", "a/b/c"]) == 2
+    err = capsys.readouterr().err
+    assert "HF_TOKEN" in err and "NAMESPACE/NAME" in err and "pakd/x" not in hub_server.repos
     assert main(["card", str(tmp_path / "nothing")]) == 2
 
 

@@ -61,5 +61,19 @@ def test_a_local_teacher_folder_must_be_a_saved_model(tmp_path, capsys):
     with pytest.raises(RecipeError, match="teacher.model.*has no config.json"):
         preflight(_recipe(**{"teacher.model": str(folder)}))
     (folder / "config.json").write_text("{not json")
-    with pytest.raises(RecipeError, match="not valid JSON"):
+    with pytest.raises(RecipeError, match="cannot be read as JSON"):
         preflight(_recipe(**{"teacher.model": str(folder)}))
+
+
+def test_layer_counts_follow_compaction_and_stop_at_a_layer_budget():
+    def stages(*pruning):
+        return load_recipe({"name": "x", "task": "text-classification",
+                            "stages": [{"name": f"s{i}", "steps": 1, **({"pruning": p} if p else {})}
+                                       for i, p in enumerate(pruning)]})
+
+    # Masks wait for a compacting stage, which removes an earlier stage's pending layers too.
+    assert stage_layer_counts(stages({"layers": {"keep": 2}, "compact": False}, {"heads": {"keep": 2}}, None), 4) == [4, 4, 2]
+    assert stage_layer_counts(stages({"layers": {"keep_fraction": 0.5}}, {"layers": {"keep": 1}}, None), 6) == [6, 3, 1]
+    # A budget may prune layers by an amount the recipe does not say: later counts are unknown.
+    budget = {"budget": {"params": 0.5, "kinds": ["layers", "ffn"]}}
+    assert stage_layer_counts(stages(budget, None), 4) == [4, None]

@@ -25,7 +25,8 @@ def test_the_quickstart_runs_and_saves_a_smaller_stock_model(tmp_path):
     readme = (ROOT / "README.md").read_text()
     code = re.findall(r"```python\n(.*?)\n```", readme, re.S)[0]
     assert "PaKDTrainer" in code and "from_pretrained" in code
-    code = code.replace("runs/readme", str(tmp_path / "readme"))
+    # The teacher's accuracy is not what this checks: one epoch instead of eight keeps the test short.
+    code = code.replace("runs/readme", str(tmp_path / "readme")).replace("num_train_epochs=8", "num_train_epochs=1")
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
