@@ -562,7 +562,11 @@ def _folder_task(folder: Path) -> str:
             return "image-classification"
         if "feature_extractor_type" in kind:
             return "audio-classification"
-    raise FileNotFoundError(f"{folder} has no tokenizer or preprocessor_config.json: cannot tell how to feed it")
+    raise FileNotFoundError(
+        f"{folder} has no tokenizer or preprocessor_config.json, so there is no way to feed it inputs: save the "
+        "tokenizer or processor beside the model (tokenizer.save_pretrained(folder), or "
+        "PaKDTrainer(processing_class=...) which saves it with the model)"
+    )
 
 
 def _sample_inputs(task: str, preprocessor) -> list:
