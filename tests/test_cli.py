@@ -38,3 +38,13 @@ def test_push_to_hub_without_an_id_fails_before_any_work(tmp_path, capsys):
                  "--push-to-hub"]) == 2
     err = capsys.readouterr().err
     assert "--hub-model-id" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_benchmark_of_a_folder_without_a_tokenizer_says_how_to_add_one(tmp_path, capsys):
+    from toy import tiny_bert
+
+    for name in ("teacher", "student"):
+        tiny_bert(layers=1).save_pretrained(tmp_path / name)
+    assert main(["benchmark", str(tmp_path / "teacher"), str(tmp_path / "student")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tokenizer.save_pretrained(folder)" in err
