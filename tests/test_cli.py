@@ -45,6 +45,7 @@ def test_benchmark_of_a_folder_without_a_tokenizer_says_how_to_add_one(tmp_path,
 
     for name in ("teacher", "student"):
         tiny_bert(layers=1).save_pretrained(tmp_path / name)
+    capsys.readouterr()  # the save's progress bars
     assert main(["benchmark", str(tmp_path / "teacher"), str(tmp_path / "student")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tokenizer.save_pretrained(folder)" in err
