@@ -101,6 +101,29 @@ def add_teacher_logits(dataset, teacher: nn.Module, tokenizer, batch_size: int =
     return dataset.add_column(TEACHER_LOGITS, out)
 
 
+# Trainer methods that PaKDTrainer overrides although transformers does not document them as
+# hooks. A transformers release that renames one would leave our override dead and the run
+# silently wrong (teacher logits dropped by the column filter, checkpoints pushed masked), so
+# PaKDTrainer refuses to start when one is missing (`check_trainer_private_methods`), and a test
+# keeps this list complete.
+TRAINER_PRIVATE_OVERRIDES = {
+    "_set_signature_columns_if_needed": "keeps the teacher_logits column through Trainer's column filter",
+    "_push_from_checkpoint": "stops Trainer from pushing masked checkpoints (and training_args.bin)",
+}
+
+
+def check_trainer_private_methods() -> None:
+    """Raise a RuntimeError naming the method when this transformers lacks one PaKDTrainer overrides."""
+    import transformers
+
+    missing = [name for name in TRAINER_PRIVATE_OVERRIDES if not callable(getattr(Trainer, name, None))]
+    if missing:
+        raise RuntimeError(
+            f"transformers {transformers.__version__} has no Trainer.{missing[0]} (PaKDTrainer overrides it: "
+            f"{TRAINER_PRIVATE_OVERRIDES[missing[0]]}); install a transformers release pakd-hf supports"
+        )
+
+
 @dataclass(frozen=True)
 class StageSpan:
     """Where a stage sits on the global optimizer-step axis: steps [start, end)."""
@@ -235,6 +258,7 @@ class PaKDTrainer(Trainer):
         vocabulary_dataset: Any = None,
         **kwargs: Any,
     ):
+        check_trainer_private_methods()
         if recipe is None and args is not None:
             recipe = getattr(args, "recipe", None)
         # Everything that can be wrong with the inputs is checked here, before Trainer.__init__

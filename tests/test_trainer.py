@@ -336,3 +336,22 @@ def test_arguments_parse_and_recipe_precedence(toy_data, tmp_path):
         model=tiny_bert(hidden=16, heads=2, layers=2, ffn=32), teacher_model=teacher, args=args, train_dataset=toy_data, recipe=override
     )
     assert trainer.recipe.name == "t"
+
+
+def test_private_trainer_methods_we_override_are_listed_and_exist(monkeypatch):
+    """A transformers release that renames one fails loudly instead of leaving our override dead."""
+    import inspect
+
+    from transformers import Trainer
+
+    from pakd_hf import trainer as module
+
+    overridden = {n for n in vars(module.PaKDTrainer) if n.startswith("_") and not n.startswith("__") and hasattr(Trainer, n)}
+    assert overridden == set(module.TRAINER_PRIVATE_OVERRIDES)
+    for name in overridden:  # same parameters as the method it replaces
+        ours = list(inspect.signature(getattr(module.PaKDTrainer, name)).parameters)
+        theirs = list(inspect.signature(getattr(Trainer, name)).parameters)
+        assert ours == theirs, name
+    monkeypatch.delattr(Trainer, "_set_signature_columns_if_needed")
+    with pytest.raises(RuntimeError, match=r"has no Trainer\._set_signature_columns_if_needed"):
+        module.PaKDTrainer(model=None)
