@@ -126,18 +126,25 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         print(f"error: --hub-model-id {args.hub_model_id!r}: {problem} (nothing was run)", file=sys.stderr)
         return 2
     try:
-        compress(args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
-                 threads=args.threads, seed=args.seed)
-    except RecipeError as exc:
-        print(f"{args.recipe}: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _run_pipeline(args.recipe, lambda: compress(
+            args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
+            threads=args.threads, seed=args.seed))
     except PushError as exc:
         print(f"error: {exc} (the outputs in {args.output_dir} are complete; push them later with `pakd push`)",
               file=sys.stderr)
         return 1
+
+
+def _run_pipeline(recipe: str, call) -> int:
+    """Run a pipeline command: a bad recipe or a missing file is one line and exit 2."""
+    try:
+        call()
+    except RecipeError as exc:
+        print(f"{recipe}: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -156,18 +163,14 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
     try:
-        ablate(args.recipe, args.output_dir, seeds=args.seeds, arms=arms, quick=args.quick)
-    except RecipeError as exc:
-        print(f"{args.recipe}: {exc}", file=sys.stderr)
-        return 2
+        code = _run_pipeline(args.recipe, lambda: ablate(args.recipe, args.output_dir, seeds=args.seeds, arms=arms,
+                                                         quick=args.quick))
     except AblationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((Path(args.output_dir) / "ablation.md").read_text())
-    return 0
+    if code == 0:
+        print((Path(args.output_dir) / "ablation.md").read_text())
+    return code
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
