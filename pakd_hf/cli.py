@@ -54,7 +54,18 @@ def _cmd_card(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = json.loads(report_path.read_text())
+    try:
+        report = json.loads(report_path.read_text())
+    except ValueError as exc:
+        print(f"error: {report_path} is not a complete report ({exc}); run `pakd compress` again", file=sys.stderr)
+        return 2
+    pakd_json = student / "pakd.json"
+    run_id = json.loads(pakd_json.read_text()).get("run_id") if pakd_json.is_file() else None
+    if report.get("run_id") and run_id and report["run_id"] != run_id:
+        print(f"error: {report_path} and {student} come from two different runs (run ids {report['run_id']} and "
+              f"{run_id}): the run that wrote the student was stopped before its report; run `pakd compress` again",
+              file=sys.stderr)
+        return 2
     ablation = None
     if args.ablation:
         try:

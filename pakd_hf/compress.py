@@ -26,6 +26,7 @@ import json
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -518,6 +519,12 @@ def compress(
         train_examples=len(train_dataset),  # with `augment`: the transfer set
         total_seconds=round(time.perf_counter() - started, 1),
     )
+    # The report and the student of one run carry the same id: `pakd card` refuses a pair from two
+    # runs (a kill between the student's swap and the report's write leaves one).
+    report["run_id"] = uuid.uuid4().hex[:16]
+    pakd_json = tmp / "pakd.json"
+    if pakd_json.is_file():
+        pakd_json.write_text(json.dumps({**json.loads(pakd_json.read_text()), "run_id": report["run_id"]}, indent=2) + "\n")
     write_card(tmp, report, repo_id=push_to_hub)
     swap_in(tmp, out / "student")
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -54,6 +54,25 @@ def quick_run(tiny_teacher, tmp_path_factory):
     return root, path, out
 
 
+def test_report_and_student_carry_one_run_id_and_card_refuses_a_mixed_pair(quick_run, tmp_path, capsys):
+    import shutil
+
+    _, _, out = quick_run
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["run_id"]) == 16
+    assert json.loads((out / "student" / "pakd.json").read_text())["run_id"] == report["run_id"]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out / "student", mixed / "student")
+    (mixed / "report.json").write_text(json.dumps({**report, "run_id": "another-run"}))
+    assert main(["card", str(mixed)]) == 2
+    (mixed / "report.json").write_text(json.dumps(report)[:100])  # truncated by a kill
+    assert main(["card", str(mixed)]) == 2
+    err = capsys.readouterr().err
+    assert "two different runs" in err and "not a complete report" in err and "Traceback" not in err
+    (mixed / "report.json").write_text(json.dumps(report))
+    assert main(["card", str(mixed)]) == 0
+
+
 def test_the_test_split_is_read_once_after_training(quick_run):
     root, _, out = quick_run
     events = json.loads((root / "events.json").read_text())
