@@ -480,7 +480,8 @@ def compress(
     student_pre = adapter.load_preprocessor(tmp)
     teacher_dir = out / "teacher"
     validation = p.data["validation"]
-    acc_validation = (p.evaluate(p.teacher, p.preprocessor, validation), p.evaluate(student_loaded, student_pre, validation))
+    # The teacher's validation accuracy was measured when it was prepared (and is cached with it).
+    acc_validation = (p.teacher_info["accuracy_validation"], p.evaluate(student_loaded, student_pre, validation))
     _say(f"validation accuracy: teacher {acc_validation[0]:.4f}, student {acc_validation[1]:.4f}")
     test = p.test.read("final evaluation")  # the only read of the test split
     examples, _ = p.examples(test)
