@@ -260,9 +260,11 @@ def run_key(p: Prepared, arm: str, seed: int) -> str:
 
 
 def _finished(folder: Path) -> dict[str, Any] | None:
-    """A run's report when the run finished (its report is written last), else None."""
+    """A run's report when the run finished, else None. The report is written last, after the
+    student, and is the run's record: removing ``student/`` afterwards (to save disk) or putting
+    back a report kept under ``results/`` keeps the run in the table."""
     report = folder / "report.json"
-    if not (report.is_file() and (folder / "student" / "config.json").is_file()):
+    if not report.is_file():
         return None
     try:
         return json.loads(report.read_text())

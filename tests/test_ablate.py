@@ -1,6 +1,7 @@
 """`pakd ablate --quick` on a tiny BERT: every arm, same-shape students, resumable, seeded."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,12 @@ def test_a_rerun_skips_finished_runs_and_retrains_stale_ones(ablation, capsys):
     assert summary["claim"]["best_other_arm"] == best
     err = capsys.readouterr().err
     assert err.count("done earlier, skipped") == 1 and "kd@3 seed 1: training" in err
+    # The report is the run's record: a run whose student was removed afterwards still counts
+    # and is not trained again.
+    shutil.rmtree(out / "kd@3" / "seed-1" / "student")
+    assert main(["ablate", str(path), "--output-dir", str(out), "--seeds", "1,", "--arms", "kd@3", "--quick"]) == 0
+    assert "kd@3 seed 1: done earlier, skipped" in capsys.readouterr().err
+    assert json.loads((out / "ablation.json").read_text())["arms"]["kd@3"]["validation"]["n"] == 1
 
 
 def test_arm_recipes_keep_the_schedule_and_change_only_what_the_arm_says():
@@ -186,8 +193,6 @@ def test_summary_statistics_and_claim():
 
 
 def test_the_card_reports_seeds_and_same_size_baselines(ablation, tmp_path, capsys):
-    import shutil
-
     _, _, out = ablation
     run = tmp_path / "seed-0"
     shutil.copytree(out / "pakd" / "seed-0", run)
