@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .compress import Prepared, _fingerprint, _say, _student_args, prepare, save_student, student_start, transfer_set
+from .compress import (Prepared, _fingerprint, _say, _student_args, prepare, save_student, student_start, teacher_identity,
+                       transfer_set)
 from .preflight import preflight
 from .recipe import Recipe, RecipeError, check_layer_maps, load_recipe
 
@@ -109,7 +110,8 @@ def arm_name(spec: str) -> str:
 def arm_recipe(recipe: Recipe, arm: str, steps_per_epoch: int | None = None) -> Recipe:
     """The recipe an arm trains with: same stages, durations and learning rates (times the arm's
     ``@SCALE``); pruning and distillation kept or removed as the arm says. The transfer set is
-    built once from the recipe's ``augment`` and passed in, so arm recipes have no ``augment`` block.
+    built once from the recipe's ``augment`` and passed in, so arm recipes have no ``augment`` block
+    (nor an ``export`` one: a run key does not change when a recipe asks for ONNX files).
 
     ``prune-once-kd`` adds a one-step cut before the first stage and takes that step from it;
     a first stage measured in epochs needs ``steps_per_epoch`` to be shortened by exactly one
@@ -117,6 +119,7 @@ def arm_recipe(recipe: Recipe, arm: str, steps_per_epoch: int | None = None) -> 
     spec, (arm, scale) = arm, split_arm(arm)
     raw = recipe.to_dict()
     raw.pop("augment", None)
+    raw.pop("export", None)  # the arms compare training routes; exporting changes none of them
     raw["name"] = f"{recipe.name}-{spec.replace('@', '-lr')}"
     stages = raw["stages"]
     if scale != 1.0:
@@ -177,7 +180,7 @@ def _random_student(p: Prepared, start, seed: int):
 
     config = _final_shape_config(p, start)
     set_seed(seed)
-    model = p.adapter._auto().from_config(config)
+    model = p.adapter.model_class().from_config(config)
     vocabulary = getattr(start, "_pakd_vocabulary", None)
     if vocabulary is not None:
         model._pakd_vocabulary = vocabulary
@@ -234,7 +237,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     save_student(trainer, folder / "student")
     shutil.rmtree(run_dir, ignore_errors=True)
     # Evaluate what a user loads: the saved folder, stock classes, its own preprocessor.
-    model = p.adapter._auto().from_pretrained(folder / "student")
+    model = p.adapter.model_class().from_pretrained(folder / "student")
     pre = p.adapter.load_preprocessor(folder / "student")
     validation = p.evaluate(model, pre, p.data["validation"])
     test = p.evaluate(model, pre, test)
@@ -244,6 +247,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
         "params": sum(t.numel() for t in model.parameters()), "bytes": safetensors_bytes(folder / "student"),
         "shape": _shape(config), "steps": trainer.state.global_step, "train_examples": len(train),
         "train_seconds": seconds, "key": key, "quick": p.quick, "commit": _source_commit(),
+        "teacher_weights": p.teacher_info.get("weights"),
     }
     tmp = folder / ".report.json"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -254,8 +258,9 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
 
 def run_key(p: Prepared, arm: str, seed: int) -> str:
     """What a finished run must match to be reused: the arm's recipe at this seed (its steps
-    counted as this data gives them), ``--quick`` and the teacher it learned from."""
-    return _fingerprint(arm_recipe(p.recipe, arm).to_dict(), seed, p.quick, p.teacher_info.get("fingerprint"),
+    counted as this data gives them), ``--quick`` and the teacher it learned from (its recipe
+    key and its weights: the same recipe fine-tuned on another machine is another teacher)."""
+    return _fingerprint(arm_recipe(p.recipe, arm).to_dict(), seed, p.quick, teacher_identity(p.teacher_info),
                         len(p.data["train"]))
 
 
@@ -328,7 +333,8 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
                + (" --quick" if quick else ""))
     teacher_validation = p.teacher_info.get("accuracy_validation")
     teacher_test = p.evaluate(p.teacher, p.preprocessor, test)
-    summary = summarise(runs, p.recipe.name, command, {"validation": teacher_validation, "test": teacher_test}, quick)
+    summary = summarise(runs, p.recipe.name, command, {"validation": teacher_validation, "test": teacher_test,
+                                                       "weights": p.teacher_info.get("weights")}, quick)
     write_outputs(out, summary)
     return summary
 
@@ -407,7 +413,8 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         "prune-only) give each perturbed copy its source's label. "
         "Choices are made on validation; test is read once per run.",
         "",
-        f"Teacher: validation {teacher['validation']:.4f}, test {teacher['test']:.4f}.",
+        f"Teacher: validation {teacher['validation']:.4f}, test {teacher['test']:.4f}"
+        + (f" (weights {teacher['weights']}: every run below learned from this one)." if teacher.get("weights") else "."),
         "",
         "| arm | validation accuracy | test accuracy | params | bytes | steps | training (min, mean) |",
         "|---|---|---|---:|---:|---:|---:|",

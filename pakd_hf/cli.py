@@ -187,16 +187,43 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     import json
 
-    from .compress import benchmark_folders
+    from .compress import benchmark_folders, benchmark_onnx_folders
 
+    run = benchmark_onnx_folders if args.runtime == "ort" else benchmark_folders
     try:
-        report = benchmark_folders(args.teacher_dir, args.student_dir, recipe=args.data, threads=args.threads,
-                                   repeats=args.repeats, min_seconds=args.min_seconds)
-    except (RecipeError, FileNotFoundError, ValueError) as exc:
+        report = run(args.teacher_dir, args.student_dir, recipe=args.data, threads=args.threads,
+                     repeats=args.repeats, min_seconds=args.min_seconds)
+    except (RecipeError, FileNotFoundError, ValueError) as exc:  # DeployError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import FP32_FILE, INT8_FILE, ONNX_DIR, DeployError, export_onnx
+
+    folder = Path(args.dir)
+    if not 7 <= args.opset <= 23:
+        print(f"error: --opset must be between 7 and 23, got {args.opset}", file=sys.stderr)
+        return 2
+    try:
+        info = export_onnx(folder, args.output_dir, int8=args.int8, opset=args.opset)
+    except (FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.output_dir) if args.output_dir else folder / ONNX_DIR
+    print(f"{out / FP32_FILE}: {info['bytes_onnx']:,} bytes, inputs {', '.join(info['inputs'])} "
+          f"(dynamic: {', '.join(sorted({a for axes in info['dynamic_axes'].values() for a in axes}))}); "
+          f"max |logit difference| vs PyTorch {info['max_abs_diff']:.2g} (tolerance {info['tolerance']:g})")
+    if args.int8:
+        print(f"{out / INT8_FILE}: {info['bytes_onnx_int8']:,} bytes ({info['bytes_onnx'] / info['bytes_onnx_int8']:.1f}x "
+              f"smaller), max |logit difference| vs PyTorch {info['int8_max_abs_diff']:.2g}; measure its accuracy with "
+              f"`pakd benchmark --runtime ort ... --data RECIPE`")
     return 0
 
 
@@ -269,7 +296,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--min-seconds", type=float, default=LATENCY_MIN_SECONDS,
                        help=f"keep timing each batch size for at least this long (default {LATENCY_MIN_SECONDS:g}; "
                        "0: exactly --repeats runs, and at batch 1 at least one per example)")
+    bench.add_argument("--runtime", choices=("torch", "ort"), default="torch",
+                       help="torch: the saved models in PyTorch (default); ort: their ONNX exports (`pakd export`: "
+                       "the folders themselves or their onnx/) in ONNX Runtime, with the student's int8 model if any")
     bench.set_defaults(func=_cmd_benchmark)
+
+    export = sub.add_parser("export", help="export a saved model to ONNX (and int8) for ONNX Runtime, checked against PyTorch",
+                            **_doc("Export a saved classifier (student or teacher; text, image or audio) with torch.onnx.export, "
+                                   "dynamic batch and sequence/sample axes, its tokenizer or processor beside it; run the same "
+                                   "inputs through PyTorch and ONNX Runtime and fail if the logits differ by more than 1e-4. "
+                                   "--int8 adds a dynamically quantized copy (ONNX Runtime's quantize_dynamic). Needs the "
+                                   "export extra: pip install 'pakd-hf[export]'.",
+                                   "pakd export runs/minilm-rt/student --int8"))
+    export.add_argument("dir", metavar="DIR", help="a saved model folder (config.json, weights, tokenizer or processor)")
+    export.add_argument("--output-dir", help="where model.onnx goes (default: DIR/onnx; replaced only if pakd export wrote it)")
+    export.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantization)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    export.set_defaults(func=_cmd_export)
 
     card = sub.add_parser("card", help="(re)generate the model card of an output folder from its saved report",
                           **_doc("Render OUT/student/README.md (and its figure) from OUT/report.json; with --ablation, "

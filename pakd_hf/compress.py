@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .data import hub_id
 from .preflight import preflight
@@ -203,6 +202,16 @@ def _check_stages(recipe: Recipe, model) -> None:
         dry_run(model, recipe.stages)
 
 
+def weights_digest(folder: Path) -> str:
+    """A short sha256 of a saved model's safetensors files (their bytes, in name order)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bool):
     """Fine-tune / train (or reuse) the teacher; returns (model, preprocessor, encoded data, info).
 
@@ -216,8 +225,8 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     info_file = folder / "pakd_teacher.json"
     if info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key:
         _say(f"reusing the teacher in {folder} (it matches the recipe)")
-        info = json.loads(info_file.read_text())
-        model, preprocessor = adapter._auto().from_pretrained(folder), adapter.load_preprocessor(folder)
+        info = {**json.loads(info_file.read_text()), "weights": weights_digest(folder)}
+        model, preprocessor = adapter.model_class().from_pretrained(folder), adapter.load_preprocessor(folder)
         return model, preprocessor, adapter.encode_dataset(data, preprocessor, recipe), info
     from transformers import set_seed
 
@@ -249,6 +258,10 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     preprocessor.save_pretrained(tmp)
+    # The weights' digest goes into every key that depends on this teacher (transfer set, ablation
+    # runs): the same recipe fine-tuned on another CPU gives another teacher (kernels differ), and
+    # results made with one must never be mixed with results of the other.
+    info["weights"] = weights_digest(tmp)
     (tmp / "pakd_teacher.json").write_text(json.dumps(info, indent=2) + "\n")
     swap_in(tmp, folder)
     _say(f"teacher saved in {folder} (validation accuracy {info['accuracy_validation']:.4f})")
@@ -414,7 +427,12 @@ def student_start(p: Prepared):
 def transfer_set(p: Prepared, student_preprocessor):
     """The recipe's transfer set for this teacher, cached in ``OUT/transfer`` (shared by seeds)."""
     return _transfer_set(p.recipe, p.data, p.teacher, p.preprocessor, p.adapter, student_preprocessor,
-                         cache=p.out / "transfer", teacher_key=p.teacher_info.get("fingerprint"))
+                         cache=p.out / "transfer", teacher_key=teacher_identity(p.teacher_info))
+
+
+def teacher_identity(info: dict[str, Any]) -> str:
+    """What a cached result made with the teacher must match: its recipe key and its weights."""
+    return f"{info.get('fingerprint')}:{info.get('weights')}"
 
 
 def save_student(trainer, folder: Path) -> None:
@@ -476,7 +494,7 @@ def compress(
         (tmp / name).unlink(missing_ok=True)
 
     # ---- evaluate what users will load: the saved folders, stock classes, their own preprocessors
-    student_loaded = adapter._auto().from_pretrained(tmp)
+    student_loaded = adapter.model_class().from_pretrained(tmp)
     student_pre = adapter.load_preprocessor(tmp)
     teacher_dir = out / "teacher"
     validation = p.data["validation"]
@@ -502,6 +520,9 @@ def compress(
     ])
     report = with_accuracy(report, (acc_teacher, acc_student), "test", len(examples))
     report = with_validation_accuracy(report, acc_validation, len(validation))
+    if recipe.export is not None and recipe.export.onnx:
+        report.update(_export_stage(p, tmp, student_pre, validation, test, examples, threads or torch.get_num_threads(),
+                                    processes, report))
     command = f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir {out}"
     report.update(
         recipe=recipe.name,
@@ -515,6 +536,7 @@ def compress(
         seed=recipe.student_seed,
         vocabulary_dropped=recipe.vocabulary.dropped if recipe.vocabulary is not None else None,
         teacher_accuracy_validation=p.teacher_info.get("accuracy_validation"),
+        teacher_weights=p.teacher_info.get("weights"),
         teacher_fine_tune_seconds=p.teacher_info.get("fine_tune_seconds"),
         compress_seconds=compress_seconds,
         train_examples=len(train_dataset),  # with `augment`: the transfer set
@@ -539,6 +561,48 @@ def compress(
     return report
 
 
+def _export_stage(p: Prepared, student_dir: Path, student_pre, validation, test, examples: list, threads: int,
+                  processes: int, report: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's ``export`` stage: the saved student (and the teacher, the same way) to ONNX,
+    the student also to int8 when asked; the int8 student's accuracy on validation and test
+    (the split already read for the final evaluation); ONNX Runtime latencies of all of them in
+    fresh processes, with the eager benchmark's protocol. Returns the report's ONNX keys."""
+    from .benchmark import in_fresh_process
+    from .deploy import FP32_FILE, INT8_FILE, ONNX_DIR, OrtModel, export_onnx, measure_onnx, median_onnx
+
+    spec, teacher_dir = p.recipe.export, p.out / "teacher"
+    _say("export: student and teacher to ONNX" + (", the student also to int8" if spec.int8 else "")
+         + " (torch.onnx.export, checked against PyTorch in ONNX Runtime)")
+    student = export_onnx(student_dir, student_dir / ONNX_DIR, int8=spec.int8, opset=spec.opset)
+    teacher = export_onnx(teacher_dir, teacher_dir / ONNX_DIR, opset=spec.opset)
+    out: dict[str, Any] = {
+        "onnx_opset": spec.opset, "onnx_max_abs_diff": student["max_abs_diff"],
+        "bytes_onnx_teacher": teacher["bytes_onnx"], "bytes_onnx_student": student["bytes_onnx"],
+    }
+    runs = {"teacher": str(teacher_dir / ONNX_DIR / FP32_FILE), "student": str(student_dir / ONNX_DIR / FP32_FILE)}
+    if spec.int8:
+        int8 = OrtModel(student_dir / ONNX_DIR / INT8_FILE, threads)
+        accuracy = (p.evaluate(int8, student_pre, validation), p.evaluate(int8, student_pre, test))
+        _say(f"int8 student: validation accuracy {accuracy[0]:.4f}, test {accuracy[1]:.4f}")
+        teacher_test = report.get("accuracy_teacher")
+        out.update(
+            bytes_onnx_int8=student["bytes_onnx_int8"],
+            size_ratio_int8=round(report["bytes_teacher"] / student["bytes_onnx_int8"], 3),
+            accuracy_student_int8_validation=accuracy[0],
+            accuracy_student_int8=accuracy[1],
+            accuracy_kept_int8=round(accuracy[1] / teacher_test, 4) if teacher_test else None,
+            int8_max_abs_diff=student["int8_max_abs_diff"],
+        )
+        runs["int8"] = str(student_dir / ONNX_DIR / INT8_FILE)
+    quick = p.quick
+    out.update(median_onnx([
+        in_fresh_process(measure_onnx, runs=runs, task=p.recipe.task, recipe=p.recipe, examples=examples[:LATENCY_EXAMPLES],
+                         threads=threads, repeats=5 if quick else 20, min_seconds=0.0 if quick else LATENCY_MIN_SECONDS)
+        for _ in range(processes)
+    ]))
+    return out
+
+
 def dataset_description(recipe: Recipe) -> dict[str, str]:
     """How reports and cards name the data: an offline set's own description (its source and
     split), or the Hub id for a Hub data set."""
@@ -549,45 +613,6 @@ def dataset_description(recipe: Recipe) -> dict[str, str]:
     if note is None:
         return {"id": spec.dataset, "name": spec.dataset}
     return {"id": spec.dataset, "name": note["name"], "note": note["note"]}
-
-
-SAMPLE_TEXTS = [
-    "A warm, funny and surprisingly moving film that earns every one of its laughs.",
-    "The plot is thin, the jokes are stale, and the whole thing drags on far too long.",
-    "An uneven but ambitious drama with two terrific performances at its centre.",
-    "Neither scary nor clever, this sequel has nothing new to say.",
-]
-
-
-def _folder_task(folder: Path) -> str:
-    """The task of a saved classifier folder, from its preprocessor files."""
-    if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
-        return "text-classification"
-    pre = folder / "preprocessor_config.json"
-    if pre.is_file():
-        kind = json.loads(pre.read_text())
-        if "image_processor_type" in kind:
-            return "image-classification"
-        if "feature_extractor_type" in kind:
-            return "audio-classification"
-    raise FileNotFoundError(
-        f"{folder} has no tokenizer or preprocessor_config.json, so there is no way to feed it inputs: save the "
-        "tokenizer or processor beside the model (tokenizer.save_pretrained(folder), or "
-        "PaKDTrainer(processing_class=...) which saves it with the model)"
-    )
-
-
-def _sample_inputs(task: str, preprocessor) -> list:
-    """Inputs for a benchmark without data: fixed sentences, or seeded noise images / clips."""
-    rng = np.random.default_rng(0)
-    if task == "text-classification":
-        return SAMPLE_TEXTS
-    if task == "image-classification":
-        from PIL import Image
-
-        return [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
-    rate = int(getattr(preprocessor, "sampling_rate", 16000))
-    return [(0.1 * rng.standard_normal(rate)).astype(np.float32) for _ in range(4)]
 
 
 def benchmark_folders(
@@ -603,13 +628,13 @@ def benchmark_folders(
     import torch
 
     from .benchmark import with_accuracy
-    from .tasks import ADAPTERS
+    from .tasks import ADAPTERS, default_recipe, folder_task, sample_examples
 
     folders = [Path(teacher_dir), Path(student_dir)]
     for folder in folders:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
-    tasks = {_folder_task(f) for f in folders}
+    tasks = {folder_task(f) for f in folders}
     if len(tasks) > 1:
         raise ValueError(f"the two folders are for different tasks ({', '.join(sorted(tasks))})")
     task = tasks.pop()
@@ -621,8 +646,7 @@ def benchmark_folders(
         if recipe.task != task:
             raise RecipeError("task", f"the recipe is for {recipe.task} but the folders hold {task} models")
     else:
-        recipe = load_recipe({"name": "benchmark", "task": task, "stages": [{"name": "none", "steps": 1}],
-                              "data": {"dataset": "none"}})
+        recipe = default_recipe(task)
     adapter = ADAPTERS[task]
     if recipe.data.dataset != "none":
         data = load_data(recipe, quick=False)
@@ -630,12 +654,12 @@ def benchmark_folders(
         examples, gold = list(data["test"][column]), list(data["test"][recipe.data.label_column])
         split, n_eval = "test", len(examples)
         accuracy = tuple(
-            adapter.accuracy(adapter._auto().from_pretrained(f).eval(), adapter.load_preprocessor(f), examples, gold,
+            adapter.accuracy(adapter.model_class().from_pretrained(f).eval(), adapter.load_preprocessor(f), examples, gold,
                              recipe, 128)
             for f in folders
         )
     else:
-        examples = _sample_inputs(task, adapter.load_preprocessor(folders[0]))
+        examples = sample_examples(task, adapter.load_preprocessor(folders[0]))
 
     report = measure_folders(
         teacher_dir, student_dir, task=task, recipe=recipe, examples=examples[:LATENCY_EXAMPLES],
@@ -645,6 +669,88 @@ def benchmark_folders(
         report = with_accuracy(report, accuracy, split, n_eval)
     _print_summary(report, None)
     return report
+
+
+def _onnx_folder(folder: Path) -> Path:
+    """An ONNX folder of `pakd export`: ``folder`` itself or its ``onnx/``."""
+    from .deploy import ONNX_DIR, read_export_info
+
+    for candidate in (folder, folder / ONNX_DIR):
+        if read_export_info(candidate) is not None:
+            return candidate
+    raise FileNotFoundError(f"{folder} holds no ONNX export (export.json): run `pakd export {folder}` first")
+
+
+def benchmark_onnx_folders(
+    teacher_dir, student_dir, *, recipe=None, threads: int | None = None, repeats: int = 20,
+    min_seconds: float = LATENCY_MIN_SECONDS,
+) -> dict[str, Any]:
+    """`pakd benchmark --runtime ort`: two ONNX exports (folders of `pakd export`, or model
+    folders with one in ``onnx/``) timed side by side in ONNX Runtime, the student's int8 model
+    too when it has one, with the eager benchmark's protocol (same examples, interleaved,
+    medians, threads fixed). With a recipe, its test split gives the inputs and the accuracy."""
+    import torch
+
+    from .benchmark import hardware_description
+    from .deploy import FP32_FILE, INT8_FILE, OrtModel, measure_onnx, read_export_info
+    from .tasks import ADAPTERS, default_recipe, sample_examples
+
+    folders = [_onnx_folder(Path(teacher_dir)), _onnx_folder(Path(student_dir))]
+    infos = [read_export_info(f) for f in folders]
+    if infos[0]["task"] != infos[1]["task"]:
+        raise ValueError(f"the two exports are for different tasks ({infos[0]['task']}, {infos[1]['task']})")
+    task = infos[0]["task"]
+    adapter = ADAPTERS[task]
+    runs = {"teacher": str(folders[0] / FP32_FILE), "student": str(folders[1] / FP32_FILE)}
+    if (folders[1] / INT8_FILE).is_file():
+        runs["int8"] = str(folders[1] / INT8_FILE)
+    threads = threads or torch.get_num_threads()
+    report: dict[str, Any] = {
+        "bytes_onnx_teacher": (folders[0] / FP32_FILE).stat().st_size,
+        "bytes_onnx_student": (folders[1] / FP32_FILE).stat().st_size,
+    }
+    if "int8" in runs:
+        report["bytes_onnx_int8"] = (folders[1] / INT8_FILE).stat().st_size
+    if recipe is not None:
+        recipe = load_recipe(recipe)
+        if recipe.data is None:
+            raise RecipeError("data", "--data needs a recipe with a data block")
+        if recipe.task != task:
+            raise RecipeError("task", f"the recipe is for {recipe.task} but the exports are {task} models")
+        data = load_data(recipe, quick=False)
+        examples, gold = list(data["test"][adapter.column(recipe)]), list(data["test"][recipe.data.label_column])
+        for name, path in runs.items():
+            model = OrtModel(path, threads)
+            acc = adapter.accuracy(model, adapter.load_preprocessor(Path(path).parent), examples, gold, recipe, 128)
+            report[f"accuracy_{'student_int8' if name == 'int8' else name}_ort"] = round(acc, 5)
+        report.update(split="test", n_eval=len(examples))
+    else:
+        recipe = default_recipe(task)
+        examples = sample_examples(task, adapter.load_preprocessor(folders[0]))
+    report.update(measure_onnx(runs, task=task, recipe=recipe, examples=examples[:LATENCY_EXAMPLES], threads=threads,
+                               repeats=repeats, min_seconds=min_seconds))
+    report["hardware"] = hardware_description()
+    _print_onnx_summary(report)
+    return report
+
+
+def _print_onnx_summary(r: dict[str, Any]) -> None:
+    columns = [("teacher", "teacher_ort"), ("student", "student_ort")]
+    if "latency_ms_b1_student_ort_int8" in r:
+        columns.append(("student int8", "student_ort_int8"))
+    bytes_keys = {"teacher_ort": "bytes_onnx_teacher", "student_ort": "bytes_onnx_student", "student_ort_int8": "bytes_onnx_int8"}
+    print(f"\n{'ONNX Runtime':<20}" + "".join(f"{name:>16}" for name, _ in columns))
+    print(f"{'ONNX bytes':<20}" + "".join(f"{r[bytes_keys[k]]:>16,}" for _, k in columns))
+    for bs in ("b1", "b32"):
+        print(f"{'latency ' + bs + ' (ms)':<20}" + "".join(f"{r[f'latency_ms_{bs}_{k}']:>16.3f}" for _, k in columns))
+    for name, key in (("speedup b1", "b1"), ("speedup b32", "b32")):
+        cells = ["", f"{r[f'speedup_{key}_ort']:.1f}x"] + ([f"{r[f'speedup_{key}_ort_int8']:.1f}x"] if len(columns) > 2 else [])
+        print(f"{name:<20}" + "".join(f"{c:>16}" for c in cells))
+    accuracy = {"teacher_ort": "accuracy_teacher_ort", "student_ort": "accuracy_student_ort",
+                "student_ort_int8": "accuracy_student_int8_ort"}
+    if accuracy["teacher_ort"] in r:
+        print(f"{'accuracy (test)':<20}" + "".join(f"{r[accuracy[k]]:>16.4f}" for _, k in columns))
+    print(f"\n{r['hardware']}, {r['ort_threads']} threads (ONNX Runtime intra-op)")
 
 
 def measure_folders(
@@ -659,7 +765,7 @@ def measure_folders(
 
     recipe = load_recipe(recipe)
     adapter = ADAPTERS[task]
-    models = [adapter._auto().from_pretrained(f).eval() for f in (teacher_dir, student_dir)]
+    models = [adapter.model_class().from_pretrained(f).eval() for f in (teacher_dir, student_dir)]
     pres = [adapter.load_preprocessor(f) for f in (teacher_dir, student_dir)]
 
     def encoder(pre):

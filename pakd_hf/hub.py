@@ -5,8 +5,8 @@ the Jinja template in `hub_cards/`; every number in it comes from a measured rep
 (`pakd_hf.benchmark.compare_models`) and the saved `pakd.json`, never from the template.
 
 A push uploads an allowlist of the student's files only: weights, config,
-tokenizer/processor, `pakd.json`, `pakd_recipe.yaml`, the card and its figure, and any
-generated modeling file; never the teacher, optimizer or trainer state, checkpoints,
+tokenizer/processor, `pakd.json`, `pakd_recipe.yaml`, the card and its figure, any
+generated modeling file, and the ONNX export in `onnx/` when there is one; never the teacher, optimizer or trainer state, checkpoints,
 distillation projections or `training_args.bin` (which can hold a token).
 """
 
@@ -127,6 +127,67 @@ def _compression_rows(r: dict[str, Any]) -> list[dict[str, str]]:
                      "student": f"{r['accuracy_student']:.4f}",
                      "ratio": f"{r['accuracy_student'] / r['accuracy_teacher']:.3f} kept"})
     return rows
+
+
+def _deploy_section(folder: Path, r: dict[str, Any], modality: str, target: str) -> dict[str, Any]:
+    """The card's "Deploy" section when the student has an ONNX export (``onnx/``): its files,
+    the ONNX Runtime figures of the report, and a snippet that runs the int8 (else fp32) model
+    with the tokenizer / processor saved beside it."""
+    from .deploy import FP32_FILE, INT8_FILE, ONNX_DIR, read_export_info
+
+    info = read_export_info(folder / ONNX_DIR)
+    if info is None:
+        return {}
+    model_file = INT8_FILE if (folder / ONNX_DIR / INT8_FILE).is_file() else FP32_FILE
+    files = [{"name": f"{ONNX_DIR}/{FP32_FILE}", "bytes": _fmt_bytes(info["bytes_onnx"]),
+              "what": f"fp32, opset {info['opset']}; logits within {info['max_abs_diff']:.1g} of PyTorch's"}]
+    if model_file == INT8_FILE:
+        files.append({"name": f"{ONNX_DIR}/{INT8_FILE}", "bytes": _fmt_bytes(info["bytes_onnx_int8"]),
+                      "what": "dynamic int8 quantization (int8 weights, activations quantized at run time)"})
+    rows = []
+    if r.get("bytes_onnx_int8") is not None:
+        rows.append({"name": "size, int8 ONNX vs fp32 safetensors", "teacher": _fmt_bytes(r["bytes_teacher"]),
+                     "student": _fmt_bytes(r["bytes_onnx_int8"]), "ratio": f"{r['size_ratio_int8']:.1f}x"})
+    for key, label in (("b1", "ONNX Runtime latency, batch 1"), ("b32", "ONNX Runtime latency, batch 32")):
+        if f"latency_ms_{key}_teacher_ort" not in r:
+            continue
+        t = r[f"latency_ms_{key}_teacher_ort"]
+        rows.append({"name": f"{label} (ms, median), fp32 student", "teacher": f"{t:.2f}",
+                     "student": f"{r[f'latency_ms_{key}_student_ort']:.2f}", "ratio": f"{r[f'speedup_{key}_ort']:.2f}x faster"})
+        if f"latency_ms_{key}_student_ort_int8" in r:
+            rows.append({"name": f"{label} (ms, median), int8 student", "teacher": f"{t:.2f}",
+                         "student": f"{r[f'latency_ms_{key}_student_ort_int8']:.2f}",
+                         "ratio": f"{r[f'speedup_{key}_ort_int8']:.2f}x faster"})
+    if r.get("accuracy_student_int8") is not None and r.get("accuracy_teacher") is not None:
+        rows.append({"name": f"accuracy ({r.get('split', 'test')}), int8 student", "teacher": f"{r['accuracy_teacher']:.4f}",
+                     "student": f"{r['accuracy_student_int8']:.4f}", "ratio": f"{r['accuracy_kept_int8']:.3f} kept"})
+    preprocessor, call = {
+        "text": ("AutoTokenizer", 'tokenizer = AutoTokenizer.from_pretrained(folder)\n'
+                 'inputs = tokenizer(["an example to classify"], padding=True, truncation=True, return_tensors="np")'),
+        "vision": ("AutoImageProcessor", 'processor = AutoImageProcessor.from_pretrained(folder)\n'
+                   'image = Image.new("RGB", (64, 64))  # your image\n'
+                   'inputs = processor(images=[image], return_tensors="np")'),
+        "audio": ("AutoFeatureExtractor", 'extractor = AutoFeatureExtractor.from_pretrained(folder)\n'
+                  'clip = np.zeros(extractor.sampling_rate, dtype=np.float32)  # one second of your audio\n'
+                  'inputs = extractor([clip], sampling_rate=extractor.sampling_rate, padding=True, return_tensors="np")'),
+    }[modality]
+    code = (
+        "import numpy as np\nimport onnxruntime as ort\nfrom huggingface_hub import snapshot_download\n"
+        + ("from PIL import Image\n" if modality == "vision" else "")
+        + f"from transformers import {preprocessor}\n\n"
+        + f'folder = snapshot_download({target!r}, allow_patterns=["{ONNX_DIR}/*"]) + "/{ONNX_DIR}"\n'
+        + f'session = ort.InferenceSession(folder + "/{model_file}")\n'
+        + call + "\n"
+        + "logits = session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})[0]\n"
+        + "print(logits.argmax(-1))"
+    )
+    note = ""
+    if r.get("ort_threads"):
+        note = (f"ONNX Runtime {info['versions']['onnxruntime']} on {r.get('hardware', 'the same machine')}, "
+                f"CPU, intra-op threads: {r['ort_threads']}; the teacher exported the same way (fp32) and timed with "
+                "the protocol above, in the same rounds as the student.")
+    return {"deploy_files": files, "deploy_rows": rows, "deploy_code": code, "deploy_note": note,
+            "deploy_exporter": info["exporter"], "deploy_labels": ", ".join(info.get("labels", []))}
 
 
 def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | None:
@@ -404,6 +465,7 @@ def build_card(
         limitations=limitations,
         data_note=data_note,
         **_ablation_section(ablation),
+        **_deploy_section(folder, report, modality, target),
     )
     return card
 
@@ -424,13 +486,29 @@ INTERNAL_FILES = frozenset({
 })
 
 
+# In the student's ONNX folder (`pakd export`, a recipe's `export` stage): the models, their
+# record and the tokenizer / processor files that run them.
+ONNX_PUSH_PATTERNS = [
+    "model.onnx", "model_int8.onnx", "export.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "preprocessor_config.json",
+    "processor_config.json", "feature_extractor_config.json",
+]
+
+
 def _files_to_push(folder: Path) -> list[str]:
     from fnmatch import fnmatch
 
-    return sorted(
-        p.name for p in folder.iterdir()
-        if p.is_file() and p.name not in INTERNAL_FILES and any(fnmatch(p.name, pat) for pat in PUSH_PATTERNS)
-    )
+    from .deploy import ONNX_DIR, read_export_info
+
+    def listed(where: Path, patterns: list[str]) -> list[Path]:
+        return [p for p in where.iterdir()
+                if p.is_file() and p.name not in INTERNAL_FILES and any(fnmatch(p.name, pat) for pat in patterns)]
+
+    files = [p.name for p in listed(folder, PUSH_PATTERNS)]
+    onnx = folder / ONNX_DIR
+    if onnx.is_dir() and read_export_info(onnx) is not None:
+        files += [f"{ONNX_DIR}/{p.name}" for p in listed(onnx, ONNX_PUSH_PATTERNS)]
+    return sorted(files)
 
 
 def push_folder(

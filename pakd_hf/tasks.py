@@ -10,13 +10,15 @@ extractor) saved beside the weights, so the student works with a stock ``pipelin
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .recipe import Recipe, RecipeError
 
-__all__ = ["TaskAdapter", "adapter_for", "ADAPTERS"]
+__all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_recipe"]
 
 
 class TaskAdapter:
@@ -26,7 +28,8 @@ class TaskAdapter:
     column_field: str = ""  # the recipe's data field that names the input column
 
     # ---- models ------------------------------------------------------------------------
-    def _auto(self):
+    def model_class(self):
+        """The stock Auto class of this task (e.g. AutoModelForSequenceClassification)."""
         import transformers
 
         return getattr(transformers, self.auto_class)
@@ -48,11 +51,11 @@ class TaskAdapter:
         source = resolve_model(teacher.model)
         if teacher.fine_tune is None:
             self._check_head(source, labels)
-            return self._auto().from_pretrained(source), self.load_preprocessor(source)
+            return self.model_class().from_pretrained(source), self.load_preprocessor(source)
         # A head for other labels (or none) is replaced by a new one that the teacher stage trains.
         # Only the label-sized head may differ: any other shape mismatch is an error, not a
         # silent re-initialisation.
-        model, info = self._auto().from_pretrained(
+        model, info = self.model_class().from_pretrained(
             source, ignore_mismatched_sizes=True, output_loading_info=True, **label_kw
         )
         for entry in info.get("mismatched_keys") or ():
@@ -261,6 +264,53 @@ class AudioClassification(TaskAdapter):
         samples = int(round(recipe.data.max_seconds * rate))
         out = extractor(arrays, sampling_rate=rate, max_length=samples, truncation=True, padding="max_length", return_tensors="pt")
         return {k: v for k, v in out.items() if k in ("input_values", "input_features", "attention_mask")}
+
+
+SAMPLE_TEXTS = [
+    "A warm, funny and surprisingly moving film that earns every one of its laughs.",
+    "The plot is thin, the jokes are stale, and the whole thing drags on far too long.",
+    "An uneven but ambitious drama with two terrific performances at its centre.",
+    "Neither scary nor clever, this sequel has nothing new to say.",
+]
+
+
+def folder_task(folder: Path) -> str:
+    """The task of a saved classifier folder, from its preprocessor files."""
+    if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+        return "text-classification"
+    pre = folder / "preprocessor_config.json"
+    if pre.is_file():
+        kind = json.loads(pre.read_text())
+        if "image_processor_type" in kind:
+            return "image-classification"
+        if "feature_extractor_type" in kind:
+            return "audio-classification"
+    raise FileNotFoundError(
+        f"{folder} has no tokenizer or preprocessor_config.json, so there is no way to feed it inputs: save the "
+        "tokenizer or processor beside the model (tokenizer.save_pretrained(folder), or "
+        "PaKDTrainer(processing_class=...) which saves it with the model)"
+    )
+
+
+def sample_examples(task: str, preprocessor) -> list:
+    """Inputs for a benchmark without data: fixed sentences, or seeded noise images / clips."""
+    rng = np.random.default_rng(0)
+    if task == "text-classification":
+        return SAMPLE_TEXTS
+    if task == "image-classification":
+        from PIL import Image
+
+        return [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    rate = int(getattr(preprocessor, "sampling_rate", 16000))
+    return [(0.1 * rng.standard_normal(rate)).astype(np.float32) for _ in range(4)]
+
+
+def default_recipe(task: str) -> Recipe:
+    """The encoding settings (``data.max_length``, ``data.max_seconds``: their defaults) for
+    commands that feed a saved model without a recipe (`pakd benchmark`, `pakd export`)."""
+    from .recipe import load_recipe
+
+    return load_recipe({"name": "inputs", "task": task, "stages": [{"name": "none", "steps": 1}], "data": {"dataset": "none"}})
 
 
 ADAPTERS = {cls.task: cls() for cls in (TextClassification, ImageClassification, AudioClassification)}

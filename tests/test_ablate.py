@@ -212,3 +212,24 @@ def test_the_card_reports_seeds_and_same_size_baselines(ablation, tmp_path, caps
     assert main(["card", str(run), "--ablation", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert "differs from" in err and "hidden_size" in err and "not an ablation.json" in err and "Traceback" not in err
+
+
+def test_a_teacher_with_other_weights_under_the_same_recipe_retrains_the_runs(ablation, tmp_path, capsys):
+    """The same recipe fine-tuned again (on another CPU, say) gives another teacher: runs made
+    with the first are not reused, nor mixed into the table, nor is its transfer set."""
+    from safetensors.torch import save_file
+
+    _, path, out = ablation
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    weights = load_file(copy / "teacher" / "model.safetensors")
+    name = next(k for k in weights if k.endswith("classifier.weight"))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, copy / "teacher" / "model.safetensors", metadata={"format": "pt"})
+    assert main(["ablate", str(path), "--output-dir", str(copy), "--seeds", "1,", "--arms", "kd", "--quick"]) == 0
+    err = capsys.readouterr().err
+    assert "kd seed 1: the run in" in err and "training it again" in err and "transfer set: the teacher's logits" in err
+    summary = json.loads((copy / "ablation.json").read_text())
+    assert list(summary["arms"]) == ["kd"] and summary["arms"]["kd"]["validation"]["n"] == 1
+    assert summary["teacher"]["weights"] == summary["arms"]["kd"]["runs"][0]["teacher_weights"] != \
+        json.loads((out / "ablation.json").read_text())["teacher"]["weights"]

