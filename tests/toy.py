@@ -133,3 +133,19 @@ def tiny_rt_recipe(teacher: Path | str, copies: int = 2) -> dict:
             {"name": "recover", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5}},
         ],
     }
+
+
+def require(module: str, reason: str):
+    """``pytest.importorskip`` on a developer's machine; in CI (``CI`` set, as `.ci/run` does) a
+    missing package or asset fails the test instead of skipping it silently."""
+    import importlib
+    import os
+
+    import pytest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} is missing in CI: {reason}", pytrace=False)
+        pytest.skip(f"{module} is not installed: {reason}", allow_module_level=True)
