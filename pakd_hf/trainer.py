@@ -32,8 +32,9 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.optimization import get_scheduler
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checkpoints import is_checkpoint_folder
 from .distill import (
     HiddenProjections,
     attention_kl_per_sample,
@@ -230,7 +231,7 @@ class _PaKDCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if args.should_save and os.path.isdir(checkpoint):
-            self.trainer._save_pakd_state(checkpoint)
+            self.trainer._complete_checkpoint(checkpoint)
 
 
 class PaKDTrainer(Trainer):
@@ -273,6 +274,7 @@ class PaKDTrainer(Trainer):
         self._mask_state: MaskState | None = None
         self._pruner: StagePruner | None = None
         self._resume_pruning: dict | None = None
+        self._save_total_limit: int | None = None  # the user's, applied after each checkpoint is complete
         self._vocab_record: dict | None = None
         self._rotation_record: dict | None = None
         self._vocab_id_map: torch.Tensor | None = None
@@ -971,6 +973,13 @@ class PaKDTrainer(Trainer):
         (`pakd_hf.export.save_compact`): `trust_remote_code=True`, or `import pakd_hf`, loads it.
         """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if _internal_call and self.args.should_save and is_checkpoint_folder(output_dir) and os.path.isdir(output_dir):
+            # Trainer is about to write checkpoint-N where one already is: the rest of an interrupted
+            # save, or a checkpoint of steps trained again after resuming from an earlier one. Its
+            # files must not outlive it into the new checkpoint's list (pakd_hf.checkpoints).
+            import shutil
+
+            shutil.rmtree(output_dir)
         if self._pruning_involved() and self._needs_custom_code():
             if self.args.should_save:
                 from .export import save_compact
@@ -1054,6 +1063,15 @@ class PaKDTrainer(Trainer):
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.distill_projections.state_dict().items()}
             save_file(tensors, os.path.join(checkpoint, PROJECTIONS_FILENAME))
 
+    def _complete_checkpoint(self, checkpoint: str) -> None:
+        """After Trainer's files: PaKD's state, then the marker that makes the checkpoint count,
+        then the rotation of older ones (held back from Trainer until now, see :meth:`train`)."""
+        from .checkpoints import mark_complete, rotate
+
+        self._save_pakd_state(checkpoint)
+        mark_complete(checkpoint, self.state.global_step)
+        rotate(self.args.output_dir, self._save_total_limit, keep=self.state.best_model_checkpoint)
+
     def _restore_pakd_state(self, checkpoint: str) -> None:
         state_file = Path(checkpoint, STATE_FILENAME)
         saved = json.loads(state_file.read_text()) if state_file.is_file() else {}
@@ -1135,16 +1153,29 @@ class PaKDTrainer(Trainer):
             self._warned_checkpoint_push = True
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
-        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
-            self._restore_pakd_state(str(resume_from_checkpoint))
+        """Trainer's ``train``. ``resume_from_checkpoint``: a complete checkpoint only (see
+        :mod:`pakd_hf.checkpoints`); ``True`` takes the newest complete one under ``output_dir``.
+        An incomplete one raises :class:`~pakd_hf.checkpoints.IncompleteCheckpointError` (one
+        line) before anything is loaded."""
+        from .checkpoints import resolve
+
+        resume_from_checkpoint, skipped = resolve(resume_from_checkpoint, self.args.output_dir)
+        for note in skipped:
+            logger.warning("skipping an incomplete checkpoint: %s", note)
+        if resume_from_checkpoint is not None:
+            self._restore_pakd_state(resume_from_checkpoint)
         self._stage_idx = 0
-        return super().train(
-            resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
-        )
+        # Trainer rotates old checkpoints as soon as it has written its own files, before PaKD's
+        # state and the completion marker (on_save): a kill in between would leave no complete
+        # checkpoint. So Trainer sees no limit, and _complete_checkpoint rotates with the user's.
+        self._save_total_limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            return super().train(
+                resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+            )
+        finally:
+            self.args.save_total_limit = self._save_total_limit
 
 
 def _batch_size(batch: Any) -> int:
