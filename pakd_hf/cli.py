@@ -139,7 +139,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     try:
         return _run_pipeline(args.recipe, lambda: compress(
             args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
-            threads=args.threads, seed=args.seed))
+            threads=args.threads, seed=args.seed, save_steps=args.save_steps, restart=args.restart))
     except PushError as exc:
         print(f"error: {exc} (the outputs in {args.output_dir} are complete; push them later with `pakd push`)",
               file=sys.stderr)
@@ -234,7 +234,7 @@ def _doc(description: str, example: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .compress import LATENCY_MIN_SECONDS  # light: no torch at import time
+    from .compress import LATENCY_MIN_SECONDS, SAVE_STEPS  # light: no torch at import time
 
     parser = argparse.ArgumentParser(
         prog="pakd",
@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--threads", type=int, help="CPU threads for the benchmark (default: torch's)")
     comp.add_argument("--seed", type=int, help="the student's seed (data order, dropout, new weights; default: the "
                       "recipe's seed). The teacher and the transfer set do not depend on it, so seeds share them")
+    comp.add_argument("--save_steps", type=int, default=SAVE_STEPS, metavar="N",
+                      help=f"checkpoint the PaKD stages every N steps (default {SAVE_STEPS}; 0: never). The same command "
+                      "on the same OUT resumes from the newest complete checkpoint of an interrupted run")
+    comp.add_argument("--restart", action="store_true", help="start the PaKD stages over instead of resuming")
     comp.set_defaults(func=_cmd_compress)
 
     abl = sub.add_parser(

@@ -291,3 +291,52 @@ def test_the_deploy_snippet_runs_from_the_hub_in_a_stock_process(quick_run, hub_
     printed = run_stock(code, env={"HF_ENDPOINT": hub_server.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
                                    "HF_TOKEN": "hf_pakd_writer", "HF_HOME": str(tmp_path / "hf-home")})
     assert re.fullmatch(r"\[[01]\]", printed.strip().splitlines()[-1]), printed
+
+
+def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_path):
+    """SIGKILL a real `pakd compress --quick` in its second stage (after the first compaction),
+    run the same command again: it resumes from the newest complete checkpoint and ends at the
+    student of the uninterrupted run (quick_run: same recipe, seed and teacher)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    _, path, reference = quick_run
+    out = tmp_path / "out"
+    out.mkdir()
+    for cached in ("teacher", "transfer"):  # the same teacher and transfer set: straight to the stages
+        shutil.copytree(reference / cached, out / cached)
+    command = [sys.executable, "-m", "pakd_hf", "compress", str(path), "--output-dir", str(out), "--quick",
+               "--threads", "1", "--seed", "3", "--save_steps", "4"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run_dir = out / ".student-run"
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (run_dir / "checkpoint-12" / "pakd_checkpoint.json").is_file():
+            assert proc.poll() is None, "the run ended before its checkpoint at step 12"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    state = json.loads((run_dir / "checkpoint-12" / "pakd_state.json").read_text())
+    assert state["stage_index"] == 1 and len(state["structure"]["layers"]) == 2  # compacted at step 8
+    assert not (out / "student").exists() and not (out / "report.json").exists()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming the PaKD stages from checkpoint-" in done.stderr
+    assert not run_dir.exists()  # removed once the student is saved
+    got, want = (load_file(f / "student" / "model.safetensors") for f in (out, reference))
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        assert (got[name] - want[name]).abs().max() <= 5e-3, name
+    # A second run after the first finished starts over (no checkpoints left), and --restart is accepted.
+    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--seed", "3",
+                 "--save_steps", "0", "--restart"]) == 0
