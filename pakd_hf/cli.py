@@ -202,9 +202,27 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .deploy import FP32_FILE, INT8_FILE, ONNX_DIR, DeployError, export_onnx
+    from .deploy import EXECUTORCH_DIR, FP32_FILE, INT8_FILE, ONNX_DIR, PTE_FILE, DeployError, export_executorch, export_onnx
 
     folder = Path(args.dir)
+    if args.executorch:
+        if args.int8:
+            print("error: --int8 quantizes the ONNX model; --executorch exports fp32 (XNNPACK): drop one of them",
+                  file=sys.stderr)
+            return 2
+        try:
+            info = export_executorch(folder, args.output_dir)
+        except (FileNotFoundError, FileExistsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except DeployError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        out = Path(args.output_dir) if args.output_dir else folder / EXECUTORCH_DIR
+        print(f"{out / PTE_FILE}: {info['bytes_pte']:,} bytes, inputs {', '.join(info['inputs'])} (batch 1"
+              + (", dynamic sequence" if any(info["dynamic_axes"].values()) else "") + f"); max |logit difference| vs "
+              f"PyTorch {info['max_abs_diff']:.2g} (tolerance {info['tolerance']:g})")
+        return 0
     if not 7 <= args.opset <= 23:
         print(f"error: --opset must be between 7 and 23, got {args.opset}", file=sys.stderr)
         return 2
@@ -316,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output-dir", help="where model.onnx goes (default: DIR/onnx; replaced only if pakd export wrote it)")
     export.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantization)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    export.add_argument("--executorch", action="store_true",
+                        help="an ExecuTorch program (model.pte, XNNPACK, batch 1) for phones and boards instead of ONNX "
+                        "(default folder DIR/executorch; needs pip install 'pakd-hf[executorch]')")
     export.set_defaults(func=_cmd_export)
 
     card = sub.add_parser("card", help="(re)generate the model card of an output folder from its saved report",

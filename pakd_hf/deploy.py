@@ -1,6 +1,7 @@
 """To the device: ONNX export of a saved classifier, int8 quantization, ONNX Runtime.
 
     export_onnx(folder)                    folder/onnx/model.onnx (+ model_int8.onnx), export.json
+    export_executorch(folder)              folder/executorch/model.pte (XNNPACK), export.json
     OrtModel(path)(**inputs).logits        an ONNX model behind a transformers model's call
     compare_onnx(teacher, student, ...)    batch-1 / batch-32 ONNX Runtime latencies side by side
 
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DeployError", "export_onnx", "OrtModel", "compare_onnx", "measure_onnx", "median_onnx", "ONNX_DIR", "FP32_FILE", "INT8_FILE",
+__all__ = ["DeployError", "export_onnx", "export_executorch", "OrtModel", "compare_onnx", "measure_onnx", "median_onnx", "ONNX_DIR", "FP32_FILE", "INT8_FILE",
            "TOLERANCE", "DEFAULT_OPSET", "read_export_info"]
 
 ONNX_DIR = "onnx"
@@ -190,12 +191,8 @@ def _max_diff(onnx_model: OrtModel, model: nn.Module, inputs: dict[str, torch.Te
 
 # ---- export ----------------------------------------------------------------------------------
 def read_export_info(onnx_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """export.json of a folder `pakd export` wrote, or None."""
-    try:
-        info = json.loads((Path(onnx_dir) / INFO_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("format") == FORMAT else None
+    """export.json of an ONNX folder `pakd export` wrote, or None."""
+    return _read_info(Path(onnx_dir), FORMAT)
 
 
 def _quantize(src: Path, dst: Path) -> None:
@@ -283,16 +280,106 @@ def export_onnx(
             })
         preprocessor.save_pretrained(tmp)  # the folder runs on its own: ONNX file + tokenizer / processor
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        aside = None
-        if out.exists():  # ours (checked above): set aside, then replaced
-            aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(aside)
-        tmp.rename(out)
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+        _replace(tmp, out)  # an earlier `out` is ours (checked above)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
+
+
+EXECUTORCH_DIR = "executorch"
+PTE_FILE = "model.pte"
+EXECUTORCH_FORMAT = "pakd-executorch/1"
+
+
+def export_executorch(
+    folder: str | os.PathLike, output_dir: str | os.PathLike | None = None, *, tolerance: float = TOLERANCE,
+) -> dict[str, Any]:
+    """Export the classifier saved in ``folder`` to an ExecuTorch program for phones and boards
+    (``model.pte``, XNNPACK backend, fp32) in ``output_dir`` (default ``folder/executorch``), with
+    its preprocessor and ``export.json``; checked like :func:`export_onnx` in ExecuTorch's own
+    runtime. Shapes: batch 1 (one request at a time, as on a device); the token sequence of a
+    text model is dynamic up to its position table; images and clips keep the processor's size.
+    (XNNPACK's reshape supports one dynamic dimension, and ExecuTorch plans its memory for the
+    bounds it is given: a dynamic batch failed to run for ViT and wav2vec2.)"""
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.runtime import Runtime
+    except ImportError:
+        raise DeployError("ExecuTorch export needs executorch: pip install 'pakd-hf[executorch]'") from None
+    folder = Path(folder)
+    out = Path(output_dir) if output_dir is not None else folder / EXECUTORCH_DIR
+    if out.exists() and _read_info(out, EXECUTORCH_FORMAT) is None:
+        raise FileExistsError(f"{out} exists and was not written by pakd export: choose another --output-dir or remove it")
+    model, preprocessor, adapter, recipe = _load(folder)
+    traced = _examples(adapter, preprocessor, recipe, 1, longer=False)
+    names = _input_names(model, traced)
+    text = adapter.task == "text-classification"
+    checked = _examples(adapter, preprocessor, recipe, 1, longer=text)
+    if text:
+        limit = int(getattr(model.config, "max_position_embeddings", 512)) - 2  # RoBERTa's offset of 2
+        sequence = torch.export.Dim("sequence", min=2, max=limit)
+        shapes = (tuple({1: sequence} for _ in names),)
+    else:
+        shapes = None
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            warnings.simplefilter("ignore")
+            try:
+                program = torch.export.export(_Logits(model, names).eval(), tuple(traced[n] for n in names),
+                                              dynamic_shapes=shapes)
+                buffer = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+            except Exception as e:  # torch.export and the lowering raise many types
+                raise DeployError(f"ExecuTorch export failed for {type(model).__name__}: "
+                                  f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+        (tmp / PTE_FILE).write_bytes(buffer)
+        method = Runtime.get().load_program(str(tmp / PTE_FILE)).load_method("forward")
+        with torch.inference_mode():
+            expected = model(**checked).logits
+        got = method.execute([checked[n] for n in names])[0]
+        diff = float((got - expected).abs().max())
+        if not diff <= tolerance:
+            raise DeployError(f"the ExecuTorch program's logits differ from PyTorch's by {diff:.3g} (tolerance "
+                              f"{tolerance:g}): the export is not faithful")
+        import executorch
+
+        info = {
+            "format": EXECUTORCH_FORMAT, "source": folder.name, "task": adapter.task,
+            "architecture": type(model).__name__, "exporter": "torch.export + executorch (XNNPACK, fp32)",
+            "inputs": names, "dynamic_axes": {n: (["sequence"] if text else []) for n in names},
+            "batch": 1, "labels": [model.config.id2label[i] for i in range(len(model.config.id2label))],
+            "check_shape": list(checked[names[0]].shape), "max_abs_diff": diff, "tolerance": tolerance,
+            "bytes_pte": len(buffer),
+            "versions": {"torch": torch.__version__, "executorch": getattr(executorch, "__version__", "unknown")},
+        }
+        preprocessor.save_pretrained(tmp)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def _read_info(folder: Path, fmt: str) -> dict[str, Any] | None:
+    try:
+        info = json.loads((Path(folder) / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == fmt else None
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """``tmp`` renamed to ``out``; an earlier ``out`` (ours: checked by the caller) set aside
+    first and removed after, so a kill leaves one whole folder or the other."""
+    aside = None
+    if out.exists():
+        aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(aside)
+    tmp.rename(out)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _versions() -> dict[str, str]:

@@ -234,3 +234,52 @@ def test_ort_model_is_called_like_a_transformers_model(exports):
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 2)
     with pytest.raises(DeployError, match="token_type_ids"):
         model(input_ids=np.zeros((1, 3), dtype=np.int64), attention_mask=np.ones((1, 3), dtype=np.int64))
+
+
+# ExecuTorch: batch 1; a text model's sequence dynamic (a longer text than the traced one).
+ET_SCRIPT = r"""
+import json, sys
+import numpy as np, torch
+from executorch.runtime import Runtime
+from transformers import (AutoFeatureExtractor, AutoImageProcessor, AutoModelForAudioClassification,
+                          AutoModelForImageClassification, AutoModelForSequenceClassification, AutoTokenizer)
+out = {}
+for name, folder in json.loads(sys.argv[1]).items():
+    et = folder + "/executorch"
+    info = json.load(open(et + "/export.json"))
+    rng = np.random.default_rng(2)
+    if name.startswith("bert"):
+        pre, auto = AutoTokenizer.from_pretrained(et), AutoModelForSequenceClassification
+        inputs = pre(["a bright cast and a dull plot in a film that goes on and on " * 2], return_tensors="pt")
+    elif name == "vit":
+        from PIL import Image
+        pre, auto = AutoImageProcessor.from_pretrained(et), AutoModelForImageClassification
+        inputs = pre(images=[Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))], return_tensors="pt")
+    else:
+        pre, auto = AutoFeatureExtractor.from_pretrained(et), AutoModelForAudioClassification
+        clip = (0.1 * rng.standard_normal(pre.sampling_rate)).astype(np.float32)
+        inputs = pre([clip], sampling_rate=pre.sampling_rate, return_tensors="pt", return_attention_mask=True)
+    model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+    args = [inputs[n] for n in info["inputs"]]
+    got = Runtime.get().load_program(et + "/model.pte").load_method("forward").execute(args)[0]
+    with torch.no_grad():
+        ref = model(**{n: inputs[n] for n in info["inputs"]}).logits
+    out[name] = {"diff": float((got - ref).abs().max()), "shape": list(args[0].shape), "traced": info["check_shape"]}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_executorch_programs_run_in_the_executorch_runtime(exports, capsys):
+    require("executorch", reason="pip install -e '.[executorch]'")
+    names = ("bert", "bert-nonuniform", "vit", "wav2vec2")
+    for name in names:
+        assert main(["export", str(exports[name][0]), "--executorch"]) == 0
+    assert "model.pte" in capsys.readouterr().out
+    res = stock_result(ET_SCRIPT, {name: str(exports[name][0]) for name in names})
+    for name in names:
+        assert res[name]["diff"] < TOLERANCE, (name, res[name])
+        assert res[name]["shape"][0] == 1
+    assert res["bert"]["shape"][1] > 20  # longer than any traced text: the sequence is dynamic
+    info = json.loads((exports["bert"][0] / "executorch" / "export.json").read_text())
+    assert info["dynamic_axes"]["input_ids"] == ["sequence"] and info["bytes_pte"] > 0
+    assert main(["export", str(exports["vit"][0]), "--executorch", "--int8"]) == 2
