@@ -153,7 +153,7 @@ def _run_pipeline(recipe: str, call) -> int:
     except RecipeError as exc:
         print(f"{recipe}: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError) as exc:
+    except (FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

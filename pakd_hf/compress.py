@@ -85,6 +85,21 @@ def _quick_recipe(recipe: Recipe) -> Recipe:
     return load_recipe(raw)
 
 
+# The folders `pakd compress` replaces in OUT, and the file that shows pakd wrote each one. A
+# folder of the same name without it is the user's: compress refuses to start rather than delete it.
+OWNED = {"teacher": "pakd_teacher.json", "student": "pakd_recipe.yaml", "transfer": "pakd_transfer.json"}
+
+
+def check_owned(out: Path) -> None:
+    """Raise FileExistsError (one line) when OUT holds a teacher/, student/ or transfer/ that
+    pakd did not write."""
+    for name, marker in OWNED.items():
+        folder = out / name
+        if folder.exists() and not (folder / marker).is_file():
+            raise FileExistsError(f"{folder} exists and was not written by pakd (it has no {marker}): move it away or "
+                                  "choose another --output-dir (pakd replaces only folders it made)")
+
+
 def swap_in(new: Path, target: Path) -> None:
     """Put the complete folder ``new`` at ``target``: the old one is renamed aside first and
     deleted last, so a kill at any point leaves either the old folder or the new one (or the
@@ -445,6 +460,7 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--output-dir {out} exists and is not a folder")
+    check_owned(out)
     spec = recipe.data
     data = load_data(recipe, quick)
     labels = _labels(data, spec)

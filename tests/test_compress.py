@@ -246,6 +246,19 @@ def test_recipe_without_data_is_rejected(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["teacher", "student", "transfer"])
+def test_folders_pakd_did_not_write_are_never_replaced(tiny_teacher, tmp_path, capsys, name):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_rt_recipe(tiny_teacher)))
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    (out / name / "notes.txt").write_text("mine")
+    assert main(["compress", str(path), "--output-dir", str(out), "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out / name} exists and was not written by pakd" in err[0]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [name, f"{name}/notes.txt"]
+
+
 def test_a_failed_push_is_one_line_and_keeps_the_outputs(quick_run, hub_server, monkeypatch, capsys):
     from hub_server import patch_hub_endpoint
 
