@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-__all__ = ["PaKDTrainingArguments"]
+__all__ = ["PaKDTrainingArguments", "training_overrides", "TRAINING_FLAGS_REFUSED"]
 
 
 @dataclass
@@ -28,3 +28,66 @@ class PaKDTrainingArguments(TrainingArguments):
             "PaKDTrainer overrides it."
         },
     )
+
+
+# TrainingArguments flags `pakd compress` refuses, with what to do instead: the recipe plans the
+# stages (their steps, learning rates, schedules), and some flags have a pakd spelling.
+TRAINING_FLAGS_REFUSED = {
+    "output_dir": "use --output-dir (the stages run in OUT/.student-run)",
+    "max_steps": "the recipe's stages set the steps (steps: / epochs: per stage)",
+    "num_train_epochs": "the recipe's stages set the steps (steps: / epochs: per stage)",
+    "learning_rate": "each stage has its own learning_rate in the recipe",
+    "lr_scheduler_type": "each stage runs its own schedule (the recipe's stages)",
+    "warmup_steps": "set warmup in the recipe's stages",
+    "warmup_ratio": "set warmup in the recipe's stages",
+    "resume_from_checkpoint": "run the same command again to resume (--restart starts over)",
+    "recipe": "the recipe is the command's first argument",
+    "push_to_hub": "use --push-to-hub --hub-model-id NAMESPACE/NAME",
+    "hub_model_id": "use --hub-model-id",
+    "hub_token": "set HF_TOKEN or run `hf auth login` (a token on the command line shows in the process list)",
+    "do_train": "compress always trains", "do_eval": "compress evaluates on validation and test itself",
+    "do_predict": "compress evaluates on validation and test itself",
+}
+
+
+def default_device_flags() -> list[str]:
+    """What `pakd compress` gives TrainingArguments before the user's flags: ``--use_cpu`` on a
+    machine without CUDA or MPS (Trainer would pick the CPU anyway; ``--bf16`` needs it said)."""
+    import torch
+
+    accelerated = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    return [] if accelerated else ["--use_cpu", "true"]
+
+
+def training_overrides(flags: list[str]) -> dict:
+    """TrainingArguments flags (``--report_to tensorboard --bf16 --logging_steps 10``) parsed
+    by ``HfArgumentParser`` into {field: value}, only the fields given. Raises ValueError with
+    one line naming the flag: unknown (with the nearest name), refused (with what to use
+    instead), or a value TrainingArguments rejects."""
+    import difflib
+    import tempfile
+
+    from transformers import HfArgumentParser
+
+    fields = PaKDTrainingArguments.__dataclass_fields__
+    names = []
+    for token in flags:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            if name not in fields:
+                near = difflib.get_close_matches(name, list(fields), n=1)
+                raise ValueError(f"--{name}: not a TrainingArguments flag" + (f" (did you mean --{near[0]}?)" if near else ""))
+            if name in TRAINING_FLAGS_REFUSED:
+                raise ValueError(f"--{name}: not for pakd compress: {TRAINING_FLAGS_REFUSED[name]}")
+            names.append(name)
+        elif not names:
+            raise ValueError(f"{token!r}: unexpected argument (TrainingArguments flags start with --)")
+    parser = HfArgumentParser(PaKDTrainingArguments, exit_on_error=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            (parsed,) = parser.parse_args_into_dataclasses(args=["--output_dir", tmp, *default_device_flags(), *flags])
+        except SystemExit:  # argparse reports some errors by exiting, whatever exit_on_error says
+            raise ValueError(f"cannot parse {' '.join(flags)!r} as TrainingArguments flags") from None
+        except Exception as e:  # argparse.ArgumentError, or TrainingArguments.__post_init__'s ValueError
+            raise ValueError(" ".join(str(e).split())[:300]) from None
+    return {name: getattr(parsed, name) for name in names}

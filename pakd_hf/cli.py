@@ -136,10 +136,20 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.push_to_hub and (problem := _repo_id_problem(args.hub_model_id)):
         print(f"error: --hub-model-id {args.hub_model_id!r}: {problem} (nothing was run)", file=sys.stderr)
         return 2
+    overrides = None
+    if args.training_flags:
+        from .arguments import training_overrides
+
+        try:
+            overrides = training_overrides(args.training_flags)
+        except ValueError as exc:
+            print(f"error: {exc} (nothing was run)", file=sys.stderr)
+            return 2
     try:
         return _run_pipeline(args.recipe, lambda: compress(
             args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
-            threads=args.threads, seed=args.seed, save_steps=args.save_steps, restart=args.restart))
+            threads=args.threads, seed=args.seed, save_steps=args.save_steps, restart=args.restart,
+            training_overrides=overrides))
     except PushError as exc:
         print(f"error: {exc} (the outputs in {args.output_dir} are complete; push them later with `pakd push`)",
               file=sys.stderr)
@@ -273,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "OUT/report.json and the model card.",
                                  "pakd compress recipes/nlp/minilm-rotten-tomatoes.yaml --output-dir runs/minilm-rt --seed 1"))
     comp.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe (with data and teacher blocks)")
+    comp.epilog += ("\n\nAny TrainingArguments flag may follow (e.g. --report_to tensorboard --logging_steps 10 --bf16\n"
+                    "--dataloader_num_workers 2): it applies to the teacher stage and the PaKD stages (save_* flags to\n"
+                    "the PaKD stages only), over the recipe's training block, and is recorded in report.json and\n"
+                    "pakd.json. Flags that would change the recipe's plan (--max_steps, --learning_rate, ...) are refused.\n"
+                    "What a tracker writes under the training folders' runs/ is kept in OUT/runs/.")
     comp.add_argument("--output-dir", required=True, help="OUT: teacher/, student/ and report.json are written here")
     comp.add_argument("--quick", action="store_true", help="same path on a small slice and a few steps (smoke check)")
     comp.add_argument("--push-to-hub", action="store_true", help="push the student when done (needs --hub-model-id)")
@@ -365,7 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `pakd compress` takes any TrainingArguments flag after its own (--report_to tensorboard
+    # --bf16 ...); every other command takes only its own.
+    args, rest = parser.parse_known_args(argv)
+    if rest and getattr(args, "command", None) != "compress":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.training_flags = rest
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

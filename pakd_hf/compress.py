@@ -176,8 +176,11 @@ def _labels(data, spec) -> list[str]:
 
 
 # ---- models ---------------------------------------------------------------------------
-def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, seed: int | None = None, **kw):
-    from .arguments import PaKDTrainingArguments
+def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, seed: int | None = None,
+                   overrides: dict[str, Any] | None = None, **kw):
+    """TrainingArguments from the recipe's ``training`` block, then ``kw``, then the user's
+    TrainingArguments flags (``overrides``, see :func:`pakd_hf.arguments.training_overrides`)."""
+    from .arguments import PaKDTrainingArguments, default_device_flags
 
     run = recipe.training
     return PaKDTrainingArguments(**{
@@ -188,20 +191,36 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, see
         "logging_steps": run.logging_steps,
         "save_strategy": "no",
         "report_to": [],
-        "use_cpu": True,
+        "use_cpu": bool(default_device_flags()),  # what Trainer would pick: CUDA or MPS when present
         "dataloader_num_workers": 0,
         **kw,
+        **(overrides or {}),
     })
 
 
-def _student_args(out: Path, recipe: Recipe, save_steps: int | None = None):
+def _student_args(out: Path, recipe: Recipe, save_steps: int | None = None, overrides: dict[str, Any] | None = None):
     """TrainingArguments of the PaKD stages: the student's seed (data order, dropout), and
     length-grouped batches when the recipe asks (the teacher's fine-tune ignores both); with
-    ``save_steps``, a checkpoint every that many steps (the two newest kept)."""
+    ``save_steps``, a checkpoint every that many steps (the two newest kept); the user's
+    TrainingArguments flags last."""
     kw: dict[str, Any] = {"train_sampling_strategy": "group_by_length"} if recipe.training.group_by_length else {}
     if save_steps:
         kw.update(save_strategy="steps", save_steps=save_steps, save_total_limit=2)
-    return _training_args(out, recipe, seed=recipe.student_seed, **kw)
+    return _training_args(out, recipe, seed=recipe.student_seed, overrides=overrides, **kw)
+
+
+# TrainingArguments flags that concern the PaKD stages only: the teacher stage never checkpoints.
+STUDENT_ONLY_FLAGS = {"save_strategy", "save_steps", "save_total_limit", "save_only_model", "save_safetensors"}
+
+
+def _keep_logs(run_dir: Path, target: Path) -> None:
+    """What a tracker wrote under a training folder's ``runs/`` (tensorboard's event files),
+    moved to ``target`` before the folder goes."""
+    logs = run_dir / "runs"
+    if logs.is_dir() and any(logs.iterdir()):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(str(logs), str(target))
 
 
 # `pakd compress` checkpoints the PaKD stages this often by default (--save_steps): about every
@@ -287,7 +306,7 @@ def weights_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bool):
+def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bool, overrides: dict | None = None):
     """Fine-tune / train (or reuse) the teacher; returns (model, preprocessor, encoded data, info).
 
     ``data`` holds the train and validation splits only: the teacher is chosen on validation."""
@@ -319,10 +338,12 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
                   weight_decay=ft.weight_decay)
         if quick:
             kw["max_steps"] = QUICK.teacher_steps
-        args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, **kw)
+        teacher_flags = {k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS}
+        args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, overrides=teacher_flags, **kw)
         start = time.perf_counter()
         Trainer(model=model, args=args, train_dataset=encoded["train"], processing_class=preprocessor).train()
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
+        _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
         shutil.rmtree(out / ".teacher-run", ignore_errors=True)
     column = adapter.column(recipe)
     info["accuracy_validation"] = adapter.accuracy(
@@ -432,7 +453,8 @@ class Prepared:
         return self.adapter.accuracy(model, preprocessor, inputs, gold, self.recipe, self.recipe.training.eval_batch_size)
 
 
-def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed: int | None = None) -> Prepared:
+def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed: int | None = None,
+            training_overrides: dict[str, Any] | None = None) -> Prepared:
     """Load and check the recipe, load the data (test split held out), prepare the teacher in
     ``OUT/teacher`` (fine-tuned once, then reused). ``seed`` sets the recipe's student seed."""
     from datasets import DatasetDict
@@ -472,7 +494,8 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        teacher, preprocessor, encoded, teacher_info = _prepare_teacher(recipe, out, data, labels, adapter, quick)
+        teacher, preprocessor, encoded, teacher_info = _prepare_teacher(recipe, out, data, labels, adapter, quick,
+                                                                        training_overrides)
     except RecipeError:  # the stages do not fit the teacher (checked before its fine-tune): leave no folder
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -531,6 +554,7 @@ def compress(
     seed: int | None = None,
     save_steps: int | None = SAVE_STEPS,
     restart: bool = False,
+    training_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run a recipe end to end (see the module docs); returns the report.
 
@@ -538,7 +562,10 @@ def compress(
     what is new); the teacher and the transfer set do not depend on it. The PaKD stages write
     a checkpoint every ``save_steps`` steps (``--save_steps``; 0 or None: none) into
     ``OUT/.student-run``; running the same command again on the same OUT resumes from the newest
-    complete one, ``restart`` (``--restart``) starts the stages over."""
+    complete one, ``restart`` (``--restart``) starts the stages over. ``training_overrides``:
+    TrainingArguments fields for the teacher stage and the PaKD stages, over what the recipe's
+    ``training`` block gives (the CLI's TrainingArguments flags,
+    :func:`pakd_hf.arguments.training_overrides`); recorded in report.json and pakd.json."""
     import torch
     from transformers import set_seed
 
@@ -547,7 +574,7 @@ def compress(
     from .trainer import PaKDTrainer
 
     started = time.perf_counter()
-    p = prepare(recipe_source, output_dir, quick=quick, seed=seed)
+    p = prepare(recipe_source, output_dir, quick=quick, seed=seed, training_overrides=training_overrides)
     recipe, adapter, out, spec = p.recipe, p.adapter, p.out, p.recipe.data
 
     # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
@@ -566,7 +593,7 @@ def compress(
     run_key = _fingerprint({k: v for k, v in recipe.to_dict().items() if k != "export"}, quick,
                            teacher_identity(p.teacher_info), len(train_dataset))
     resume = _resume_point(run_dir, run_key, restart)
-    args = _student_args(run_dir, recipe, save_steps=save_steps)
+    args = _student_args(run_dir, recipe, save_steps=save_steps, overrides=training_overrides)
     trainer = PaKDTrainer(
         model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,
         eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
@@ -574,6 +601,7 @@ def compress(
     )
     trainer.train(resume_from_checkpoint=resume)
     compress_seconds = round(time.perf_counter() - stage_start, 1)
+    _keep_logs(run_dir, out / "runs" / "student")
     tmp = out / ".student-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
@@ -632,9 +660,15 @@ def compress(
     # The report and the student of one run carry the same id: `pakd card` refuses a pair from two
     # runs (a kill between the student's swap and the report's write leaves one).
     report["run_id"] = uuid.uuid4().hex[:16]
+    flags = {k: (v if isinstance(v, (bool, int, float, str, list, type(None))) else str(v))
+             for k, v in (training_overrides or {}).items()}
+    report["training_overrides"] = flags
     pakd_json = tmp / "pakd.json"
     if pakd_json.is_file():
-        pakd_json.write_text(json.dumps({**json.loads(pakd_json.read_text()), "run_id": report["run_id"]}, indent=2) + "\n")
+        record = {**json.loads(pakd_json.read_text()), "run_id": report["run_id"]}
+        if flags:
+            record["training_overrides"] = flags
+        pakd_json.write_text(json.dumps(record, indent=2) + "\n")
     write_card(tmp, report, repo_id=push_to_hub)
     swap_in(tmp, out / "student")
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -119,11 +119,14 @@ class TaskAdapter:
         import torch
 
         model.eval()
+        device = getattr(model, "device", None)  # a model trained on a GPU stays there
         predictions: list[int] = []
         with torch.inference_mode():
             for i in range(0, len(examples), batch_size):
-                logits = model(**self.encode_batch(preprocessor, examples[i : i + batch_size], recipe)).logits
-                predictions += logits.argmax(-1).tolist()
+                batch = self.encode_batch(preprocessor, examples[i : i + batch_size], recipe)
+                if isinstance(device, torch.device) and device.type != "cpu":
+                    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                predictions += model(**batch).logits.argmax(-1).tolist()
         return predictions
 
     def accuracy(self, model, preprocessor, examples: list, labels: list[int], recipe: Recipe, batch_size: int) -> float:

@@ -49,7 +49,8 @@ def quick_run(tiny_teacher, tmp_path_factory):
         mp.setattr(pipeline, "_prepare_teacher", prepare_teacher)
         mp.setattr(PaKDTrainer, "train", spy("student trains", PaKDTrainer.train))
         mp.setattr(pipeline.HeldOutSplit, "read", spy("test read", pipeline.HeldOutSplit.read))
-        assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--seed", "3"]) == 0
+        assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--seed", "3",
+                     "--weight_decay", "0.01"]) == 0  # a TrainingArguments flag, passed through
     (root / "events.json").write_text(json.dumps(events))
     return root, path, out
 
@@ -71,6 +72,23 @@ def test_report_and_student_carry_one_run_id_and_card_refuses_a_mixed_pair(quick
     assert "two different runs" in err and "not a complete report" in err and "Traceback" not in err
     (mixed / "report.json").write_text(json.dumps(report))
     assert main(["card", str(mixed)]) == 0
+
+
+def test_training_arguments_flags_pass_through_and_are_recorded(quick_run, capsys):
+    _, path, out = quick_run
+    assert json.loads((out / "report.json").read_text())["training_overrides"] == {"weight_decay": 0.01}
+    assert json.loads((out / "student" / "pakd.json").read_text())["training_overrides"] == {"weight_decay": 0.01}
+    for flags, expected in ((["--max_steps", "5"], "--max_steps: not for pakd compress: the recipe's stages set the steps"),
+                            (["--loging_steps", "3"], "did you mean --logging_steps?"),
+                            (["--logging_steps", "x"], "invalid"),
+                            (["--hub_token", "hf_x"], "HF_TOKEN")):
+        assert main(["compress", str(path), "--output-dir", str(out / "never"), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0] and "nothing was run" in err[0], err
+    assert not (out / "never").exists()
+    with pytest.raises(SystemExit) as exit_info:  # other commands take only their own flags
+        main(["validate", str(path), "--logging_steps", "3"])
+    assert exit_info.value.code == 2
 
 
 def test_the_test_split_is_read_once_after_training(quick_run):
@@ -347,7 +365,7 @@ def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_p
     for cached in ("teacher", "transfer"):  # the same teacher and transfer set: straight to the stages
         shutil.copytree(reference / cached, out / cached)
     command = [sys.executable, "-m", "pakd_hf", "compress", str(path), "--output-dir", str(out), "--quick",
-               "--threads", "1", "--seed", "3", "--save_steps", "4"]
+               "--threads", "1", "--seed", "3", "--save_steps", "4", "--weight_decay", "0.01"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     run_dir = out / ".student-run"
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
