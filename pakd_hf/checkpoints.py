@@ -81,6 +81,8 @@ def problem(folder: str | os.PathLike) -> str | None:
     try:
         record = json.loads((folder / MARKER).read_text())
         files = record["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, int) for v in files.values()):
+            raise TypeError
     except FileNotFoundError:
         return f"no {MARKER}: its save was interrupted (or another program wrote it)"
     except (OSError, ValueError, KeyError, TypeError):
@@ -132,19 +134,22 @@ def resolve(resume: bool | str | os.PathLike | None, run_dir: str | os.PathLike)
     raise IncompleteCheckpointError(f"checkpoint {path} cannot be resumed: {why}; {instead}")
 
 
-def rotate(run_dir: str | os.PathLike, limit: int | None, keep: str | os.PathLike | None = None) -> None:
-    """Keep the newest ``limit`` complete checkpoints (and ``keep``, e.g. the best one); remove
-    older checkpoint folders, complete or not. Called only after the newest is marked complete."""
-    if not limit or limit <= 0:
-        return
-    run_dir = Path(run_dir)
-    complete = complete_checkpoints(run_dir)
-    if not complete:
-        return
+def rotate(current: str | os.PathLike, limit: int | None, keep: str | os.PathLike | None = None) -> None:
+    """After ``current`` is marked complete: keep it and the complete checkpoints before it, up
+    to ``limit`` in all (and ``keep``, e.g. the best one); remove older checkpoint folders,
+    complete or not. Checkpoints of later steps belong to a run this one resumed before: they
+    are removed too, so that a later resume cannot pick one of them."""
     import shutil
 
-    kept = set(complete[-limit:]) | ({Path(keep)} if keep is not None else set())
-    newest = _step(complete[-1])
-    for path in _checkpoints(run_dir):
-        if path not in kept and _step(path) < newest:
+    current = Path(current)
+    step = _step(current)
+    for path in _checkpoints(current.parent):
+        if _step(path) > step and path != (Path(keep) if keep is not None else None):
+            shutil.rmtree(path, ignore_errors=True)
+    if not limit or limit <= 0:
+        return
+    earlier = [p for p in complete_checkpoints(current.parent) if _step(p) <= step]
+    kept = set(earlier[-limit:]) | {current} | ({Path(keep)} if keep is not None else set())
+    for path in _checkpoints(current.parent):
+        if path not in kept and _step(path) < step:
             shutil.rmtree(path, ignore_errors=True)

@@ -157,7 +157,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _run_pipeline(recipe: str, call) -> int:
-    """Run a pipeline command: a bad recipe or a missing file is one line and exit 2."""
+    """Run a pipeline command: a bad recipe or a missing file is one line and exit 2; an export
+    that fails (or its missing packages) one line and exit 1."""
+    from .deploy import DeployError
+
     try:
         call()
     except RecipeError as exc:
@@ -166,6 +169,9 @@ def _run_pipeline(recipe: str, call) -> int:
     except (FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

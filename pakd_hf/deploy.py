@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,12 +84,21 @@ def _load(folder: Path):
         raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
     task = folder_task(folder)  # FileNotFoundError naming what to save beside the model
     adapter = ADAPTERS[task]
-    config = json.loads((folder / "config.json").read_text())
-    if str(config.get("model_type", "")).startswith("pakd_"):  # a non-uniform student: its own classes
-        model = load_compact(folder)
-    else:
-        model = adapter.model_class().from_pretrained(folder)
-    return model.eval(), adapter.load_preprocessor(folder), adapter, default_recipe(task)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        if str(config.get("model_type", "")).startswith("pakd_"):  # a non-uniform student: its own classes
+            model = load_compact(folder)
+        else:
+            model, loading = adapter.model_class().from_pretrained(folder, output_loading_info=True)
+            if loading.get("missing_keys"):  # e.g. a base model: its head would be random, and exported as such
+                raise DeployError(f"{folder} lacks weights of {type(model).__name__} ({sorted(loading['missing_keys'])[0]}, "
+                                  f"... {len(loading['missing_keys'])} in all): export a trained {adapter.task} model")
+        preprocessor = adapter.load_preprocessor(folder)
+    except DeployError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:  # no weights, an unknown config, a broken file
+        raise DeployError(f"cannot load {folder} as a {adapter.task} model: {' '.join(str(e).split())[:300]}") from None
+    return model.eval(), preprocessor, adapter, default_recipe(task)
 
 
 def _input_names(model: nn.Module, encoded: dict[str, torch.Tensor]) -> list[str]:
@@ -216,10 +224,12 @@ def export_onnx(
     int8: bool = False,
     opset: int = DEFAULT_OPSET,
     tolerance: float = TOLERANCE,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Export the classifier saved in ``folder`` to ``output_dir`` (default ``folder/onnx``):
     ``model.onnx`` and, with ``int8``, ``model_int8.onnx``, the folder's preprocessor files
-    and ``export.json`` (what was exported and how, the check's figures). Returns that record.
+    and ``export.json`` (what was exported and how, the check's figures; ``source`` names the
+    model there, default the folder's name). Returns that record.
     Raises :class:`DeployError` (one line) when the folder cannot be exported or the check fails."""
     _require()
     folder = Path(folder)
@@ -235,8 +245,7 @@ def export_onnx(
     axes = {n: {0: "batch", **({1: _LENGTH_AXES[n]} if n in _LENGTH_AXES else {})} for n in names}
     axes["logits"] = {0: "batch"}
 
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = _fresh_tmp(out)
     try:
         with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             warnings.simplefilter("ignore")  # tracer and deprecation notes about code paths not taken
@@ -254,7 +263,7 @@ def export_onnx(
                               f"on inputs of shape {tuple(checked[names[0]].shape)}: the export is not faithful")
         info: dict[str, Any] = {
             "format": FORMAT,
-            "source": folder.name,
+            "source": source or folder.name,
             "task": adapter.task,
             "architecture": type(model).__name__,
             "exporter": "torch.onnx.export, TorchScript path (dynamo=False)",
@@ -322,8 +331,7 @@ def export_executorch(
         shapes = (tuple({1: sequence} for _ in names),)
     else:
         shapes = None
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = _fresh_tmp(out)
     try:
         with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             warnings.simplefilter("ignore")
@@ -335,10 +343,13 @@ def export_executorch(
                 raise DeployError(f"ExecuTorch export failed for {type(model).__name__}: "
                                   f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
         (tmp / PTE_FILE).write_bytes(buffer)
-        method = Runtime.get().load_program(str(tmp / PTE_FILE)).load_method("forward")
         with torch.inference_mode():
             expected = model(**checked).logits
-        got = method.execute([checked[n] for n in names])[0]
+        try:
+            method = Runtime.get().load_program(str(tmp / PTE_FILE)).load_method("forward")
+            got = method.execute([checked[n] for n in names])[0]
+        except Exception as e:  # the runtime's errors are RuntimeErrors with codes
+            raise DeployError(f"the ExecuTorch program does not run: {' '.join(str(e).split())[:300]}") from None
         diff = float((got - expected).abs().max())
         if not diff <= tolerance:
             raise DeployError(f"the ExecuTorch program's logits differ from PyTorch's by {diff:.3g} (tolerance "
@@ -370,16 +381,28 @@ def _read_info(folder: Path, fmt: str) -> dict[str, Any] | None:
     return info if isinstance(info, dict) and info.get("format") == fmt else None
 
 
+def _fresh_tmp(out: Path) -> Path:
+    """The folder an export is written in before it is renamed to ``out``: a fixed name beside
+    it, so what a killed export left is cleared by the next one (and an ``out`` set aside by a
+    kill between the two renames of :func:`_replace` comes back first)."""
+    aside = out.parent / f".{out.name}-old"
+    if not out.exists() and aside.is_dir():
+        aside.rename(out)
+    tmp = out.parent / f".{out.name}-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def _replace(tmp: Path, out: Path) -> None:
     """``tmp`` renamed to ``out``; an earlier ``out`` (ours: checked by the caller) set aside
     first and removed after, so a kill leaves one whole folder or the other."""
-    aside = None
+    aside = out.parent / f".{out.name}-old"
+    shutil.rmtree(aside, ignore_errors=True)
     if out.exists():
-        aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         out.rename(aside)
     tmp.rename(out)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _versions() -> dict[str, str]:

@@ -129,6 +129,15 @@ def _compression_rows(r: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _whisper_window(folder: Path) -> bool:
+    """Does the folder's feature extractor pad every clip to a fixed window (Whisper's)? Then
+    ``padding=True`` would cut the window to the clip, and the exported model refuses it."""
+    try:
+        return "n_samples" in json.loads((folder / "preprocessor_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def _deploy_section(folder: Path, r: dict[str, Any], modality: str, target: str) -> dict[str, Any]:
     """The card's "Deploy" section when the student has an ONNX export (``onnx/``): its files,
     the ONNX Runtime figures of the report, and a snippet that runs the int8 (else fp32) model
@@ -169,7 +178,8 @@ def _deploy_section(folder: Path, r: dict[str, Any], modality: str, target: str)
                    'inputs = processor(images=[image], return_tensors="np")'),
         "audio": ("AutoFeatureExtractor", 'extractor = AutoFeatureExtractor.from_pretrained(folder)\n'
                   'clip = np.zeros(extractor.sampling_rate, dtype=np.float32)  # one second of your audio\n'
-                  'inputs = extractor([clip], sampling_rate=extractor.sampling_rate, padding=True, return_tensors="np")'),
+                  'inputs = extractor([clip], sampling_rate=extractor.sampling_rate, '
+                  + ("" if _whisper_window(folder / ONNX_DIR) else "padding=True, ") + 'return_tensors="np")'),
     }[modality]
     code = (
         "import numpy as np\nimport onnxruntime as ort\nfrom huggingface_hub import snapshot_download\n"

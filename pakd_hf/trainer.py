@@ -973,7 +973,8 @@ class PaKDTrainer(Trainer):
         (`pakd_hf.export.save_compact`): `trust_remote_code=True`, or `import pakd_hf`, loads it.
         """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if _internal_call and self.args.should_save and is_checkpoint_folder(output_dir) and os.path.isdir(output_dir):
+        if (_internal_call and self.args.should_save and is_checkpoint_folder(output_dir) and os.path.isdir(output_dir)
+                and Path(output_dir).resolve().parent == Path(self.args.output_dir).resolve()):
             # Trainer is about to write checkpoint-N where one already is: the rest of an interrupted
             # save, or a checkpoint of steps trained again after resuming from an earlier one. Its
             # files must not outlive it into the new checkpoint's list (pakd_hf.checkpoints).
@@ -1070,7 +1071,7 @@ class PaKDTrainer(Trainer):
 
         self._save_pakd_state(checkpoint)
         mark_complete(checkpoint, self.state.global_step)
-        rotate(self.args.output_dir, self._save_total_limit, keep=self.state.best_model_checkpoint)
+        rotate(checkpoint, self._save_total_limit, keep=self.state.best_model_checkpoint)
 
     def _restore_pakd_state(self, checkpoint: str) -> None:
         state_file = Path(checkpoint, STATE_FILENAME)

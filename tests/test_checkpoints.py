@@ -117,3 +117,27 @@ def test_a_kill_before_the_marker_keeps_the_older_checkpoints(tmp_path, monkeypa
 def test_no_checkpoint_at_all_is_one_line(tmp_path):
     with pytest.raises(IncompleteCheckpointError, match="no complete checkpoint in"):
         _trainer(tmp_path / "empty").train(resume_from_checkpoint=True)
+
+
+def test_a_malformed_marker_is_refused_not_a_traceback(run, tmp_path):
+    out, _ = run
+    copy_dir = tmp_path / "run"
+    shutil.copytree(out, copy_dir)
+    (copy_dir / "checkpoint-16" / MARKER).write_text(json.dumps({"files": ["model.safetensors"]}))
+    assert problem(copy_dir / "checkpoint-16") == f"{MARKER} is unreadable"
+    with pytest.raises(IncompleteCheckpointError, match="unreadable"):
+        _trainer(copy_dir).train(resume_from_checkpoint=str(copy_dir / "checkpoint-16"))
+
+
+def test_resuming_from_an_earlier_checkpoint_drops_the_later_ones(run, tmp_path):
+    """From checkpoint-12 while a complete checkpoint-16 exists: the run writes its own
+    checkpoint-16, and with save_total_limit=1 that one (not the old) is what is left."""
+    out, _ = run
+    copy_dir = tmp_path / "run"
+    shutil.copytree(out, copy_dir)
+    old = json.loads((copy_dir / "checkpoint-16" / MARKER).read_text())
+    trainer = _trainer(copy_dir, save_total_limit=1)
+    trainer.train(resume_from_checkpoint=str(copy_dir / "checkpoint-12"))
+    assert [p.name for p in complete_checkpoints(copy_dir)] == ["checkpoint-16"]
+    assert (copy_dir / "checkpoint-16" / MARKER).stat().st_mtime_ns > 0 and problem(copy_dir / "checkpoint-16") is None
+    assert json.loads((copy_dir / "checkpoint-16" / MARKER).read_text())["files"].keys() == old["files"].keys()

@@ -391,6 +391,21 @@ def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_p
     for name in want:
         assert got[name].shape == want[name].shape, name
         assert (got[name] - want[name]).abs().max() <= 5e-3, name
-    # A second run after the first finished starts over (no checkpoints left), and --restart is accepted.
-    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--seed", "3",
-                 "--save_steps", "0", "--restart"]) == 0
+
+
+def test_resume_point_resumes_only_its_own_run_and_restart_drops_it(tmp_path, capsys):
+    from pakd_hf.checkpoints import MARKER
+    from pakd_hf.compress import _resume_point
+
+    run_dir = tmp_path / ".student-run"
+    assert _resume_point(run_dir, "key-a", restart=False) is None  # nothing yet: a fresh run
+    (run_dir / "checkpoint-4").mkdir()
+    (run_dir / "checkpoint-4" / MARKER).write_text(json.dumps({"files": {}}))  # complete (and empty)
+    assert _resume_point(run_dir, "key-a", restart=False) is True
+    assert "resuming the PaKD stages from checkpoint-4" in capsys.readouterr().err
+    assert _resume_point(run_dir, "key-b", restart=False) is None  # another run's checkpoints: dropped
+    assert "are of another run" in capsys.readouterr().err and not (run_dir / "checkpoint-4").exists()
+    (run_dir / "checkpoint-4").mkdir()
+    (run_dir / "checkpoint-4" / MARKER).write_text(json.dumps({"files": {}}))
+    assert _resume_point(run_dir, "key-b", restart=True) is None and not (run_dir / "checkpoint-4").exists()
+    assert json.loads((run_dir / "pakd_run.json").read_text()) == {"key": "key-b"}

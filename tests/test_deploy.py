@@ -283,3 +283,23 @@ def test_executorch_programs_run_in_the_executorch_runtime(exports, capsys):
     info = json.loads((exports["bert"][0] / "executorch" / "export.json").read_text())
     assert info["dynamic_axes"]["input_ids"] == ["sequence"] and info["bytes_pte"] > 0
     assert main(["export", str(exports["vit"][0]), "--executorch", "--int8"]) == 2
+
+
+def test_a_failed_check_leaves_the_earlier_export_and_no_temporary_folder(exports, tmp_path, capsys):
+    from pakd_hf.deploy import DeployError
+
+    folder = exports["resnet"][0]
+    before = (folder / "onnx" / "export.json").read_text()
+    with pytest.raises(DeployError, match="differ from PyTorch's by .* the export is not faithful"):
+        export_onnx(folder, tolerance=-1.0)  # no export can pass: the check runs after the files are written
+    assert (folder / "onnx" / "export.json").read_text() == before
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    # A model without a trained head (a base model) is refused, not exported with a random one.
+    from transformers import ViTImageProcessor, ViTModel
+
+    base = tmp_path / "base"
+    ViTModel(tiny_vit().config).save_pretrained(base)
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(base)
+    assert main(["export", str(base)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "lacks weights of ViTForImageClassification" in err[0]  # (transformers' load report too)
