@@ -296,6 +296,11 @@ class PaKDTrainer(Trainer):
             teacher_model.to(self.args.device)
 
         self._attn_restore: dict[int, tuple[nn.Module, str]] = {}
+        # Compression progress in the logs (see _compression_metrics): the shapes the student
+        # starts from, and the last figures, recomputed only when the structure changes.
+        self._start_structure = None  # set by train(), before a resumed checkpoint compacts the model
+        self._start_cost: tuple[float, float, dict] | None = None
+        self._progress: tuple[str, dict[str, float]] | None = None
 
         self.distill_projections: HiddenProjections | None = self._build_projections(model, teacher_model)
         self._component_sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)
@@ -957,7 +962,56 @@ class PaKDTrainer(Trainer):
             if self._spans is not None:
                 # The stage of the steps this log covers (a stage switch happens before the log).
                 logs["stage"] = self._stage_for_step(max(self.state.global_step - 1, 0))
+            if self._pruning_involved():
+                logs.update(self._compression_metrics())
         super().log(logs, start_time)
+
+    def _compression_metrics(self) -> dict[str, float]:
+        """What the student keeps now, beside the losses in every log (so tensorboard, wandb or
+        trackio plot the compression curve): layers, heads, FFN neurons and hidden dims kept (of
+        the masks' target mid-stage, of the compact model after), the vocabulary, and the
+        parameters and MACs per example of that structure as fractions of the starting model's
+        when a stock config holds it (not per-layer shapes mid-stage: counts only then; counted on
+        a model built on the meta device, milliseconds, recomputed only when the structure
+        changes; MACs on one training example)."""
+        from .arch import get_adapter
+        from .prune import Structure
+        from .prune.budget import model_cost
+
+        model = self.model
+        try:
+            adapter = get_adapter(model)
+        except ValueError:  # a family the pruning engine does not know: nothing to report
+            return {}
+        structure = self._mask_state.structure() if self._mask_state is not None else Structure.from_model(model, adapter)
+        vocab = getattr(model.config, "vocab_size", None)
+        key = json.dumps([structure.to_dict(), vocab], sort_keys=True)
+        if self._progress is not None and self._progress[0] == key:
+            return dict(self._progress[1])
+        kept = structure.layers
+        out: dict[str, float] = {
+            "pakd/layers": len(kept),
+            "pakd/heads": sum(len(structure.heads[i]) for i in kept),
+            "pakd/ffn": sum(len(structure.ffn[i]) for i in kept),
+            "pakd/hidden": len(structure.hidden),
+        }
+        if vocab:
+            out["pakd/vocab"] = vocab
+        try:
+            if self._start_cost is None and self._start_structure is not None:
+                with torch.random.fork_rng(devices=[]):  # a new loader iterator draws a seed: keep training's RNG as it is
+                    inputs = self._sample_inputs()
+                start = self._start_structure
+                self._start_cost = (model_cost(model, adapter, start, "params", None),
+                                    model_cost(model, adapter, start, "macs", inputs), inputs)
+            if self._start_cost is not None:
+                params0, macs0, inputs = self._start_cost
+                out["pakd/params_kept"] = round(model_cost(model, adapter, structure, "params", None) / params0, 5)
+                out["pakd/macs_kept"] = round(model_cost(model, adapter, structure, "macs", inputs) / macs0, 5)
+        except Exception:  # noqa: BLE001 - a structure no stock config holds (per-layer shapes): counts only
+            pass
+        self._progress = (key, out)
+        return dict(out)
 
     # ---- saving and resuming ----------------------------------------------------------
     def _pruning_involved(self) -> bool:
@@ -1161,6 +1215,13 @@ class PaKDTrainer(Trainer):
         from .checkpoints import resolve
 
         resume_from_checkpoint, skipped = resolve(resume_from_checkpoint, self.args.output_dir)
+        if self._pruning_involved():
+            from .prune import Structure
+
+            try:  # what the compression metrics compare with: the model as given, before a resume compacts it
+                self._start_structure = Structure.from_model(self.model)
+            except ValueError:
+                self._start_structure = None
         for note in skipped:
             logger.warning("skipping an incomplete checkpoint: %s", note)
         if resume_from_checkpoint is not None:

@@ -273,3 +273,25 @@ def test_uniform_recipe_that_needs_custom_code_says_how_to_get_it(tmp_path):
     recipe = prune_recipe("text-classification", {"heads": {"keep": 2}}, distil=False)  # hidden 32 != 2 x 8
     with pytest.raises(RecipeError, match="uniform: false"):
         PaKDTrainer(model=tiny_bert(), args=targs(tmp_path / "never"), train_dataset=toy_dataset(16), recipe=recipe)
+
+
+def test_the_logs_carry_the_compression_curve(pruned_runs):
+    """Beside the losses, every log has what the student keeps (tensorboard, wandb and trackio
+    plot these): counts of the masks' target mid-stage, of the compact model after."""
+    for family, run in pruned_runs.items():
+        logs = [h for h in run["trainer"].state.log_history if "loss" in h]
+        assert logs and all("pakd/layers" in h and "pakd/ffn" in h for h in logs), family
+        last = logs[-1]  # logging every 2 steps; the 8 pruning steps prune every 2
+        assert (last["pakd/layers"], last["pakd/heads"], last["pakd/hidden"]) == (2, 4, 16), family
+        assert last["pakd/ffn"] == 2 * 32  # keep_fraction 0.5 of 64 in each of the 2 layers
+        counts = [h["pakd/ffn"] for h in logs]
+        assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1], (family, counts)
+        # Parameters and MACs where a stock config holds the structure (per-layer shapes mid-stage:
+        # counts only), always after the compaction.
+        params = [h["pakd/params_kept"] for h in logs if "pakd/params_kept" in h]
+        assert params == sorted(params, reverse=True) and 0 < params[-1] < 0.5, (family, params)
+        assert 0 < last["pakd/macs_kept"] < 1
+        # The last figure is the saved student's size relative to its start.
+        saved = sum(p.numel() for p in run["student"].parameters())
+        start = sum(p.numel() for p in (tiny_bert if family == "bert" else tiny_vit)(seed=0).parameters())
+        assert last["pakd/params_kept"] == pytest.approx(saved / start, abs=1e-4)
