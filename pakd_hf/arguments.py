@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-__all__ = ["PaKDTrainingArguments", "training_overrides", "TRAINING_FLAGS_REFUSED"]
+__all__ = ["PaKDTrainingArguments", "training_overrides", "TRAINING_FLAGS_REFUSED", "result_flags"]
 
 
 @dataclass
@@ -47,7 +47,25 @@ TRAINING_FLAGS_REFUSED = {
     "hub_token": "set HF_TOKEN or run `hf auth login` (a token on the command line shows in the process list)",
     "do_train": "compress always trains", "do_eval": "compress evaluates on validation and test itself",
     "do_predict": "compress evaluates on validation and test itself",
+    "eval_strategy": "compress evaluates on validation and test itself (the teacher stage has no eval set)",
+    "load_best_model_at_end": "the recipe's last stage is the student (choices are made on validation with pakd ablate)",
+    "metric_for_best_model": "the recipe's last stage is the student",
+    "save_steps": "use pakd compress's own --save_steps",
 }
+
+# Flags that change how a run is watched, not what it trains: they stay out of the keys of the
+# cached teacher and of the checkpoints a rerun resumes (every other flag is in both).
+NON_RESULT_FLAGS = frozenset({
+    "report_to", "run_name", "project", "trackio_space_id", "logging_strategy", "logging_steps", "logging_first_step",
+    "logging_nan_inf_filter", "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm",
+    "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_persistent_workers", "dataloader_pin_memory",
+    "save_strategy", "save_total_limit", "save_only_model", "save_safetensors",
+})
+
+
+def result_flags(overrides: dict | None) -> dict:
+    """The part of ``overrides`` that can change a trained model (see NON_RESULT_FLAGS)."""
+    return {k: str(v) for k, v in sorted((overrides or {}).items()) if k not in NON_RESULT_FLAGS}
 
 
 def default_device_flags() -> list[str]:
@@ -87,7 +105,15 @@ def training_overrides(flags: list[str]) -> dict:
         try:
             (parsed,) = parser.parse_args_into_dataclasses(args=["--output_dir", tmp, *default_device_flags(), *flags])
         except SystemExit:  # argparse reports some errors by exiting, whatever exit_on_error says
-            raise ValueError(f"cannot parse {' '.join(flags)!r} as TrainingArguments flags") from None
+            raise ValueError(f"cannot parse {' '.join(flags)!r} as TrainingArguments flags (a value that starts "
+                             "with '-' is written --flag=value)") from None
         except Exception as e:  # argparse.ArgumentError, or TrainingArguments.__post_init__'s ValueError
             raise ValueError(" ".join(str(e).split())[:300]) from None
+    if "report_to" in names:  # an unknown or uninstalled tracker fails now, not after the teacher
+        from transformers.integrations import get_reporting_integration_callbacks
+
+        try:
+            get_reporting_integration_callbacks(parsed.report_to)
+        except Exception as e:  # ValueError (unknown name) or RuntimeError (package missing)
+            raise ValueError(f"--report_to: {' '.join(str(e).split())[:300]}") from None
     return {name: getattr(parsed, name) for name in names}

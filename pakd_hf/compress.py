@@ -255,7 +255,7 @@ def _resume_point(run_dir: Path, key: str, restart: bool) -> bool | None:
     return None
 
 
-def _teacher_key(recipe: Recipe, quick: bool) -> str:
+def _teacher_key(recipe: Recipe, quick: bool, overrides: dict | None = None) -> str:
     """The cached teacher's key: what its fine-tune depends on. The recipe's teacher, data and
     training blocks (Training's repr leaves out the student-only group_by_length, so turning it
     on keeps the cache; the student's `seed` is not part of it, so every seed of a recipe shares
@@ -266,8 +266,11 @@ def _teacher_key(recipe: Recipe, quick: bool) -> str:
 
     from . import __version__
 
+    from .arguments import result_flags
+
+    flags = result_flags({k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS})
     return _fingerprint(recipe.teacher, recipe.data, recipe.training, quick, __version__, transformers.__version__,
-                        _source_digest(recipe))
+                        _source_digest(recipe), *([flags] if flags else []))
 
 
 def _source_digest(recipe: Recipe) -> str | None:
@@ -314,7 +317,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
 
     spec = recipe.data
     folder = out / "teacher"
-    key = _teacher_key(recipe, quick)
+    key = _teacher_key(recipe, quick, overrides)
     restore_aside(folder)
     info_file = folder / "pakd_teacher.json"
     if info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key:
@@ -329,6 +332,8 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     _check_stages(recipe, model)  # before the fine-tune: its minutes should not be spent on a recipe that fails later
     encoded = adapter.encode_dataset(data, preprocessor, recipe)
     info: dict[str, Any] = {"fingerprint": key, "source": recipe.teacher.name, "fine_tune_seconds": 0.0}
+    if overrides:
+        info["training_overrides"] = {k: str(v) for k, v in overrides.items() if k not in STUDENT_ONLY_FLAGS}
     ft = recipe.teacher.fine_tune
     if ft is not None:
         verb = "training" if recipe.teacher.config is not None else "fine-tuning"
@@ -483,10 +488,6 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--output-dir {out} exists and is not a folder")
     check_owned(out)
-    if recipe.export is not None and recipe.export.onnx:
-        from .deploy import _require
-
-        _require()  # onnx and onnxruntime there before the training, not after it
     spec = recipe.data
     data = load_data(recipe, quick)
     labels = _labels(data, spec)
@@ -578,7 +579,12 @@ def compress(
     from .trainer import PaKDTrainer
 
     started = time.perf_counter()
-    p = prepare(recipe_source, output_dir, quick=quick, seed=seed, training_overrides=training_overrides)
+    spec = load_recipe(recipe_source)
+    if spec.export is not None and spec.export.onnx:
+        from .deploy import _require
+
+        _require()  # onnx and onnxruntime there before the training, not after it
+    p = prepare(spec, output_dir, quick=quick, seed=seed, training_overrides=training_overrides)
     recipe, adapter, out, spec = p.recipe, p.adapter, p.out, p.recipe.data
 
     # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
@@ -594,8 +600,11 @@ def compress(
         train_dataset = transfer_set(p, student_pre)
         vocabulary_dataset = student_encoded["train"]
     # What checkpoints must match to be resumed (the export stage changes no training).
+    from .arguments import result_flags
+
+    flags = result_flags(training_overrides)
     run_key = _fingerprint({k: v for k, v in recipe.to_dict().items() if k != "export"}, quick,
-                           teacher_identity(p.teacher_info), len(train_dataset))
+                           teacher_identity(p.teacher_info), len(train_dataset), *([flags] if flags else []))
     resume = _resume_point(run_dir, run_key, restart)
     args = _student_args(run_dir, recipe, save_steps=save_steps, overrides=training_overrides)
     trainer = PaKDTrainer(
@@ -646,8 +655,8 @@ def compress(
         try:
             report.update(_export_stage(p, tmp, student_pre, validation, test, examples,
                                         threads or torch.get_num_threads(), processes, report))
-        except DeployError as exc:  # the student is saved all the same; the command fails at the end
-            export_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the student is saved all the same; the command fails at the end
+            export_error = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             report["export_error"] = export_error
             _say(f"export stage failed: {export_error}")
     command = f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir {out}"
@@ -658,7 +667,8 @@ def compress(
         teacher_description=recipe.teacher.name,
         license=recipe.teacher.license,
         dataset=dataset_description(recipe),
-        reproduce=command + (f" --seed {seed}" if seed is not None else "") + (" --quick" if quick else ""),
+        reproduce=command + (f" --seed {seed}" if seed is not None else "") + (" --quick" if quick else "")
+        + "".join(f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (training_overrides or {}).items()),
         quick=quick,
         seed=recipe.student_seed,
         vocabulary_dropped=recipe.vocabulary.dropped if recipe.vocabulary is not None else None,

@@ -96,7 +96,7 @@ def _load(folder: Path):
         preprocessor = adapter.load_preprocessor(folder)
     except DeployError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as e:  # no weights, an unknown config, a broken file
+    except Exception as e:  # noqa: BLE001 - no weights, an unknown config, a truncated or mismatched file
         raise DeployError(f"cannot load {folder} as a {adapter.task} model: {' '.join(str(e).split())[:300]}") from None
     return model.eval(), preprocessor, adapter, default_recipe(task)
 

@@ -997,19 +997,24 @@ class PaKDTrainer(Trainer):
         }
         if vocab:
             out["pakd/vocab"] = vocab
-        try:
-            if self._start_cost is None and self._start_structure is not None:
-                with torch.random.fork_rng(devices=[]):  # a new loader iterator draws a seed: keep training's RNG as it is
+        # fork_rng: a new loader iterator draws a seed, and a family whose MACs cannot be counted on
+        # the meta device builds a real model: neither may move training's random state.
+        with torch.random.fork_rng(devices=[]):
+            try:
+                if self._start_cost is None and self._start_structure is not None:
                     inputs = self._sample_inputs()
-                start = self._start_structure
-                self._start_cost = (model_cost(model, adapter, start, "params", None),
-                                    model_cost(model, adapter, start, "macs", inputs), inputs)
-            if self._start_cost is not None:
-                params0, macs0, inputs = self._start_cost
-                out["pakd/params_kept"] = round(model_cost(model, adapter, structure, "params", None) / params0, 5)
-                out["pakd/macs_kept"] = round(model_cost(model, adapter, structure, "macs", inputs) / macs0, 5)
-        except Exception:  # noqa: BLE001 - a structure no stock config holds (per-layer shapes): counts only
-            pass
+                    start = self._start_structure
+                    self._start_cost = (model_cost(model, adapter, start, "params", None),
+                                        model_cost(model, adapter, start, "macs", inputs), inputs)
+            except Exception:  # noqa: BLE001 - not countable for this family: counts only, and no retry
+                self._start_structure = None
+            try:
+                if self._start_cost is not None:
+                    params0, macs0, inputs = self._start_cost
+                    out["pakd/params_kept"] = round(model_cost(model, adapter, structure, "params", None) / params0, 5)
+                    out["pakd/macs_kept"] = round(model_cost(model, adapter, structure, "macs", inputs) / macs0, 5)
+            except Exception:  # noqa: BLE001 - a structure no stock config holds (per-layer shapes): counts only
+                pass
         self._progress = (key, out)
         return dict(out)
 

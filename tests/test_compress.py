@@ -81,7 +81,9 @@ def test_training_arguments_flags_pass_through_and_are_recorded(quick_run, capsy
     for flags, expected in ((["--max_steps", "5"], "--max_steps: not for pakd compress: the recipe's stages set the steps"),
                             (["--loging_steps", "3"], "did you mean --logging_steps?"),
                             (["--logging_steps", "x"], "invalid"),
-                            (["--hub_token", "hf_x"], "HF_TOKEN")):
+                            (["--hub_token", "hf_x"], "HF_TOKEN"),
+                            (["--report_to", "no_such_tracker"], "--report_to"),
+                            (["--eval_strategy", "steps"], "evaluates on validation and test itself")):
         assert main(["compress", str(path), "--output-dir", str(out / "never"), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0] and "nothing was run" in err[0], err
@@ -89,6 +91,19 @@ def test_training_arguments_flags_pass_through_and_are_recorded(quick_run, capsy
     with pytest.raises(SystemExit) as exit_info:  # other commands take only their own flags
         main(["validate", str(path), "--logging_steps", "3"])
     assert exit_info.value.code == 2
+
+
+def test_flags_reach_both_stages_and_the_keys_that_depend_on_them(tiny_teacher, tmp_path):
+    from pakd_hf import load_recipe
+    from pakd_hf.compress import _student_args, _teacher_key, _training_args
+
+    recipe = load_recipe(tiny_rt_recipe(tiny_teacher))
+    student = _student_args(tmp_path, recipe, save_steps=7, overrides={"weight_decay": 0.01, "save_total_limit": 5})
+    assert (student.weight_decay, student.save_steps, student.save_total_limit) == (0.01, 7, 5)
+    assert _training_args(tmp_path, recipe, overrides={"weight_decay": 0.01}).weight_decay == 0.01
+    plain = _teacher_key(recipe, False)
+    assert _teacher_key(recipe, False, {"report_to": ["none"], "logging_steps": 3, "save_steps": 9}) == plain
+    assert _teacher_key(recipe, False, {"weight_decay": 0.01}) != plain  # a cached teacher made without it is not reused
 
 
 def test_the_test_split_is_read_once_after_training(quick_run):
@@ -123,7 +138,7 @@ def test_outputs_and_report(quick_run):
     dropped = (report["vocab_teacher"] - report["vocab_student"]) * 32 * 4  # hidden 32, float32
     assert report["bytes_teacher_same_vocab"] == report["bytes_teacher"] - dropped
     assert 1 < report["size_ratio_same_vocab"] < report["size_ratio"]
-    assert report["seed"] == 3 and report["reproduce"].endswith("--seed 3 --quick")
+    assert report["seed"] == 3 and report["reproduce"].endswith("--seed 3 --quick --weight_decay 0.01")
     assert report["dataset"]["id"] == "rotten-tomatoes" and "not the Hub's" in report["dataset"]["note"]
     pakd = json.loads((student / "pakd.json").read_text())
     assert pakd["vocabulary"]["vocab_size"] < pakd["vocabulary"]["vocab_size_original"]
@@ -184,8 +199,8 @@ def test_student_reloads_in_a_fresh_stock_process_with_the_logged_accuracy(quick
 def test_second_run_reuses_the_teacher_and_benchmark_compares_folders(quick_run, capsys, tmp_path):
     _, path, out = quick_run
     before = (out / "teacher" / "model.safetensors").stat().st_mtime_ns
-    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1"]) == 0
-    assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == before
+    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--weight_decay", "0.01"]) == 0
+    assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == before  # same recipe and flags
     assert "reusing the teacher" in capsys.readouterr().err
     target = tmp_path / "bench.json"
     started = time.perf_counter()
@@ -287,7 +302,7 @@ def test_a_failed_push_is_one_line_and_keeps_the_outputs(quick_run, hub_server, 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(out / "no-token-here"))
     before = {name: (out / name).stat().st_mtime_ns for name in ("report.json", "student")}
-    code = main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1",
+    code = main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--weight_decay", "0.01",
                  "--push-to-hub", "--hub-model-id", "pakd/never"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and "no Hugging Face token" in err[-1] and "are complete" in err[-1] and "Traceback" not in "\n".join(err)
