@@ -299,6 +299,7 @@ class PaKDTrainer(Trainer):
         # Compression progress in the logs (see _compression_metrics): the shapes the student
         # starts from, and the last figures, recomputed only when the structure changes.
         self._start_structure = None  # set by train(), before a resumed checkpoint compacts the model
+        self._cost_inputs: dict | None = None
         self._start_cost: tuple[float, float, dict] | None = None
         self._progress: tuple[str, dict[str, float]] | None = None
 
@@ -1002,7 +1003,7 @@ class PaKDTrainer(Trainer):
         with torch.random.fork_rng(devices=[]):
             try:
                 if self._start_cost is None and self._start_structure is not None:
-                    inputs = self._sample_inputs()
+                    inputs = self._cost_inputs
                     start = self._start_structure
                     self._start_cost = (model_cost(model, adapter, start, "params", None),
                                         model_cost(model, adapter, start, "macs", inputs), inputs)
@@ -1227,6 +1228,14 @@ class PaKDTrainer(Trainer):
                 self._start_structure = Structure.from_model(self.model)
             except ValueError:
                 self._start_structure = None
+            if self._start_structure is not None:
+                # The example the MACs are counted on, taken now, before the training loop: a loader
+                # made inside the loop joins accelerate's state and changed a resumed run's result.
+                with torch.random.fork_rng(devices=[]):
+                    try:
+                        self._cost_inputs = self._sample_inputs()
+                    except Exception:  # noqa: BLE001 - no training data to sample: counts only
+                        self._start_structure = None
         for note in skipped:
             logger.warning("skipping an incomplete checkpoint: %s", note)
         if resume_from_checkpoint is not None:
