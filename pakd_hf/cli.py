@@ -217,8 +217,23 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exported(call) -> dict | int:
+    """An export's record, or the exit code after one line: 2 for bad input (no model folder,
+    an output folder pakd did not write), 1 for an export that failed."""
+    from .deploy import DeployError
+
+    try:
+        return call()
+    except (FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .deploy import EXECUTORCH_DIR, FP32_FILE, INT8_FILE, ONNX_DIR, PTE_FILE, DeployError, export_executorch, export_onnx
+    from .deploy import EXECUTORCH_DIR, FP32_FILE, INT8_FILE, ONNX_DIR, PTE_FILE, export_executorch, export_onnx
 
     folder = Path(args.dir)
     if args.executorch:
@@ -226,14 +241,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print("error: --int8 quantizes the ONNX model; --executorch exports fp32 (XNNPACK): drop one of them",
                   file=sys.stderr)
             return 2
-        try:
-            info = export_executorch(folder, args.output_dir)
-        except (FileNotFoundError, FileExistsError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except DeployError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        info = _exported(lambda: export_executorch(folder, args.output_dir))
+        if isinstance(info, int):
+            return info
         out = Path(args.output_dir) if args.output_dir else folder / EXECUTORCH_DIR
         print(f"{out / PTE_FILE}: {info['bytes_pte']:,} bytes, inputs {', '.join(info['inputs'])} (batch 1"
               + (", dynamic sequence" if any(info["dynamic_axes"].values()) else "") + f"); max |logit difference| vs "
@@ -242,14 +252,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not 7 <= args.opset <= 23:
         print(f"error: --opset must be between 7 and 23, got {args.opset}", file=sys.stderr)
         return 2
-    try:
-        info = export_onnx(folder, args.output_dir, int8=args.int8, opset=args.opset)
-    except (FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except DeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    info = _exported(lambda: export_onnx(folder, args.output_dir, int8=args.int8, opset=args.opset))
+    if isinstance(info, int):
+        return info
     out = Path(args.output_dir) if args.output_dir else folder / ONNX_DIR
     print(f"{out / FP32_FILE}: {info['bytes_onnx']:,} bytes, inputs {', '.join(info['inputs'])} "
           f"(dynamic: {', '.join(sorted({a for axes in info['dynamic_axes'].values() for a in axes}))}); "
