@@ -777,7 +777,7 @@ def benchmark_folders(
     import torch
 
     from .benchmark import with_accuracy
-    from .tasks import ADAPTERS, default_recipe, folder_task, sample_examples
+    from .tasks import ADAPTERS, folder_task
 
     folders = [Path(teacher_dir), Path(student_dir)]
     for folder in folders:
@@ -788,27 +788,15 @@ def benchmark_folders(
         raise ValueError(f"the two folders are for different tasks ({', '.join(sorted(tasks))})")
     task = tasks.pop()
     accuracy, split, n_eval = None, None, None
-    if recipe is not None:
-        recipe = load_recipe(recipe)
-        if recipe.data is None:
-            raise RecipeError("data", "--data needs a recipe with a data block")
-        if recipe.task != task:
-            raise RecipeError("task", f"the recipe is for {recipe.task} but the folders hold {task} models")
-    else:
-        recipe = default_recipe(task)
     adapter = ADAPTERS[task]
-    if recipe.data.dataset != "none":
-        data = load_data(recipe, quick=False)
-        column = adapter.column(recipe)
-        examples, gold = list(data["test"][column]), list(data["test"][recipe.data.label_column])
+    recipe, examples, gold = _benchmark_inputs(recipe, task, folders[0])
+    if gold is not None:
         split, n_eval = "test", len(examples)
         accuracy = tuple(
             adapter.accuracy(adapter.model_class().from_pretrained(f).eval(), adapter.load_preprocessor(f), examples, gold,
                              recipe, 128)
             for f in folders
         )
-    else:
-        examples = sample_examples(task, adapter.load_preprocessor(folders[0]))
 
     report = measure_folders(
         teacher_dir, student_dir, task=task, recipe=recipe, examples=examples[:LATENCY_EXAMPLES],
@@ -818,6 +806,24 @@ def benchmark_folders(
         report = with_accuracy(report, accuracy, split, n_eval)
     _print_summary(report, None)
     return report
+
+
+def _benchmark_inputs(recipe, task: str, folder: Path) -> tuple[Recipe, list, list[int] | None]:
+    """(recipe, examples, gold labels) for `pakd benchmark`: with ``--data``, the recipe's test
+    split (its task must be ``task``); without, the default encoding and fixed sentences or
+    seeded noise images / clips for ``folder``'s preprocessor (no labels)."""
+    from .tasks import ADAPTERS, default_recipe, sample_examples
+
+    adapter = ADAPTERS[task]
+    if recipe is None:
+        return default_recipe(task), sample_examples(task, adapter.load_preprocessor(folder)), None
+    recipe = load_recipe(recipe)
+    if recipe.data is None:
+        raise RecipeError("data", "--data needs a recipe with a data block")
+    if recipe.task != task:
+        raise RecipeError("task", f"the recipe is for {recipe.task} but the models to compare are {task} models")
+    data = load_data(recipe, quick=False)
+    return recipe, list(data["test"][adapter.column(recipe)]), list(data["test"][recipe.data.label_column])
 
 
 def _onnx_folder(folder: Path) -> Path:
@@ -842,7 +848,7 @@ def benchmark_onnx_folders(
 
     from .benchmark import hardware_description
     from .deploy import FP32_FILE, INT8_FILE, OrtModel, measure_onnx, read_export_info
-    from .tasks import ADAPTERS, default_recipe, sample_examples
+    from .tasks import ADAPTERS
 
     folders = [_onnx_folder(Path(teacher_dir)), _onnx_folder(Path(student_dir))]
     infos = [read_export_info(f) for f in folders]
@@ -860,22 +866,13 @@ def benchmark_onnx_folders(
     }
     if "int8" in runs:
         report["bytes_onnx_int8"] = (folders[1] / INT8_FILE).stat().st_size
-    if recipe is not None:
-        recipe = load_recipe(recipe)
-        if recipe.data is None:
-            raise RecipeError("data", "--data needs a recipe with a data block")
-        if recipe.task != task:
-            raise RecipeError("task", f"the recipe is for {recipe.task} but the exports are {task} models")
-        data = load_data(recipe, quick=False)
-        examples, gold = list(data["test"][adapter.column(recipe)]), list(data["test"][recipe.data.label_column])
+    recipe, examples, gold = _benchmark_inputs(recipe, task, folders[0])
+    if gold is not None:
         for name, path in runs.items():
             model = OrtModel(path, threads)
             acc = adapter.accuracy(model, adapter.load_preprocessor(Path(path).parent), examples, gold, recipe, 128)
             report[f"accuracy_{'student_int8' if name == 'int8' else name}_ort"] = round(acc, 5)
         report.update(split="test", n_eval=len(examples))
-    else:
-        recipe = default_recipe(task)
-        examples = sample_examples(task, adapter.load_preprocessor(folders[0]))
     report.update(measure_onnx(runs, task=task, recipe=recipe, examples=examples[:LATENCY_EXAMPLES], threads=threads,
                                repeats=repeats, min_seconds=min_seconds))
     report["hardware"] = hardware_description()
