@@ -51,6 +51,8 @@ class Cut:
     - ``nn.Linear``: axis 0 = output features (weight rows and bias), axis 1 = input features
       (weight columns).
     - ``nn.Embedding``: axis 1 = embedding dim.   ``nn.LayerNorm``: axis 0 (weight and bias).
+    - an RMSNorm (``nn.RMSNorm`` or a family's own ``*RMSNorm`` with one weight vector, e.g.
+      ``LlamaRMSNorm``; see :func:`is_rms_norm`): axis 0 (weight).
     - ``nn.Conv2d``: axis 0 = out channels (weight and bias).
     - ``nn.Conv1d`` (``groups=1``): axis 0 = out channels (weight and bias), axis 1 = in channels
       (weight only).
@@ -110,6 +112,10 @@ class Cut:
             return [("weight", m.weight, 1)]
         if isinstance(m, nn.LayerNorm):
             return [(n, p, 0) for n, p in (("weight", m.weight), ("bias", m.bias)) if p is not None]
+        if is_rms_norm(m):
+            if self.axis != 0:
+                raise ValueError("an RMSNorm cut is along its features (axis 0)")
+            return [("weight", m.weight, 0)]
         if isinstance(m, nn.Conv2d):
             if self.axis == 0:
                 return [(n, p, 0) for n, p in (("weight", m.weight), ("bias", m.bias)) if p is not None]
@@ -128,6 +134,33 @@ class Cut:
                 return [("weight", m.weight, 1)]
             raise ValueError("a Conv1d cut is along its out (axis 0) or in (axis 1) channels")
         raise TypeError(f"no cut rule for {type(m).__name__}")
+
+
+def is_rms_norm(m: nn.Module) -> bool:
+    """An RMSNorm over the last axis: ``weight * x / sqrt(mean(x**2) + eps)``.
+
+    ``nn.RMSNorm``, or a family's own class named ``*RMSNorm`` holding one 1-D ``weight`` and no
+    bias (``LlamaRMSNorm``, ``Qwen2RMSNorm``, ``MistralRMSNorm``: transformers writes one per
+    family rather than using torch's). Its epsilon is ``eps`` or ``variance_epsilon``. Families
+    whose RMSNorm scales by ``1 + weight`` (Gemma) are not this: zeroing their weight does not
+    zero the output."""
+    if isinstance(m, nn.RMSNorm):
+        return m.weight is not None
+    w = getattr(m, "weight", None)
+    return (type(m).__name__.endswith("RMSNorm") and isinstance(w, nn.Parameter) and w.dim() == 1
+            and getattr(m, "bias", None) is None and rms_norm_eps(m) is not None)
+
+
+def rms_norm_eps(m: nn.Module) -> float | None:
+    """The epsilon of an RMSNorm module (``eps`` or ``variance_epsilon``; torch's ``None`` means
+    the dtype's machine epsilon, as ``nn.RMSNorm`` does)."""
+    if isinstance(m, nn.RMSNorm):
+        return m.eps
+    for name in ("variance_epsilon", "eps"):
+        v = getattr(m, name, None)
+        if isinstance(v, (int, float)):
+            return float(v)
+    return None
 
 
 def _check_plain_conv1d(m: nn.Conv1d) -> None:
@@ -416,9 +449,11 @@ class ArchAdapter:
             cuts += self.layer_hidden_cuts(parts)
         return cuts
 
-    def hidden_norms(self) -> list[nn.LayerNorm]:
-        """LayerNorms normalising over the residual width (they get the masked-statistics hook)."""
-        return [c.module for c in self.hidden_cuts() if isinstance(c.module, nn.LayerNorm)]
+    def hidden_norms(self) -> list[nn.Module]:
+        """LayerNorms and RMSNorms normalising over the residual width (they get the
+        masked-statistics hook)."""
+        return [c.module for c in self.hidden_cuts()
+                if c.name is None and (isinstance(c.module, nn.LayerNorm) or is_rms_norm(c.module))]
 
     def prunable_linears(self) -> dict[str, nn.Linear]:
         """Linears eligible for unstructured / N:M masks, keyed ``"<layer>.<role>"``."""

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
-from ..arch.base import ROLES, weighted_layer_sum_keep
+from ..arch.base import ROLES, is_rms_norm, weighted_layer_sum_keep
 from .masks import MaskState, _expand
 from .structure import Structure, relative_keep, set_structure
 
@@ -84,7 +84,8 @@ def _select_grouped_in(module: nn.Module, name: str, keep: list[int], conv_group
 
 
 def _slice_module(module: nn.Module, axes: dict[int, torch.Tensor]) -> None:
-    """Slice a Linear / Embedding / LayerNorm / Conv1d / Conv2d along the given axes and fix its attributes."""
+    """Slice a Linear / Embedding / LayerNorm / RMSNorm / Conv1d / Conv2d along the given axes and fix its
+    attributes."""
     if isinstance(module, nn.Linear):
         for axis, idx in axes.items():
             _select_param(module, "weight", axis, idx)
@@ -99,6 +100,10 @@ def _slice_module(module: nn.Module, axes: dict[int, torch.Tensor]) -> None:
             if getattr(module, name) is not None:
                 _select_param(module, name, 0, axes[0])
         module.normalized_shape = (len(axes[0]),)
+    elif is_rms_norm(module):
+        _select_param(module, "weight", 0, axes[0])
+        if isinstance(module, nn.RMSNorm):
+            module.normalized_shape = (len(axes[0]),)
     elif isinstance(module, nn.Conv1d):
         if module.groups != 1:
             raise TypeError("a grouped Conv1d is compacted through a conv_groups cut")

@@ -17,8 +17,9 @@ removed by :meth:`MaskState.detach` and by :func:`~pakd_hf.prune.compact.compact
 - a masked LAYER gets an instance-level ``forward`` returning its input unchanged (post-LN
   BERT computes ``LN(x + bias)`` from zeroed weights, which is not the identity; the layer's
   computation is skipped altogether, so under DDP use ``find_unused_parameters=True``);
-- with hidden dims masked, every LayerNorm over the residual width gets a forward hook that
-  recomputes it with mean/variance over the KEPT dims only (zeros elsewhere).
+- with hidden dims masked, every LayerNorm (or RMSNorm) over the residual width gets a forward
+  hook that recomputes it with mean/variance (or mean square) over the KEPT dims only (zeros
+  elsewhere).
 
 With a softmax-weighted sum over the hidden states (``use_weighted_layer_sum``; see
 ``ArchAdapter.layer_sum_weights``), the entries that compaction drops with masked layers are
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
-from ..arch.base import weighted_layer_sum_keep
+from ..arch.base import is_rms_norm, rms_norm_eps, weighted_layer_sum_keep
 from .structure import Structure, relative_keep
 
 _ACTIVE = "_pakd_mask_state"
@@ -282,14 +283,20 @@ class MaskState:
 
 
 def _masked_layer_norm_hook(kept: torch.Tensor):
-    """LayerNorm over the kept dims only; masked dims output 0 (as their weight/bias are 0)."""
+    """LayerNorm / RMSNorm over the kept dims only; masked dims output 0 (as their weight/bias
+    are 0). An RMSNorm is computed in float32 as transformers' ``*RMSNorm`` classes do, so the
+    compacted model's own norm gives the same numbers."""
 
-    def hook(module: nn.LayerNorm, args, kwargs, output):
-        x = args[0] if args else kwargs["input"]
+    def hook(module: nn.Module, args, kwargs, output):
+        x = args[0] if args else next(iter(kwargs.values()))
         idx = kept.to(x.device)
         w = module.weight.index_select(0, idx) if module.weight is not None else None
-        b = module.bias.index_select(0, idx) if module.bias is not None else None
-        y = F.layer_norm(x.index_select(-1, idx), (idx.numel(),), w, b, module.eps)
+        xs = x.index_select(-1, idx)
+        if is_rms_norm(module):
+            y = F.rms_norm(xs.float(), (idx.numel(),), None, rms_norm_eps(module)).to(x.dtype) * w
+        else:
+            b = module.bias.index_select(0, idx) if module.bias is not None else None
+            y = F.layer_norm(xs, (idx.numel(),), w, b, module.eps)
         return torch.zeros_like(output).index_copy(-1, idx, y.to(output.dtype))
 
     return hook
