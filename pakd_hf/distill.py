@@ -8,11 +8,16 @@ users who want a scalar.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "TOKEN_LOSSES",
+    "token_divergence",
+    "token_kd_per_sample",
     "logit_kd_per_sample",
     "hidden_per_sample",
     "attention_kl_per_sample",
@@ -53,6 +58,106 @@ def logit_kd_per_sample(
     if kl.dim() == 1:
         return kl
     return _masked_mean_over_positions(kl.flatten(1), None if mask is None else mask.flatten(1))
+
+
+#: token-level distillation losses for causal LMs (``distillation.loss`` in a recipe)
+TOKEN_LOSSES = ("kl", "reverse_kl", "jsd")
+
+
+def token_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: float, loss: str = "kl",
+                     beta: float = 0.5) -> Tensor:
+    """Per-position divergence ``[N]`` between ``[N, V]`` logits, times ``T^2``, as TRL's GKD
+    (Agarwal et al., 2024, "On-policy distillation of language models") defines them:
+
+    - ``kl``: forward KL(teacher || student), mass-covering (the classic KD loss);
+    - ``reverse_kl``: KL(student || teacher), mode-seeking;
+    - ``jsd``: generalised Jensen-Shannon with mixture ``m = beta * teacher + (1 - beta) *
+      student``: ``beta * KL(teacher || m) + (1 - beta) * KL(student || m)`` (``beta`` -> 0 tends
+      to a scaled forward KL, -> 1 to a scaled reverse KL; 0.5 is the symmetric JSD).
+    """
+    t = float(temperature)
+    log_s = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    if loss == "kl":
+        d = (log_t.exp() * (log_t - log_s)).sum(-1)
+    elif loss == "reverse_kl":
+        d = (log_s.exp() * (log_s - log_t)).sum(-1)
+    elif loss == "jsd":
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"jsd needs 0 < beta < 1, got {beta} (beta 0 / 1: use kl / reverse_kl)")
+        log_m = torch.logsumexp(torch.stack([log_t + math.log(beta), log_s + math.log(1.0 - beta)]), dim=0)
+        d = beta * (log_t.exp() * (log_t - log_m)).sum(-1) + (1.0 - beta) * (log_s.exp() * (log_s - log_m)).sum(-1)
+    else:
+        raise ValueError(f"unknown token-level loss {loss!r}: use one of {', '.join(TOKEN_LOSSES)}")
+    return d * (t * t)
+
+
+def token_kd_per_sample(
+    student_hidden: Tensor,
+    student_head: nn.Module,
+    teacher_hidden: Tensor,
+    teacher_head: nn.Module,
+    labels: Tensor,
+    *,
+    temperature: float = 1.0,
+    loss: str = "kl",
+    beta: float = 0.5,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """Token-level distillation and next-token cross-entropy of a causal LM, per sample, from the
+    last hidden states (after the final norm), without ever holding ``[batch, tokens, vocab]``.
+
+    ``student_hidden`` / ``teacher_hidden``: ``[B, S, D_s]`` / ``[B, S, D_t]``; ``labels``:
+    ``[B, S]`` in transformers' convention (unshifted: position ``i`` predicts ``labels[i + 1]``;
+    ``-100`` for padding and positions that do not count). Only positions with a label to predict
+    are used: they are gathered, then the LM heads run on ``chunk_size`` of them at a time. Each
+    student chunk is checkpointed (``torch.utils.checkpoint``, non-reentrant), so its logits are
+    freed after the forward and recomputed in the backward: peak memory holds one chunk's
+    logits, not all of them. Teacher logits are made per chunk under ``no_grad``.
+
+    Returns ``(kd, ce)``, each ``[B]``: the mean over the sample's counted positions of
+    :func:`token_divergence` and of the student's cross-entropy (0 for a sample with none).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    if student_hidden.shape[:2] != teacher_hidden.shape[:2] or labels.shape != student_hidden.shape[:2]:
+        raise ValueError(f"student hidden {tuple(student_hidden.shape)}, teacher hidden {tuple(teacher_hidden.shape)} "
+                         f"and labels {tuple(labels.shape)} must share [batch, tokens]")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    B = labels.shape[0]
+    targets = labels[:, 1:]
+    valid = targets.ne(-100)
+    sample = torch.arange(B, device=labels.device)[:, None].expand_as(targets)[valid]
+    tgt = targets[valid]
+    hs = student_hidden[:, :-1][valid]
+    ht = teacher_hidden[:, :-1][valid]
+
+    def student_chunk(h, th, y):
+        logits = student_head(h)
+        with torch.no_grad():
+            t_logits = teacher_head(th)
+        kd = token_divergence(logits, t_logits, temperature, loss, beta)
+        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        return kd, ce
+
+    kd_parts, ce_parts = [], []
+    for i in range(0, tgt.numel(), chunk_size):
+        sl = slice(i, i + chunk_size)
+        if torch.is_grad_enabled() and hs.requires_grad:
+            kd, ce = checkpoint(student_chunk, hs[sl], ht[sl], tgt[sl], use_reentrant=False)
+        else:
+            kd, ce = student_chunk(hs[sl], ht[sl], tgt[sl])
+        kd_parts.append(kd)
+        ce_parts.append(ce)
+    zeros = student_hidden.new_zeros(B, dtype=torch.float32)
+    if not kd_parts:
+        return zeros + 0.0 * student_hidden.sum(), zeros.clone()
+    count = torch.zeros(B, device=labels.device).index_add_(0, sample, torch.ones_like(tgt, dtype=torch.float32))
+    count = count.clamp_min(1.0).to(zeros.device)
+    kd = zeros.index_add(0, sample.to(zeros.device), torch.cat(kd_parts)) / count
+    ce = zeros.index_add(0, sample.to(zeros.device), torch.cat(ce_parts)) / count
+    return kd, ce
 
 
 def logit_mse_per_sample(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None) -> Tensor:

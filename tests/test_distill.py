@@ -13,6 +13,8 @@ from pakd_hf.distill import (
     logit_kd_per_sample,
     logit_mse_per_sample,
     resolve_layer_map,
+    token_divergence,
+    token_kd_per_sample,
 )
 
 
@@ -114,3 +116,78 @@ def test_projections_only_when_widths_differ():
     assert len(same.maps) == 0 and same(1, x) is x
     proj = HiddenProjections([0, 1], 8, 16)
     assert proj(1, x).shape == (2, 3, 16)
+
+
+# ------------------------------------------------------------- causal LM, token level
+def test_token_divergences_by_hand():
+    s = torch.tensor([[1.0, 2.0, 0.5]])
+    t = torch.tensor([[2.0, 0.0, 1.0]])
+    ps, pt = _softmax([1.0, 2.0, 0.5]), _softmax([2.0, 0.0, 1.0])
+    assert token_divergence(s, t, 1.0, "kl").item() == pytest.approx(_kl(pt, ps), rel=1e-5)
+    assert token_divergence(s, t, 1.0, "reverse_kl").item() == pytest.approx(_kl(ps, pt), rel=1e-5)
+    m = [0.3 * a + 0.7 * b for a, b in zip(pt, ps)]
+    want = 0.3 * _kl(pt, m) + 0.7 * _kl(ps, m)
+    assert token_divergence(s, t, 1.0, "jsd", beta=0.3).item() == pytest.approx(want, rel=1e-5)
+    # temperature: T^2 * KL of the softened distributions
+    p2s, p2t = _softmax([0.5, 1.0, 0.25]), _softmax([1.0, 0.0, 0.5])
+    assert token_divergence(s, t, 2.0, "kl").item() == pytest.approx(4 * _kl(p2t, p2s), rel=1e-5)
+    with pytest.raises(ValueError, match="beta"):
+        token_divergence(s, t, 1.0, "jsd", beta=1.0)
+
+
+def _full_reference(hs, head_s, ht, head_t, labels, temperature, loss, beta=0.5):
+    """The unchunked computation: whole [B, S, V] logits, shifted, masked."""
+    ls = head_s(hs)[:, :-1]
+    with torch.no_grad():
+        lt = head_t(ht)[:, :-1]
+    y = labels[:, 1:]
+    valid = y.ne(-100)
+    d = token_divergence(ls.reshape(-1, ls.shape[-1]), lt.reshape(-1, lt.shape[-1]), temperature, loss, beta)
+    ce = torch.nn.functional.cross_entropy(ls.reshape(-1, ls.shape[-1]).float(), y.reshape(-1).clamp_min(0),
+                                           reduction="none")
+    d, ce = d.view_as(y) * valid, ce.view_as(y) * valid
+    n = valid.sum(1).clamp_min(1)
+    return d.sum(1) / n, ce.sum(1) / n
+
+
+@pytest.mark.parametrize("loss", ["kl", "reverse_kl", "jsd"])
+def test_chunked_token_kd_equals_unchunked_values_and_gradients(loss):
+    g = torch.Generator().manual_seed(0)
+    B, S, Ds, Dt, V = 3, 7, 6, 10, 50
+    head_s, head_t = torch.nn.Linear(Ds, V, bias=False), torch.nn.Linear(Dt, V, bias=False)
+    hs = torch.randn(B, S, Ds, generator=g, requires_grad=True)
+    ht = torch.randn(B, S, Dt, generator=g)
+    labels = torch.randint(0, V, (B, S), generator=g)
+    labels[0, 4:] = -100  # padding
+    labels[2, :] = -100   # a sample with nothing to predict
+    ref_kd, ref_ce = _full_reference(hs, head_s, ht, head_t, labels, 2.0, loss)
+    (ref_kd.sum() + ref_ce.sum()).backward()
+    ref_grads = hs.grad.clone(), head_s.weight.grad.clone()
+    hs.grad, head_s.weight.grad = None, None
+    for chunk in (1, 4, 1000):
+        kd, ce = token_kd_per_sample(hs, head_s, ht, head_t, labels, temperature=2.0, loss=loss, chunk_size=chunk)
+        assert torch.allclose(kd, ref_kd, atol=1e-6) and torch.allclose(ce, ref_ce, atol=1e-6)
+        assert kd[2].item() == 0.0 and ce[2].item() == 0.0
+        (kd.sum() + ce.sum()).backward()
+        assert torch.allclose(hs.grad, ref_grads[0], atol=1e-6) and torch.allclose(head_s.weight.grad, ref_grads[1], atol=1e-6)
+        assert head_t.weight.grad is None  # the teacher never trains
+        hs.grad, head_s.weight.grad = None, None
+
+
+def test_chunked_token_kd_holds_one_chunk_of_logits_for_backward():
+    """What autograd keeps for the backward pass: with checkpointed chunks, no [N, V] logits."""
+    B, S, D, V = 2, 64, 8, 4096
+    head_s, head_t = torch.nn.Linear(D, V, bias=False), torch.nn.Linear(D, V, bias=False)
+    hs = torch.randn(B, S, D, requires_grad=True)
+    ht, labels = torch.randn(B, S, D), torch.randint(0, V, (B, S))
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        kd, ce = token_kd_per_sample(hs, head_s, ht, head_t, labels, chunk_size=16)
+    assert max(saved) < 16 * V  # no saved tensor as large as even one chunk's logits
+    (kd.sum() + ce.sum()).backward()
+    assert hs.grad is not None and hs.grad.abs().sum() > 0
