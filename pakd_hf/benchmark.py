@@ -37,7 +37,8 @@ from .measure import count_macs, count_params, safetensors_bytes
 
 __all__ = [
     "hardware_description", "latency_ms", "interleaved_latency", "compare_models", "with_accuracy", "median_run",
-    "in_fresh_process", "vocabulary_share", "with_validation_accuracy", "REPORT_KEYS",
+    "in_fresh_process", "vocabulary_share", "with_validation_accuracy", "with_perplexity", "generation_speed",
+    "REPORT_KEYS",
 ]
 
 REPORT_KEYS = (
@@ -236,6 +237,47 @@ def with_accuracy(
     return _ordered(report)
 
 
+def with_perplexity(report: dict[str, Any], perplexity: tuple[float, float], split: str, n_eval: int, *,
+                    validation: bool = False) -> dict[str, Any]:
+    """``report`` plus the (teacher, student) perplexity on ``split`` (``n_eval`` texts), for
+    causal LMs: ``perplexity_teacher``, ``perplexity_student`` and ``perplexity_ratio``
+    (student over teacher: 1.10 = 10% higher); with ``validation``, the ``*_validation`` keys
+    (the figures choices are made on) and ``n_validation``."""
+    t, s = (float(x) for x in perplexity)
+    suffix = "_validation" if validation else ""
+    out = {**report, f"perplexity_teacher{suffix}": round(t, 4), f"perplexity_student{suffix}": round(s, 4),
+           f"perplexity_ratio{suffix}": round(s / t, 5)}
+    out.update({"n_validation": n_eval} if validation else {"split": split, "n_eval": n_eval})
+    return _ordered(out)
+
+
+def generation_speed(models: dict[str, nn.Module], prompts: dict[str, Inputs], *, new_tokens: int = 64,
+                     repeats: int = 5, threads: int | None = None) -> dict[str, float]:
+    """New tokens per second of greedy ``generate()`` at batch 1 (KV cache on, exactly
+    ``new_tokens`` tokens: EOS does not stop it), per model name: the median of ``repeats``
+    interleaved timed runs after one untimed run each. ``prompts``: each model's own encoding
+    of the same prompt (``input_ids`` and ``attention_mask`` of one row)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    try:
+        with torch.inference_mode():
+            for name, model in models.items():
+                model.eval()
+                model.generate(**prompts[name], **kw, pad_token_id=model.config.pad_token_id)
+            with _gc_paused():
+                for _ in range(repeats):
+                    for name, model in models.items():
+                        start = time.perf_counter()
+                        out = model.generate(**prompts[name], **kw, pad_token_id=model.config.pad_token_id)
+                        times[name].append(time.perf_counter() - start)
+                        assert out.shape[1] - prompts[name]["input_ids"].shape[1] == new_tokens
+    finally:
+        torch.set_num_threads(previous)
+    return {name: new_tokens / statistics.median(t) for name, t in times.items()}
+
+
 def with_validation_accuracy(report: dict[str, Any], accuracy: tuple[float, float], n: int) -> dict[str, Any]:
     """``report`` plus the (teacher, student) accuracy on the validation split (``n`` examples):
     the figures that choices are made on; the test figures stay in ``accuracy_*``."""
@@ -251,6 +293,11 @@ _EXTRA_KEYS = (
     "accuracy_teacher_validation", "accuracy_student_validation", "accuracy_kept_validation", "n_validation",
     "batch_sizes", "latency_examples", "latency_repeats", "latency_repeats_b1", "latency_repeats_b32",
     "latency_processes", "speedup_b1_runs", "speedup_b32_runs",
+    # causal LMs (text-generation)
+    "perplexity_teacher", "perplexity_student", "perplexity_ratio",
+    "perplexity_teacher_validation", "perplexity_student_validation", "perplexity_ratio_validation",
+    "generate_tokens_per_s_teacher", "generate_tokens_per_s_student", "generate_speedup", "generate_new_tokens",
+    "generate_prompt_tokens",
 )
 
 
@@ -273,6 +320,10 @@ def median_run(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for name in (f"latency_ms_{key}_teacher", f"latency_ms_{key}_student", f"speedup_{key}", f"latency_repeats_{key}"):
             merged[name] = chosen[name]
         merged[f"speedup_{key}_runs"] = [r[f"speedup_{key}"] for r in reports]
+    if "generate_speedup" in merged:  # the same rule for the generation speed
+        chosen = sorted(reports, key=lambda r: r["generate_speedup"])[(len(reports) - 1) // 2]
+        for name in ("generate_tokens_per_s_teacher", "generate_tokens_per_s_student", "generate_speedup"):
+            merged[name] = chosen[name]
     merged["latency_processes"] = len(reports)
     return _ordered(merged)
 

@@ -148,7 +148,8 @@ def load_data(recipe: Recipe, quick: bool):
         raw = datasets.load_dataset(spec.dataset, spec.config)
         train = raw[spec.train_split]
         if spec.validation_split is None:
-            parts = train.train_test_split(test_size=0.05, seed=spec.seed, stratify_by_column=spec.label_column)
+            stratify = spec.label_column if adapter_for(recipe).labelled else None
+            parts = train.train_test_split(test_size=0.05, seed=spec.seed, stratify_by_column=stratify)
             train, validation = parts["train"], parts["test"]
         else:
             validation = raw[spec.validation_split]
@@ -156,17 +157,20 @@ def load_data(recipe: Recipe, quick: bool):
         data = DatasetDict({"train": train, "validation": validation, "test": test})
     adapter = adapter_for(recipe)
     column = adapter.column(recipe)
+    checks = [(f"data.{adapter.column_field}", column)] + ([("data.label_column", spec.label_column)] if adapter.labelled else [])
     for split in data.values():
-        for field, name in ((f"data.{adapter.column_field}", column), ("data.label_column", spec.label_column)):
+        for name_field, name in checks:
             if name not in split.column_names:
-                raise RecipeError(field, f"the data set has no column '{name}' (it has {', '.join(split.column_names)})")
+                raise RecipeError(name_field, f"the data set has no column '{name}' (it has {', '.join(split.column_names)})")
     if quick:
         sizes = {"train": QUICK.train, "validation": QUICK.validation, "test": QUICK.test}
         data = DatasetDict({k: v.shuffle(seed=spec.seed).select(range(min(len(v), sizes[k]))) for k, v in data.items()})
     return data
 
 
-def _labels(data, spec) -> list[str]:
+def _labels(data, spec, labelled: bool = True) -> list[str]:
+    if not labelled:  # language modelling: the text is its own target
+        return []
     feature = data["train"].features[spec.label_column]
     names = getattr(feature, "names", None)
     if names:
@@ -328,7 +332,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     from transformers import set_seed
 
     set_seed(recipe.training.seed)  # a new head (or a teacher from a config) starts the same in every process
-    model, preprocessor = adapter.load_teacher(recipe, labels)
+    model, preprocessor = adapter.load_teacher(recipe, labels, data)
     _check_stages(recipe, model)  # before the fine-tune: its minutes should not be spent on a recipe that fails later
     encoded = adapter.encode_dataset(data, preprocessor, recipe)
     info: dict[str, Any] = {"fingerprint": key, "source": recipe.teacher.name, "fine_tune_seconds": 0.0}
@@ -350,11 +354,9 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
         _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
         shutil.rmtree(out / ".teacher-run", ignore_errors=True)
-    column = adapter.column(recipe)
-    info["accuracy_validation"] = adapter.accuracy(
-        model, preprocessor, list(data["validation"][column]), list(data["validation"][spec.label_column]),
-        recipe, recipe.training.eval_batch_size,
-    )
+    metric = adapter.metric
+    info[f"{metric}_validation"] = adapter.score(model, preprocessor, data["validation"], recipe,
+                                                 recipe.training.eval_batch_size)
     tmp = out / ".teacher-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -365,7 +367,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     info["weights"] = weights_digest(tmp)
     (tmp / "pakd_teacher.json").write_text(json.dumps(info, indent=2) + "\n")
     swap_in(tmp, folder)
-    _say(f"teacher saved in {folder} (validation accuracy {info['accuracy_validation']:.4f})")
+    _say(f"teacher saved in {folder} (validation {metric} {info[f'{metric}_validation']:.4f})")
     return model, preprocessor, encoded, info
 
 
@@ -449,13 +451,14 @@ class Prepared:
     created: bool
 
     def examples(self, split) -> tuple[list, list[int]]:
-        """(raw inputs, gold labels) of a split (a Dataset)."""
+        """(raw inputs, gold labels) of a split (a Dataset); no labels for text-generation."""
         spec = self.recipe.data
-        return list(split[self.adapter.column(self.recipe)]), list(split[spec.label_column])
+        gold = list(split[spec.label_column]) if self.adapter.labelled else []
+        return list(split[self.adapter.column(self.recipe)]), gold
 
     def evaluate(self, model, preprocessor, split) -> float:
-        inputs, gold = self.examples(split)
-        return self.adapter.accuracy(model, preprocessor, inputs, gold, self.recipe, self.recipe.training.eval_batch_size)
+        """The task's metric (:attr:`TaskAdapter.metric`: accuracy, or perplexity for text-generation)."""
+        return self.adapter.score(model, preprocessor, split, self.recipe, self.recipe.training.eval_batch_size)
 
 
 def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed: int | None = None,
@@ -490,9 +493,9 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     check_owned(out)
     spec = recipe.data
     data = load_data(recipe, quick)
-    labels = _labels(data, spec)
-    _say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items()) + f"; labels {labels}"
-         + "; the test split is held out until the final evaluation")
+    labels = _labels(data, spec, adapter.labelled)
+    _say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items())
+         + (f"; labels {labels}" if labels else "") + "; the test split is held out until the final evaluation")
     test = HeldOutSplit(data["test"])
     data = DatasetDict({"train": data["train"], "validation": data["validation"]})
     adapter.check(recipe, labels)  # a teacher that cannot serve fails here, before anything is written
@@ -574,7 +577,7 @@ def compress(
     import torch
     from transformers import set_seed
 
-    from .benchmark import in_fresh_process, median_run, with_accuracy, with_validation_accuracy
+    from .benchmark import in_fresh_process, median_run, with_accuracy, with_perplexity, with_validation_accuracy
     from .hub import push_folder, write_card
     from .trainer import PaKDTrainer
 
@@ -610,7 +613,7 @@ def compress(
     trainer = PaKDTrainer(
         model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,
         eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
-        vocabulary_dataset=vocabulary_dataset,
+        vocabulary_dataset=vocabulary_dataset, data_collator=adapter.data_collator(student_pre, recipe),
     )
     trainer.train(resume_from_checkpoint=resume)
     compress_seconds = round(time.perf_counter() - stage_start, 1)
@@ -626,14 +629,17 @@ def compress(
     student_pre = adapter.load_preprocessor(tmp)
     teacher_dir = out / "teacher"
     validation = p.data["validation"]
-    # The teacher's validation accuracy was measured when it was prepared (and is cached with it).
-    acc_validation = (p.teacher_info["accuracy_validation"], p.evaluate(student_loaded, student_pre, validation))
-    _say(f"validation accuracy: teacher {acc_validation[0]:.4f}, student {acc_validation[1]:.4f}")
+    # The teacher's validation score was measured when it was prepared (and is cached with it).
+    metric = adapter.metric
+    acc_validation = (p.teacher_info[f"{metric}_validation"], p.evaluate(student_loaded, student_pre, validation))
+    _say(f"validation {metric}: teacher {acc_validation[0]:.4f}, student {acc_validation[1]:.4f}")
     test = p.test.read("final evaluation")  # the only read of the test split
     examples, _ = p.examples(test)
     acc_teacher = p.evaluate(p.teacher, p.preprocessor, test)
     acc_student = p.evaluate(student_loaded, student_pre, test)
-    _say(f"test accuracy: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
+    _say(f"test {metric}: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
+    n_test = len(examples)
+    examples = adapter.benchmark_examples(examples, recipe)
 
     processes = 1 if quick else LATENCY_PROCESSES
     _say(f"benchmarking teacher vs student: the saved folders, in {processes} fresh process(es) "
@@ -646,8 +652,12 @@ def compress(
         )
         for _ in range(processes)
     ])
-    report = with_accuracy(report, (acc_teacher, acc_student), "test", len(examples))
-    report = with_validation_accuracy(report, acc_validation, len(validation))
+    if metric == "perplexity":
+        report = with_perplexity(report, (acc_teacher, acc_student), "test", n_test)
+        report = with_perplexity(report, acc_validation, "validation", len(validation), validation=True)
+    else:
+        report = with_accuracy(report, (acc_teacher, acc_student), "test", n_test)
+        report = with_validation_accuracy(report, acc_validation, len(validation))
     export_error = None
     if recipe.export is not None and recipe.export.onnx:
         from .deploy import DeployError
@@ -672,7 +682,7 @@ def compress(
         quick=quick,
         seed=recipe.student_seed,
         vocabulary_dropped=recipe.vocabulary.dropped if recipe.vocabulary is not None else None,
-        teacher_accuracy_validation=p.teacher_info.get("accuracy_validation"),
+        **({"teacher_accuracy_validation": p.teacher_info.get("accuracy_validation")} if metric == "accuracy" else {}),
         teacher_weights=p.teacher_info.get("weights"),
         teacher_fine_tune_seconds=p.teacher_info.get("fine_tune_seconds"),
         compress_seconds=compress_seconds,
@@ -917,10 +927,24 @@ def measure_folders(
     def encoder(pre):
         return lambda indices: adapter.encode_batch(pre, [examples[i] for i in indices], recipe)
 
-    return compare_models(
+    report = compare_models(
         models[0], models[1], encoder(pres[0]), make_student_inputs=encoder(pres[1]), teacher_dir=teacher_dir,
         student_dir=student_dir, threads=threads, repeats=repeats, min_seconds=min_seconds, examples=len(examples),
     )
+    if task == "text-generation":
+        from .benchmark import _ordered, generation_speed
+
+        # a fixed prompt (the first benchmark text's first 32 tokens), 64 new tokens, greedy
+        prompts = {who: dict(pre(examples[:1], truncation=True, max_length=32, return_tensors="pt"))
+                   for who, pre in zip(("teacher", "student"), pres)}
+        speed = generation_speed(dict(zip(("teacher", "student"), models)), prompts, new_tokens=64,
+                                 repeats=max(3, repeats // 4), threads=threads)
+        report.update(generate_tokens_per_s_teacher=round(speed["teacher"], 2),
+                      generate_tokens_per_s_student=round(speed["student"], 2),
+                      generate_speedup=round(speed["student"] / speed["teacher"], 3), generate_new_tokens=64,
+                      generate_prompt_tokens=int(prompts["teacher"]["input_ids"].shape[1]))
+        report = _ordered(report)
+    return report
 
 
 def _print_summary(r: dict[str, Any], out: Path | None) -> None:
@@ -933,9 +957,15 @@ def _print_summary(r: dict[str, Any], out: Path | None) -> None:
         ("MACs / sample", f"{r['macs_teacher']:,}", f"{r['macs_student']:,}", f"{r['mac_ratio']:.1f}x"),
         ("latency b1 (ms)", f"{r['latency_ms_b1_teacher']:.2f}", f"{r['latency_ms_b1_student']:.2f}", f"{r['speedup_b1']:.1f}x"),
         ("latency b32 (ms)", f"{r['latency_ms_b32_teacher']:.2f}", f"{r['latency_ms_b32_student']:.2f}", f"{r['speedup_b32']:.1f}x"),
-        ("accuracy (test)", get("accuracy_teacher", ".4f"), get("accuracy_student", ".4f"),
-         f"{get('accuracy_kept', '.3f')} kept"),
     ]
+    if r.get("perplexity_teacher") is not None:
+        rows.append(("perplexity (test)", get("perplexity_teacher", ".2f"), get("perplexity_student", ".2f"),
+                     f"{get('perplexity_ratio', '.3f')}x"))
+        rows.append(("generate (tok/s, b1)", get("generate_tokens_per_s_teacher", ".1f"),
+                     get("generate_tokens_per_s_student", ".1f"), f"{get('generate_speedup', '.1f')}x"))
+    else:
+        rows.append(("accuracy (test)", get("accuracy_teacher", ".4f"), get("accuracy_student", ".4f"),
+                     f"{get('accuracy_kept', '.3f')} kept"))
     print(f"\n{'':<20}{'teacher':>14}{'student':>14}{'ratio':>12}")
     for name, t, s, ratio in rows:
         print(f"{name:<20}{t:>14}{s:>14}{ratio:>12}")

@@ -55,12 +55,14 @@ PIPELINE_TAGS = {
     "token-classification": "token-classification",
     "image-classification": "image-classification",
     "audio-classification": "audio-classification",
+    "text-generation": "text-generation",
 }
 AUTO_CLASSES = {
     "text-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
     "image-classification": "AutoModelForImageClassification",
     "audio-classification": "AutoModelForAudioClassification",
+    "text-generation": "AutoModelForCausalLM",
 }
 MODALITY_TAGS = {"text": "nlp", "vision": "vision", "audio": "audio"}
 
@@ -116,6 +118,16 @@ def _compression_rows(r: dict[str, Any]) -> list[dict[str, str]]:
             t, s = r[f"latency_ms_{key}_teacher"], r[f"latency_ms_{key}_student"]
             rows.append({"name": f"{label} (ms, median)", "teacher": f"{t:.2f}", "student": f"{s:.2f}",
                          "ratio": f"{t / s:.2f}x faster"})
+    if "generate_tokens_per_s_teacher" in r:
+        t, s = r["generate_tokens_per_s_teacher"], r["generate_tokens_per_s_student"]
+        rows.append({"name": f"greedy generation, batch 1 (new tokens/s, {r.get('generate_new_tokens', '?')} tokens)",
+                     "teacher": f"{t:.1f}", "student": f"{s:.1f}", "ratio": f"{s / t:.2f}x faster"})
+    for split, suffix, n in (("validation", "_validation", r.get("n_validation")), (r.get("split", "test"), "", r.get("n_eval"))):
+        if r.get(f"perplexity_teacher{suffix}") is not None:
+            t, s = r[f"perplexity_teacher{suffix}"], r[f"perplexity_student{suffix}"]
+            where = f"{split}, {n:,} texts" if n else split
+            rows.append({"name": f"perplexity ({where})", "teacher": f"{t:.2f}", "student": f"{s:.2f}",
+                         "ratio": f"{s / t:.3f}x the teacher's"})
     if r.get("accuracy_teacher_validation") is not None:
         rows.append({"name": f"accuracy (validation, n={r['n_validation']})",
                      "teacher": f"{r['accuracy_teacher_validation']:.4f}",
@@ -201,8 +213,9 @@ def _deploy_section(folder: Path, r: dict[str, Any], modality: str, target: str)
 
 
 def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | None:
-    """Accuracy vs batch-1 latency, teacher and student, plus kept heads/FFN per layer."""
-    if r.get("accuracy_teacher") is None or "latency_ms_b1_teacher" not in r:
+    """Accuracy (or perplexity) vs batch-1 latency, teacher and student, plus kept heads/FFN per layer."""
+    metric = "perplexity" if r.get("perplexity_teacher") is not None else "accuracy"
+    if r.get(f"{metric}_teacher") is None or "latency_ms_b1_teacher" not in r:
         return None
     import matplotlib
 
@@ -213,7 +226,7 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), dpi=110, squeeze=False)
     ax = axes[0][0]
     for who, color in (("teacher", "#888888"), ("student", "#d6604d")):
-        x, y = r[f"latency_ms_b1_{who}"], r[f"accuracy_{who}"]
+        x, y = r[f"latency_ms_b1_{who}"], r[f"{metric}_{who}"]
         ax.scatter([x], [y], s=80, color=color, label=who, zorder=3)
         ax.annotate(f"{who}\n{x:.1f} ms, {y:.3f}", (x, y), textcoords="offset points", xytext=(8, -4), fontsize=8)
     ax.set_xscale("log")
@@ -224,8 +237,8 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
     lows = [r["latency_ms_b1_teacher"], r["latency_ms_b1_student"]]
     ax.set_xlim(min(lows) / 1.6, max(lows) * 3.0)  # room for the labels right of the points
     ax.set_xlabel(f"CPU latency, batch 1 (ms, {r.get('threads', '?')} threads)")
-    ax.set_ylabel(f"accuracy ({r.get('split', 'eval')})")
-    ax.set_title("accuracy vs latency", fontsize=10)
+    ax.set_ylabel(f"{metric} ({r.get('split', 'eval')}" + (", lower is better)" if metric == "perplexity" else ")"))
+    ax.set_title(f"{metric} vs latency", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     if panels == 2:
@@ -353,7 +366,9 @@ def build_card(
     recipe = yaml.safe_load(recipe_text) if recipe_text else {}
     task = recipe.get("task") or report.get("task") or "text-classification"
     modality = recipe.get("modality") or {"text-classification": "text", "token-classification": "text",
-                                          "image-classification": "vision", "audio-classification": "audio"}[task]
+                                          "image-classification": "vision", "audio-classification": "audio",
+                                          "text-generation": "text"}[task]
+    metric = "perplexity" if report.get("perplexity_student") is not None else "accuracy"
     structure = pakd.get("structure")
     teacher = teacher or (pakd.get("teacher") or {}).get("name_or_path") or None
     # base_model names a Hub model; a teacher trained from scratch by the recipe has none, and
@@ -367,14 +382,14 @@ def build_card(
     # The model-index holds the student's own results (the teacher's stay in the card's table).
     eval_results = []
     if dataset and not report.get("quick"):
-        splits = (("validation", report.get("accuracy_student_validation")),
-                  (report.get("split", "test"), report.get("accuracy_student")))
+        splits = (("validation", report.get(f"{metric}_student_validation")),
+                  (report.get("split", "test"), report.get(f"{metric}_student")))
         for split, value in splits:
             if value is None:
                 continue
             eval_results.append(EvalResult(
                 task_type=PIPELINE_TAGS[task], dataset_type=dataset["id"], dataset_name=dataset.get("name", dataset["id"]),
-                dataset_split=split, metric_type="accuracy", metric_value=value, metric_name=f"Accuracy ({split})",
+                dataset_split=split, metric_type=metric, metric_value=value, metric_name=f"{metric.capitalize()} ({split})",
             ))
     tags = ["pakd", "pruned", "knowledge-distillation", MODALITY_TAGS[modality], *_kinds_used(structure, pakd)]
     card_data = ModelCardData(
@@ -383,7 +398,7 @@ def build_card(
         pipeline_tag=PIPELINE_TAGS[task],
         tags=tags,
         datasets=[dataset["id"]] if dataset else None,
-        metrics=["accuracy"] if eval_results else None,
+        metrics=[metric] if eval_results else None,
         license=license,
         model_name=name,
         eval_results=eval_results or None,
@@ -423,10 +438,10 @@ def build_card(
         )
     data_note = (dataset or {}).get("note", "")
     if report.get("quick"):
-        data_note = ("**Smoke run** (`--quick`): a few training steps on small slices of the data. The accuracy "
-                     "figures mean nothing; this card only shows that the pipeline ran. " + data_note).strip()
+        data_note = ("**Smoke run** (`--quick`): a few training steps on small slices of the data. The "
+                     f"{metric} figures mean nothing; this card only shows that the pipeline ran. " + data_note).strip()
     limitations = [
-        "Accuracy was measured on one split of one data set; check it on your own data before relying on it.",
+        f"{metric.capitalize()} was measured on one split of one data set; check it on your own data before relying on it.",
         "Latency depends on hardware, threads, batch size and sequence length; the numbers above are for the "
         "stated machine only.",
         "A pruned and distilled model can lose capabilities of the teacher that the distillation data did not "
@@ -460,7 +475,7 @@ def build_card(
             + (f"`{teacher}`" if base_model else teacher) + " with pakd-hf."
         ),
         figure=figure,
-        figure_alt="accuracy vs latency of the teacher and the student",
+        figure_alt=f"{metric} vs latency of the teacher and the student",
         compression_rows=_compression_rows(report),
         measurement_note=note,
         structure_summary=structure_summary,

@@ -66,6 +66,7 @@ TASKS = (
 MODALITIES = ("text", "vision", "audio")
 TASK_MODALITY = {
     "text-classification": "text",
+    "text-generation": "text",
     "token-classification": "text",
     "image-classification": "vision",
     "audio-classification": "audio",
@@ -223,13 +224,19 @@ class Distillation:
     temperature: float = 2.0
     alpha: float = 0.5
     logits: bool = True
-    loss: Literal["kl", "mse"] = "kl"
+    loss: Literal["kl", "mse", "reverse_kl", "jsd"] = "kl"
+    # causal LMs (task text-generation): the JSD's mixture weight, and how many token positions
+    # the LM heads see at a time (see pakd_hf.distill.token_kd_per_sample)
+    beta: float = 0.5
+    chunk_size: int = 1024
     hidden: HiddenDistillation | None = None
     attention: AttentionDistillation | None = None
 
     def _validate(self, path: str) -> None:
         _check(self.temperature > 0, f"{path}.temperature", f"must be > 0, got {self.temperature}")
         _check(0.0 <= self.alpha <= 1.0, f"{path}.alpha", f"must be in [0, 1], got {self.alpha}")
+        _check(0.0 < self.beta < 1.0, f"{path}.beta", f"must be in (0, 1), got {self.beta}")
+        _check(self.chunk_size >= 1, f"{path}.chunk_size", f"must be >= 1, got {self.chunk_size}")
         _check(
             self.logits or self.hidden is not None or self.attention is not None,
             path,
@@ -526,6 +533,9 @@ class Data:
     test_split: str | None = "test"
     max_length: int = 128  # text: tokens
     max_seconds: float = 1.0  # audio: clips are cut / padded to this length
+    # text-generation: concatenate the texts (each ended by EOS) and cut the stream into blocks of
+    # max_length tokens (true), or one example per text, truncated and padded (false)
+    packing: bool = True
     seed: int = 0
     options: dict[str, Any] | None = None  # keyword arguments of an offline loader
 
@@ -625,7 +635,8 @@ class Recipe:
 
     name: str
     task: Literal[
-        "text-classification", "token-classification", "image-classification", "audio-classification"
+        "text-classification", "token-classification", "image-classification", "audio-classification",
+        "text-generation",
     ]
     stages: list[Stage]
     modality: Literal["text", "vision", "audio"] | None = None
@@ -659,6 +670,36 @@ class Recipe:
             "vocabulary",
             f"vocabulary pruning is for text models, but the task is {self.task}; remove the block",
         )
+        generation = self.task == "text-generation"
+        _check(
+            self.vocabulary is None or not generation,
+            "vocabulary",
+            "vocabulary pruning is not offered for causal LMs: the LM head would predict only the kept tokens, which "
+            "changes what generate() can produce; remove the block",
+        )
+        _check(
+            self.export is None or not generation,
+            "export",
+            "the ONNX export stage covers the classification tasks; a causal LM is saved for transformers (remove the block)",
+        )
+        for i, stage in enumerate(self.stages):
+            d = stage.distillation
+            if d is None:
+                continue
+            token_losses = ("kl", "reverse_kl", "jsd")
+            _check(
+                (d.loss in token_losses) if generation else (d.loss in ("kl", "mse")),
+                f"stages[{i}].distillation.loss",
+                f"'{d.loss}' is not offered for {self.task}: use "
+                + (" / ".join(token_losses) if generation else "kl / mse (reverse_kl and jsd are token-level losses for "
+                                                                   "text-generation)"),
+            )
+            _check(
+                d.attention is None or not generation,
+                f"stages[{i}].distillation.attention",
+                "attention-map distillation is not offered for causal LMs (their attention kernels return no maps); "
+                "use logits and hidden",
+            )
         _check(
             self.augment is None or self.task == "text-classification",
             "augment",

@@ -18,7 +18,7 @@ import numpy as np
 
 from .recipe import Recipe, RecipeError
 
-__all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_recipe"]
+__all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_recipe", "perplexity"]
 
 
 class TaskAdapter:
@@ -26,6 +26,11 @@ class TaskAdapter:
     auto_class: str = ""
     preprocessor_class: str = ""
     column_field: str = ""  # the recipe's data field that names the input column
+    #: what :meth:`score` measures, and whether higher is better (report keys are ``<metric>_*``)
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    #: whether the data has a label column (classification) or not (language modelling)
+    labelled: bool = True
 
     # ---- models ------------------------------------------------------------------------
     def model_class(self):
@@ -39,8 +44,9 @@ class TaskAdapter:
 
         return getattr(transformers, self.preprocessor_class).from_pretrained(source)
 
-    def load_teacher(self, recipe: Recipe, labels: list[str]):
-        """(model, preprocessor) of the recipe's teacher, with a head for ``labels``."""
+    def load_teacher(self, recipe: Recipe, labels: list[str], data=None):
+        """(model, preprocessor) of the recipe's teacher, with a head for ``labels``. ``data``
+        (train and validation) is there for tasks whose preprocessor is made from it."""
         from .data import resolve_model
 
         id2label = dict(enumerate(labels))
@@ -134,6 +140,19 @@ class TaskAdapter:
         from .metrics import accuracy
 
         return accuracy(self.predict(model, preprocessor, examples, recipe, batch_size), labels)
+
+    def score(self, model, preprocessor, split, recipe: Recipe, batch_size: int) -> float:
+        """:attr:`metric` of ``model`` on a split (a Dataset of raw examples, with labels)."""
+        return self.accuracy(model, preprocessor, list(split[self.column(recipe)]), list(split[recipe.data.label_column]),
+                             recipe, batch_size)
+
+    def data_collator(self, preprocessor, recipe: Recipe):
+        """The collator of the PaKD stages (``None``: Trainer's default)."""
+        return None
+
+    def benchmark_examples(self, examples: list, recipe: Recipe) -> list:
+        """The raw examples the latency benchmark feeds (default: the test examples as they are)."""
+        return examples
 
 
 class TextClassification(TaskAdapter):
@@ -269,6 +288,196 @@ class AudioClassification(TaskAdapter):
         return {k: v for k, v in out.items() if k in ("input_values", "input_features", "attention_mask")}
 
 
+class TextGeneration(TaskAdapter):
+    """Causal language modelling (decoders such as Llama, Qwen2/3, Mistral), scored by perplexity.
+
+    Data is plain text (``data.text_column``). With ``data.packing`` (default) every text is
+    tokenized with EOS appended, the token stream of a split is concatenated and cut into
+    blocks of ``data.max_length`` (the tail shorter than a block is dropped), and every token
+    of a block is a label: the usual pretraining layout, with no padding. Without packing each
+    text is one example, truncated to ``max_length`` and padded per batch (padding is not a
+    label). Perplexity is ``exp`` of the mean next-token negative log-likelihood over every
+    labelled token of the split, computed from the last hidden states in chunks (a
+    ``[batch, tokens, vocab]`` logits tensor is never built).
+
+    A teacher built from ``teacher.config`` (a Llama-family config, trained from scratch by the
+    teacher stage) gets a byte-level BPE tokenizer trained on the training split with the
+    config's ``vocab_size`` (Hugging Face ``tokenizers``; specials ``<pad>``, ``<s>``,
+    ``</s>``), so nothing is downloaded and no byte is out of vocabulary.
+    """
+
+    task = "text-generation"
+    auto_class = "AutoModelForCausalLM"
+    preprocessor_class = "AutoTokenizer"
+    column_field = "text_column"
+    metric = "perplexity"
+    higher_is_better = False
+    labelled = False
+
+    def _config(self, recipe):
+        from transformers import AutoConfig
+
+        raw = dict(recipe.teacher.config)
+        model_type = raw.pop("model_type")
+        try:
+            config = AutoConfig.for_model(model_type, **raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RecipeError("teacher.config", f"transformers cannot build a '{model_type}' config from it: {exc}") from None
+        known = set(type(config)().to_dict())
+        unknown = sorted(k for k in raw if k not in known)
+        if unknown:
+            raise RecipeError(f"teacher.config.{unknown[0]}", f"'{model_type}' configs have no such field; check the spelling")
+        if "vocab_size" not in raw:
+            raise RecipeError("teacher.config.vocab_size", "is required: the tokenizer trained on the data gets that many tokens")
+        if raw["vocab_size"] < 300:
+            raise RecipeError("teacher.config.vocab_size", f"must be >= 300 (256 bytes, 3 specials and merges), got {raw['vocab_size']}")
+        return config
+
+    def check(self, recipe, labels):
+        if recipe.teacher.config is None:
+            return None
+        if recipe.teacher.processor:
+            raise RecipeError("teacher.processor", "a causal LM's tokenizer is trained on the data; remove the block")
+        from transformers import AutoModelForCausalLM
+
+        config = self._config(recipe)
+        try:
+            import torch
+
+            with torch.device("meta"):
+                AutoModelForCausalLM.from_config(config)
+        except ValueError as exc:
+            raise RecipeError("teacher.config.model_type", f"'{config.model_type}' has no causal-LM model: {exc}") from None
+        return None
+
+    @staticmethod
+    def train_tokenizer(texts: list[str], vocab_size: int):
+        """A byte-level BPE tokenizer trained on ``texts`` (deterministic for the same texts)."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], min_frequency=2,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                       model_max_length=1_000_000)
+
+    def load_teacher(self, recipe, labels, data=None):
+        if recipe.teacher.config is None:
+            from .data import resolve_model
+
+            source = resolve_model(recipe.teacher.model)
+            tokenizer = self.load_preprocessor(source)
+            if tokenizer.pad_token is None:  # Llama's tokenizers have none: pad with EOS (padding is never a label)
+                tokenizer.pad_token = tokenizer.eos_token
+            return self.model_class().from_pretrained(source), tokenizer
+        if data is None:
+            raise ValueError("a causal-LM teacher built from a config needs the training texts for its tokenizer")
+        from transformers import AutoModelForCausalLM
+
+        config = self._config(recipe)
+        tokenizer = self.train_tokenizer(list(data["train"][self.column(recipe)]), config.vocab_size)
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id, config.bos_token_id, config.eos_token_id = (
+            tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        return AutoModelForCausalLM.from_config(config), tokenizer
+
+    def encode_batch(self, tokenizer, texts, recipe):
+        return dict(tokenizer(list(texts), truncation=True, max_length=recipe.data.max_length, padding=True,
+                              return_tensors="pt"))
+
+    def encode_dataset(self, data, tokenizer, recipe):
+        spec = recipe.data
+        column = spec.text_column
+        eos = tokenizer.eos_token or ""
+        if not spec.packing:
+            def encode(batch):
+                return tokenizer([t + eos for t in batch[column]], truncation=True, max_length=spec.max_length)
+
+            return data.map(encode, batched=True, remove_columns=next(iter(data.values())).column_names, desc="tokenize")
+        size = spec.max_length
+
+        def pack(batch):
+            ids = [i for row in tokenizer([t + eos for t in batch[column]])["input_ids"] for i in row]
+            blocks = [ids[i:i + size] for i in range(0, len(ids) - size + 1, size)]
+            return {"input_ids": blocks, "attention_mask": [[1] * size for _ in blocks], "labels": [list(b) for b in blocks]}
+
+        # one batch per split: the tail that does not fill a block is dropped once, not per 1,000 texts
+        packed = data.map(pack, batched=True, batch_size=None, remove_columns=next(iter(data.values())).column_names,
+                          desc="tokenize and pack")
+        return packed.with_format("numpy")
+
+    def benchmark_examples(self, texts, recipe):
+        """Prefill inputs of one length: consecutive test texts joined until each is long enough
+        to fill ``data.max_length`` tokens (the encoding then cuts it there)."""
+        out, current = [], ""
+        for text in texts:
+            current = f"{current} {text}".strip()
+            if len(current) >= 8 * recipe.data.max_length:  # bytes per BPE token stay under 8 in prose
+                out.append(current)
+                current = ""
+        return out or [current]
+
+    def data_collator(self, tokenizer, recipe):
+        if recipe.data.packing:
+            return None  # equal blocks with their labels: Trainer's default collator stacks them
+        from transformers import DataCollatorForLanguageModeling
+
+        return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+
+    def score(self, model, tokenizer, split, recipe, batch_size):
+        from datasets import DatasetDict
+
+        encoded = self.encode_dataset(DatasetDict({"split": split}), tokenizer, recipe)["split"]
+        return perplexity(model, encoded, batch_size, pad_token_id=tokenizer.pad_token_id)
+
+
+def perplexity(model, encoded, batch_size: int, *, pad_token_id: int | None = None, chunk_size: int = 1024) -> float:
+    """``exp`` of the mean next-token NLL of a causal LM over every labelled token of
+    ``encoded`` (rows of ``input_ids`` and, when present, ``labels`` with -100 for tokens that do
+    not count; padded per batch with ``pad_token_id``). The LM head runs on ``chunk_size``
+    positions at a time."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    device = getattr(model, "device", torch.device("cpu"))
+    head = model.get_output_embeddings()
+    total, count = 0.0, 0
+    rows = [{k: list(map(int, encoded[i][k])) for k in ("input_ids", "labels") if k in encoded.column_names}
+            for i in range(len(encoded))]
+    pad = 0 if pad_token_id is None else int(pad_token_id)
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            width = max(len(r["input_ids"]) for r in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, r in enumerate(chunk):
+                n = len(r["input_ids"])
+                ids[j, :n] = torch.tensor(r["input_ids"])
+                labels[j, :n] = torch.tensor(r.get("labels", r["input_ids"]))
+                mask[j, :n] = 1
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
+                        logits_to_keep=1)
+            hidden = out.hidden_states[-1]
+            targets = labels[:, 1:].to(device)
+            valid = targets.ne(-100)
+            h, y = hidden[:, :-1][valid], targets[valid]
+            for i in range(0, y.numel(), chunk_size):
+                total += float(F.cross_entropy(head(h[i:i + chunk_size]).float(), y[i:i + chunk_size], reduction="sum"))
+            count += int(y.numel())
+    if not count:
+        raise ValueError("no token to score: the split is empty or shorter than one block (data.max_length)")
+    return math.exp(total / count)
+
+
 SAMPLE_TEXTS = [
     "A warm, funny and surprisingly moving film that earns every one of its laughs.",
     "The plot is thin, the jokes are stale, and the whole thing drags on far too long.",
@@ -316,7 +525,7 @@ def default_recipe(task: str) -> Recipe:
     return load_recipe({"name": "inputs", "task": task, "stages": [{"name": "none", "steps": 1}], "data": {"dataset": "none"}})
 
 
-ADAPTERS = {cls.task: cls() for cls in (TextClassification, ImageClassification, AudioClassification)}
+ADAPTERS = {cls.task: cls() for cls in (TextClassification, ImageClassification, AudioClassification, TextGeneration)}
 
 
 def adapter_for(recipe: Recipe) -> TaskAdapter:

@@ -42,6 +42,7 @@ from .distill import (
     logit_kd_per_sample,
     logit_mse_per_sample,
     resolve_layer_map,
+    token_kd_per_sample,
 )
 from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
 
@@ -853,9 +854,20 @@ class PaKDTrainer(Trainer):
         if dist.attention is not None:
             flags["output_attentions"] = True
 
+        causal = _is_causal_lm(self.accelerator.unwrap_model(model))
+        lm_labels = None
+        if causal:
+            # Token-level: the LM heads run on chunks of the last hidden states (distill.token_kd_per_sample),
+            # so the models are asked for the hidden states and the logits of one position only.
+            flags = {**flags, "output_hidden_states": True, "logits_to_keep": 1}
+            lm_labels = inputs.get("labels")
+            if lm_labels is None:  # no labels: every attended token is one
+                mask = inputs.get("attention_mask")
+                lm_labels = inputs["input_ids"] if mask is None else inputs["input_ids"].masked_fill(mask.eq(0), -100)
+            inputs = {k: v for k, v in inputs.items() if k != "labels"}
         student_inputs = {**inputs, **flags}
         labels = None
-        if has_labels and (self.label_smoother is not None or self.compute_loss_func is not None):
+        if has_labels and not causal and (self.label_smoother is not None or self.compute_loss_func is not None):
             labels = student_inputs.pop("labels")
         outputs = model(**student_inputs)
         s_logits = outputs["logits"]
@@ -872,12 +884,22 @@ class PaKDTrainer(Trainer):
             with torch.no_grad():
                 teacher_outputs = self.teacher_model(**teacher_inputs, **flags)
             t_logits = teacher_outputs["logits"]
+        token_kd = None
+        if causal:
+            token_kd = token_kd_per_sample(
+                outputs["hidden_states"][-1], self.accelerator.unwrap_model(model).get_output_embeddings(),
+                teacher_outputs["hidden_states"][-1], self.teacher_model.get_output_embeddings(), lm_labels,
+                temperature=dist.temperature, loss=dist.loss, beta=dist.beta, chunk_size=dist.chunk_size,
+            )
         n = s_logits.shape[0]
         window = self._window_samples or n
         sums: dict[str, torch.Tensor] = {}
 
         task = None
-        if has_labels:
+        if causal:
+            sums["task"] = token_kd[1].sum()  # next-token cross-entropy, per sample
+            has_labels = True
+        elif has_labels:
             if labels is not None and self.compute_loss_func is not None:
                 task = self.compute_loss_func(outputs, labels, num_items_in_batch=None)
             elif labels is not None:
@@ -886,7 +908,9 @@ class PaKDTrainer(Trainer):
                 task = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
             sums["task"] = task * n
 
-        if dist.logits:
+        if dist.logits and causal:
+            sums["kd_logits"] = token_kd[0].sum()
+        elif dist.logits:
             mask = _position_mask(inputs, s_logits)
             if dist.loss == "mse":
                 sums["kd_logits"] = logit_mse_per_sample(s_logits, t_logits, mask).sum()
@@ -1269,6 +1293,13 @@ def _sequence_mask(inputs: dict, reference: torch.Tensor) -> torch.Tensor | None
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and reference.dim() >= 2 and mask.shape[1] == reference.shape[1]:
         return mask.bool()
     return None
+
+
+def _is_causal_lm(model) -> bool:
+    """Whether ``model`` is one of transformers' causal-LM classes (``*ForCausalLM``)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def _position_mask(inputs: dict, logits: torch.Tensor) -> torch.Tensor | None:

