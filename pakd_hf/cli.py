@@ -330,14 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     abl.set_defaults(func=_cmd_ablate)
 
     bench = sub.add_parser("benchmark", help="measure a teacher and a student side by side (size, MACs, latency, accuracy)",
-                           **_doc("Load two saved classifiers with stock classes and time them side by side on the same "
+                           **_doc("Load two saved models with stock classes and time them side by side on the same "
                                   "inputs (interleaved rounds, medians, threads fixed); with --data, on the recipe's "
-                                  "test split and with accuracy. The folders need their tokenizer or preprocessor.",
+                                  "test split and with accuracy (perplexity for causal LMs, which also get greedy "
+                                  "generation speed). The folders need their tokenizer or preprocessor.",
                                   "pakd benchmark runs/minilm-rt/teacher runs/minilm-rt/student --data "
                                   "recipes/nlp/minilm-rotten-tomatoes.yaml --json bench.json"))
     bench.add_argument("teacher_dir", metavar="TEACHER_DIR", help="the saved teacher (with its tokenizer or preprocessor)")
     bench.add_argument("student_dir", metavar="STUDENT_DIR", help="the saved student (with its tokenizer or preprocessor)")
-    bench.add_argument("--data", metavar="RECIPE", help="a recipe whose data block gives the test split (adds accuracy)")
+    bench.add_argument("--data", metavar="RECIPE", help="a recipe whose data block gives the test split (adds accuracy or perplexity)")
     bench.add_argument("--json", metavar="FILE", help="write the report as JSON")
     bench.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     bench.add_argument("--repeats", type=int, default=20, help="timed runs per model and batch size, at least (median reported)")

@@ -778,15 +778,16 @@ def benchmark_folders(
     teacher_dir, student_dir, *, recipe=None, threads: int | None = None, repeats: int = 20,
     min_seconds: float = LATENCY_MIN_SECONDS,
 ) -> dict[str, Any]:
-    """`pakd benchmark`: two saved classifiers side by side, each with its own preprocessor.
+    """`pakd benchmark`: two saved models side by side, each with its own preprocessor.
 
-    The task (text, image or audio classification) is read from the folders' preprocessor
-    files. With a recipe, its test split gives the inputs and the accuracy; without one, fixed
-    sentences or seeded noise images / clips give the inputs (no accuracy).
+    The task (text, image or audio classification, text generation) is read from the folders'
+    preprocessor files and config. With a recipe, its test split gives the inputs and the
+    accuracy (perplexity for text generation); without one, fixed sentences or seeded noise
+    images / clips give the inputs (no score).
     """
     import torch
 
-    from .benchmark import with_accuracy
+    from .benchmark import with_accuracy, with_perplexity
     from .tasks import ADAPTERS, folder_task
 
     folders = [Path(teacher_dir), Path(student_dir)]
@@ -797,23 +798,29 @@ def benchmark_folders(
     if len(tasks) > 1:
         raise ValueError(f"the two folders are for different tasks ({', '.join(sorted(tasks))})")
     task = tasks.pop()
-    accuracy, split, n_eval = None, None, None
+    scores, split, n_eval = None, None, None
     adapter = ADAPTERS[task]
     recipe, examples, gold = _benchmark_inputs(recipe, task, folders[0])
     if gold is not None:
+        from datasets import Dataset
+
         split, n_eval = "test", len(examples)
-        accuracy = tuple(
-            adapter.accuracy(adapter.model_class().from_pretrained(f).eval(), adapter.load_preprocessor(f), examples, gold,
-                             recipe, 128)
+        rows = {adapter.column(recipe): examples, **({recipe.data.label_column: gold} if adapter.labelled else {})}
+        scores = tuple(
+            adapter.score(adapter.model_class().from_pretrained(f).eval(), adapter.load_preprocessor(f),
+                          Dataset.from_dict(rows), recipe, 128)
             for f in folders
         )
+    examples = adapter.benchmark_examples(examples, recipe)
 
     report = measure_folders(
         teacher_dir, student_dir, task=task, recipe=recipe, examples=examples[:LATENCY_EXAMPLES],
         threads=threads or torch.get_num_threads(), repeats=repeats, min_seconds=min_seconds,
     )
-    if accuracy is not None:
-        report = with_accuracy(report, accuracy, split, n_eval)
+    if scores is not None and adapter.metric == "perplexity":
+        report = with_perplexity(report, scores, split, n_eval)
+    elif scores is not None:
+        report = with_accuracy(report, scores, split, n_eval)
     _print_summary(report, None)
     return report
 
@@ -833,7 +840,8 @@ def _benchmark_inputs(recipe, task: str, folder: Path) -> tuple[Recipe, list, li
     if recipe.task != task:
         raise RecipeError("task", f"the recipe is for {recipe.task} but the models to compare are {task} models")
     data = load_data(recipe, quick=False)
-    return recipe, list(data["test"][adapter.column(recipe)]), list(data["test"][recipe.data.label_column])
+    gold = list(data["test"][recipe.data.label_column]) if adapter.labelled else []  # [] : scored without labels
+    return recipe, list(data["test"][adapter.column(recipe)]), gold
 
 
 def _onnx_folder(folder: Path) -> Path:

@@ -83,6 +83,9 @@ def _load(folder: Path):
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
     task = folder_task(folder)  # FileNotFoundError naming what to save beside the model
+    if task == "text-generation":
+        raise DeployError(f"{folder} is a causal LM: the ONNX export covers text, image and audio classifiers "
+                          "(a decoder needs a KV-cache-aware export, which pakd export does not do yet)")
     adapter = ADAPTERS[task]
     try:
         config = json.loads((folder / "config.json").read_text())

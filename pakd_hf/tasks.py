@@ -401,7 +401,8 @@ class TextGeneration(TaskAdapter):
         size = spec.max_length
 
         def pack(batch):
-            ids = [i for row in tokenizer([t + eos for t in batch[column]])["input_ids"] for i in row]
+            texts = [t + eos for t in batch[column] if t and t.strip()]  # blank lines (WikiText has many) add nothing
+            ids = [i for row in tokenizer(texts)["input_ids"] for i in row] if texts else []
             blocks = [ids[i:i + size] for i in range(0, len(ids) - size + 1, size)]
             return {"input_ids": blocks, "attention_mask": [[1] * size for _ in blocks], "labels": [list(b) for b in blocks]}
 
@@ -487,8 +488,17 @@ SAMPLE_TEXTS = [
 
 
 def folder_task(folder: Path) -> str:
-    """The task of a saved classifier folder, from its preprocessor files."""
+    """The task of a saved model folder, from its preprocessor files (and, for text, whether its
+    config names a causal-LM class)."""
     if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        try:
+            architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+        except (OSError, ValueError):
+            architectures = []
+        if set(architectures) & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+            return "text-generation"
         return "text-classification"
     pre = folder / "preprocessor_config.json"
     if pre.is_file():
@@ -507,6 +517,8 @@ def folder_task(folder: Path) -> str:
 def sample_examples(task: str, preprocessor) -> list:
     """Inputs for a benchmark without data: fixed sentences, or seeded noise images / clips."""
     rng = np.random.default_rng(0)
+    if task == "text-generation":  # long enough to fill data.max_length tokens (the prefill)
+        return [" ".join(SAMPLE_TEXTS * 12)] * 4
     if task == "text-classification":
         return SAMPLE_TEXTS
     if task == "image-classification":

@@ -201,3 +201,82 @@ def test_verify_catches_a_config_that_does_not_match(saved, tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError, match="num_key_value_heads|k_proj"):
         verify_against_config(folder)
+
+
+# ------------------------------------------------------------- distillation in PaKDTrainer
+def _lm_blocks(n=48, length=16, seed=0):
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    # a learnable pattern (each token predicts the next), so the teacher is not just noise
+    start = torch.randint(3, VOCAB - length, (n, 1), generator=g)
+    ids = (start + torch.arange(length)) % VOCAB
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist(),
+                              "attention_mask": [[1] * length] * n}).with_format("numpy")
+
+
+@pytest.mark.parametrize("loss", ["kl", "jsd"])
+def test_token_distillation_lowers_kd_loss_while_pruning(tmp_path, loss):
+    """A few PaKD steps on a causal LM, distillation only (alpha 1) from a student that starts
+    from another initialisation: the logged KD loss falls while the student is pruned, the
+    chunked path is the one used (the student is asked for one position's logits), and the
+    student compacts to a stock config."""
+    from pakd_hf import PaKDTrainer, PaKDTrainingArguments
+
+    teacher = tiny_lm("qwen2", seed=3)
+    student = tiny_lm("qwen2", seed=11)
+    recipe = {"name": "lm", "task": "text-generation", "stages": [
+        {"name": "prune", "steps": 8, "learning_rate": 5e-3,
+         "distillation": {"temperature": 1.0, "alpha": 1.0, "loss": loss, "chunk_size": 7, "hidden": {}},
+         "pruning": {"layers": {"keep": 2}, "ffn": {"keep": 24}, "heads": {"keep": 1}, "frequency": 2}},
+        {"name": "recover", "steps": 16, "learning_rate": 5e-3,
+         "distillation": {"temperature": 1.0, "alpha": 1.0, "loss": loss, "chunk_size": 7}},
+    ]}
+    args = PaKDTrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, report_to=[],
+                                 save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, logging_steps=4,
+                                 max_grad_norm=0.0)
+    kept = []
+    student.register_forward_pre_hook(lambda m, a, kw: kept.append(kw.get("logits_to_keep")), with_kwargs=True)
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=_lm_blocks(), recipe=recipe)
+    trainer.train()
+    kd = [h["kd_logits"] for h in trainer.state.log_history if "kd_logits" in h]
+    assert len(kd) == 6 and kd[-1] < 0.7 * kd[0], kd
+    assert kept and set(kept) == {1}
+    cfg = student.config
+    assert (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.num_attention_heads, cfg.intermediate_size) == (2, 1, 2, 24)
+    assert student.lm_head.weight is student.model.embed_tokens.weight
+
+
+def test_hub_recipe_fits_qwen2_5_0_5b_and_keeps_about_a_third():
+    """The Hub recipe (validated, not run): its targets applied to Qwen2.5-0.5B's published shape,
+    built on the meta device, give a stock config that divides and about a third of the parameters."""
+    from pathlib import Path
+
+    from pakd_hf.prune.budget import model_cost
+    from pakd_hf.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "llm" / "qwen2.5-0.5b-wikitext.yaml")
+    counts = {}
+    for stage in recipe.stages:
+        for kind in ("layers", "ffn", "heads", "hidden"):
+            keep = getattr(stage.pruning, kind, None) if stage.pruning else None
+            if keep is not None:
+                counts[kind] = keep.keep
+    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                      num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                      tie_word_embeddings=True)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(cfg)
+    a = get_adapter(model)
+    full = Structure.from_model(model)
+    target = Structure(*full.original_sizes(), layers=list(range(counts["layers"])),
+                       heads=[list(range(counts["heads"])) if i < counts["layers"] else [] for i in range(24)],
+                       ffn=[list(range(counts["ffn"])) if i < counts["layers"] else [] for i in range(24)],
+                       hidden=list(range(counts["hidden"])))
+    a.check_structure(target)
+    before, after = model_cost(model, a, full, "params", None), model_cost(model, a, target, "params", None)
+    assert 480e6 < before < 500e6 and 0.3 < after / before < 0.4, (before, after)
+    small = copy.deepcopy(model.config)
+    a.update_config(small, target)
+    assert small.num_attention_heads % small.num_key_value_heads == 0 and small.num_attention_heads == 7
+    assert small.head_dim == 64 and len(small.layer_types) == 16
