@@ -22,7 +22,8 @@ ablation can span several sittings, and a changed recipe retrains)::
     OUT/transfer/              the transfer set with the teacher's logits (shared)
     OUT/<arm>/seed-<n>/        student/ (stock from_pretrained loads it) and report.json
     OUT/ablation.json          every finished run under OUT that matches the recipe (not only this
-                               invocation's): validation and test accuracy, params, bytes, shape
+                               invocation's): validation and test accuracy (perplexity for
+                               text-generation: lower is better), params, bytes, shape
     OUT/ablation.md            the table: mean +- sd and the worst seed, per arm
     OUT/ablation.png           validation accuracy per arm with error bars, the teacher as a line
 
@@ -53,7 +54,8 @@ class AblationError(RuntimeError):
     """The arms cannot be compared (e.g. their students differ in shape)."""
 
 ARMS = ("scratch", "kd", "prune-once-kd", "prune-only", "pakd")
-SHAPE_FIELDS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size",
+SHAPE_FIELDS = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_size",
+                "intermediate_size", "vocab_size",
                 "encoder_layers", "encoder_attention_heads", "d_model", "encoder_ffn_dim", "hidden_sizes", "depths")
 
 
@@ -231,6 +233,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
         model=student, teacher_model=p.teacher if uses_teacher else None, args=_student_args(run_dir, recipe),
         train_dataset=train, eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=student_encoded["train"] if transfer is not None else None,
+        data_collator=p.adapter.data_collator(student_pre, recipe),
     )
     trainer.train()
     seconds = round(time.perf_counter() - started, 1)
@@ -242,8 +245,10 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     validation = p.evaluate(model, pre, p.data["validation"])
     test = p.evaluate(model, pre, test)
     config = json.loads((folder / "student" / "config.json").read_text())
+    metric = p.adapter.metric  # accuracy, or perplexity (text-generation: lower is better)
     report = {
-        "arm": arm, "seed": seed, "accuracy_validation": round(validation, 5), "accuracy_test": round(test, 5),
+        "arm": arm, "seed": seed, "metric": metric, f"{metric}_validation": round(validation, 5),
+        f"{metric}_test": round(test, 5),
         "params": sum(t.numel() for t in model.parameters()), "bytes": safetensors_bytes(folder / "student"),
         "shape": _shape(config), "steps": trainer.state.global_step, "train_examples": len(train),
         "train_seconds": seconds, "key": key, "quick": p.quick, "commit": _source_commit(),
@@ -331,7 +336,7 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
     command = (f"pakd ablate {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} "
                f"--output-dir {out} --seeds {','.join(map(str, sorted({r['seed'] for r in runs})))}"
                + (" --quick" if quick else ""))
-    teacher_validation = p.teacher_info.get("accuracy_validation")
+    teacher_validation = p.teacher_info.get(f"{p.adapter.metric}_validation")
     teacher_test = p.evaluate(p.teacher, p.preprocessor, test)
     summary = summarise(runs, p.recipe.name, command, {"validation": teacher_validation, "test": teacher_test,
                                                        "weights": p.teacher_info.get("weights")}, quick)
@@ -339,10 +344,15 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
     return summary
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
+def _stats(values: list[float], higher_is_better: bool = True) -> dict[str, Any]:
     return {"mean": round(statistics.mean(values), 5),
             "sd": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
-            "worst": min(values), "n": len(values)}
+            "worst": min(values) if higher_is_better else max(values), "n": len(values)}
+
+
+def _metric(runs: list[dict[str, Any]]) -> str:
+    """The runs' metric: ``accuracy`` (reports written before the key existed) or ``perplexity``."""
+    return (runs[0].get("metric") if runs else None) or "accuracy"
 
 
 def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: dict[str, float], quick: bool) -> dict[str, Any]:
@@ -351,24 +361,30 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
     shapes = {json.dumps(r["shape"], sort_keys=True) for r in runs}
     if len(shapes) > 1:
         raise AblationError(f"the arms' students differ in shape ({'; '.join(sorted(shapes))}): the comparison is void")
+    metric = _metric(runs)
+    up = metric != "perplexity"
     arms: dict[str, Any] = {}
     for run in runs:
         arms.setdefault(run["arm"], {"runs": []})["runs"].append(run)
     for arm, entry in arms.items():
-        entry["validation"] = _stats([r["accuracy_validation"] for r in entry["runs"]])
-        entry["test"] = _stats([r["accuracy_test"] for r in entry["runs"]])
+        entry["validation"] = _stats([r[f"{metric}_validation"] for r in entry["runs"]], up)
+        entry["test"] = _stats([r[f"{metric}_test"] for r in entry["runs"]], up)
         entry["params"] = entry["runs"][0]["params"]
         entry["bytes"] = entry["runs"][0]["bytes"]
     claim = None
     others = [a for a in arms if split_arm(a)[0] != "pakd"]  # the best of every baseline, tuned variants included
     if "pakd" in arms and others:
-        best = max(others, key=lambda a: arms[a]["validation"]["mean"])
+        pick = max if up else min
+        best = pick(others, key=lambda a: arms[a]["validation"]["mean"])
         margin = arms["pakd"]["validation"]["mean"] - arms[best]["validation"]["mean"]
         # The spread of a difference of two means over seeds: within it of the line is "at the line".
         sd = math.hypot(arms["pakd"]["validation"]["sd"], arms[best]["validation"]["sd"])
+        # accuracy: PaKD at least a point above the best baseline; perplexity: below it at all
+        target = 0.01 if up else 0.0
+        gain = margin if up else -margin
         claim = {"best_other_arm": best, "pakd_minus_best_validation": round(margin, 5), "sd": round(sd, 5),
-                 "target": 0.01, "met": margin >= 0.01, "at_the_line": abs(margin - 0.01) <= sd}
-    return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick,
+                 "target": target, "met": gain >= target, "at_the_line": abs(gain - target) <= sd}
+    return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick, "metric": metric,
             "shape": runs[0]["shape"] if runs else None, "teacher": teacher,
             "arms": {a: arms[a] for a in sorted(arms, key=_arm_order)}, "claim": claim}
 
@@ -404,8 +420,9 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
 
     atomic("ablation.json", json.dumps(summary, indent=2) + "\n")
     teacher = summary["teacher"]
+    metric = summary.get("metric", "accuracy")
     lines = [
-        f"# Ablation: {summary['recipe']}" + (" (quick smoke run: the accuracies mean nothing)" if summary["quick"] else ""),
+        f"# Ablation: {summary['recipe']}" + (f" (quick smoke run: the {metric} figures mean nothing)" if summary["quick"] else ""),
         "",
         f"Every arm trains a student of the same shape ({', '.join(f'{k} {v}' for k, v in (summary['shape'] or {}).items())}) "
         "for the same number of steps on the same examples, with the recipe's stage lengths and learning rates "
@@ -416,7 +433,7 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         f"Teacher: validation {teacher['validation']:.4f}, test {teacher['test']:.4f}"
         + (f" (weights {teacher['weights']}: every run below learned from this one)." if teacher.get("weights") else "."),
         "",
-        "| arm | validation accuracy | test accuracy | params | bytes | steps | training (min, mean) |",
+        f"| arm | validation {metric} | test {metric} | params | bytes | steps | training (min, mean) |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for arm, entry in summary["arms"].items():
@@ -424,7 +441,12 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         lines.append(f"| {arm} | {_fmt(entry['validation'])} | {_fmt(entry['test'])} | {entry['params']:,} | "
                      f"{entry['bytes']:,} | {entry['runs'][0]['steps']} | {minutes:.1f} |")
     claim = summary.get("claim")
-    if claim:
+    if claim and metric == "perplexity":
+        lines += ["", f"PaKD minus the best other arm ({claim['best_other_arm']}) on validation perplexity: "
+                      f"{claim['pakd_minus_best_validation']:+.3f} (sd of the difference {claim.get('sd', 0):.3f}; "
+                      "target: below 0, lower is better): "
+                      + ("met" if claim["met"] else "not met") + (", at the line." if claim.get("at_the_line") else ".")]
+    elif claim:
         lines += ["", f"PaKD minus the best other arm ({claim['best_other_arm']}) on validation: "
                       f"{claim['pakd_minus_best_validation'] * 100:+.2f} points (sd of the difference "
                       f"{claim.get('sd', 0) * 100:.2f}; target: +1.00): "
@@ -441,6 +463,7 @@ def _figure(out: Path, summary: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     arms = list(summary["arms"])
+    metric = summary.get("metric", "accuracy")
     fig, ax = plt.subplots(figsize=(1.3 * len(arms) + 2.5, 3.6), dpi=110)
     for offset, split, color in ((-0.12, "validation", "tab:blue"), (0.12, "test", "tab:orange")):
         means = [summary["arms"][a][split]["mean"] for a in arms]
@@ -448,12 +471,12 @@ def _figure(out: Path, summary: dict[str, Any]) -> None:
         ax.errorbar([i + offset for i in range(len(arms))], means, yerr=sds, fmt="o", capsize=4, color=color, label=split)
         for i, a in enumerate(arms):
             ax.scatter([i + offset] * len(summary["arms"][a]["runs"]),
-                       [r[f"accuracy_{split}"] for r in summary["arms"][a]["runs"]], s=8, color=color, alpha=0.4)
+                       [r[f"{metric}_{split}"] for r in summary["arms"][a]["runs"]], s=8, color=color, alpha=0.4)
         value = summary["teacher"].get(split)
         if value is not None and not math.isnan(value):
             ax.axhline(value, color=color, linestyle="--", linewidth=0.8, label=f"teacher ({split})")
     ax.set_xticks(range(len(arms)), arms)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(metric + (" (lower is better)" if metric == "perplexity" else ""))
     ax.set_title(f"{summary['recipe']}: same-shape students (mean ± sd over seeds)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
