@@ -192,6 +192,31 @@ def test_summary_statistics_and_claim():
         summarise([*runs, {**run("kd", 0, 0.7), "shape": {"hidden_size": 16}}], "r", "cmd", {}, quick=False)
 
 
+def test_perplexity_summary_prefers_lower_and_writes_its_table(tmp_path):
+    """Causal LMs: the best baseline is the LOWEST perplexity, the worst seed the highest, and the
+    claim is PaKD below the best baseline."""
+    from pakd_hf.ablate import write_outputs
+
+    def run(arm, seed, ppl):
+        return {"arm": arm, "seed": seed, "metric": "perplexity", "perplexity_validation": ppl,
+                "perplexity_test": ppl + 1.0, "params": 10, "bytes": 40, "shape": {"hidden_size": 8}, "steps": 5,
+                "train_examples": 9, "train_seconds": 60}
+
+    runs = [run("scratch", 0, 60.0), run("scratch", 1, 62.0), run("kd", 0, 50.0), run("kd", 1, 52.0),
+            run("pakd", 0, 40.0), run("pakd", 1, 44.0)]
+    summary = summarise(runs, "lm", "cmd", {"validation": 30.0, "test": 31.0}, quick=False)
+    assert summary["metric"] == "perplexity" and summary["arms"]["pakd"]["validation"]["worst"] == 44.0
+    claim = summary["claim"]
+    assert claim["best_other_arm"] == "kd" and claim["pakd_minus_best_validation"] == pytest.approx(-9.0)
+    assert claim["target"] == 0.0 and claim["met"] is True and claim["at_the_line"] is False
+    worse = summarise([run("kd", 0, 40.0), run("kd", 1, 41.0), run("pakd", 0, 45.0), run("pakd", 1, 46.0)], "lm", "cmd",
+                      {"validation": 30.0, "test": 31.0}, quick=False)["claim"]
+    assert worse["met"] is False
+    write_outputs(tmp_path, summary)
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| arm | validation perplexity | test perplexity |" in table and "lower is better" in table
+
+
 def test_the_card_reports_seeds_and_same_size_baselines(ablation, tmp_path, capsys):
     _, _, out = ablation
     run = tmp_path / "seed-0"
