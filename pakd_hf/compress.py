@@ -966,7 +966,7 @@ def _print_summary(r: dict[str, Any], out: Path | None) -> None:
         ("latency b1 (ms)", f"{r['latency_ms_b1_teacher']:.2f}", f"{r['latency_ms_b1_student']:.2f}", f"{r['speedup_b1']:.1f}x"),
         ("latency b32 (ms)", f"{r['latency_ms_b32_teacher']:.2f}", f"{r['latency_ms_b32_student']:.2f}", f"{r['speedup_b32']:.1f}x"),
     ]
-    if r.get("perplexity_teacher") is not None:
+    if "generate_speedup" in r:  # a causal LM: perplexity (when measured) and generation speed
         rows.append(("perplexity (test)", get("perplexity_teacher", ".2f"), get("perplexity_student", ".2f"),
                      f"{get('perplexity_ratio', '.3f')}x"))
         rows.append(("generate (tok/s, b1)", get("generate_tokens_per_s_teacher", ".1f"),
