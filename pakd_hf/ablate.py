@@ -382,8 +382,10 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
         # accuracy: PaKD at least a point above the best baseline; perplexity: below it at all
         target = 0.01 if up else 0.0
         gain = margin if up else -margin
+        # a tie is not a win: perplexity must be strictly below the best baseline's
+        met = gain >= target if up else gain > target
         claim = {"best_other_arm": best, "pakd_minus_best_validation": round(margin, 5), "sd": round(sd, 5),
-                 "target": target, "met": gain >= target, "at_the_line": abs(gain - target) <= sd}
+                 "target": target, "met": met, "at_the_line": abs(gain - target) <= sd}
     return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick, "metric": metric,
             "shape": runs[0]["shape"] if runs else None, "teacher": teacher,
             "arms": {a: arms[a] for a in sorted(arms, key=_arm_order)}, "claim": claim}

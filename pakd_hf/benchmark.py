@@ -239,7 +239,7 @@ def with_accuracy(
 
 def with_perplexity(report: dict[str, Any], perplexity: tuple[float, float], split: str, n_eval: int, *,
                     validation: bool = False) -> dict[str, Any]:
-    """``report`` plus the (teacher, student) perplexity on ``split`` (``n_eval`` texts), for
+    """``report`` plus the (teacher, student) perplexity on ``split`` (``n_eval`` scored tokens), for
     causal LMs: ``perplexity_teacher``, ``perplexity_student`` and ``perplexity_ratio``
     (student over teacher: 1.10 = 10% higher); with ``validation``, the ``*_validation`` keys
     (the figures choices are made on) and ``n_validation``."""

@@ -350,7 +350,8 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         teacher_flags = {k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS}
         args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, overrides=teacher_flags, **kw)
         start = time.perf_counter()
-        Trainer(model=model, args=args, train_dataset=encoded["train"], processing_class=preprocessor).train()
+        Trainer(model=model, args=args, train_dataset=encoded["train"], processing_class=preprocessor,
+                data_collator=adapter.data_collator(preprocessor, recipe)).train()
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
         _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
         shutil.rmtree(out / ".teacher-run", ignore_errors=True)
@@ -638,7 +639,7 @@ def compress(
     acc_teacher = p.evaluate(p.teacher, p.preprocessor, test)
     acc_student = p.evaluate(student_loaded, student_pre, test)
     _say(f"test {metric}: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
-    n_test = len(examples)
+    n_test = adapter.eval_size(test, student_pre, recipe)  # examples; scored tokens for text-generation
     examples = adapter.benchmark_examples(examples, recipe)
 
     processes = 1 if quick else LATENCY_PROCESSES
@@ -654,7 +655,8 @@ def compress(
     ])
     if metric == "perplexity":
         report = with_perplexity(report, (acc_teacher, acc_student), "test", n_test)
-        report = with_perplexity(report, acc_validation, "validation", len(validation), validation=True)
+        report = with_perplexity(report, acc_validation, "validation", adapter.eval_size(validation, student_pre, recipe),
+                                 validation=True)
     else:
         report = with_accuracy(report, (acc_teacher, acc_student), "test", n_test)
         report = with_validation_accuracy(report, acc_validation, len(validation))
@@ -804,11 +806,12 @@ def benchmark_folders(
     if gold is not None:
         from datasets import Dataset
 
-        split, n_eval = "test", len(examples)
-        rows = {adapter.column(recipe): examples, **({recipe.data.label_column: gold} if adapter.labelled else {})}
+        rows = Dataset.from_dict({adapter.column(recipe): examples,
+                                  **({recipe.data.label_column: gold} if adapter.labelled else {})})
+        split, n_eval = "test", adapter.eval_size(rows, adapter.load_preprocessor(folders[1]), recipe)
         scores = tuple(
-            adapter.score(adapter.model_class().from_pretrained(f).eval(), adapter.load_preprocessor(f),
-                          Dataset.from_dict(rows), recipe, 128)
+            adapter.score(adapter.model_class().from_pretrained(f).eval(), adapter.load_preprocessor(f), rows, recipe,
+                          recipe.training.eval_batch_size if recipe.training else 32)
             for f in folders
         )
     examples = adapter.benchmark_examples(examples, recipe)

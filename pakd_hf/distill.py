@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "TOKEN_LOSSES",
+    "check_plain_head",
+    "last_hidden_state",
     "token_divergence",
     "token_kd_per_sample",
     "logit_kd_per_sample",
@@ -158,6 +160,43 @@ def token_kd_per_sample(
     kd = zeros.index_add(0, sample.to(zeros.device), torch.cat(kd_parts)) / count
     ce = zeros.index_add(0, sample.to(zeros.device), torch.cat(ce_parts)) / count
     return kd, ce
+
+
+class last_hidden_state:
+    """``with last_hidden_state(model) as h: model(...)`` leaves in ``h[0]`` the output of a
+    causal LM's decoder (``model.get_decoder()``: the last hidden state, after the final norm),
+    caught by a forward hook, which also works through DDP wrappers. ``model=None``: a no-op."""
+
+    def __init__(self, model):
+        self.module = model.get_decoder() if model is not None else None
+        self.value: list[Tensor] = []
+        self.handle = None
+
+    def __enter__(self) -> list[Tensor]:
+        if self.module is not None:
+            def hook(module, args, output):
+                self.value[:] = [output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]]
+
+            self.handle = self.module.register_forward_hook(hook)
+        return self.value
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def check_plain_head(model: nn.Module, head: nn.Module, hidden: Tensor, logits: Tensor) -> None:
+    """Raise ``ValueError`` unless ``head(hidden[:, -1:])`` gives the model's own last-position
+    ``logits``: chunked token losses and perplexity read ``head(last hidden state)`` as the
+    logits, which is wrong for a model that transforms them after its head (softcapping, scaling)."""
+    with torch.no_grad():
+        mine = head(hidden[:, -1:]).float()
+    if mine.shape != logits.shape or not torch.allclose(mine, logits.detach().float(), rtol=1e-3, atol=1e-4):
+        raise ValueError(
+            f"{type(model).__name__} transforms its logits after the LM head (e.g. softcapping or scaling): token-level "
+            "losses and perplexity read them from its hidden states and would be wrong (distillation.loss: mse compares "
+            "the model's own logits)"
+        )
 
 
 def logit_mse_per_sample(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -125,7 +125,7 @@ def _compression_rows(r: dict[str, Any]) -> list[dict[str, str]]:
     for split, suffix, n in (("validation", "_validation", r.get("n_validation")), (r.get("split", "test"), "", r.get("n_eval"))):
         if r.get(f"perplexity_teacher{suffix}") is not None:
             t, s = r[f"perplexity_teacher{suffix}"], r[f"perplexity_student{suffix}"]
-            where = f"{split}, {n:,} texts" if n else split
+            where = f"{split}, {n:,} tokens" if n else split
             rows.append({"name": f"perplexity ({where})", "teacher": f"{t:.2f}", "student": f"{s:.2f}",
                          "ratio": f"{s / t:.3f}x the teacher's"})
     if r.get("accuracy_teacher_validation") is not None:
@@ -274,7 +274,9 @@ ARM_NAMES = {
 def _ablation_section(summary: dict[str, Any] | None) -> dict[str, Any]:
     """Template fields for a `pakd ablate` summary: mean ± sd and worst seed per route."""
     if not summary or not summary.get("arms"):
-        return {"ablation_rows": [], "ablation_intro": "", "ablation_claim": ""}
+        return {"ablation_rows": [], "ablation_intro": "", "ablation_claim": "", "ablation_metric": "accuracy"}
+
+    metric = summary.get("metric", "accuracy")
 
     def cell(stats):
         return f"{stats['mean']:.4f} ± {stats['sd']:.4f} (worst {stats['worst']:.4f})"
@@ -290,23 +292,30 @@ def _ablation_section(summary: dict[str, Any] | None) -> dict[str, Any]:
              f"`{summary.get('command', 'pakd ablate')}`:")
     claim = summary.get("claim") or {}
     text = ""
-    if claim:
+    if claim and metric == "perplexity":
+        text = (f"On validation this recipe's perplexity is {claim['pakd_minus_best_validation']:+.3f} from the best "
+                f"other route's ({arm_name(claim['best_other_arm'])}; lower is better).")
+    elif claim:
         text = (f"On validation this recipe is {claim['pakd_minus_best_validation'] * 100:+.2f} points from the best "
                 f"other route ({arm_name(claim['best_other_arm'])}).")
     if summary.get("quick"):
-        text += " Smoke run (`--quick`): these accuracies mean nothing."
-    return {"ablation_rows": rows, "ablation_intro": intro, "ablation_claim": text.strip()}
+        text += f" Smoke run (`--quick`): these {metric} figures mean nothing."
+    return {"ablation_rows": rows, "ablation_intro": intro, "ablation_claim": text.strip(),
+            "ablation_metric": metric}
 
 
-def _structure_rows(structure: dict | None) -> tuple[str, list[dict[str, Any]]]:
+def _structure_rows(structure: dict | None, family: str | None = None) -> tuple[str, list[dict[str, Any]]]:
     if not structure:
         return "The student keeps the teacher's architecture shape (distillation only).", []
     layers = structure["layers"]
+    groups = family == "llama"  # decoders prune grouped-query attention by whole KV groups
     rows = [{"layer": i, "heads": f"{len(structure['heads'][i])} / {structure['original']['num_heads']}",
              "ffn": f"{len(structure['ffn'][i])} / {structure['original']['intermediate_size']}"} for i in layers]
     summary = (
         f"{len(layers)} of {structure['original']['num_layers']} layers, hidden size {len(structure['hidden'])} of "
         f"{structure['original']['hidden_size']} (indices refer to the teacher)."
+        + (" Attention is counted in KV groups: each keeps one key/value head and all the query heads that read it."
+           if groups else "")
     )
     return summary, rows
 
@@ -404,7 +413,7 @@ def build_card(
         eval_results=eval_results or None,
     )
     figure = _figure(folder, report, structure) if write_figure else (CARD_FIGURE if (folder / CARD_FIGURE).is_file() else None)
-    structure_summary, layer_rows = _structure_rows(structure)
+    structure_summary, layer_rows = _structure_rows(structure, pakd.get("family"))
     rotation = pakd.get("hidden_rotation")
     if rotation:
         structure_summary += (
@@ -480,6 +489,7 @@ def build_card(
         measurement_note=note,
         structure_summary=structure_summary,
         layer_rows=layer_rows,
+        kv_groups=pakd.get("family") == "llama",
         load_code=load_code,
         custom_code=custom_code,
         architecture=architecture,

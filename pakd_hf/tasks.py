@@ -150,6 +150,10 @@ class TaskAdapter:
         """The collator of the PaKD stages (``None``: Trainer's default)."""
         return None
 
+    def eval_size(self, split, preprocessor, recipe: Recipe) -> int:
+        """How many items :meth:`score` scores on ``split`` (examples; tokens for text-generation)."""
+        return len(split)
+
     def benchmark_examples(self, examples: list, recipe: Recipe) -> list:
         """The raw examples the latency benchmark feeds (default: the test examples as they are)."""
         return examples
@@ -393,23 +397,29 @@ class TextGeneration(TaskAdapter):
         spec = recipe.data
         column = spec.text_column
         eos = tokenizer.eos_token or ""
-        if not spec.packing:
-            def encode(batch):
-                return tokenizer([t + eos for t in batch[column]], truncation=True, max_length=spec.max_length)
+        def tokenize(batch):  # blank texts (WikiText has many) add nothing
+            texts = [t + eos for t in batch[column] if t and t.strip()]
+            out = tokenizer(texts, truncation=not spec.packing, max_length=spec.max_length if not spec.packing else None)
+            return {"input_ids": out["input_ids"]}
 
-            return data.map(encode, batched=True, remove_columns=next(iter(data.values())).column_names, desc="tokenize")
+        columns = next(iter(data.values())).column_names
+        tokenized = data.map(tokenize, batched=True, remove_columns=columns, desc="tokenize")
+        if not spec.packing:  # labels are the tokens (EOS too); the collator pads labels with -100
+            return tokenized.map(lambda b: {"attention_mask": [[1] * len(r) for r in b["input_ids"]],
+                                            "labels": b["input_ids"]}, batched=True, desc="labels")
+        from datasets import Dataset, DatasetDict
+
         size = spec.max_length
-
-        def pack(batch):
-            texts = [t + eos for t in batch[column] if t and t.strip()]  # blank lines (WikiText has many) add nothing
-            ids = [i for row in tokenizer(texts)["input_ids"] for i in row] if texts else []
-            blocks = [ids[i:i + size] for i in range(0, len(ids) - size + 1, size)]
-            return {"input_ids": blocks, "attention_mask": [[1] * size for _ in blocks], "labels": [list(b) for b in blocks]}
-
-        # one batch per split: the tail that does not fill a block is dropped once, not per 1,000 texts
-        packed = data.map(pack, batched=True, batch_size=None, remove_columns=next(iter(data.values())).column_names,
-                          desc="tokenize and pack")
-        return packed.with_format("numpy")
+        packed = {}
+        for name, split in tokenized.items():
+            # one stream per split in a numpy array (not a Python int per token); the tail that does not
+            # fill a block is dropped once
+            rows = split.with_format("numpy")["input_ids"]
+            stream = np.concatenate([np.asarray(r, dtype=np.int32) for r in rows]) if len(rows) else np.zeros(0, np.int32)
+            blocks = stream[: len(stream) // size * size].reshape(-1, size).astype(np.int64)  # losses index with int64
+            packed[name] = Dataset.from_dict({"input_ids": blocks, "attention_mask": np.ones_like(blocks),
+                                              "labels": blocks})
+        return DatasetDict(packed).with_format("numpy")
 
     def benchmark_examples(self, texts, recipe):
         """Prefill inputs of one length: consecutive test texts joined until each is long enough
@@ -425,9 +435,19 @@ class TextGeneration(TaskAdapter):
     def data_collator(self, tokenizer, recipe):
         if recipe.data.packing:
             return None  # equal blocks with their labels: Trainer's default collator stacks them
-        from transformers import DataCollatorForLanguageModeling
+        from transformers import DataCollatorForSeq2Seq
 
-        return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        # pads input_ids with the pad token and labels with -100, so an EOS that doubles as the pad
+        # token (Llama / Qwen tokenizers) is still a label where it is real
+        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+
+    def eval_size(self, split, tokenizer, recipe) -> int:
+        """How many tokens :meth:`score` scores on ``split`` (the labelled positions after the first
+        of each block or text)."""
+        from datasets import DatasetDict
+
+        encoded = self.encode_dataset(DatasetDict({"split": split}), tokenizer, recipe)["split"]
+        return int(sum(max(0, int((np.asarray(r) != -100).sum()) - 1) for r in encoded["labels"]))
 
     def score(self, model, tokenizer, split, recipe, batch_size):
         from datasets import DatasetDict
@@ -445,6 +465,8 @@ def perplexity(model, encoded, batch_size: int, *, pad_token_id: int | None = No
 
     import torch
     import torch.nn.functional as F
+
+    from .distill import check_plain_head, last_hidden_state
 
     model.eval()
     device = getattr(model, "device", torch.device("cpu"))
@@ -465,9 +487,13 @@ def perplexity(model, encoded, batch_size: int, *, pad_token_id: int | None = No
                 ids[j, :n] = torch.tensor(r["input_ids"])
                 labels[j, :n] = torch.tensor(r.get("labels", r["input_ids"]))
                 mask[j, :n] = 1
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
-                        logits_to_keep=1)
-            hidden = out.hidden_states[-1]
+            # one position's logits (to check that the head alone makes them), the decoder's last
+            # hidden state from a hook: no [batch, tokens, vocab] tensor, no tuple of every layer's states
+            with last_hidden_state(model) as caught:
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1).logits
+            hidden = caught[0]
+            if start == 0:
+                check_plain_head(model, head, hidden, logits)
             targets = labels[:, 1:].to(device)
             valid = targets.ne(-100)
             h, y = hidden[:, :-1][valid], targets[valid]

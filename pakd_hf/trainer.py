@@ -42,6 +42,9 @@ from .distill import (
     logit_kd_per_sample,
     logit_mse_per_sample,
     resolve_layer_map,
+    TOKEN_LOSSES,
+    check_plain_head,
+    last_hidden_state,
     token_kd_per_sample,
 )
 from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
@@ -854,12 +857,15 @@ class PaKDTrainer(Trainer):
         if dist.attention is not None:
             flags["output_attentions"] = True
 
-        causal = _is_causal_lm(self.accelerator.unwrap_model(model))
+        unwrapped = self.accelerator.unwrap_model(model)
+        # Causal LMs with a token-level loss: the LM heads run on chunks of the last hidden states
+        # (distill.token_kd_per_sample), so the models compute the logits of one position only and
+        # the decoders' last hidden states are caught by a hook (no tuple of every layer's states
+        # unless hidden distillation asks for it). `loss: mse` keeps the full-logit path.
+        causal = dist.loss in TOKEN_LOSSES and _is_causal_lm(unwrapped)
         lm_labels = None
         if causal:
-            # Token-level: the LM heads run on chunks of the last hidden states (distill.token_kd_per_sample),
-            # so the models are asked for the hidden states and the logits of one position only.
-            flags = {**flags, "output_hidden_states": True, "logits_to_keep": 1}
+            flags = {**flags, "logits_to_keep": 1}
             lm_labels = inputs.get("labels")
             if lm_labels is None:  # no labels: every attended token is one
                 mask = inputs.get("attention_mask")
@@ -869,7 +875,8 @@ class PaKDTrainer(Trainer):
         labels = None
         if has_labels and not causal and (self.label_smoother is not None or self.compute_loss_func is not None):
             labels = student_inputs.pop("labels")
-        outputs = model(**student_inputs)
+        with last_hidden_state(unwrapped if causal else None) as s_last:
+            outputs = model(**student_inputs)
         s_logits = outputs["logits"]
         if cached_logits is not None and not flags:
             # Logits only, and the data carries them (add_teacher_logits): no teacher pass.
@@ -881,14 +888,16 @@ class PaKDTrainer(Trainer):
                 teacher_inputs["input_ids"] = self._teacher_token_ids.to(ids.device)[ids]
             # no_grad rather than inference_mode: teacher outputs are loss targets, and autograd
             # must be able to save them for the student's backward pass.
-            with torch.no_grad():
+            with torch.no_grad(), last_hidden_state(self.teacher_model if causal else None) as t_last:
                 teacher_outputs = self.teacher_model(**teacher_inputs, **flags)
             t_logits = teacher_outputs["logits"]
         token_kd = None
         if causal:
+            s_head, t_head = unwrapped.get_output_embeddings(), self.teacher_model.get_output_embeddings()
+            self._check_plain_head(unwrapped, s_head, s_last[0], s_logits)
+            self._check_plain_head(self.teacher_model, t_head, t_last[0], t_logits)
             token_kd = token_kd_per_sample(
-                outputs["hidden_states"][-1], self.accelerator.unwrap_model(model).get_output_embeddings(),
-                teacher_outputs["hidden_states"][-1], self.teacher_model.get_output_embeddings(), lm_labels,
+                s_last[0], s_head, t_last[0], t_head, lm_labels,
                 temperature=dist.temperature, loss=dist.loss, beta=dist.beta, chunk_size=dist.chunk_size,
             )
         n = s_logits.shape[0]
@@ -955,6 +964,13 @@ class PaKDTrainer(Trainer):
                 self._component_sums[i] += float(sums[name].detach())
                 self._component_counts[i] += n
         return total / window, outputs
+
+    def _check_plain_head(self, model, head, hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        """Once per model: see :func:`pakd_hf.distill.check_plain_head`."""
+        checked = self.__dict__.setdefault("_plain_heads", set())
+        if id(model) not in checked:
+            check_plain_head(model, head, hidden, logits)
+            checked.add(id(model))
 
     def _project(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         if self.distill_projections is None:

@@ -280,3 +280,45 @@ def test_hub_recipe_fits_qwen2_5_0_5b_and_keeps_about_a_third():
     a.update_config(small, target)
     assert small.num_attention_heads % small.num_key_value_heads == 0 and small.num_attention_heads == 7
     assert small.head_dim == 64 and len(small.layer_types) == 16
+
+
+def test_layer_types_follow_the_kept_layers_with_sliding_window():
+    """Qwen2 with sliding-window attention in its upper layers: removing a non-prefix set of
+    layers keeps each survivor's own attention type (and the window matters at this length)."""
+    cfg = Qwen2Config(**COMMON, num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+                      sliding_window=4, max_window_layers=2, tie_word_embeddings=False)
+    assert cfg.layer_types == ["full_attention", "full_attention", "sliding_attention", "sliding_attention"]
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval()
+    ids = tokens(2, 12)
+    base = Structure.from_model(model)
+    keep = [1, 3]
+    s = Structure(*base.original_sizes(), layers=keep, heads=[h if i in keep else [] for i, h in enumerate(base.heads)],
+                  ffn=[f if i in keep else [] for i, f in enumerate(base.ffn)], hidden=base.hidden)
+    m = copy.deepcopy(model)
+    state = MaskState(m)
+    state.set_structure(s)
+    state.apply()
+    masked = logits(m, ids)
+    compact(m, state)
+    assert m.config.layer_types == ["full_attention", "sliding_attention"]
+    assert (masked - logits(m, ids)).abs().max().item() <= TOL
+    fresh = Qwen2ForCausalLM(m.config).eval()
+    fresh.load_state_dict(m.state_dict())
+    assert (logits(fresh, ids) - masked).abs().max().item() <= TOL  # a model built from the saved config agrees
+
+
+def test_token_cross_entropy_equals_transformers_loss():
+    """The chunked path's task term is transformers' own causal-LM loss (shift, -100 ignored)."""
+    from pakd_hf.distill import token_kd_per_sample
+
+    model = tiny_lm("llama")
+    ids = tokens(2, 10)
+    labels = ids.clone()
+    labels[1, 6:] = -100
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels, output_hidden_states=True)
+        _, ce = token_kd_per_sample(out.hidden_states[-1], model.lm_head, out.hidden_states[-1], model.lm_head, labels,
+                                    chunk_size=3)
+    counts = labels[:, 1:].ne(-100).sum(1).float()
+    assert ((ce * counts).sum() / counts.sum()).item() == pytest.approx(out.loss.item(), rel=1e-5)

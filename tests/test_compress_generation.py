@@ -147,3 +147,30 @@ def test_export_of_a_causal_lm_is_one_clear_line(run, capsys):
     assert main(["export", str(out / "student"), "--output-dir", str(out.parent / "onnx")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "causal LM" in err[0] and not (out.parent / "onnx").exists()
+
+
+def test_per_example_encoding_keeps_eos_labels_when_pad_is_eos():
+    """packing: false with a tokenizer whose pad token is its EOS (as Llama / Qwen tokenizers are
+    set up): the collator pads labels with -100, so each real EOS stays a label; packing gives
+    equal blocks whose every token is a label, and eval_size counts what perplexity scores."""
+    from datasets import Dataset, DatasetDict
+
+    from pakd_hf.tasks import TextGeneration
+
+    task = TextGeneration()
+    texts = ["a short one", "", "a somewhat longer text than the first one is", "   "]
+    tok = task.train_tokenizer(texts * 20, 300)
+    tok.pad_token = tok.eos_token
+    recipe = load_recipe({**RECIPE, "data": {**RECIPE["data"], "packing": False, "max_length": 64}})
+    data = DatasetDict({"train": Dataset.from_dict({"text": texts})})
+    enc = task.encode_dataset(data, tok, recipe)["train"]
+    assert len(enc) == 2  # blank texts add nothing
+    batch = task.data_collator(tok, recipe)([enc[i] for i in range(2)])
+    eos = tok.eos_token_id
+    short = batch["labels"][0]
+    n = int(batch["attention_mask"][0].sum())
+    assert short[n - 1].item() == eos and (short[n:] == -100).all() and n < batch["labels"].shape[1]
+    assert task.eval_size(Dataset.from_dict({"text": texts}), tok, recipe) == sum(len(r) - 1 for r in enc["input_ids"])
+    packed = task.encode_dataset(data, tok, load_recipe({**RECIPE, "data": {**RECIPE["data"], "max_length": 4}}))["train"]
+    blocks, labels = packed[:]["input_ids"], packed[:]["labels"]
+    assert blocks.shape[1] == 4 and (labels == blocks).all() and len(packed) == sum(len(r) for r in enc["input_ids"]) // 4

@@ -147,7 +147,9 @@ class LlamaAdapter(ArchAdapter):
             return cuts
         lm_head = getattr(self.model, "lm_head", None)
         if isinstance(lm_head, nn.Linear):
-            return cuts if self._tied() else cuts + [Cut(lm_head, 1)]
+            # what compaction re-ties afterwards: the tensors as they are now, not the config's flag
+            self._tied_when_cut = self._tied()
+            return cuts if self._tied_when_cut else cuts + [Cut(lm_head, 1)]
         score = getattr(self.model, "score", None)
         if isinstance(score, nn.Linear):
             return cuts + [Cut(score, 1)]
@@ -176,7 +178,8 @@ class LlamaAdapter(ArchAdapter):
         bb = self.backbone()
         d = bb.embed_tokens.embedding_dim
         lm_head = getattr(self.model, "lm_head", None)
-        if isinstance(lm_head, nn.Linear) and getattr(self.model.config, "tie_word_embeddings", False):
+        tied = getattr(self, "_tied_when_cut", self._tied())
+        if isinstance(lm_head, nn.Linear) and tied:
             lm_head.weight = bb.embed_tokens.weight  # compaction made a new tensor: tie it again
             lm_head.in_features = d
         for layer in self.layer_list():
