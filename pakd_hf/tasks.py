@@ -159,6 +159,25 @@ class TaskAdapter:
         return examples
 
 
+def config_from_recipe(recipe: Recipe, extra: dict[str, Any]):
+    """The transformers config that ``teacher.config`` describes (plus ``extra`` fields), with
+    one-line errors naming the recipe field: configs accept any keyword as an extra attribute, so
+    a misspelt field would be silently ignored; it is compared with the fields the class defines."""
+    from transformers import AutoConfig
+
+    raw = dict(recipe.teacher.config)
+    model_type = raw.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **raw, **extra)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RecipeError("teacher.config", f"transformers cannot build a '{model_type}' config from it: {exc}") from None
+    known = set(type(config)().to_dict())
+    unknown = sorted(k for k in raw if k not in known)
+    if unknown:
+        raise RecipeError(f"teacher.config.{unknown[0]}", f"'{model_type}' configs have no such field; check the spelling")
+    return config
+
+
 class TextClassification(TaskAdapter):
     task = "text-classification"
     auto_class = "AutoModelForSequenceClassification"
@@ -194,20 +213,7 @@ class ImageClassification(TaskAdapter):
     column_field = "image_column"
 
     def _config(self, recipe, label_kw):
-        from transformers import AutoConfig
-
-        raw = dict(recipe.teacher.config)
-        model_type = raw.pop("model_type")
-        try:
-            config = AutoConfig.for_model(model_type, **raw, **label_kw)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise RecipeError("teacher.config", f"transformers cannot build a '{model_type}' config from it: {exc}") from None
-        # Configs accept any keyword as an extra attribute, so a misspelt field would be silently
-        # ignored: compare with the fields the class itself defines.
-        known = set(type(config)().to_dict())
-        unknown = sorted(k for k in raw if k not in known)
-        if unknown:
-            raise RecipeError(f"teacher.config.{unknown[0]}", f"'{model_type}' configs have no such field; check the spelling")
+        config = config_from_recipe(recipe, label_kw)
         channels = getattr(config, "num_channels", 3)
         if channels != 3:
             raise RecipeError(
@@ -319,18 +325,8 @@ class TextGeneration(TaskAdapter):
     labelled = False
 
     def _config(self, recipe):
-        from transformers import AutoConfig
-
-        raw = dict(recipe.teacher.config)
-        model_type = raw.pop("model_type")
-        try:
-            config = AutoConfig.for_model(model_type, **raw)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise RecipeError("teacher.config", f"transformers cannot build a '{model_type}' config from it: {exc}") from None
-        known = set(type(config)().to_dict())
-        unknown = sorted(k for k in raw if k not in known)
-        if unknown:
-            raise RecipeError(f"teacher.config.{unknown[0]}", f"'{model_type}' configs have no such field; check the spelling")
+        config = config_from_recipe(recipe, {})
+        raw = recipe.teacher.config
         if "vocab_size" not in raw:
             raise RecipeError("teacher.config.vocab_size", "is required: the tokenizer trained on the data gets that many tokens")
         if raw["vocab_size"] < 300:

