@@ -170,7 +170,7 @@ for job in json.loads(sys.argv[1]):
     m = AutoModelForCausalLM.from_pretrained(job["folder"]).eval()
     ids = torch.tensor(job["ids"])
     with torch.no_grad():
-        diff = (m(input_ids=ids).logits - torch.load(job["logits"])).abs().max().item()
+        diff = (m(input_ids=ids).logits - torch.load(job["logits"], weights_only=True)).abs().max().item()
         gen = m.generate(ids[:1], max_new_tokens=8, do_sample=False, min_new_tokens=8, pad_token_id=0)
     c = m.config
     out.append({"diff": diff, "generated": gen.tolist(), "divides": c.num_attention_heads % c.num_key_value_heads == 0,
