@@ -216,7 +216,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     base, _ = split_arm(arm)
     student = _random_student(p, start, seed) if base in ("scratch", "kd") else start
     uses_teacher = base in ("kd", "prune-once-kd", "pakd")
-    train = student_encoded["train"]
+    train = p.adapter.training_split(student_encoded["train"], p.recipe)
     if transfer is not None:
         train = transfer
         if not uses_teacher:  # labels only: a copy keeps its source example's label, and no teacher output

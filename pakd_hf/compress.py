@@ -350,7 +350,8 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         teacher_flags = {k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS}
         args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, overrides=teacher_flags, **kw)
         start = time.perf_counter()
-        Trainer(model=model, args=args, train_dataset=encoded["train"], processing_class=preprocessor,
+        Trainer(model=model, args=args, train_dataset=adapter.training_split(encoded["train"], recipe),
+                processing_class=preprocessor,
                 data_collator=adapter.data_collator(preprocessor, recipe)).train()
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
         _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
@@ -599,7 +600,7 @@ def compress(
     run_dir = out / ".student-run"
     stage_start = time.perf_counter()
     student, student_pre, student_encoded = student_start(p)
-    train_dataset, vocabulary_dataset = student_encoded["train"], None
+    train_dataset, vocabulary_dataset = adapter.training_split(student_encoded["train"], recipe), None
     if recipe.augment is not None:
         train_dataset = transfer_set(p, student_pre)
         vocabulary_dataset = student_encoded["train"]

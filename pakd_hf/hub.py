@@ -247,12 +247,18 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
         heads = [len(structure["heads"][i]) for i in layers]
         ffn = [len(structure["ffn"][i]) for i in layers]
         xs = range(len(layers))
-        ax2.bar([x - 0.2 for x in xs], [h / structure["original"]["num_heads"] for h in heads], width=0.4, label="heads kept")
-        ax2.bar([x + 0.2 for x in xs], [f / structure["original"]["intermediate_size"] for f in ffn], width=0.4, label="FFN kept")
+        if structure["original"]["num_heads"]:
+            ax2.bar([x - 0.2 for x in xs], [h / structure["original"]["num_heads"] for h in heads], width=0.4,
+                    label="heads kept")
+            ax2.bar([x + 0.2 for x in xs], [f / structure["original"]["intermediate_size"] for f in ffn], width=0.4,
+                    label="FFN kept")
+            ax2.set_ylabel("share of the teacher's layer kept")
+            ax2.set_ylim(0, 1.05)
+        else:  # a CNN: no heads, and each block's inner width is its stage's, so channels, not a share
+            ax2.bar(list(xs), ffn, width=0.6, label="inner channels kept")
+            ax2.set_ylabel("channels kept per block")
         ax2.set_xticks(list(xs), [str(i) for i in layers])
         ax2.set_xlabel("original layer index (kept layers)")
-        ax2.set_ylabel("share of the teacher's layer kept")
-        ax2.set_ylim(0, 1.05)
         ax2.set_title(f"{len(layers)}/{structure['original']['num_layers']} layers, hidden "
                       f"{len(structure['hidden'])}/{structure['original']['hidden_size']}", fontsize=10)
         ax2.legend(fontsize=8)

