@@ -136,6 +136,56 @@ def test_vision_benchmark_without_data_uses_noise_images(vision_run, tmp_path):
     assert bench["latency_repeats_b32"] == 3 and bench["latency_repeats_b1"] == 4 == bench["latency_examples"]
 
 
+RESNET_RECIPE = {
+    "name": "tiny-fmnist-resnet", "task": "image-classification",
+    "data": {"dataset": "fashion-mnist", "augment": {"shift": 0.1, "flip": 0.5, "erase": 0.25}},
+    "teacher": {
+        "config": {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [2, 2],
+                   "layer_type": "basic"},
+        "processor": {"size": {"height": 32, "width": 32}},
+        "fine_tune": {"epochs": 1, "learning_rate": 2e-3, "batch_size": 32},
+        "license": "mit",
+    },
+    "training": {"batch_size": 32, "eval_batch_size": 64, "logging_steps": 4},
+    "stages": [
+        {"name": "prune", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5},
+         "pruning": {"layers": {"keep": 2}, "hidden": {"keep": 12}, "frequency": 2}},
+        {"name": "recover", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.8}},
+    ],
+}
+
+
+@needs_fashion_mnist
+def test_resnet_with_augmented_training_images_compresses_to_a_stock_model(tmp_path):
+    """A CNN teacher trained from a config on randomly changed images: the student is a stock
+    ResNet (one block per stage, half of each stream), its card has the structure figure (no
+    heads to draw), and a stock pipeline on the plain test images gives the logged accuracy."""
+    from pakd_hf.hub import CARD_FIGURE
+
+    root, path, out = _quick_compress(tmp_path, RESNET_RECIPE)
+    report = _check_outputs(out, "preprocessor_config.json")
+    config = json.loads((out / "student" / "config.json").read_text())
+    assert (config["depths"], config["hidden_sizes"], config["embedding_size"]) == ([1, 1], [4, 8], 4)
+    assert (out / "student" / CARD_FIGURE).is_file() and CARD_FIGURE in (out / "student" / "README.md").read_text()
+    from pakd_hf import load_recipe
+    from pakd_hf.compress import _quick_recipe, load_data
+
+    test = load_data(_quick_recipe(load_recipe(path)), quick=True)["test"]
+    np.save(root / "pixels.npy", np.stack([np.asarray(row["image"]) for row in test]))
+    accuracy = _stock(
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from transformers import pipeline\n"
+        f"clf = pipeline('image-classification', model={str(out / 'student')!r}, device=-1)\n"
+        f"images = [Image.fromarray(a) for a in np.load({str(root / 'pixels.npy')!r})]\n"
+        "ids = {v: int(k) for k, v in clf.model.config.id2label.items()}\n"
+        f"gold = {list(test['label'])!r}\n"
+        "preds = clf(images, top_k=1)\n"
+        "print(sum(ids[p[0]['label']] == g for p, g in zip(preds, gold)) / len(gold))\n"
+    )
+    assert float(accuracy) == pytest.approx(report["accuracy_student"], abs=1e-5)
+
+
 def test_config_teacher_errors_come_before_any_output(tmp_path):
     """A misspelt config field or a 1-channel ViT: one line naming the field, no output folder."""
     for mutate, field in (({"hiden_size": 32}, "teacher.config.hiden_size"), ({"num_channels": 1}, "teacher.config.num_channels")):
