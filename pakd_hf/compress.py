@@ -49,7 +49,9 @@ class Quick:
     teacher_steps: int = 12
     stage_steps: int = 8
     # Offline loaders that generate their data make less of it for a smoke run.
-    data_options: dict = field(default_factory=lambda: {"speech-keywords": {"num_voices": 6, "clips_per_voice": 2}})
+    data_options: dict = field(default_factory=lambda: {"speech-keywords": {"num_voices": 6, "clips_per_voice": 2},
+                                                        "speech-commands-synth": {"voices_per_variant": 1,
+                                                                                  "clips_per_voice": 1}})
 
 
 QUICK = Quick()

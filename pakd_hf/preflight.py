@@ -54,6 +54,10 @@ def _check_dataset(name: str, notes: list[str] | None) -> None:
         from .data.speech_keywords import require_binaries
 
         require_binaries()
+    elif name == "speech-commands-synth":
+        from .data.speech_commands import require_binaries
+
+        require_binaries()
     elif name in DATASETS:  # pragma: no cover - a new offline set without a check here
         return
     elif _exists(name):

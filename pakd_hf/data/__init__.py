@@ -51,6 +51,13 @@ def _speech_keywords(**kwargs):
     return load_speech_keywords(**kwargs)
 
 
+def _speech_commands(**kwargs):
+    # size: clips_per_voice, voices_per_variant; see speech_commands.py
+    from .speech_commands import load_speech_commands
+
+    return load_speech_commands(**kwargs)
+
+
 def _whisper_tiny_encoder() -> Path:
     from .whisper_ct2 import materialise_whisper_tiny_encoder
 
@@ -62,6 +69,7 @@ DATASETS = {
     "rotten-tomatoes-text": _rotten_tomatoes_text,
     "fashion-mnist": _fashion_mnist,
     "speech-keywords": _speech_keywords,
+    "speech-commands-synth": _speech_commands,
 }
 
 # How reports and cards name each offline data set: what it is and how it was split, so that
@@ -88,6 +96,14 @@ DATASET_NOTES = {
         "name": "Spoken keywords synthesised by pakd-hf",
         "note": "Ten keywords spoken by espeak-ng voices, generated offline by pakd-hf (clean clips); validation and "
                 "test are voices that training never heard. Synthetic speech: not Speech Commands.",
+    },
+    "speech-commands-synth": {
+        "name": "Speech Commands-style keywords (12 classes) synthesised and corrupted by pakd-hf",
+        "note": "The 12 classes of Speech Commands v2 (10 keywords, _unknown_, _silence_) spoken by three Debian "
+                "synthesisers (espeak-ng, festival, flite) with tempo, pitch, reverberation, level, onset and "
+                "background noise (0-20 dB SNR) drawn per clip; generated offline by pakd-hf. Validation: voices "
+                "training never heard; test: other unheard voices and flite, an engine training never heard. "
+                "Synthetic speech: not Speech Commands, and not comparable with its published figures.",
     },
 }
 

@@ -109,14 +109,41 @@ def synthesise_clip(voice: str, word: str, params: dict, path: Path) -> None:
     clip = np.zeros(NUM_SAMPLES, dtype=np.float32)
     start = int(params["onset"] * (NUM_SAMPLES - samples.size))
     clip[start : start + samples.size] = samples
+    write_wav(clip, path)
+
+
+def write_wav(clip: np.ndarray, path: Path) -> None:
+    """A clip (int16-scaled floats) as a 16-bit mono WAV, atomically: a clip exists only once
+    complete, so an interrupted synthesis resumes where it stopped."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with wave.open(str(tmp), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(SAMPLE_RATE)
-        out.writeframes(np.round(clip).astype("<i2").tobytes())
-    os.replace(tmp, path)  # a clip exists only once complete: an interrupted run resumes
+        out.writeframes(np.round(np.clip(clip, -32768, 32767)).astype("<i2").tobytes())
+    os.replace(tmp, path)
+
+
+def run_jobs(jobs: list, desc: str, workers: int, progress: bool) -> None:
+    """Run callables on ``workers`` threads with a progress bar; the first error cancels the
+    rest and is raised. Threads suffice: each clip is a few short subprocesses (the work is in
+    the synthesiser and sox)."""
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        bar = tqdm(total=len(futures), desc=desc, unit="clip", disable=not progress)
+        try:
+            for future in futures:
+                future.result()
+                bar.update(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            bar.close()
 
 
 def read_wav(path: str | os.PathLike) -> np.ndarray:
@@ -167,22 +194,8 @@ def synthesise(
 
     if todo:
         require_binaries()
-        from tqdm.auto import tqdm
-
-        # Threads suffice: each clip is two short subprocesses (the work is in espeak-ng / sox).
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            jobs = [pool.submit(synthesise_clip, c["voice"], c["word"], c, folder / c["file"]) for c in todo]
-            bar = tqdm(total=len(jobs), desc=f"synthesising speech-keywords into {folder}", unit="clip", disable=not progress)
-            try:
-                for job in jobs:
-                    job.result()
-                    bar.update(1)
-            except BaseException:
-                for job in jobs:
-                    job.cancel()
-                raise
-            finally:
-                bar.close()
+        run_jobs([lambda c=c: synthesise_clip(c["voice"], c["word"], c, folder / c["file"]) for c in todo],
+                 f"synthesising speech-keywords into {folder}", workers, progress)
     espeak = shutil.which("espeak-ng")
     version = subprocess.run([espeak, "--version"], capture_output=True, text=True).stdout.strip() if espeak else "unknown"
     manifest = {**spec, "espeak_ng": version, "clips": clips}

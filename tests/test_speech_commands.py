@@ -1,0 +1,109 @@
+"""The 12-class synthesised Speech Commands set (`speech-commands-synth`): splits that share no
+voice, a test engine that training never heard, every class in every split, and clips that a
+seed repeats byte for byte. One small synthesis (one espeak-ng accent per variant, one clip per
+class and voice: 408 clips, about half a minute) shared by the module."""
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pakd_hf.data import DATASETS, MissingAssetError
+from pakd_hf.data import speech_commands as sc
+
+def _tools_present() -> bool:
+    try:
+        sc.require_binaries()
+    except MissingAssetError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    import os
+
+    if not _tools_present():
+        if os.environ.get("CI"):
+            pytest.fail(f"synthesisers missing in CI: {sc.INSTALL}", pytrace=False)
+        pytest.skip(f"synthesisers absent: {sc.INSTALL}")
+    cache = tmp_path_factory.mktemp("commands-cache")
+    data = sc.load_speech_commands(seed=0, clips_per_voice=1, voices_per_variant=1, cache_dir=cache, progress=False)
+    folder = sc.synthesise(seed=0, clips_per_voice=1, voices_per_variant=1, cache_dir=cache, progress=False)
+    return data, folder
+
+
+def test_registered():
+    assert "speech-commands-synth" in DATASETS
+    assert sc.CLASSES[-2:] == ["_unknown_", "_silence_"] and len(sc.CLASSES) == 12
+    assert not set(sc.UNKNOWN_WORDS) & set(sc.CLASSES)
+
+
+def test_test_split_shares_no_voice_and_holds_an_unheard_engine(made):
+    data, _ = made
+    voices = {name: set(split["voice"]) for name, split in data.items()}
+    engines = {name: set(split["engine"]) for name, split in data.items()}
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        assert not voices[a] & voices[b], (a, b)
+    assert engines["train"] == {"espeak-ng", "festival"} and engines["validation"] == {"espeak-ng", "festival"}
+    assert engines["test"] == {"espeak-ng", "flite"}  # flite: an engine training never heard
+    variants = {name: {v.split("+")[1] for v in vs if v.startswith("espeak-ng:")} for name, vs in voices.items()}
+    assert not variants["train"] & variants["test"] and not variants["train"] & variants["validation"]
+    # 3 test espeak-ng voices x 1 clip: 3 flite clips per class, one by each of its first 3 voices
+    assert {v.split(":")[1] for v in voices["test"] if v.startswith("flite:")} == set(sc.ENGINES["flite"][:3])
+
+
+def test_every_class_in_every_split_and_balanced(made):
+    data, _ = made
+    for name, split in data.items():
+        assert split.features["label"].names == sc.CLASSES
+        counts = Counter(split["label"])
+        assert set(counts) == set(range(12)) and len(set(counts.values())) == 1, (name, counts)
+        # each engine of a split has as many clips per class as the split's espeak-ng voices
+        by_engine = Counter(split["engine"])
+        assert len(set(by_engine.values())) == 1, (name, by_engine)
+        words = Counter(zip(split["label"], split["word"]))
+        for (label, word), _ in words.items():
+            cls = sc.CLASSES[label]
+            assert word == ("" if cls == "_silence_" else word) and (word in sc.UNKNOWN_WORDS if cls == "_unknown_" else True)
+            assert cls in ("_unknown_", "_silence_") or word == cls
+        audio = split.with_format("numpy")[:]["audio"]
+        assert audio.shape == (len(split), 16000) and audio.dtype == np.float32 and np.abs(audio).max() <= 1.0
+        assert (np.abs(audio).max(axis=1) > 0).all()
+
+
+def test_a_clip_is_the_same_when_made_alone(made, tmp_path):
+    """Everything about a clip derives from (seed, voice, class, k): made again in another
+    folder, with its own noise bank, one clip of each engine and a silence clip are byte-identical."""
+    _, folder = made
+    clips = json.loads((folder / "manifest.json").read_text())["clips"]
+    picks = [next(c for c in clips if c["engine"] == e and c["class"] == "left") for e in sc.ENGINES]
+    picks.append(next(c for c in clips if c["class"] == "_silence_"))
+    bank = sc.noise_bank(tmp_path)
+    for c in picks:
+        sc.make_clip(c["engine"], c["voice"], c, bank, tmp_path / c["file"])
+        assert (tmp_path / c["file"]).read_bytes() == (folder / c["file"]).read_bytes(), c["file"]
+    assert sc.clip_params(0, "flite:slt", "left", 0) == sc.clip_params(0, "flite:slt", "left", 0)
+    assert sc.clip_params(0, "flite:slt", "left", 0) != sc.clip_params(1, "flite:slt", "left", 0)
+
+
+def test_cached_set_is_reused_without_the_synthesisers(made, monkeypatch):
+    _, folder = made
+
+    def boom(*args, **kwargs):
+        raise AssertionError("synthesised again")
+
+    monkeypatch.setattr(sc, "make_clip", boom)
+    monkeypatch.setattr(sc, "require_binaries", boom)
+    assert sc.synthesise(seed=0, clips_per_voice=1, voices_per_variant=1, cache_dir=folder.parent.parent, progress=False) == folder
+
+
+def test_missing_synthesisers_fail_with_the_install_line(tmp_path, monkeypatch):
+    which = shutil.which
+    monkeypatch.setattr(sc.shutil, "which", lambda name: None if name == "flite" else which(name))
+    with pytest.raises(MissingAssetError, match="flite.*apt-get install -y .*flite festival"):
+        sc.synthesise(seed=0, clips_per_voice=1, voices_per_variant=1, cache_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="voices_per_variant"):
+        sc.synthesise(voices_per_variant=9, cache_dir=tmp_path)
