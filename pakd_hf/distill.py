@@ -1,4 +1,4 @@
-"""Distillation losses on plain tensors (no trainer code here).
+"""Distillation losses on plain tensors (no trainer code here), and the teacher-logits cache.
 
 Every loss returns one value PER SAMPLE (shape ``[batch]``). The trainer sums them and divides
 by the number of samples in the whole gradient-accumulation window, which makes gradient
@@ -27,7 +27,13 @@ __all__ = [
     "logit_mse_per_sample",
     "resolve_layer_map",
     "HiddenProjections",
+    "TEACHER_LOGITS",
+    "add_teacher_logits",
+    "distillation_loss",
 ]
+
+# The column of a training set that carries the teacher's logits (:func:`add_teacher_logits`).
+TEACHER_LOGITS = "teacher_logits"
 
 
 def _masked_mean_over_positions(values: Tensor, mask: Tensor | None) -> Tensor:
@@ -335,3 +341,217 @@ class HiddenProjections(nn.Module):
             proj = self.maps[key]
             return proj(hidden.to(proj.weight.dtype))
         return hidden
+
+
+def add_teacher_logits(dataset, teacher: nn.Module, tokenizer, batch_size: int = 128, teacher_token_ids=None):
+    """``dataset`` (tokenized, unpadded) with the teacher's logits as a ``teacher_logits`` column.
+
+    ``teacher_token_ids``: for data tokenized with a student's pruned vocabulary, the map from
+    its ids to the teacher's (``VocabPruneResult.teacher_ids()``; what the trainer applies).
+
+    One inference pass over the data (batches of similar length, so little padding), run once
+    instead of once per epoch: worth it when a stage trains on the same data for several
+    epochs with logit distillation only. The teacher must be the one the trainer gets, in
+    eval mode, on the same inputs (no augmentation applied later).
+    """
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in dataset.column_names]
+    rows = dataset.select_columns(keys)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    # Without a tokenizer the rows must already have one length (nothing to pad with).
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt") if tokenizer is not None else default_data_collator
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    out: list = [None] * len(rows)
+    from tqdm.auto import tqdm
+
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc="teacher logits", unit="batch"):
+            idx = order[start : start + batch_size]
+            columns = rows[idx]  # one read per batch, not per row
+            features = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            batch = {k: v.to(device) for k, v in collate(features).items()}
+            if teacher_token_ids is not None:
+                batch["input_ids"] = teacher_token_ids.to(device)[batch["input_ids"]]
+            logits = teacher(**batch).logits.float().cpu().tolist()
+            for i, row in zip(idx, logits):
+                out[i] = row
+    teacher.train(was_training)
+    if TEACHER_LOGITS in dataset.column_names:
+        dataset = dataset.remove_columns(TEACHER_LOGITS)
+    return dataset.add_column(TEACHER_LOGITS, out)
+
+
+def distillation_loss(
+    model: nn.Module,
+    teacher: nn.Module,
+    inputs: dict,
+    dist,
+    *,
+    label_names: list[str],
+    cached_logits: Tensor | None = None,
+    teacher_token_ids: Tensor | None = None,
+    label_smoother=None,
+    compute_loss_func=None,
+    project: "HiddenProjections | None" = None,
+    unwrapped: nn.Module | None = None,
+    checked_heads: set | None = None,
+):
+    """A stage's distillation loss on one micro-batch: ``alpha * kd_logits + (1 - alpha) * task
+    + w_h * kd_hidden + w_a * kd_attn`` (``dist``: the stage's ``distillation`` block), each term
+    SUMMED over the micro-batch's samples; returns ``(total, outputs, sums, n)``: the student's
+    outputs, each term's sum by name (``task``, ``kd_logits``, ``kd_hidden``, ``kd_attn``) and
+    the number of samples. The trainer divides by the samples of the whole accumulation window.
+
+    ``model`` is what runs (a DDP wrapper, say) and ``unwrapped`` the model inside it;
+    ``cached_logits``: the teacher's logits carried by the data (:func:`add_teacher_logits`),
+    used instead of a teacher pass when only logits are distilled; ``teacher_token_ids``: a
+    student's pruned vocabulary mapped to the teacher's ids; ``label_smoother`` /
+    ``compute_loss_func``: Trainer's, for the task term; ``project``: hidden-state projections
+    (student width -> teacher width); ``checked_heads``: ids of models whose LM head was already
+    checked (:func:`check_plain_head`).
+
+    Causal LMs with a token-level loss (kl / reverse_kl / jsd): the LM heads run on chunks of
+    the last hidden states (:func:`token_kd_per_sample`), so the models compute the logits of
+    one position only and the decoders' last hidden states are caught by a hook (no tuple of
+    every layer's states unless hidden distillation asks for it). ``loss: mse`` keeps the
+    full-logit path.
+    """
+    has_labels = bool(label_names) and all(inputs.get(n) is not None for n in label_names)
+    flags = {}
+    if dist.hidden is not None:
+        flags["output_hidden_states"] = True
+    if dist.attention is not None:
+        flags["output_attentions"] = True
+
+    unwrapped = model if unwrapped is None else unwrapped
+    # Causal LMs with a token-level loss: the LM heads run on chunks of the last hidden states
+    # (distill.token_kd_per_sample), so the models compute the logits of one position only and
+    # the decoders' last hidden states are caught by a hook (no tuple of every layer's states
+    # unless hidden distillation asks for it). `loss: mse` keeps the full-logit path.
+    causal = dist.loss in TOKEN_LOSSES and _is_causal_lm(unwrapped)
+    lm_labels = None
+    if causal:
+        flags = {**flags, "logits_to_keep": 1}
+        lm_labels = inputs.get("labels")
+        if lm_labels is None:  # no labels: every attended token is one
+            mask = inputs.get("attention_mask")
+            lm_labels = inputs["input_ids"] if mask is None else inputs["input_ids"].masked_fill(mask.eq(0), -100)
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    student_inputs = {**inputs, **flags}
+    labels = None
+    if has_labels and not causal and (label_smoother is not None or compute_loss_func is not None):
+        labels = student_inputs.pop("labels")
+    with last_hidden_state(unwrapped if causal else None) as s_last:
+        outputs = model(**student_inputs)
+    s_logits = outputs["logits"]
+    if cached_logits is not None and not flags:
+        # Logits only, and the data carries them (add_teacher_logits): no teacher pass.
+        t_logits = cached_logits.to(s_logits.device)
+    else:
+        teacher_inputs = {k: v for k, v in inputs.items() if k not in label_names}
+        if teacher_token_ids is not None and torch.is_tensor(teacher_inputs.get("input_ids")):
+            ids = teacher_inputs["input_ids"]
+            teacher_inputs["input_ids"] = teacher_token_ids.to(ids.device)[ids]
+        # no_grad rather than inference_mode: teacher outputs are loss targets, and autograd
+        # must be able to save them for the student's backward pass.
+        with torch.no_grad(), last_hidden_state(teacher if causal else None) as t_last:
+            teacher_outputs = teacher(**teacher_inputs, **flags)
+        t_logits = teacher_outputs["logits"]
+    token_kd = None
+    if causal:
+        s_head, t_head = unwrapped.get_output_embeddings(), teacher.get_output_embeddings()
+        for m, head, last, logits in ((unwrapped, s_head, s_last[0], s_logits), (teacher, t_head, t_last[0], t_logits)):
+            if checked_heads is None or id(m) not in checked_heads:  # once per model
+                check_plain_head(m, head, last, logits)
+                if checked_heads is not None:
+                    checked_heads.add(id(m))
+        token_kd = token_kd_per_sample(
+            s_last[0], s_head, t_last[0], t_head, lm_labels,
+            temperature=dist.temperature, loss=dist.loss, beta=dist.beta, chunk_size=dist.chunk_size,
+        )
+    n = s_logits.shape[0]
+    sums: dict[str, torch.Tensor] = {}
+
+    task = None
+    if causal:
+        sums["task"] = token_kd[1].sum()  # next-token cross-entropy, per sample
+        has_labels = True
+    elif has_labels:
+        if labels is not None and compute_loss_func is not None:
+            task = compute_loss_func(outputs, labels, num_items_in_batch=None)
+        elif labels is not None:
+            task = label_smoother(outputs, labels)
+        else:
+            task = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+        sums["task"] = task * n
+
+    if dist.logits and causal:
+        sums["kd_logits"] = token_kd[0].sum()
+    elif dist.logits:
+        mask = _position_mask(inputs, s_logits)
+        if dist.loss == "mse":
+            sums["kd_logits"] = logit_mse_per_sample(s_logits, t_logits, mask).sum()
+        else:
+            sums["kd_logits"] = logit_kd_per_sample(s_logits, t_logits, dist.temperature, mask).sum()
+
+    if dist.hidden is not None:
+        s_h, t_h = outputs["hidden_states"], teacher_outputs["hidden_states"]
+        pairs = resolve_layer_map(dist.hidden.layer_map, len(s_h) - 1, len(t_h) - 1, "hidden")
+        mask = _sequence_mask(inputs, s_h[0])
+        per_sample = sum(
+            hidden_per_sample(s_h[si] if project is None else project(si, s_h[si]), t_h[ti], mask, dist.hidden.loss) for si, ti in pairs
+        ) / len(pairs)
+        sums["kd_hidden"] = per_sample.sum()
+
+    if dist.attention is not None:
+        s_a, t_a = outputs["attentions"], teacher_outputs["attentions"]
+        if not s_a or not t_a:
+            raise ValueError(
+                "attention distillation needs attention maps, but the model returned none: use a model "
+                "whose attention implementation returns them (eager)"
+            )
+        pairs = resolve_layer_map(dist.attention.layer_map, len(s_a), len(t_a), "attention")
+        mask = _sequence_mask(inputs, s_a[0][:, 0, :, 0])
+        per_sample = sum(attention_kl_per_sample(s_a[si], t_a[ti], mask) for si, ti in pairs) / len(pairs)
+        sums["kd_attn"] = per_sample.sum()
+
+    kd_weight = dist.alpha if (has_labels and dist.logits) else 1.0
+    task_weight = (1.0 - dist.alpha) if dist.logits else 1.0
+    total = s_logits.new_zeros((), dtype=torch.float32)
+    if "task" in sums:
+        total = total + task_weight * sums["task"]
+    if "kd_logits" in sums:
+        total = total + kd_weight * sums["kd_logits"]
+    if "kd_hidden" in sums:
+        total = total + dist.hidden.weight * sums["kd_hidden"]
+    if "kd_attn" in sums:
+        total = total + dist.attention.weight * sums["kd_attn"]
+    return total, outputs, sums, n
+
+
+def _sequence_mask(inputs: dict, reference: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask when it lines up with `reference`'s positions ([B, S, ...]), else None."""
+    mask = inputs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and reference.dim() >= 2 and mask.shape[1] == reference.shape[1]:
+        return mask.bool()
+    return None
+
+
+def _is_causal_lm(model) -> bool:
+    """Whether ``model`` is one of transformers' causal-LM classes (``*ForCausalLM``)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def _position_mask(inputs: dict, logits: torch.Tensor) -> torch.Tensor | None:
+    """For token-level logits: positions with a label (labels != -100), else the attention mask."""
+    if logits.dim() < 3:
+        return None
+    labels = inputs.get("labels")
+    if isinstance(labels, torch.Tensor) and labels.shape == logits.shape[:2]:
+        return labels.ne(-100)
+    return _sequence_mask(inputs, logits)

@@ -21,11 +21,10 @@ import json
 import logging
 import math
 import os
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,23 +34,10 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import is_checkpoint_folder
-from .distill import (
-    HiddenProjections,
-    attention_kl_per_sample,
-    hidden_per_sample,
-    logit_kd_per_sample,
-    logit_mse_per_sample,
-    resolve_layer_map,
-    TOKEN_LOSSES,
-    check_plain_head,
-    last_hidden_state,
-    token_kd_per_sample,
-)
+from .distill import TEACHER_LOGITS, HiddenProjections, add_teacher_logits, distillation_loss
 from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
 
-if TYPE_CHECKING:
-    from .prune import MaskState
-    from .prune.controller import StagePruner
+from .prune.session import PruningSession
 
 __all__ = ["PaKDTrainer", "add_teacher_logits", "TEACHER_LOGITS"]
 
@@ -59,51 +45,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILENAME = "pakd_state.json"
 PROJECTIONS_FILENAME = "pakd_distill_projections.safetensors"
-MASKS_FILENAME = "pakd_masks.safetensors"
-IMPORTANCE_FILENAME = "pakd_importance.safetensors"
 COMPONENTS = ("task", "kd_logits", "kd_hidden", "kd_attn")
-TEACHER_LOGITS = "teacher_logits"
-
-
-def add_teacher_logits(dataset, teacher: nn.Module, tokenizer, batch_size: int = 128, teacher_token_ids=None):
-    """``dataset`` (tokenized, unpadded) with the teacher's logits as a ``teacher_logits`` column.
-
-    ``teacher_token_ids``: for data tokenized with a student's pruned vocabulary, the map from
-    its ids to the teacher's (``VocabPruneResult.teacher_ids()``; what the trainer applies).
-
-    One inference pass over the data (batches of similar length, so little padding), run once
-    instead of once per epoch: worth it when a stage trains on the same data for several
-    epochs with logit distillation only. The teacher must be the one the trainer gets, in
-    eval mode, on the same inputs (no augmentation applied later).
-    """
-    from transformers import DataCollatorWithPadding, default_data_collator
-
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in dataset.column_names]
-    rows = dataset.select_columns(keys)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-    # Without a tokenizer the rows must already have one length (nothing to pad with).
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt") if tokenizer is not None else default_data_collator
-    device = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    out: list = [None] * len(rows)
-    from tqdm.auto import tqdm
-
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc="teacher logits", unit="batch"):
-            idx = order[start : start + batch_size]
-            columns = rows[idx]  # one read per batch, not per row
-            features = [dict(zip(columns, values)) for values in zip(*columns.values())]
-            batch = {k: v.to(device) for k, v in collate(features).items()}
-            if teacher_token_ids is not None:
-                batch["input_ids"] = teacher_token_ids.to(device)[batch["input_ids"]]
-            logits = teacher(**batch).logits.float().cpu().tolist()
-            for i, row in zip(idx, logits):
-                out[i] = row
-    teacher.train(was_training)
-    if TEACHER_LOGITS in dataset.column_names:
-        dataset = dataset.remove_columns(TEACHER_LOGITS)
-    return dataset.add_column(TEACHER_LOGITS, out)
 
 
 # Trainer methods that PaKDTrainer overrides although transformers does not document them as
@@ -275,21 +217,7 @@ class PaKDTrainer(Trainer):
         self._spans: list[StageSpan] | None = None
         self._stage_idx = 0
         self._window_samples: int | None = None
-        self._mask_state: MaskState | None = None
-        self._pruner: StagePruner | None = None
-        self._resume_pruning: dict | None = None
         self._save_total_limit: int | None = None  # the user's, applied after each checkpoint is complete
-        self._vocab_record: dict | None = None
-        self._rotation_record: dict | None = None
-        self._vocab_id_map: torch.Tensor | None = None
-        # A student whose vocabulary was pruned before training (prune_student_vocabulary):
-        # its ids -> the teacher's, when the teacher kept the original vocabulary.
-        self._teacher_token_ids: torch.Tensor | None = None
-        pruned = getattr(model, "_pakd_vocabulary", None)
-        if pruned is not None:
-            self._vocab_record = pruned.record()
-            if teacher_model is not None and _vocab_size(teacher_model) != _vocab_size(model):
-                self._teacher_token_ids = pruned.teacher_ids()
 
         super().__init__(model=model, args=args, **kwargs)
 
@@ -308,6 +236,12 @@ class PaKDTrainer(Trainer):
         self._progress: tuple[str, dict[str, float]] | None = None
 
         self.distill_projections: HiddenProjections | None = self._build_projections(model, teacher_model)
+        #: The run's pruning (masks, stage pruners, rotation, vocabulary, their checkpoint state):
+        #: see :class:`pakd_hf.prune.session.PruningSession`.
+        self.pruning = PruningSession(
+            self.model, teacher=teacher_model, projections=self.distill_projections, reduce=self._reduce_sum,
+            broadcast=self._broadcast, batches=self._input_batches, on_compacted=self._after_compaction,
+        )
         self._component_sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)
         self._component_counts = torch.zeros(len(COMPONENTS), dtype=torch.float64)
         if self.recipe is not None or teacher_model is not None:
@@ -561,108 +495,21 @@ class PaKDTrainer(Trainer):
                 m.set_attn_implementation(impl)
         self._attn_restore.clear()
 
-    # ---- pruning -----------------------------------------------------------------------
+    # ---- pruning (the engine's side lives in self.pruning) ------------------------------
     def _begin_stage_pruning(self) -> bool:
-        """Start the current stage's pruning block (masks persist across stages until compacted).
-
-        Returns True when the model's parameters were replaced (a hidden rotation), so the
-        caller rebuilds the optimizer."""
-        from .prune import MaskState, Structure
-        from .prune.controller import StagePruner
-
-        resume, self._resume_pruning = self._resume_pruning, None
-        if resume is not None and self._mask_state is None and resume.get("mask_state"):
-            self._mask_state = MaskState(self.model)
-            masks = {}
-            if resume.get("masks_file"):
-                from safetensors.torch import load_file
-
-                masks = load_file(resume["masks_file"])
-            self._mask_state.load_state_dict({**resume["mask_state"], "weight_masks": masks})
-            self._mask_state.attach()
-            self._mask_state.apply()
-        stage = self.current_stage
-        if stage is None or stage.pruning is None or self._spans is None:
-            self._pruner = None
-            return False
-        spec = stage.pruning
-        rotated = False
-        if spec.hidden is not None and spec.hidden.method == "rotate":
-            rotated = self._rotate_hidden(spec.hidden)
-            spec = dataclasses.replace(spec, hidden=None)  # done: the schedule prunes the other kinds
-        span = self._spans[self._stage_idx]
-        initial = None
-        if resume is not None and resume.get("stage_initial") and resume.get("stage_index") == self._stage_idx:
-            initial = Structure.from_dict(resume["stage_initial"])
-        self._pruner = StagePruner(
-            self.model,
-            spec,
-            stage_start=span.start,
-            stage_end=span.end,
-            mask_state=self._mask_state,
-            reduce=self._reduce_sum,
-            initial=initial,
-            sample_inputs=self._sample_inputs() if stage.pruning.budget is not None and stage.pruning.budget.metric == "macs" else None,
+        """Start the current stage's pruning; True when the parameters were replaced (a hidden
+        rotation), so the caller rebuilds the optimizer."""
+        span = self._spans[self._stage_idx] if self._spans is not None else None
+        return self.pruning.begin_stage(
+            span.stage if span is not None else None, self._stage_idx, span.start if span else 0, span.end if span else 0,
+            sample_inputs=self._sample_inputs,
         )
-        self._mask_state = self._pruner.mask_state
-        if initial is not None and resume.get("importance_file") and self._pruner.accumulator is not None:
-            # Taylor / movement sums of the steps before the checkpoint: without them a resumed
-            # stage would rank units on its remaining steps only.
-            from safetensors.torch import load_file
 
-            self._pruner.accumulator.load_state_dict(load_file(resume["importance_file"]))
-        return rotated
-
-    def _rotate_hidden(self, spec) -> bool:
-        """`hidden.method: rotate`: rotate the student's stream onto its principal directions
-        (measured on `spec.calibration` training examples) and cut it to the target. A student
-        already at the target (a resumed stage) is left alone. Returns True when it rotated."""
-        from .prune import Structure
-        from .prune.controller import target_count
-        from .prune.rotate import rotate_hidden
-
-        current = Structure.from_model(self.model)
-        target = target_count(spec, Structure.full(*current.original_sizes()), "hidden")
-        if len(current.hidden) <= target:
-            return False
-        if self._mask_state is not None:
-            if self._mask_state.structure() != self._mask_state.base:
-                raise ValueError(
-                    f"stage '{self.current_stage.name}' rotates the hidden stream, but an earlier stage left "
-                    "structural masks uncompacted: set compact: true on it"
-                )
-            if self._mask_state.weight_masks:
-                raise ValueError(
-                    f"stage '{self.current_stage.name}' rotates the hidden stream, which would fill in the "
-                    "unstructured / N:M sparsity of an earlier stage: sparsify after the rotation"
-                )
-            # The rotation compacts the model: the earlier stages' mask state no longer fits it.
-            self._mask_state.detach()
-            self._mask_state = None
-        batches, seen = [], 0
+    def _input_batches(self):
+        """Training batches without labels or cached teacher logits (rotation's calibration)."""
         skip = set(self.label_names or []) | {TEACHER_LOGITS, "labels"}
         for batch in self.get_train_dataloader():
-            batches.append({k: v for k, v in batch.items() if torch.is_tensor(v) and k not in skip})
-            seen += _batch_size(batch)
-            if seen >= spec.calibration:
-                break
-        result = rotate_hidden(self.model, batches, target, projections=self.distill_projections)
-        if self.accelerator.num_processes > 1:
-            # Each process measured its own batches: all take process 0's rotated model.
-            import torch.distributed as dist
-
-            modules = [self.model] + ([self.distill_projections] if self.distill_projections is not None else [])
-            for module in modules:
-                for tensor in module.state_dict().values():
-                    dist.broadcast(tensor, src=0)
-        self._rotation_record = result.record()
-        message = (
-            f"[pakd] hidden stream rotated and cut {result.width_before} -> {result.width_after}: the kept "
-            f"directions hold {result.energy_kept:.1%} of its energy (the best coordinates: "
-            f"{result.energy_kept_coordinates:.1%}; {result.tokens:,} tokens)"
-        )
-        self._after_compaction(result.compact, message)
-        return True
+            yield {k: v for k, v in batch.items() if torch.is_tensor(v) and k not in skip}
 
     def _sample_inputs(self) -> dict:
         """One training sample (no labels), for counting MACs of a budget."""
@@ -675,70 +522,53 @@ class PaKDTrainer(Trainer):
             return tensor
         return self.accelerator.reduce(tensor.to(self.args.device), reduction="sum").to(tensor.device)
 
+    def _broadcast(self, modules: list[nn.Module]) -> None:
+        """Every process takes process 0's tensors of ``modules`` (after a rotation)."""
+        if self.accelerator.num_processes <= 1:
+            return
+        import torch.distributed as dist
+
+        for module in modules:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
     def _before_optimizer_step(self, global_step: int) -> None:
-        if self._pruner is not None:
-            self._pruner.before_optimizer_step(global_step)
-        elif self._mask_state is not None:
-            self._mask_state.mask_gradients()
+        self.pruning.before_optimizer_step(global_step)
 
     def _after_optimizer_step(self, global_step: int) -> None:
-        if self._pruner is not None:
-            self._pruner.after_optimizer_step(global_step)
-        elif self._mask_state is not None:
-            self._mask_state.apply()
+        self.pruning.after_optimizer_step(global_step)
 
     def _finish_pruning(self, global_step: int | None = None) -> bool:
-        """End the current stage's pruning: final masks, then compaction if the recipe says so.
-
-        Also called at the end of training, so structural masks never reach a saved model as
-        zeros (unstructured and N:M masks stay: they are saved dense). Returns True when the
-        model was compacted.
-        """
-        from .prune import compact
-
+        """End the current stage's pruning (``global_step``) or, with no step, the training's:
+        then structural masks are compacted in any case. True when the model was compacted."""
         step = self.state.global_step if global_step is None else global_step
-        result = None
-        if self._pruner is not None:
-            result = self._pruner.finish(step)
-            self._pruner = None
-        if result is None and global_step is None and self._mask_state is not None:
-            if self._mask_state.structure() != self._mask_state.base:
-                result = compact(self.model, self._mask_state, check_export=False)
-        if result is None:
-            return False
-        self._after_compaction(result)
-        return True
+        return self.pruning.finish_stage(step, end_of_training=global_step is None)
 
     def _prune_vocabulary(self) -> None:
         """End of training: keep only the tokens the training set uses (recipe `vocabulary`;
-        counted on `vocabulary_dataset` when given).
-
-        Training never changes rows of tokens that do not occur, so dropping them changes no
-        output on the training distribution. The tokenizer becomes the rewritten one; data
-        tokenized with the original tokenizer is remapped in `prediction_step`, so
+        counted on `vocabulary_dataset` when given). The tokenizer becomes the rewritten one;
+        data tokenized with the original tokenizer is remapped in `prediction_step`, so
         `evaluate()` / `predict()` keep working on it.
         """
         spec = self.recipe.vocabulary if self.recipe is not None else None
-        if spec is None or self._vocab_record is not None:
+        if spec is None or self.pruning.vocab_record is not None:
             return
-        from .prune.vocab import prune_vocabulary_by_counts
-
         source = self.vocabulary_dataset if self.vocabulary_dataset is not None else self.train_dataset
-        result = prune_vocabulary_by_counts(self.model, self.processing_class, source["input_ids"],
-                                            min_count=spec.min_count, dropped=spec.dropped)
-        self.processing_class = result.tokenizer
-        self._vocab_record = result.record()
-        self._vocab_id_map = result.id_map()
-        message = (
-            f"[pakd] vocabulary: kept {self._vocab_record['vocab_size']:,} of "
-            f"{self._vocab_record['vocab_size_original']:,} tokens"
-        )
+        self.processing_class = self.pruning.prune_vocabulary(spec, self.processing_class, source["input_ids"])
+        record = self.pruning.vocab_record
+        self._write_to_bar(f"[pakd] vocabulary: kept {record['vocab_size']:,} of {record['vocab_size_original']:,} tokens")
+
+    def _write_to_bar(self, message: str, description: str | None = None) -> None:
+        """Log ``message``, and print it above Trainer's progress bar (process 0)."""
         logger.info(message)
-        if self.is_world_process_zero():
-            for cb in self.callback_handler.callbacks:
-                bar = getattr(cb, "training_bar", None) if isinstance(cb, ProgressCallback) else None
-                if bar is not None:
-                    bar.write(message)
+        if not self.is_world_process_zero():
+            return
+        for cb in self.callback_handler.callbacks:
+            bar = getattr(cb, "training_bar", None) if isinstance(cb, ProgressCallback) else None
+            if bar is not None:
+                if description is not None:
+                    bar.set_description(description)
+                bar.write(message)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -747,9 +577,10 @@ class PaKDTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = {k: v for k, v in inputs.items() if k != TEACHER_LOGITS}
-        if self._vocab_id_map is not None and torch.is_tensor(inputs.get("input_ids")):
+        id_map = self.pruning.vocab_id_map
+        if id_map is not None and torch.is_tensor(inputs.get("input_ids")):
             ids = inputs["input_ids"]
-            inputs = {**inputs, "input_ids": self._vocab_id_map.to(ids.device)[ids]}
+            inputs = {**inputs, "input_ids": id_map.to(ids.device)[ids]}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def _after_compaction(self, result, message: str | None = None) -> None:
@@ -761,15 +592,7 @@ class PaKDTrainer(Trainer):
             # DDP registered gradient hooks on the old parameters: wrap the compacted model anew.
             self.model_wrapped = self.accelerator.prepare_model(self.model)
         counts = structure.counts()
-        message = message or (
-            f"[pakd] compacted: {result.params_before:,} -> {result.params_after:,} parameters ({counts})"
-        )
-        logger.info(message)
-        if self.is_world_process_zero():
-            for cb in self.callback_handler.callbacks:
-                bar = getattr(cb, "training_bar", None) if isinstance(cb, ProgressCallback) else None
-                if bar is not None:
-                    bar.write(message)
+        self._write_to_bar(message or f"[pakd] compacted: {result.params_before:,} -> {result.params_after:,} parameters ({counts})")
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # After a compaction under DDP, Trainer's loop still holds the old wrapper.
@@ -804,18 +627,8 @@ class PaKDTrainer(Trainer):
         stage = span.stage
         lr = stage.learning_rate if stage.learning_rate is not None else self.args.learning_rate
         what = "distil" if stage.distillation is not None else "train"
-        message = (
-            f"[pakd] stage {span.index + 1}/{len(self._spans)} '{stage.name}' ({what}): "
-            f"steps {span.start}-{span.end}, lr {lr:g}"
-        )
-        logger.info(message)
-        if not self.is_world_process_zero():
-            return
-        for cb in self.callback_handler.callbacks:
-            bar = getattr(cb, "training_bar", None) if isinstance(cb, ProgressCallback) else None
-            if bar is not None:
-                bar.set_description(f"stage {stage.name}")
-                bar.write(message)
+        self._write_to_bar(f"[pakd] stage {span.index + 1}/{len(self._spans)} '{stage.name}' ({what}): "
+                           f"steps {span.start}-{span.end}, lr {lr:g}", description=f"stage {stage.name}")
 
     # ---- losses ------------------------------------------------------------------------
     @property
@@ -842,140 +655,22 @@ class PaKDTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _distillation_loss(self, model, inputs, cached_logits: torch.Tensor | None = None):
-        """alpha * kd_logits + (1 - alpha) * task + w_h * kd_hidden + w_a * kd_attn.
-
-        Each term is summed over the micro-batch's samples and divided by the number of samples
-        in the whole accumulation window, so accumulating micro-batches gives the gradient of
-        one big batch (and `loss_is_scaled_for_ga` is True).
-        """
-        dist = self.current_stage.distillation
-        label_names = self.label_names or []
-        has_labels = bool(label_names) and all(inputs.get(n) is not None for n in label_names)
-        flags = {}
-        if dist.hidden is not None:
-            flags["output_hidden_states"] = True
-        if dist.attention is not None:
-            flags["output_attentions"] = True
-
-        unwrapped = self.accelerator.unwrap_model(model)
-        # Causal LMs with a token-level loss: the LM heads run on chunks of the last hidden states
-        # (distill.token_kd_per_sample), so the models compute the logits of one position only and
-        # the decoders' last hidden states are caught by a hook (no tuple of every layer's states
-        # unless hidden distillation asks for it). `loss: mse` keeps the full-logit path.
-        causal = dist.loss in TOKEN_LOSSES and _is_causal_lm(unwrapped)
-        lm_labels = None
-        if causal:
-            flags = {**flags, "logits_to_keep": 1}
-            lm_labels = inputs.get("labels")
-            if lm_labels is None:  # no labels: every attended token is one
-                mask = inputs.get("attention_mask")
-                lm_labels = inputs["input_ids"] if mask is None else inputs["input_ids"].masked_fill(mask.eq(0), -100)
-            inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        student_inputs = {**inputs, **flags}
-        labels = None
-        if has_labels and not causal and (self.label_smoother is not None or self.compute_loss_func is not None):
-            labels = student_inputs.pop("labels")
-        with last_hidden_state(unwrapped if causal else None) as s_last:
-            outputs = model(**student_inputs)
-        s_logits = outputs["logits"]
-        if cached_logits is not None and not flags:
-            # Logits only, and the data carries them (add_teacher_logits): no teacher pass.
-            t_logits = cached_logits.to(s_logits.device)
-        else:
-            teacher_inputs = {k: v for k, v in inputs.items() if k not in label_names}
-            if self._teacher_token_ids is not None and torch.is_tensor(teacher_inputs.get("input_ids")):
-                ids = teacher_inputs["input_ids"]
-                teacher_inputs["input_ids"] = self._teacher_token_ids.to(ids.device)[ids]
-            # no_grad rather than inference_mode: teacher outputs are loss targets, and autograd
-            # must be able to save them for the student's backward pass.
-            with torch.no_grad(), last_hidden_state(self.teacher_model if causal else None) as t_last:
-                teacher_outputs = self.teacher_model(**teacher_inputs, **flags)
-            t_logits = teacher_outputs["logits"]
-        token_kd = None
-        if causal:
-            s_head, t_head = unwrapped.get_output_embeddings(), self.teacher_model.get_output_embeddings()
-            self._check_plain_head(unwrapped, s_head, s_last[0], s_logits)
-            self._check_plain_head(self.teacher_model, t_head, t_last[0], t_logits)
-            token_kd = token_kd_per_sample(
-                s_last[0], s_head, t_last[0], t_head, lm_labels,
-                temperature=dist.temperature, loss=dist.loss, beta=dist.beta, chunk_size=dist.chunk_size,
-            )
-        n = s_logits.shape[0]
-        window = self._window_samples or n
-        sums: dict[str, torch.Tensor] = {}
-
-        task = None
-        if causal:
-            sums["task"] = token_kd[1].sum()  # next-token cross-entropy, per sample
-            has_labels = True
-        elif has_labels:
-            if labels is not None and self.compute_loss_func is not None:
-                task = self.compute_loss_func(outputs, labels, num_items_in_batch=None)
-            elif labels is not None:
-                task = self.label_smoother(outputs, labels)
-            else:
-                task = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
-            sums["task"] = task * n
-
-        if dist.logits and causal:
-            sums["kd_logits"] = token_kd[0].sum()
-        elif dist.logits:
-            mask = _position_mask(inputs, s_logits)
-            if dist.loss == "mse":
-                sums["kd_logits"] = logit_mse_per_sample(s_logits, t_logits, mask).sum()
-            else:
-                sums["kd_logits"] = logit_kd_per_sample(s_logits, t_logits, dist.temperature, mask).sum()
-
-        if dist.hidden is not None:
-            s_h, t_h = outputs["hidden_states"], teacher_outputs["hidden_states"]
-            pairs = resolve_layer_map(dist.hidden.layer_map, len(s_h) - 1, len(t_h) - 1, "hidden")
-            mask = _sequence_mask(inputs, s_h[0])
-            per_sample = sum(
-                hidden_per_sample(self._project(si, s_h[si]), t_h[ti], mask, dist.hidden.loss) for si, ti in pairs
-            ) / len(pairs)
-            sums["kd_hidden"] = per_sample.sum()
-
-        if dist.attention is not None:
-            s_a, t_a = outputs["attentions"], teacher_outputs["attentions"]
-            if not s_a or not t_a:
-                raise ValueError(
-                    "attention distillation needs attention maps, but the model returned none: use a model "
-                    "whose attention implementation returns them (eager)"
-                )
-            pairs = resolve_layer_map(dist.attention.layer_map, len(s_a), len(t_a), "attention")
-            mask = _sequence_mask(inputs, s_a[0][:, 0, :, 0])
-            per_sample = sum(attention_kl_per_sample(s_a[si], t_a[ti], mask) for si, ti in pairs) / len(pairs)
-            sums["kd_attn"] = per_sample.sum()
-
-        kd_weight = dist.alpha if (has_labels and dist.logits) else 1.0
-        task_weight = (1.0 - dist.alpha) if dist.logits else 1.0
-        total = s_logits.new_zeros((), dtype=torch.float32)
-        if "task" in sums:
-            total = total + task_weight * sums["task"]
-        if "kd_logits" in sums:
-            total = total + kd_weight * sums["kd_logits"]
-        if "kd_hidden" in sums:
-            total = total + dist.hidden.weight * sums["kd_hidden"]
-        if "kd_attn" in sums:
-            total = total + dist.attention.weight * sums["kd_attn"]
-
+        """The stage's distillation loss (:func:`pakd_hf.distill.distillation_loss`): each term
+        summed over the micro-batch's samples and divided by the number of samples in the whole
+        accumulation window, so accumulating micro-batches gives the gradient of one big batch
+        (and `loss_is_scaled_for_ga` is True)."""
+        total, outputs, sums, n = distillation_loss(
+            model, self.teacher_model, inputs, self.current_stage.distillation,
+            label_names=self.label_names or [], cached_logits=cached_logits,
+            teacher_token_ids=self.pruning.teacher_token_ids, label_smoother=self.label_smoother,
+            compute_loss_func=self.compute_loss_func, project=self.distill_projections,
+            unwrapped=self.accelerator.unwrap_model(model), checked_heads=self.__dict__.setdefault("_plain_heads", set()),
+        )
         for i, name in enumerate(COMPONENTS):
             if name in sums:
                 self._component_sums[i] += float(sums[name].detach())
                 self._component_counts[i] += n
-        return total / window, outputs
-
-    def _check_plain_head(self, model, head, hidden: torch.Tensor, logits: torch.Tensor) -> None:
-        """Once per model: see :func:`pakd_hf.distill.check_plain_head`."""
-        checked = self.__dict__.setdefault("_plain_heads", set())
-        if id(model) not in checked:
-            check_plain_head(model, head, hidden, logits)
-            checked.add(id(model))
-
-    def _project(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        if self.distill_projections is None:
-            return hidden
-        return self.distill_projections(index, hidden)
+        return total / (self._window_samples or n), outputs
 
     def _sync_projection_grads(self) -> None:
         """Average the projections' gradients across processes (DDP only syncs the student)."""
@@ -1016,7 +711,6 @@ class PaKDTrainer(Trainer):
         a model built on the meta device, milliseconds, recomputed only when the structure
         changes; MACs on one training example)."""
         from .arch import get_adapter
-        from .prune import Structure
         from .prune.budget import model_cost
 
         model = self.model
@@ -1024,7 +718,7 @@ class PaKDTrainer(Trainer):
             adapter = get_adapter(model)
         except ValueError:  # a family the pruning engine does not know: nothing to report
             return {}
-        structure = self._mask_state.structure() if self._mask_state is not None else Structure.from_model(model, adapter)
+        structure = self.pruning.structure(adapter)
         vocab = getattr(model.config, "vocab_size", None)
         key = json.dumps([structure.to_dict(), vocab], sort_keys=True)
         if self._progress is not None and self._progress[0] == key:
@@ -1061,9 +755,7 @@ class PaKDTrainer(Trainer):
 
     # ---- saving and resuming ----------------------------------------------------------
     def _pruning_involved(self) -> bool:
-        return self._vocab_record is not None or self._mask_state is not None or getattr(self.model, "_pakd_structure", None) is not None or (
-            self.recipe is not None and any(s.pruning is not None for s in self.recipe.stages)
-        )
+        return self.pruning.involved(self.recipe.stages if self.recipe is not None else None)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Trainer's save plus `pakd_recipe.yaml` and, for pruned students, `pakd.json`.
@@ -1096,7 +788,7 @@ class PaKDTrainer(Trainer):
             self.recipe.save(Path(output_dir))
 
     def _needs_custom_code(self) -> bool:
-        if self._mask_state is not None and self._mask_state.structure() != self._mask_state.base:
+        if self.pruning.has_structural_masks():
             return False  # mid-stage masks: the model still has its full shapes
         from .export import needs_custom_code
 
@@ -1120,12 +812,7 @@ class PaKDTrainer(Trainer):
                 "architecture": type(teacher).__name__,
                 "parameters": sum(p.numel() for p in teacher.parameters()),
             }
-        if self._mask_state is not None and self._mask_state.weight_masks:
-            extra["sparsity"] = self._mask_state.sparsity()
-        if self._vocab_record is not None:
-            extra["vocabulary"] = self._vocab_record
-        if self._rotation_record is not None:
-            extra["hidden_rotation"] = self._rotation_record
+        extra.update(self.pruning.records())
         return extra
 
     def _save_pakd_state(self, checkpoint: str) -> None:
@@ -1136,27 +823,7 @@ class PaKDTrainer(Trainer):
             "stage_name": self.current_stage.name if self.current_stage is not None else None,
             "recipe_fingerprint": self.recipe.fingerprint() if self.recipe is not None else None,
         }
-        if self._pruning_involved():
-            from .prune import Structure
-
-            state["structure"] = Structure.from_model(self.model).to_dict()
-        if self._mask_state is not None:
-            masks = self._mask_state.state_dict()
-            weight_masks = masks.pop("weight_masks")
-            state["mask_state"] = masks
-            if weight_masks:
-                from safetensors.torch import save_file
-
-                save_file({k: v.cpu().contiguous() for k, v in weight_masks.items()}, os.path.join(checkpoint, MASKS_FILENAME))
-        if self._pruner is not None:
-            state["stage_initial"] = self._pruner.initial.to_dict()
-            accumulator = self._pruner.accumulator
-            if accumulator is not None and accumulator.criterion != "magnitude" and accumulator.num_updates:
-                from safetensors.torch import save_file
-
-                save_file(accumulator.state_dict(), os.path.join(checkpoint, IMPORTANCE_FILENAME))
-        if self._rotation_record is not None:
-            state["hidden_rotation"] = self._rotation_record
+        state.update(self.pruning.save(checkpoint, self._pruning_involved()))
         Path(checkpoint, STATE_FILENAME).write_text(json.dumps(state, indent=2) + "\n")
         if self.distill_projections is not None:
             from safetensors.torch import save_file
@@ -1181,25 +848,7 @@ class PaKDTrainer(Trainer):
                 f"checkpoint {checkpoint} was made with a different recipe than '{self.recipe.name}': "
                 f"resume with the recipe saved beside it ({Path(checkpoint, 'pakd_recipe.yaml')})"
             )
-        if saved.get("structure"):
-            # The checkpoint holds a compacted model: give the model the same shapes before
-            # Trainer loads its weights.
-            from .prune import Structure, compact
-
-            target = Structure.from_dict(saved["structure"])
-            if target != Structure.from_model(self.model):
-                self._after_compaction(compact(self.model, target, check_export=False))
-        if saved.get("hidden_rotation"):
-            self._rotation_record = saved["hidden_rotation"]
-        masks_file = Path(checkpoint, MASKS_FILENAME)
-        importance_file = Path(checkpoint, IMPORTANCE_FILENAME)
-        self._resume_pruning = {
-            "importance_file": str(importance_file) if importance_file.is_file() else None,
-            "mask_state": saved.get("mask_state"),
-            "masks_file": str(masks_file) if masks_file.is_file() else None,
-            "stage_initial": saved.get("stage_initial"),
-            "stage_index": saved.get("stage_index"),
-        }
+        self.pruning.restore(saved, checkpoint)  # a compacted checkpoint: the model takes its shapes first
         proj_file = Path(checkpoint, PROJECTIONS_FILENAME)
         if self.distill_projections is not None and proj_file.is_file():
             from safetensors.torch import load_file
@@ -1301,28 +950,3 @@ def _batch_size(batch: Any) -> int:
             if isinstance(value, torch.Tensor) and value.dim() > 0:
                 return int(value.shape[0])
     return 0
-
-
-def _sequence_mask(inputs: dict, reference: torch.Tensor) -> torch.Tensor | None:
-    """The attention mask when it lines up with `reference`'s positions ([B, S, ...]), else None."""
-    mask = inputs.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and reference.dim() >= 2 and mask.shape[1] == reference.shape[1]:
-        return mask.bool()
-    return None
-
-
-def _is_causal_lm(model) -> bool:
-    """Whether ``model`` is one of transformers' causal-LM classes (``*ForCausalLM``)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-
-
-def _position_mask(inputs: dict, logits: torch.Tensor) -> torch.Tensor | None:
-    """For token-level logits: positions with a label (labels != -100), else the attention mask."""
-    if logits.dim() < 3:
-        return None
-    labels = inputs.get("labels")
-    if isinstance(labels, torch.Tensor) and labels.shape == logits.shape[:2]:
-        return labels.ne(-100)
-    return _sequence_mask(inputs, logits)

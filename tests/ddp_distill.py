@@ -79,8 +79,8 @@ if mode == "prune":
 
     class Record(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if trainer._mask_state is not None:
-                masks_seen.append(trainer._mask_state.structure().to_dict())
+            if trainer.pruning.mask_state is not None:
+                masks_seen.append(trainer.pruning.mask_state.structure().to_dict())
 
     trainer.add_callback(Record())
 trainer.train()
@@ -103,7 +103,7 @@ report = {
     "written": sorted(set(written)),
     "masks": masks_seen,
     "shapes": {k: list(v.shape) for k, v in student.state_dict().items()},
-    "rotation": getattr(trainer, "_rotation_record", None),
+    "rotation": trainer.pruning.rotation_record,
 }
 report_dir.mkdir(parents=True, exist_ok=True)
 (report_dir / f"rank-{rank}.json").write_text(json.dumps(report))

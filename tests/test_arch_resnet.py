@@ -261,7 +261,7 @@ def trained(tmp_path_factory):
         history = []
         trainer.add_callback(type("H", (TrainerCallback,), {
             "on_step_end": lambda self, args, state, control, **k: history.append(
-                trainer._mask_state.structure().counts() if trainer._mask_state is not None else None)
+                trainer.pruning.mask_state.structure().counts() if trainer.pruning.mask_state is not None else None)
         })())
         trainer.train()
         runs[layer_type] = dict(trainer=trainer, student=student, snap=snap, history=history)

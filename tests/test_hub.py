@@ -248,8 +248,9 @@ def test_pakd_internal_files_are_never_pushed(compressed, hub_server, monkeypatc
     import shutil
 
     from pakd_hf import trainer
+    from pakd_hf.prune import session
 
-    assert {trainer.STATE_FILENAME, trainer.MASKS_FILENAME, trainer.IMPORTANCE_FILENAME,
+    assert {trainer.STATE_FILENAME, session.MASKS_FILENAME, session.IMPORTANCE_FILENAME,
             trainer.PROJECTIONS_FILENAME} <= INTERNAL_FILES
     folder = tmp_path / "checkpoint-like"
     shutil.copytree(compressed["folder"], folder)

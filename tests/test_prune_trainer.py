@@ -69,7 +69,7 @@ def pruned_runs(tmp_path_factory):
         history = []
         trainer.add_callback(type("H", (TrainerCallback,), {
             "on_step_end": lambda self, args, state, control, **k: history.append(
-                trainer._mask_state.structure().counts() if trainer._mask_state is not None else None)
+                trainer.pruning.mask_state.structure().counts() if trainer.pruning.mask_state is not None else None)
         })())
         trainer.train()
         trainer.save_model(str(out / "student"))
@@ -160,9 +160,9 @@ def test_weight_masks_stay_zero_through_training(kind, tmp_path):
     recipe = prune_recipe("text-classification", pruning, distil=False, prune_steps=6, recover_steps=4)
     trainer = PaKDTrainer(model=student, args=targs(tmp_path / "run", weight_decay=0.1), train_dataset=toy_dataset(128), recipe=recipe)
     trainer.train()
-    masks = trainer._mask_state.weight_masks
+    masks = trainer.pruning.mask_state.weight_masks
     assert masks
-    linears = trainer._mask_state.adapter.prunable_linears()
+    linears = trainer.pruning.mask_state.adapter.prunable_linears()
     zeros = total = 0
     for key, mask in masks.items():
         weight = linears[key].weight.detach()

@@ -113,7 +113,7 @@ class ImportanceAt(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
-            self.saved = self.trainer._pruner.accumulator.state_dict()
+            self.saved = self.trainer.pruning.pruner.accumulator.state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_resume_in_the_middle_of_a_rotating_stage(rotated_run):
                           callbacks=[importance])
     importance.trainer = trainer
     trainer.train(resume_from_checkpoint=str(checkpoint))
-    assert trainer._rotation_record == state["hidden_rotation"]
+    assert trainer.pruning.rotation_record == state["hidden_rotation"]
     # The resumed stage's Taylor scores at step 9 include the steps before the checkpoint: same
     # number of updates and the same sums (a lost accumulator would miss 3 of 5 steps' worth).
     expected = rotated_run["importance"]
