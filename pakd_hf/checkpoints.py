@@ -21,10 +21,12 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-__all__ = ["MARKER", "IncompleteCheckpointError", "mark_complete", "problem", "complete_checkpoints", "resolve",
-           "rotate", "is_checkpoint_folder"]
+__all__ = ["MARKER", "STATE_FILENAME", "PROJECTIONS_FILENAME", "IncompleteCheckpointError", "mark_complete", "problem",
+           "complete_checkpoints", "resolve", "rotate", "is_checkpoint_folder", "write_state", "read_state"]
 
 MARKER = "pakd_checkpoint.json"
+STATE_FILENAME = "pakd_state.json"  # the stage, the recipe's fingerprint, pruning's state
+PROJECTIONS_FILENAME = "pakd_distill_projections.safetensors"
 _NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -153,3 +155,27 @@ def rotate(current: str | os.PathLike, limit: int | None, keep: str | os.PathLik
     for path in _checkpoints(current.parent):
         if path not in kept and _step(path) < step:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def write_state(folder: str | os.PathLike, state: dict, projections=None) -> None:
+    """PaKD's state in a checkpoint: ``state`` as ``pakd_state.json`` and the hidden-distillation
+    ``projections`` (a module, or None) as safetensors. Before :func:`mark_complete`."""
+    Path(folder, STATE_FILENAME).write_text(json.dumps(state, indent=2) + "\n")
+    if projections is not None:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()}
+        save_file(tensors, os.path.join(folder, PROJECTIONS_FILENAME))
+
+
+def read_state(folder: str | os.PathLike, projections=None, device: str = "cpu") -> dict:
+    """The state :func:`write_state` wrote (``{}`` for a checkpoint without one); loads the
+    projections' tensors into ``projections`` when both are there."""
+    state_file = Path(folder, STATE_FILENAME)
+    saved = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    proj_file = Path(folder, PROJECTIONS_FILENAME)
+    if projections is not None and proj_file.is_file():
+        from safetensors.torch import load_file
+
+        projections.load_state_dict(load_file(str(proj_file), device=device))
+    return saved

@@ -17,7 +17,6 @@ or attention still run the teacher.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,7 +32,7 @@ from transformers.optimization import get_scheduler
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .checkpoints import is_checkpoint_folder
+from .checkpoints import is_checkpoint_folder, read_state, write_state
 from .distill import TEACHER_LOGITS, HiddenProjections, add_teacher_logits, distillation_loss
 from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
 
@@ -43,8 +42,6 @@ __all__ = ["PaKDTrainer", "add_teacher_logits", "TEACHER_LOGITS"]
 
 logger = logging.getLogger(__name__)
 
-STATE_FILENAME = "pakd_state.json"
-PROJECTIONS_FILENAME = "pakd_distill_projections.safetensors"
 COMPONENTS = ("task", "kd_logits", "kd_hidden", "kd_attn")
 
 
@@ -149,6 +146,90 @@ def check_label_spaces(student: nn.Module, teacher: nn.Module) -> None:
         )
 
 
+def check_inputs(recipe: Recipe | None, model, teacher, kwargs: dict) -> None:
+    """What PaKDTrainer checks before Trainer's own __init__ touches output_dir or the models:
+    the teacher against the student (labels, vocabulary), the recipe against both (stages the
+    engine can prune, layer maps, hidden widths), and Trainer arguments a recipe cannot use.
+    One clear error each."""
+    if teacher is not None:
+        if teacher is model:
+            raise ValueError("teacher_model is the student itself: pass a separate (frozen) teacher model")
+        if model is not None:
+            check_label_spaces(model, teacher)
+    if recipe is None:
+        return
+    pruned = getattr(model, "_pakd_vocabulary", None)
+    if pruned is not None and teacher is not None and _vocab_size(teacher) not in (_vocab_size(model), pruned.vocab_size_original):
+        raise ValueError(
+            f"the student's vocabulary was pruned from {pruned.vocab_size_original:,} tokens, but the teacher has "
+            f"{_vocab_size(teacher):,}: pass the teacher the student was pruned from"
+        )
+    if recipe.vocabulary is not None and recipe.vocabulary.at == "start" and pruned is None:
+        raise RecipeError(
+            "vocabulary.at",
+            "'start' prunes before the data is tokenized: call pakd_hf.trainer.prune_student_vocabulary(student, "
+            "tokenizer, train_dataset, recipe) and tokenize with the tokenizer it returns, or set at: end",
+        )
+    if recipe.vocabulary is not None and pruned is None:
+        tokenizer = kwargs.get("processing_class")
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None or type(backend.model).__name__ != "WordPiece":
+            raise RecipeError(
+                "vocabulary",
+                "vocabulary pruning needs the student's fast WordPiece tokenizer (BERT family): pass "
+                "PaKDTrainer(processing_class=tokenizer) or remove the block",
+            )
+        name = "vocabulary_dataset" if kwargs.get("vocabulary_dataset") is not None else "train_dataset"
+        columns = getattr(kwargs.get(name), "column_names", None) or []
+        if "input_ids" not in columns:
+            raise RecipeError("vocabulary", f"vocabulary pruning counts the tokens of {name}['input_ids'], which it lacks")
+    if recipe.needs_teacher and teacher is None:
+        stage = next(s for s in recipe.stages if s.distillation is not None)
+        raise ValueError(
+            f"recipe '{recipe.name}' distils in stage '{stage.name}' but no teacher_model was given: "
+            "pass PaKDTrainer(teacher_model=...) or remove the stage's distillation block"
+        )
+    optimizers = kwargs.get("optimizers")
+    if optimizers is not None and any(o is not None for o in optimizers):
+        raise ValueError(
+            "optimizers=(...) cannot be used with a recipe: each stage builds a fresh optimizer and LR "
+            "schedule; pass optimizer_cls_and_kwargs=(cls, kwargs) or set args.optim instead"
+        )
+    if model is not None and any(s.pruning is not None for s in recipe.stages):
+        from .prune.controller import dry_run
+
+        dry_run(model, recipe.stages)  # unsupported architecture, impossible targets, head_dim
+    if model is None or teacher is None:
+        return
+    n_s, n_t = _num_layers(model), _num_layers(teacher)
+    for i, stage in enumerate(recipe.stages):
+        dist = stage.distillation
+        if dist is None:
+            continue
+        for block, kind, offset in ((dist.hidden, "hidden", 1), (dist.attention, "attention", 0)):
+            if block is None:
+                continue
+            path = f"stages[{i}].distillation.{kind}.layer_map"
+            if n_s is None or n_t is None:
+                raise RecipeError(
+                    path,
+                    f"cannot map layers of {type(model).__name__} / {type(teacher).__name__}: their configs "
+                    "give no layer count (num_hidden_layers / encoder_layers)",
+                )
+    if n_s is not None and n_t is not None:
+        # Each stage's maps against the layers the earlier stages leave, not only the first stage's.
+        check_layer_maps(recipe, n_s, n_t)
+    for i, stage in enumerate(recipe.stages):
+        dist = stage.distillation
+        if dist is None:
+            continue
+        if dist.hidden is not None and (_hidden_width(model) is None or _hidden_width(teacher) is None):
+            raise RecipeError(
+                f"stages[{i}].distillation.hidden",
+                "the models' configs give no hidden width (hidden_size / d_model) to build projections",
+            )
+
+
 class _PaKDCallback(TrainerCallback):
     """Stage switches and checkpoint extras. Owned by one PaKDTrainer."""
 
@@ -192,6 +273,12 @@ class PaKDTrainer(Trainer):
             `train_dataset`). Pass the real training set when training on a transfer set of
             perturbed copies, so the copies do not lift rare tokens over `min_count`.
         **kwargs: every other `Trainer` argument, unchanged.
+
+    The class holds Trainer overrides only (about 600 lines, each of them a hook that has to
+    live on the subclass): the stage machine (`set_initial_training_values`,
+    `create_optimizer`, `create_scheduler` and a callback), the loss (`compute_loss`, the terms
+    in :func:`pakd_hf.distill.distillation_loss`), logging, saving, checkpoint state and the
+    push. Pruning is :attr:`pruning`, a :class:`pakd_hf.prune.session.PruningSession`.
     """
 
     _tag_names = ["pakd", "knowledge-distillation"]
@@ -211,7 +298,7 @@ class PaKDTrainer(Trainer):
         # Everything that can be wrong with the inputs is checked here, before Trainer.__init__
         # touches output_dir or the models.
         self.recipe: Recipe | None = load_recipe(recipe) if recipe is not None else None
-        self._check_inputs(model, teacher_model, {**kwargs, "vocabulary_dataset": vocabulary_dataset})
+        check_inputs(self.recipe, model, teacher_model, {**kwargs, "vocabulary_dataset": vocabulary_dataset})
         self.teacher_model = teacher_model
         self.vocabulary_dataset = vocabulary_dataset
         self._spans: list[StageSpan] | None = None
@@ -228,12 +315,6 @@ class PaKDTrainer(Trainer):
             teacher_model.to(self.args.device)
 
         self._attn_restore: dict[int, tuple[nn.Module, str]] = {}
-        # Compression progress in the logs (see _compression_metrics): the shapes the student
-        # starts from, and the last figures, recomputed only when the structure changes.
-        self._start_structure = None  # set by train(), before a resumed checkpoint compacts the model
-        self._cost_inputs: dict | None = None
-        self._start_cost: tuple[float, float, dict] | None = None
-        self._progress: tuple[str, dict[str, float]] | None = None
 
         self.distill_projections: HiddenProjections | None = self._build_projections(model, teacher_model)
         #: The run's pruning (masks, stage pruners, rotation, vocabulary, their checkpoint state):
@@ -246,87 +327,6 @@ class PaKDTrainer(Trainer):
         self._component_counts = torch.zeros(len(COMPONENTS), dtype=torch.float64)
         if self.recipe is not None or teacher_model is not None:
             self.add_callback(_PaKDCallback(self))
-
-    # ---- input checks -----------------------------------------------------------------
-    def _check_inputs(self, model, teacher, kwargs) -> None:
-        recipe = self.recipe
-        if teacher is not None:
-            if teacher is model:
-                raise ValueError("teacher_model is the student itself: pass a separate (frozen) teacher model")
-            if model is not None:
-                check_label_spaces(model, teacher)
-        if recipe is None:
-            return
-        pruned = getattr(model, "_pakd_vocabulary", None)
-        if pruned is not None and teacher is not None and _vocab_size(teacher) not in (_vocab_size(model), pruned.vocab_size_original):
-            raise ValueError(
-                f"the student's vocabulary was pruned from {pruned.vocab_size_original:,} tokens, but the teacher has "
-                f"{_vocab_size(teacher):,}: pass the teacher the student was pruned from"
-            )
-        if recipe.vocabulary is not None and recipe.vocabulary.at == "start" and pruned is None:
-            raise RecipeError(
-                "vocabulary.at",
-                "'start' prunes before the data is tokenized: call pakd_hf.trainer.prune_student_vocabulary(student, "
-                "tokenizer, train_dataset, recipe) and tokenize with the tokenizer it returns, or set at: end",
-            )
-        if recipe.vocabulary is not None and pruned is None:
-            tokenizer = kwargs.get("processing_class")
-            backend = getattr(tokenizer, "backend_tokenizer", None)
-            if backend is None or type(backend.model).__name__ != "WordPiece":
-                raise RecipeError(
-                    "vocabulary",
-                    "vocabulary pruning needs the student's fast WordPiece tokenizer (BERT family): pass "
-                    "PaKDTrainer(processing_class=tokenizer) or remove the block",
-                )
-            name = "vocabulary_dataset" if kwargs.get("vocabulary_dataset") is not None else "train_dataset"
-            columns = getattr(kwargs.get(name), "column_names", None) or []
-            if "input_ids" not in columns:
-                raise RecipeError("vocabulary", f"vocabulary pruning counts the tokens of {name}['input_ids'], which it lacks")
-        if recipe.needs_teacher and teacher is None:
-            stage = next(s for s in recipe.stages if s.distillation is not None)
-            raise ValueError(
-                f"recipe '{recipe.name}' distils in stage '{stage.name}' but no teacher_model was given: "
-                "pass PaKDTrainer(teacher_model=...) or remove the stage's distillation block"
-            )
-        optimizers = kwargs.get("optimizers")
-        if optimizers is not None and any(o is not None for o in optimizers):
-            raise ValueError(
-                "optimizers=(...) cannot be used with a recipe: each stage builds a fresh optimizer and LR "
-                "schedule; pass optimizer_cls_and_kwargs=(cls, kwargs) or set args.optim instead"
-            )
-        if model is not None and any(s.pruning is not None for s in recipe.stages):
-            from .prune.controller import dry_run
-
-            dry_run(model, recipe.stages)  # unsupported architecture, impossible targets, head_dim
-        if model is None or teacher is None:
-            return
-        n_s, n_t = _num_layers(model), _num_layers(teacher)
-        for i, stage in enumerate(recipe.stages):
-            dist = stage.distillation
-            if dist is None:
-                continue
-            for block, kind, offset in ((dist.hidden, "hidden", 1), (dist.attention, "attention", 0)):
-                if block is None:
-                    continue
-                path = f"stages[{i}].distillation.{kind}.layer_map"
-                if n_s is None or n_t is None:
-                    raise RecipeError(
-                        path,
-                        f"cannot map layers of {type(model).__name__} / {type(teacher).__name__}: their configs "
-                        "give no layer count (num_hidden_layers / encoder_layers)",
-                    )
-        if n_s is not None and n_t is not None:
-            # Each stage's maps against the layers the earlier stages leave, not only the first stage's.
-            check_layer_maps(recipe, n_s, n_t)
-        for i, stage in enumerate(recipe.stages):
-            dist = stage.distillation
-            if dist is None:
-                continue
-            if dist.hidden is not None and (_hidden_width(model) is None or _hidden_width(teacher) is None):
-                raise RecipeError(
-                    f"stages[{i}].distillation.hidden",
-                    "the models' configs give no hidden width (hidden_size / d_model) to build projections",
-                )
 
     def _build_projections(self, model, teacher) -> HiddenProjections | None:
         if self.recipe is None or teacher is None:
@@ -699,59 +699,8 @@ class PaKDTrainer(Trainer):
                 # The stage of the steps this log covers (a stage switch happens before the log).
                 logs["stage"] = self._stage_for_step(max(self.state.global_step - 1, 0))
             if self._pruning_involved():
-                logs.update(self._compression_metrics())
+                logs.update(self.pruning.progress())
         super().log(logs, start_time)
-
-    def _compression_metrics(self) -> dict[str, float]:
-        """What the student keeps now, beside the losses in every log (so tensorboard, wandb or
-        trackio plot the compression curve): layers, heads, FFN neurons and hidden dims kept (of
-        the masks' target mid-stage, of the compact model after), the vocabulary, and the
-        parameters and MACs per example of that structure as fractions of the starting model's
-        when a stock config holds it (not per-layer shapes mid-stage: counts only then; counted on
-        a model built on the meta device, milliseconds, recomputed only when the structure
-        changes; MACs on one training example)."""
-        from .arch import get_adapter
-        from .prune.budget import model_cost
-
-        model = self.model
-        try:
-            adapter = get_adapter(model)
-        except ValueError:  # a family the pruning engine does not know: nothing to report
-            return {}
-        structure = self.pruning.structure(adapter)
-        vocab = getattr(model.config, "vocab_size", None)
-        key = json.dumps([structure.to_dict(), vocab], sort_keys=True)
-        if self._progress is not None and self._progress[0] == key:
-            return dict(self._progress[1])
-        kept = structure.layers
-        out: dict[str, float] = {
-            "pakd/layers": len(kept),
-            "pakd/heads": sum(len(structure.heads[i]) for i in kept),
-            "pakd/ffn": sum(len(structure.ffn[i]) for i in kept),
-            "pakd/hidden": len(structure.hidden),
-        }
-        if vocab:
-            out["pakd/vocab"] = vocab
-        # fork_rng: a new loader iterator draws a seed, and a family whose MACs cannot be counted on
-        # the meta device builds a real model: neither may move training's random state.
-        with torch.random.fork_rng(devices=[]):
-            try:
-                if self._start_cost is None and self._start_structure is not None:
-                    inputs = self._cost_inputs
-                    start = self._start_structure
-                    self._start_cost = (model_cost(model, adapter, start, "params", None),
-                                        model_cost(model, adapter, start, "macs", inputs), inputs)
-            except Exception:  # noqa: BLE001 - not countable for this family: counts only, and no retry
-                self._start_structure = None
-            try:
-                if self._start_cost is not None:
-                    params0, macs0, inputs = self._start_cost
-                    out["pakd/params_kept"] = round(model_cost(model, adapter, structure, "params", None) / params0, 5)
-                    out["pakd/macs_kept"] = round(model_cost(model, adapter, structure, "macs", inputs) / macs0, 5)
-            except Exception:  # noqa: BLE001 - a structure no stock config holds (per-layer shapes): counts only
-                pass
-        self._progress = (key, out)
-        return dict(out)
 
     # ---- saving and resuming ----------------------------------------------------------
     def _pruning_involved(self) -> bool:
@@ -824,12 +773,7 @@ class PaKDTrainer(Trainer):
             "recipe_fingerprint": self.recipe.fingerprint() if self.recipe is not None else None,
         }
         state.update(self.pruning.save(checkpoint, self._pruning_involved()))
-        Path(checkpoint, STATE_FILENAME).write_text(json.dumps(state, indent=2) + "\n")
-        if self.distill_projections is not None:
-            from safetensors.torch import save_file
-
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self.distill_projections.state_dict().items()}
-            save_file(tensors, os.path.join(checkpoint, PROJECTIONS_FILENAME))
+        write_state(checkpoint, state, self.distill_projections)
 
     def _complete_checkpoint(self, checkpoint: str) -> None:
         """After Trainer's files: PaKD's state, then the marker that makes the checkpoint count,
@@ -841,19 +785,14 @@ class PaKDTrainer(Trainer):
         rotate(checkpoint, self._save_total_limit, keep=self.state.best_model_checkpoint)
 
     def _restore_pakd_state(self, checkpoint: str) -> None:
-        state_file = Path(checkpoint, STATE_FILENAME)
-        saved = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        saved = read_state(checkpoint)
         if self.recipe is not None and saved.get("recipe_fingerprint") not in (None, self.recipe.fingerprint()):
             raise ValueError(
                 f"checkpoint {checkpoint} was made with a different recipe than '{self.recipe.name}': "
                 f"resume with the recipe saved beside it ({Path(checkpoint, 'pakd_recipe.yaml')})"
             )
         self.pruning.restore(saved, checkpoint)  # a compacted checkpoint: the model takes its shapes first
-        proj_file = Path(checkpoint, PROJECTIONS_FILENAME)
-        if self.distill_projections is not None and proj_file.is_file():
-            from safetensors.torch import load_file
-
-            self.distill_projections.load_state_dict(load_file(str(proj_file), device=str(self.args.device)))
+        read_state(checkpoint, self.distill_projections, device=str(self.args.device))
 
     # ---- the Hub ---------------------------------------------------------------------
     def push_to_hub(
@@ -911,20 +850,8 @@ class PaKDTrainer(Trainer):
 
         resume_from_checkpoint, skipped = resolve(resume_from_checkpoint, self.args.output_dir)
         if self._pruning_involved():
-            from .prune import Structure
-
-            try:  # what the compression metrics compare with: the model as given, before a resume compacts it
-                self._start_structure = Structure.from_model(self.model)
-            except ValueError:
-                self._start_structure = None
-            if self._start_structure is not None:
-                # The example the MACs are counted on, taken now, before the training loop: a loader
-                # made inside the loop joins accelerate's state and changed a resumed run's result.
-                with torch.random.fork_rng(devices=[]):
-                    try:
-                        self._cost_inputs = self._sample_inputs()
-                    except Exception:  # noqa: BLE001 - no training data to sample: counts only
-                        self._start_structure = None
+            # what the compression metrics compare with: the model as given, before a resume compacts it
+            self.pruning.mark_start(self._sample_inputs)
         for note in skipped:
             logger.warning("skipping an incomplete checkpoint: %s", note)
         if resume_from_checkpoint is not None:

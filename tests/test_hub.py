@@ -247,11 +247,11 @@ def test_pakd_internal_files_are_never_pushed(compressed, hub_server, monkeypatc
     """A checkpoint folder holds pakd's training state beside the weights: the allowlist skips it."""
     import shutil
 
-    from pakd_hf import trainer
+    from pakd_hf import checkpoints
     from pakd_hf.prune import session
 
-    assert {trainer.STATE_FILENAME, session.MASKS_FILENAME, session.IMPORTANCE_FILENAME,
-            trainer.PROJECTIONS_FILENAME} <= INTERNAL_FILES
+    assert {checkpoints.STATE_FILENAME, session.MASKS_FILENAME, session.IMPORTANCE_FILENAME,
+            checkpoints.PROJECTIONS_FILENAME} <= INTERNAL_FILES
     folder = tmp_path / "checkpoint-like"
     shutil.copytree(compressed["folder"], folder)
     for name in INTERNAL_FILES:

@@ -19,6 +19,7 @@ trainer nor the recipe front end.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..arch import get_adapter
+from .budget import model_cost
 from .compact import CompactResult, compact
 from .controller import StagePruner, target_count
 from .masks import MaskState
@@ -86,6 +89,12 @@ class PruningSession:
         # the teacher kept the original vocabulary.
         self.teacher_token_ids: torch.Tensor | None = None
         self._resume: dict | None = None
+        # Compression progress in the logs (:meth:`progress`): the shapes the student starts
+        # from, and the last figures, recomputed only when the structure changes.
+        self._start_structure: Structure | None = None
+        self._cost_inputs: dict | None = None
+        self._start_cost: tuple[float, float, dict] | None = None
+        self._progress: tuple[str, dict[str, float]] | None = None
         pruned = getattr(model, "_pakd_vocabulary", None)
         if pruned is not None:
             self.vocab_record = pruned.record()
@@ -119,6 +128,71 @@ class PruningSession:
         if self.rotation_record is not None:
             extra["hidden_rotation"] = self.rotation_record
         return extra
+
+    # ---- compression progress, for the logs ----------------------------------------------
+    def mark_start(self, sample_inputs: Callable[[], dict]) -> None:
+        """Remember the student as it is now (before a resumed checkpoint compacts it) as what
+        :meth:`progress` compares with, and one training example (``sample_inputs()``) to count
+        MACs on; taken before the training loop: a loader made inside the loop joins
+        accelerate's state and changed a resumed run's result."""
+        try:
+            self._start_structure = Structure.from_model(self.model)
+        except ValueError:
+            self._start_structure = None
+        if self._start_structure is not None:
+            with torch.random.fork_rng(devices=[]):
+                try:
+                    self._cost_inputs = sample_inputs()
+                except Exception:  # noqa: BLE001 - no training data to sample: counts only
+                    self._start_structure = None
+
+    def progress(self) -> dict[str, float]:
+        """What the student keeps now, beside the losses in every log (so tensorboard, wandb or
+        trackio plot the compression curve): layers, heads, FFN neurons and hidden dims kept (of
+        the masks' target mid-stage, of the compact model after), the vocabulary, and the
+        parameters and MACs per example of that structure as fractions of the starting model's
+        when a stock config holds it (not per-layer shapes mid-stage: counts only then; counted on
+        a model built on the meta device, milliseconds, recomputed only when the structure
+        changes; MACs on one training example)."""
+        model = self.model
+        try:
+            adapter = get_adapter(model)
+        except ValueError:  # a family the pruning engine does not know: nothing to report
+            return {}
+        structure = self.structure(adapter)
+        vocab = getattr(model.config, "vocab_size", None)
+        key = json.dumps([structure.to_dict(), vocab], sort_keys=True)
+        if self._progress is not None and self._progress[0] == key:
+            return dict(self._progress[1])
+        kept = structure.layers
+        out: dict[str, float] = {
+            "pakd/layers": len(kept),
+            "pakd/heads": sum(len(structure.heads[i]) for i in kept),
+            "pakd/ffn": sum(len(structure.ffn[i]) for i in kept),
+            "pakd/hidden": len(structure.hidden),
+        }
+        if vocab:
+            out["pakd/vocab"] = vocab
+        # fork_rng: a new loader iterator draws a seed, and a family whose MACs cannot be counted on
+        # the meta device builds a real model: neither may move training's random state.
+        with torch.random.fork_rng(devices=[]):
+            try:
+                if self._start_cost is None and self._start_structure is not None:
+                    inputs = self._cost_inputs
+                    start = self._start_structure
+                    self._start_cost = (model_cost(model, adapter, start, "params", None),
+                                        model_cost(model, adapter, start, "macs", inputs), inputs)
+            except Exception:  # noqa: BLE001 - not countable for this family: counts only, and no retry
+                self._start_structure = None
+            try:
+                if self._start_cost is not None:
+                    params0, macs0, inputs = self._start_cost
+                    out["pakd/params_kept"] = round(model_cost(model, adapter, structure, "params", None) / params0, 5)
+                    out["pakd/macs_kept"] = round(model_cost(model, adapter, structure, "macs", inputs) / macs0, 5)
+            except Exception:  # noqa: BLE001 - a structure no stock config holds (per-layer shapes): counts only
+                pass
+        self._progress = (key, out)
+        return dict(out)
 
     # ---- stages -------------------------------------------------------------------------
     def begin_stage(self, stage, index: int, start: int, end: int, sample_inputs: Callable[[], dict] | None = None) -> bool:
