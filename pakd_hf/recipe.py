@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from .errors import RecipeError, describe, one_line
 
 __all__ = [
     "RecipeError",
@@ -78,26 +79,8 @@ TASK_MODALITY = {
 # broken file (a 10 MB dump, 10,000 nested lists) before it costs time or memory.
 MAX_RECIPE_BYTES = 64 << 10  # the shipped recipes are 1-4 KB; PyYAML reads ~100 KB per second here
 MAX_RECIPE_DEPTH = 32
-MAX_MESSAGE = 400
 
 
-def _one_line(text: Any, limit: int) -> str:
-    """``text`` as one printable line of at most ``limit`` characters (no control characters:
-    a message must not become two lines or a terminal escape)."""
-    text = text if isinstance(text, str) else _describe(text)
-    text = "".join(c if c.isprintable() else " " for c in text[: limit * 4])
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class RecipeError(ValueError):
-    """A recipe is invalid. The message is one line naming the field and the fix."""
-
-    def __init__(self, path: str, problem: str):
-        self.field = _one_line(path, 120)
-        self.problem = _one_line(problem, MAX_MESSAGE)
-        where = f"recipe field '{self.field}'" if self.field else "recipe"
-        super().__init__(f"{where}: {self.problem}")
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -131,7 +114,7 @@ class _RecipeLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the mapping constructor reports it
                 continue
             if duplicate:
-                raise yaml.YAMLError(f"the key '{_one_line(key, 60)}' appears twice in one mapping "
+                raise yaml.YAMLError(f"the key '{one_line(key, 60)}' appears twice in one mapping "
                                      f"(line {key_node.start_mark.line + 1}); keep one")
         return super().construct_mapping(node, deep=deep)
 
@@ -162,7 +145,7 @@ def _read_yaml(path: Path) -> Any:
     except RecursionError:
         raise RecipeError("", f"{path} is nested too deeply") from None
     except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4,300 digits
-        raise RecipeError("", f"{path} holds a value YAML cannot read: {_one_line(str(exc), 80)}") from None
+        raise RecipeError("", f"{path} holds a value YAML cannot read: {one_line(str(exc), 80)}") from None
 
 
 # A layer map is either "auto" (uniform spacing) or explicit [student, teacher] index pairs.
@@ -824,18 +807,6 @@ def _type_name(tp: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
-_REPR = reprlib.Repr()  # Python 3.11's takes no keyword arguments
-_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 3, 3, 40, 40, 40
-
-
-def _describe(value: Any) -> str:
-    """A short repr of a user's value, built in bounded time whatever its size (reprlib)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length():,} bits"  # repr() of a huge int is slow or refused
-    text = _REPR.repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     """Check ``value`` against type ``tp`` and return it (nested dataclasses built)."""
     origin = typing.get_origin(tp)
@@ -854,7 +825,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             except RecipeError as exc:
                 if exc.field != path:
                     raise  # the value had this alternative's shape; the problem is inside it
-        raise RecipeError(path, f"must be {_type_name(tp)}, got {_describe(value)}")
+        raise RecipeError(path, f"must be {_type_name(tp)}, got {describe(value)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value in allowed and type(value) is type(allowed[0]):
@@ -864,11 +835,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
         choices = ", ".join(repr(a) for a in allowed)
-        raise RecipeError(path, f"must be one of {choices}, got {_describe(value)}{hint}")
+        raise RecipeError(path, f"must be one of {choices}, got {describe(value)}{hint}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise RecipeError(path, f"must be a list, got {_describe(value)}")
+            raise RecipeError(path, f"must be a list, got {describe(value)}")
         return [_coerce(item_tp, item, f"{path}[{i}]") for i, item in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
@@ -878,7 +849,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             if abs(value) >= 1 << 62:
-                raise RecipeError(path, f"is out of range, got {_describe(value)}")
+                raise RecipeError(path, f"is out of range, got {describe(value)}")
             return value
     elif tp is float:
         number = None
@@ -892,7 +863,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 pass
         if number is not None:
             if not math.isfinite(number):
-                raise RecipeError(path, f"must be a finite number, got {_describe(value)}")
+                raise RecipeError(path, f"must be a finite number, got {describe(value)}")
             return number
     elif tp is str:
         if isinstance(value, str):
@@ -902,16 +873,16 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         # YAML values; the library that receives them checks them.
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)
-        raise RecipeError(path, f"must be a mapping of names to values, got {_describe(value)}")
+        raise RecipeError(path, f"must be a mapping of names to values, got {describe(value)}")
     else:  # pragma: no cover - a schema bug, not a user error
         raise TypeError(f"unsupported schema type {tp!r} at {path}")
-    raise RecipeError(path, f"must be {_type_name(tp)}, got {_describe(value)}")
+    raise RecipeError(path, f"must be {_type_name(tp)}, got {describe(value)}")
 
 
 def _build(cls: type, raw: Any, path: str) -> Any:
     """Build dataclass ``cls`` from mapping ``raw``, strictly."""
     if not isinstance(raw, dict):
-        raise RecipeError(path, f"must be a mapping of keys to values, got {_describe(raw)}")
+        raise RecipeError(path, f"must be a mapping of keys to values, got {describe(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
@@ -942,7 +913,7 @@ def _validate_layer_map(layer_map: Any, path: str) -> None:
         _check(
             len(pair) == 2,
             f"{path}[{i}]",
-            f"must be a [student_layer, teacher_layer] pair, got {_describe(pair)}",
+            f"must be a [student_layer, teacher_layer] pair, got {describe(pair)}",
         )
         _check(min(pair) >= 0, f"{path}[{i}]", f"layer indices must be >= 0, got {pair}")
 

@@ -306,6 +306,13 @@ def test_unsupported_kinds_fail_before_training(pruning, fragment, tmp_path):
     assert not out_dir.exists()
 
 
+def test_per_layer_shapes_need_a_family_with_generated_code(tmp_path):
+    with pytest.raises(RecipeError, match="generated modeling code, which exists for bert, roberta, vit but not 'resnet'"):
+        PaKDTrainer(model=tiny_resnet(), args=_args(tmp_path / "never"), train_dataset=_image_dataset(8),
+                    recipe=_recipe({"layers": {"keep": 3}, "uniform": False}, False))
+    assert not (tmp_path / "never").exists()
+
+
 # ------------------------------------------------------------------- export
 _RELOAD = textwrap.dedent(
     """

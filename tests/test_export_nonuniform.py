@@ -423,3 +423,12 @@ def test_roberta_templates_are_the_bert_templates_renamed():
         for a, b in subs:
             text = text.replace(a, b)
         assert text == (export.TEMPLATES / f"{kind}_pakd_roberta.py").read_text(), kind
+
+
+def test_adapters_flag_exactly_the_families_with_generated_code():
+    """The engine asks the adapter (`custom_code`) instead of importing export: the two agree."""
+    from pakd_hf.arch import registered_adapters
+    from pakd_hf.export import CUSTOM_MODEL_TYPES
+
+    flagged = {t for a in registered_adapters() if a.custom_code for t in a.model_types}
+    assert {f"pakd_{t}" for t in flagged} == set(CUSTOM_MODEL_TYPES)

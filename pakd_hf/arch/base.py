@@ -233,6 +233,9 @@ class ArchAdapter:
     description: ClassVar[str] = ""
     #: ``config.model_type`` values this adapter can verify saved checkpoints for
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: whether pakd_hf.export has generated modeling code for this family's model types (per-layer
+    #: shapes, ``uniform: false``); the engine reads this flag instead of importing export
+    custom_code: ClassVar[bool] = False
     #: config.json key of each generic shape field, for families whose config spells them
     #: differently (Whisper: ``{"num_hidden_layers": "encoder_layers", ...}``)
     config_fields: ClassVar[dict[str, str]] = {}

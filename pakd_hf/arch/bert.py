@@ -45,6 +45,7 @@ class BertAdapter(ArchAdapter):
     family = "bert"
     description = "BERT/RoBERTa (BertModel, BertFor*, RobertaModel, RobertaFor*)"
     model_types = ("bert", "roberta")
+    custom_code = True
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -46,6 +46,7 @@ class ViTAdapter(ArchAdapter):
     family = "vit"
     description = "ViT (ViTModel, ViTForImageClassification)"
     model_types = ("vit",)
+    custom_code = True
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -21,7 +21,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import (
+    HeadDimError,
+    NonUniformStructureError,
+    UnsupportedArchitectureError,
+    get_adapter,
+    registered_adapters,
+)
+from ..errors import RecipeError
 from .compact import CompactResult, compact
 from .importance import ImportanceAccumulator
 from .masks import MaskState, nm_masks, unstructured_masks, weight_scores
@@ -61,8 +68,6 @@ def target_count(keep, structure: Structure, kind: str) -> int:
 
 def check_targets(spec, structure: Structure, path: str) -> None:
     """Raise a RecipeError when a target cannot be met from `structure` (before training)."""
-    from ..recipe import RecipeError
-
     for kind, keep in spec.structured_targets().items():
         total = original_size(structure, kind)
         n = target_count(keep, structure, kind)
@@ -94,9 +99,6 @@ def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
     Magnitude scores stand in for the real ones: the shapes, and so the errors (a target
     larger than the model, BERT's hidden != heads * head_dim), do not depend on them.
     """
-    from ..recipe import RecipeError
-    from ..arch import HeadDimError, NonUniformStructureError, UnsupportedArchitectureError
-
     adapter = get_adapter(model)
     base = Structure.from_model(model, adapter)
     current = base
@@ -128,16 +130,13 @@ def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
             continue
         acc = ImportanceAccumulator(model, adapter, kinds=tuple(counts), criterion="magnitude")
         acc.update()
-        if not spec.uniform:
-            from ..export import CUSTOM_MODEL_TYPES
-
+        if not spec.uniform and not adapter.custom_code:
             model_type = getattr(getattr(model, "config", None), "model_type", "")
-            if model_type not in CUSTOM_MODEL_TYPES and f"pakd_{model_type}" not in CUSTOM_MODEL_TYPES:
-                raise RecipeError(
-                    f"{where}.uniform",
-                    f"false needs generated modeling code, which exists for "
-                    f"{', '.join(t.removeprefix('pakd_') for t in CUSTOM_MODEL_TYPES)} but not '{model_type}'; set true",
-                )
+            have = [t for a in registered_adapters() if a.custom_code for t in a.model_types]
+            raise RecipeError(
+                f"{where}.uniform",
+                f"false needs generated modeling code, which exists for {', '.join(have)} but not '{model_type}'; set true",
+            )
         try:
             current = select_structure(
                 acc.scores(), base, within=current, adapter=adapter, uniform=spec.uniform,
