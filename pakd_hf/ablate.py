@@ -45,6 +45,7 @@ from typing import Any
 from .compress import (Prepared, _fingerprint, _say, _student_args, prepare, save_student, student_start, teacher_identity,
                        transfer_set)
 from .preflight import preflight
+from .prune.carried import set_vocabulary_record, vocabulary_record
 from .recipe import Recipe, RecipeError, check_layer_maps, load_recipe
 
 __all__ = ["ARMS", "AblationError", "ablate", "arm_recipe", "summarise"]
@@ -183,9 +184,7 @@ def _random_student(p: Prepared, start, seed: int):
     config = _final_shape_config(p, start)
     set_seed(seed)
     model = p.adapter.model_class().from_config(config)
-    vocabulary = getattr(start, "_pakd_vocabulary", None)
-    if vocabulary is not None:
-        model._pakd_vocabulary = vocabulary
+    set_vocabulary_record(model, vocabulary_record(start))
     return model
 
 

@@ -313,7 +313,9 @@ def needs_custom_code(model) -> bool:
 
 
 def _check_no_structural_masks(model) -> None:
-    state = getattr(model, "_pakd_mask_state", None)
+    from .prune.carried import active_masks  # here: `import pakd_hf` imports this module, not the engine
+
+    state = active_masks(model)
     if state is not None and state.target != state.base:
         raise ValueError("the model still has structural masks: compact(model, mask_state) before saving "
                          "(unstructured / N:M masks are fine: they are saved as dense zeros)")

@@ -37,6 +37,7 @@ from .distill import TEACHER_LOGITS, HiddenProjections, add_teacher_logits, dist
 from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
 
 from .prune.session import PruningSession
+from .prune.carried import structure_record, vocabulary_record
 
 __all__ = ["PaKDTrainer", "add_teacher_logits", "TEACHER_LOGITS"]
 
@@ -158,7 +159,7 @@ def check_inputs(recipe: Recipe | None, model, teacher, kwargs: dict) -> None:
             check_label_spaces(model, teacher)
     if recipe is None:
         return
-    pruned = getattr(model, "_pakd_vocabulary", None)
+    pruned = vocabulary_record(model)
     if pruned is not None and teacher is not None and _vocab_size(teacher) not in (_vocab_size(model), pruned.vocab_size_original):
         raise ValueError(
             f"the student's vocabulary was pruned from {pruned.vocab_size_original:,} tokens, but the teacher has "
@@ -338,7 +339,7 @@ class PaKDTrainer(Trainer):
         proj = HiddenProjections(list(range(n_s + 1)), _hidden_width(model), _hidden_width(teacher), always=prunes_hidden)
         if not len(proj.maps):
             return None
-        record = getattr(model, "_pakd_structure", None)
+        record = structure_record(model)
         if record is not None:
             proj.inputs = list(record.hidden)  # an already-pruned student: inputs in its original coordinates
         return proj.to(self.args.device)

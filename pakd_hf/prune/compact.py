@@ -33,6 +33,7 @@ from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
 from ..arch.base import ROLES, is_rms_norm, weighted_layer_sum_keep
+from .carried import active_masks
 from .masks import MaskState, _expand
 from .structure import Structure, relative_keep, set_structure
 
@@ -164,7 +165,7 @@ def compact(
     rel = relative_keep(base, structure)
 
     # forward patches of whatever mask state is attached go first
-    active = getattr(model, "_pakd_mask_state", None)
+    active = active_masks(model)
     if active is not None and active is not state:
         active._mark_stale()
     if state is not None:

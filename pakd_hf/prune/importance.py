@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, Cut, get_adapter
+from .carried import structure_record
 
 CRITERIA = ("magnitude", "taylor", "movement")
 KINDS = ("heads", "ffn", "layers", "hidden", "weights")
@@ -112,7 +113,7 @@ class ImportanceAccumulator:
         the last update (unit indices change), so scores never mix two shapes."""
         self.num_updates = 0
         self._acc: dict[str, object] = {}
-        self._record = getattr(self.adapter.model, "_pakd_structure", None)
+        self._record = structure_record(self.adapter.model)
 
     # ------------------------------------------------------------- internals
     def _need(self) -> set[str]:
@@ -204,7 +205,7 @@ class ImportanceAccumulator:
     @torch.no_grad()
     def update(self) -> None:
         """Accumulate one step's contribution from the current weights and ``.grad``."""
-        if getattr(self.adapter.model, "_pakd_structure", None) is not self._record:
+        if structure_record(self.adapter.model) is not self._record:
             self.reset()  # compacted since the last update
         self.num_updates += 1
         if self.criterion == "magnitude":
@@ -242,7 +243,7 @@ class ImportanceAccumulator:
             else:
                 res = self._group_scores(lambda p: p.detach() ** 2, torch.sqrt)
         else:
-            if getattr(self.adapter.model, "_pakd_structure", None) is not self._record:
+            if structure_record(self.adapter.model) is not self._record:
                 self.reset()
             res = {}
             for k in self._need():

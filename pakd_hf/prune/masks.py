@@ -41,9 +41,9 @@ from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
 from ..arch.base import is_rms_norm, rms_norm_eps, weighted_layer_sum_keep
+from .carried import active_masks, clear_active_masks, set_active_masks
 from .structure import Structure, relative_keep
 
-_ACTIVE = "_pakd_mask_state"
 
 
 def _expand(idx: list[int], group: int) -> list[int]:
@@ -115,15 +115,15 @@ class MaskState:
     # ------------------------------------------------------------------ hooks
     @property
     def attached(self) -> bool:
-        return bool(self._handles or self._skipped) or getattr(self.model, _ACTIVE, None) is self
+        return bool(self._handles or self._skipped) or active_masks(self.model) is self
 
     def attach(self) -> None:
         """Install the forward patches for the current target (idempotent)."""
         self.detach()
-        other = getattr(self.model, _ACTIVE, None)
+        other = active_masks(self.model)
         if other is not None and other is not self:
             other.detach()
-        object.__setattr__(self.model, _ACTIVE, self)
+        set_active_masks(self.model, self)
         rel = relative_keep(self.base, self.target)
         layers = self.adapter.layer_list()
         for j, keep in enumerate(rel.layers):
@@ -145,8 +145,7 @@ class MaskState:
             if "forward" in layer.__dict__:
                 del layer.forward
         self._skipped = []
-        if getattr(self.model, _ACTIVE, None) is self:
-            object.__delattr__(self.model, _ACTIVE)
+        clear_active_masks(self.model, self)
 
     # ----------------------------------------------------------------- zeroing
     def _build_plan(self) -> list[tuple[nn.Parameter, int | None, torch.Tensor, float]]:
@@ -212,7 +211,7 @@ class MaskState:
         Call right after each ``optimizer.step()`` (and once when the masks change). ``model``
         (optional, may be a DDP wrapper) is only checked to be the state's model."""
         self._check_model(model)
-        if getattr(self.model, _ACTIVE, None) is not self:
+        if active_masks(self.model) is not self:
             self.attach()
         for p, axis, idx, fill in self._zero_plan():
             if axis is None:

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..arch import get_adapter
 from .budget import model_cost
+from .carried import structure_record, vocabulary_record
 from .compact import CompactResult, compact
 from .controller import StagePruner, target_count
 from .masks import MaskState
@@ -95,7 +96,7 @@ class PruningSession:
         self._cost_inputs: dict | None = None
         self._start_cost: tuple[float, float, dict] | None = None
         self._progress: tuple[str, dict[str, float]] | None = None
-        pruned = getattr(model, "_pakd_vocabulary", None)
+        pruned = vocabulary_record(model)
         if pruned is not None:
             self.vocab_record = pruned.record()
             if teacher is not None and _vocab_size(teacher) != _vocab_size(model):
@@ -114,7 +115,7 @@ class PruningSession:
         return (
             self.vocab_record is not None
             or self.mask_state is not None
-            or getattr(self.model, "_pakd_structure", None) is not None
+            or structure_record(self.model) is not None
             or any(s.pruning is not None for s in (stages or ()))
         )
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .carried import active_masks, set_structure_record, structure_record
+
 PAKD_JSON = "pakd.json"
 PAKD_FORMAT = 1
-_ATTR = "_pakd_structure"
 
 
 class CheckpointMismatchError(ValueError):
@@ -70,7 +71,7 @@ class Structure:
     def from_model(cls, model, adapter=None) -> Structure:
         """The model's current record: what a previous :func:`compact` left (original
         coordinates), or "everything kept" for a model never compacted."""
-        rec = getattr(model, _ATTR, None)
+        rec = structure_record(model)
         if rec is not None:
             return copy.deepcopy(rec)
         from ..arch import get_adapter
@@ -183,11 +184,7 @@ class Structure:
 
 def set_structure(model, structure: Structure | None) -> None:
     """Attach a structure record to ``model`` (e.g. after reloading a pruned checkpoint)."""
-    if structure is None:
-        if hasattr(model, _ATTR):
-            delattr(model, _ATTR)
-        return
-    object.__setattr__(model, _ATTR, copy.deepcopy(structure))
+    set_structure_record(model, None if structure is None else copy.deepcopy(structure))
 
 
 # ---------------------------------------------------------------- pakd.json
@@ -228,7 +225,7 @@ def save_pruned(model, folder, *, extra: dict[str, Any] | None = None, **save_kw
 
     adapter = get_adapter(model)
     structure = Structure.from_model(model, adapter)
-    state = getattr(model, "_pakd_mask_state", None)
+    state = active_masks(model)
     if state is not None and state.target != state.base:
         raise ValueError("the model still has structural masks: compact(model, mask_state) before saving "
                          "(unstructured / N:M masks are fine: they are saved as dense zeros)")

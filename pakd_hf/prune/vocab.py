@@ -96,6 +96,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .carried import set_vocabulary_record
+
 DROPPED_MODES = ("unk", "resegment")
 TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
                    "unk_token_id", "mask_token_id", "decoder_start_token_id")
@@ -478,7 +480,7 @@ def prune_vocabulary_by_counts(model: nn.Module, tokenizer, input_ids: Iterable[
     """:func:`prune_vocabulary` keeping the tokens that occur at least ``min_count`` times in
     ``input_ids`` (rows tokenized with ``tokenizer``, e.g. a training set's ``input_ids``).
 
-    The result is also attached to the model (``model._pakd_vocabulary``): a
+    The result is also attached to the model (:func:`.carried.vocabulary_record`): a
     :class:`~pakd_hf.PaKDTrainer` given that student maps its inputs back to the original ids
     for a teacher with the full vocabulary, and records the pruning in ``pakd.json``.
     """
@@ -489,7 +491,7 @@ def prune_vocabulary_by_counts(model: nn.Module, tokenizer, input_ids: Iterable[
         counts.update(int(i) for i in row)
     keep = {i for i, c in counts.items() if c >= min_count}
     result = prune_vocabulary(model, tokenizer, keep, dropped=dropped)
-    model._pakd_vocabulary = result
+    set_vocabulary_record(model, result)
     return result
 
 
