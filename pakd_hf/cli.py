@@ -203,7 +203,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     import json
 
-    from .compress import benchmark_folders, benchmark_onnx_folders
+    from .compare import benchmark_folders, benchmark_onnx_folders
 
     run = benchmark_onnx_folders if args.runtime == "ort" else benchmark_folders
     try:
@@ -273,7 +273,8 @@ def _doc(description: str, example: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .compress import LATENCY_MIN_SECONDS, SAVE_STEPS  # light: no torch at import time
+    from .compare import LATENCY_MIN_SECONDS  # light: no torch at import time
+    from .compress import SAVE_STEPS
 
     parser = argparse.ArgumentParser(
         prog="pakd",
