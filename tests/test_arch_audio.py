@@ -31,6 +31,7 @@ from pakd_hf.prune import (
     select_structure,
     verify_against_config,
 )
+import toy
 from toy import stock_result
 
 TOL = 1e-5
@@ -59,16 +60,12 @@ def _perturb(model):
 
 
 def tiny_whisper(seed=0, weighted=False):
-    from transformers import WhisperConfig, WhisperForAudioClassification
-
-    torch.manual_seed(seed)
-    cfg = WhisperConfig(
-        d_model=32, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=64, num_mel_bins=MEL,
-        max_source_positions=FRAMES // 2, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=16,
+    model = toy.tiny_whisper(
+        seed, num_mel_bins=MEL, max_source_positions=FRAMES // 2, decoder_attention_heads=2, decoder_ffn_dim=16,
         vocab_size=60, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, num_labels=3,
         use_weighted_layer_sum=weighted, classifier_proj_size=24, init_std=0.2,
     )
-    return _perturb(WhisperForAudioClassification(cfg).eval())
+    return _perturb(model.eval())
 
 
 def tiny_wav2vec2(seed=0, stable=False, weighted=False, hubert=False, **extra):

@@ -15,7 +15,7 @@ import yaml
 from pakd_hf.benchmark import REPORT_KEYS
 from pakd_hf.cli import main
 from pakd_hf.data.fashion_mnist import FILES, FOLDER
-from toy import run_stock
+from toy import run_stock, save_tiny_whisper
 
 
 
@@ -211,21 +211,7 @@ needs_espeak = pytest.mark.skipif(
 def tiny_whisper(tmp_path_factory):
     """A randomly initialised 4-layer Whisper encoder (d_model 32) for 1 s clips, saved with
     the same 1 s WhisperFeatureExtractor the offline tiny.en teacher uses."""
-    import torch
-    from transformers import WhisperConfig, WhisperForAudioClassification
-
-    from pakd_hf.data.whisper_ct2 import feature_extractor
-
-    torch.manual_seed(0)
-    model = WhisperForAudioClassification(WhisperConfig(
-        d_model=32, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=64, decoder_layers=1,
-        decoder_attention_heads=4, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=50, vocab_size=64,
-        classifier_proj_size=16,
-    ))
-    folder = tmp_path_factory.mktemp("tiny-whisper")
-    model.save_pretrained(folder)
-    feature_extractor().save_pretrained(folder)
-    return folder
+    return save_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))
 
 
 @pytest.fixture(scope="module")

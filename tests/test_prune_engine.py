@@ -31,6 +31,7 @@ from pakd_hf.prune import (
     verify_against_config,
     weight_scores,
 )
+import toy
 from toy import stock_result
 
 TOL = 1e-5
@@ -56,22 +57,12 @@ def _perturb_norms(model):
 
 
 def tiny_bert(seed=0, cls=None):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, initializer_range=0.2, num_labels=3)
-    return _perturb_norms((cls or BertForSequenceClassification)(cfg).eval())
+    model = toy.tiny_bert(seed=seed, vocab_size=100, max_positions=16, num_labels=3, initializer_range=0.2, cls=cls)
+    return _perturb_norms(model.eval())
 
 
 def tiny_vit(seed=0):
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(seed)
-    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=4,
-                    num_attention_heads=4, intermediate_size=64, initializer_range=0.2, num_labels=3)
-    return _perturb_norms(ViTForImageClassification(cfg).eval())
+    return _perturb_norms(toy.tiny_vit(seed=seed, initializer_range=0.2).eval())
 
 
 def bert_inputs():

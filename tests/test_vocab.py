@@ -29,6 +29,7 @@ from pakd_hf.prune.vocab import (
     saved_vocab_problems,
     used_token_ids,
 )
+import toy
 from toy import stock_result
 
 TOL = 1e-5
@@ -112,14 +113,8 @@ def minilm_tokenizer():
 
 
 def tiny_bert(vocab_size, seed=0, cls="BertForSequenceClassification"):
-    import transformers
-    from transformers import BertConfig
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, initializer_range=0.5, num_labels=2)
-    return getattr(transformers, cls)(cfg).eval()
+    return toy.tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=seed, vocab_size=vocab_size, max_positions=64,
+                         initializer_range=0.5, cls=cls).eval()
 
 
 def reference_ids(orig_tok, res, text):

@@ -32,21 +32,27 @@ def toy_dataset(n: int = 256, seed: int = 0) -> Dataset:
     return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
 
 
-def tiny_bert(hidden=32, layers=4, heads=4, ffn=64, seed=0, dropout=0.0, num_labels=2, **kw) -> BertForSequenceClassification:
+def tiny_bert(hidden=32, layers=4, heads=4, ffn=64, seed=0, dropout=0.0, num_labels=2, vocab_size=VOCAB,
+              max_positions=SEQ, cls=None, **kw):
+    """A randomly initialised BERT (seeded) of the given shape; ``cls``: a class or a class name
+    of transformers (default ``BertForSequenceClassification``); other BertConfig fields in ``kw``."""
+    import transformers
+
     torch.manual_seed(seed)
     cfg = BertConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=ffn,
-        max_position_embeddings=SEQ,
+        max_position_embeddings=max_positions,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
         num_labels=num_labels,
         **kw,
     )
-    return BertForSequenceClassification(cfg)
+    cls = getattr(transformers, cls) if isinstance(cls, str) else (cls or BertForSequenceClassification)
+    return cls(cfg)
 
 
 def toy_images(n: int = 128, seed: int = 0) -> Dataset:
@@ -58,16 +64,40 @@ def toy_images(n: int = 128, seed: int = 0) -> Dataset:
     return Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()}).with_format("torch")
 
 
-def tiny_vit(hidden=32, layers=4, heads=4, ffn=64, seed=0):
+def tiny_vit(hidden=32, layers=4, heads=4, ffn=64, seed=0, **kw):
+    """A randomly initialised ViT (seeded) for 3x8x8 images, 3 labels; other ViTConfig fields in ``kw``."""
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
-    cfg = ViTConfig(
-        image_size=8, patch_size=4, num_channels=3, hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, intermediate_size=ffn, num_labels=3,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
+    cfg = ViTConfig(**{
+        "image_size": 8, "patch_size": 4, "num_channels": 3, "hidden_size": hidden, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "intermediate_size": ffn, "num_labels": 3,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, **kw,
+    })
     return ViTForImageClassification(cfg)
+
+
+def tiny_whisper(seed=0, layers=4, **kw):
+    """A randomly initialised Whisper encoder classifier (seeded; d_model 32, 4 heads, FFN 64,
+    80 mel bins, 50 positions: 1 s clips); other WhisperConfig fields in ``kw``."""
+    from transformers import WhisperConfig, WhisperForAudioClassification
+
+    torch.manual_seed(seed)
+    cfg = WhisperConfig(**{
+        "d_model": 32, "encoder_layers": layers, "encoder_attention_heads": 4, "encoder_ffn_dim": 64,
+        "decoder_layers": 1, "decoder_attention_heads": 4, "decoder_ffn_dim": 64, "num_mel_bins": 80,
+        "max_source_positions": 50, "vocab_size": 64, "classifier_proj_size": 16, **kw,
+    })
+    return WhisperForAudioClassification(cfg)
+
+
+def save_tiny_whisper(folder: Path, **kw) -> Path:
+    """:func:`tiny_whisper` saved with the 1 s WhisperFeatureExtractor the offline tiny.en teacher uses."""
+    from pakd_hf.data.whisper_ct2 import feature_extractor
+
+    tiny_whisper(**kw).save_pretrained(folder)
+    feature_extractor().save_pretrained(folder)
+    return folder
 
 
 # A fresh interpreter with stock packages only: offline, no PYTHONPATH (pakd_hf is not put on
