@@ -102,7 +102,7 @@ DATASET_NOTES = {
         "note": "The 12 classes of Speech Commands v2 (10 keywords, _unknown_, _silence_) spoken by three Debian "
                 "synthesisers (espeak-ng, festival, flite) with tempo, pitch, reverberation, level, onset and "
                 "background noise (0-20 dB SNR) drawn per clip; generated offline by pakd-hf. Validation: voices "
-                "training never heard; test: other unheard voices and flite, an engine training never heard. "
+                "training never heard; test: flite's voices, an engine training never heard. "
                 "Synthetic speech: not Speech Commands, and not comparable with its published figures.",
     },
 }

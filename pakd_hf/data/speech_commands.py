@@ -13,20 +13,20 @@ Voices come from three synthesisers in Debian's archive:
   festvox-kdlpc16k), ``cmu_us_slt_arctic_hts`` (festvox-us-slt-hts);
 - ``flite`` (Festival-lite's own voices): ``kal``, ``kal16``, ``awb``, ``rms``, ``slt``.
 
-Splits hold out voices AND a whole synthesiser, so test measures generalisation rather than
+Splits hold out voices AND whole synthesisers, so test measures generalisation rather than
 memorised timbre:
 
-- train: espeak-ng voices of 12 of the 17 variants, festival's ``kal_diphone`` and
-  ``cmu_us_slt_arctic_hts``;
-- validation (a third condition): espeak-ng voices of 2 other variants, festival's
-  ``ked_diphone`` (voices training never heard, from engines it did);
-- test: espeak-ng voices of the 3 remaining variants, and every flite voice: an engine
-  training never heard.
+- train: espeak-ng voices of 14 of the 17 variants (all 8 accents each), festival's
+  ``kal_diphone`` and ``cmu_us_slt_arctic_hts``;
+- validation (a third condition): espeak-ng voices of the 3 other variants and festival's
+  ``ked_diphone``: voices training never heard, from engines it did;
+- test: flite's five voices: an engine, and voices, training never heard. No voice and no
+  synthesiser of the test split is in training.
 
-(espeak-ng variants are held out whole: a variant sets the timbre whatever the accent.) In
-each split every class has the same number of clips; each engine present has as many clips
-per class as the split's espeak-ng voices together (``clips_per_voice`` each), spread evenly
-over its own voices.
+(espeak-ng variants are held out whole: a variant sets the timbre whatever the accent.) Every
+class has the same number of clips in a split: ``clips_per_voice`` per espeak-ng voice, and
+as many per festival or flite voice as a whole espeak-ng variant gets (``clips_per_voice`` x
+its 8 accents), so one festival or flite voice weighs as much as one espeak-ng variant.
 
 Every clip is one second at 16 kHz, made with seeded randomness from ``(seed, voice, class,
 k)`` alone (so a clip is the same whatever else is made): the word is spoken, its silence
@@ -87,9 +87,9 @@ ENGINES = {
 }
 # espeak-ng variants per split (whole variants held out), and the other engines' voices.
 SPLIT_VARIANTS = {
-    "train": ["m1", "m3", "m4", "m6", "f1", "f2", "f4", "f5", "klatt", "klatt3", "klatt4", "croak"],
-    "validation": ["m5", "f3"],
-    "test": ["m2", "m7", "klatt2"],
+    "train": ["m1", "m2", "m3", "m4", "m6", "m7", "f1", "f2", "f4", "f5", "klatt", "klatt3", "klatt4", "croak"],
+    "validation": ["m5", "f3", "klatt2"],
+    "test": [],
 }
 SPLIT_VOICES = {
     "train": {"festival": ["kal_diphone", "cmu_us_slt_arctic_hts"]},
@@ -106,7 +106,7 @@ SNR_DB = (0.0, 20.0)
 SILENCE_PEAK = (0.002, 0.3)
 NOISE_COLOURS = ("whitenoise", "pinknoise", "brownnoise")
 NOISE_SECONDS = 60
-FORMAT = 1  # bump when the synthesis recipe changes: a new cache folder
+FORMAT = 2  # bump when the synthesis recipe changes: a new cache folder
 
 
 def split_of(engine: str, voice: str) -> str | None:
@@ -224,11 +224,10 @@ def plan(seed: int, clips_per_voice: int, voices_per_variant: int | None = None)
             rng = random.Random(f"{seed}|{split}")
             espeak = [v for variant in variants
                       for v in rng.sample([v for v in espeak if v.endswith("+" + variant)], voices_per_variant)]
-        per_class = len(espeak) * clips_per_voice
         voices = [("espeak-ng", v, clips_per_voice) for v in espeak]
+        per_voice = clips_per_voice * (voices_per_variant or len(ACCENTS))  # as many as one espeak-ng variant
         for engine, members in SPLIT_VOICES[split].items():
-            for i, voice in enumerate(members):  # per_class spread evenly over the engine's voices
-                voices.append((engine, voice, per_class // len(members) + (i < per_class % len(members))))
+            voices += [(engine, voice, per_voice) for voice in members]
         for engine, voice, count in voices:
             for cls in CLASSES:
                 for k in range(count):
@@ -276,8 +275,8 @@ def load_speech_commands(seed: int = 0, clips_per_voice: int = 1, voices_per_var
                          cache_dir: str | os.PathLike | None = None, workers: int = 2, progress: bool = True):
     """DatasetDict(train, validation, test) of the 12 classes; see the module's docstring.
 
-    ``clips_per_voice``: clips per class by each espeak-ng voice (the other engines get as many
-    per class in all). ``voices_per_variant``: that many of the 8 accents per espeak-ng variant
+    ``clips_per_voice``: clips per class by each espeak-ng voice (each festival or flite voice
+    gets as many as a whole espeak-ng variant). ``voices_per_variant``: that many of the 8 accents per espeak-ng variant
     (a seeded choice) for a smaller set; default all.
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
