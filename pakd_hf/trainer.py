@@ -317,11 +317,14 @@ class PaKDTrainer(Trainer):
 
         self._attn_restore: dict[int, tuple[nn.Module, str]] = {}
 
-        self.distill_projections: HiddenProjections | None = self._build_projections(model, teacher_model)
+        if model is None and self.model is not None:
+            # model_init: Trainer built the student just now; check it as a given model is checked
+            check_inputs(self.recipe, self.model, teacher_model, {**kwargs, "vocabulary_dataset": vocabulary_dataset})
+        self.distill_projections: HiddenProjections | None = self._build_projections(self.model, teacher_model)
         #: The run's pruning (masks, stage pruners, rotation, vocabulary, their checkpoint state):
         #: see :class:`pakd_hf.prune.session.PruningSession`.
         self.pruning = PruningSession(
-            self.model, teacher=teacher_model, projections=self.distill_projections, reduce=self._reduce_sum,
+            lambda: self.model, teacher=teacher_model, projections=self.distill_projections, reduce=self._reduce_sum,
             broadcast=self._broadcast, batches=self._input_batches, on_compacted=self._after_compaction,
         )
         self._component_sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)

@@ -295,3 +295,23 @@ def test_the_logs_carry_the_compression_curve(pruned_runs):
         saved = sum(p.numel() for p in run["student"].parameters())
         start = sum(p.numel() for p in (tiny_bert if family == "bert" else tiny_vit)(seed=0).parameters())
         assert last["pakd/params_kept"] == pytest.approx(saved / start, abs=1e-4)
+
+
+def test_model_init_the_pruning_follows_the_model_trainer_builds_in_train(tmp_path):
+    """With `model_init`, Trainer builds a new model in train(): pruning (masks, compaction, the
+    saved pakd.json) acts on that one, not on the model made at construction."""
+    teacher = tiny_bert(seed=5)
+    made = []
+
+    def model_init():
+        made.append(tiny_bert(seed=0))
+        return made[-1]
+
+    trainer = PaKDTrainer(model_init=model_init, teacher_model=teacher, args=targs(tmp_path / "run"),
+                          train_dataset=toy_dataset(64), recipe=prune_recipe("text-classification", {"layers": {"keep": 2}}))
+    trainer.train()
+    assert len(made) == 2 and trainer.model is made[1] and trainer.pruning.model is made[1]
+    assert made[1].config.num_hidden_layers == 2 and made[0].config.num_hidden_layers == 4
+    trainer.save_model(str(tmp_path / "student"))
+    record = json.loads((tmp_path / "student" / "pakd.json").read_text())
+    assert len(record["structure"]["layers"]) == 2

@@ -130,8 +130,8 @@ def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
             continue
         acc = ImportanceAccumulator(model, adapter, kinds=tuple(counts), criterion="magnitude")
         acc.update()
-        if not spec.uniform and not adapter.custom_code:
-            model_type = getattr(getattr(model, "config", None), "model_type", "")
+        model_type = getattr(getattr(model, "config", None), "model_type", "")
+        if not spec.uniform and not (adapter.custom_code and model_type.removeprefix("pakd_") in adapter.model_types):
             have = [t for a in registered_adapters() if a.custom_code for t in a.model_types]
             raise RecipeError(
                 f"{where}.uniform",

@@ -51,7 +51,9 @@ class PruningSession:
     """Pruning over one training run of ``model`` (see the module docs).
 
     Args:
-        model: the student (unwrapped); compaction changes it in place.
+        model: the student (unwrapped; compaction changes it in place), or a function that
+            returns it: Trainer replaces its model in ``train()`` (``model_init``,
+            hyperparameter search), and the session must follow it.
         teacher: the teacher, if any: a student whose vocabulary was pruned before training
             maps its token ids to the teacher's (:attr:`teacher_token_ids`).
         projections: the hidden-distillation projections, rotated with the stream.
@@ -64,7 +66,7 @@ class PruningSession:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[[], nn.Module],
         *,
         teacher: nn.Module | None = None,
         projections: nn.Module | None = None,
@@ -73,7 +75,7 @@ class PruningSession:
         batches: Callable[[], Iterable[dict]] | None = None,
         on_compacted: Callable[[CompactResult, str | None], None] | None = None,
     ):
-        self.model = model
+        self._model = model
         self.projections = projections
         self.reduce = reduce or (lambda t: t)
         self.broadcast = broadcast or (lambda modules: None)
@@ -96,11 +98,16 @@ class PruningSession:
         self._cost_inputs: dict | None = None
         self._start_cost: tuple[float, float, dict] | None = None
         self._progress: tuple[str, dict[str, float]] | None = None
-        pruned = vocabulary_record(model)
+        pruned = vocabulary_record(self.model)
         if pruned is not None:
             self.vocab_record = pruned.record()
-            if teacher is not None and _vocab_size(teacher) != _vocab_size(model):
+            if teacher is not None and _vocab_size(teacher) != _vocab_size(self.model):
                 self.teacher_token_ids = pruned.teacher_ids()
+
+    @property
+    def model(self) -> nn.Module:
+        """The student the session prunes now."""
+        return self._model if isinstance(self._model, nn.Module) else self._model()
 
     # ---- what the student carries ------------------------------------------------------
     def structure(self, adapter=None) -> Structure:
