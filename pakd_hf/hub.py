@@ -314,6 +314,11 @@ def _structure_rows(structure: dict | None, family: str | None = None) -> tuple[
     if not structure:
         return "The student keeps the teacher's architecture shape (distillation only).", []
     layers = structure["layers"]
+    if not structure["original"]["num_heads"]:  # a CNN (ResNet): residual blocks and channels
+        rows = [{"layer": i, "heads": None, "ffn": str(len(structure["ffn"][i]))} for i in layers]
+        return (f"{len(layers)} of {structure['original']['num_layers']} residual blocks; {len(structure['hidden'])} of "
+                f"{structure['original']['hidden_size']} channels of the residual streams (every stage's width, added up; "
+                "each block's inner channels follow its stage's). Indices refer to the teacher."), rows
     groups = family == "llama"  # decoders prune grouped-query attention by whole KV groups
     rows = [{"layer": i, "heads": f"{len(structure['heads'][i])} / {structure['original']['num_heads']}",
              "ffn": f"{len(structure['ffn'][i])} / {structure['original']['intermediate_size']}"} for i in layers]
@@ -328,7 +333,12 @@ def _structure_rows(structure: dict | None, family: str | None = None) -> tuple[
 
 def _kinds_used(structure: dict | None, pakd: dict) -> list[str]:
     tags = []
-    if structure:
+    if structure and not structure["original"]["num_heads"]:  # a CNN: blocks and channels
+        if len(structure["layers"]) < structure["original"]["num_layers"]:
+            tags.append("layer-pruning")
+        if len(structure["hidden"]) < structure["original"]["hidden_size"]:
+            tags.append("channel-pruning")
+    elif structure:
         if any(len(structure["heads"][i]) < structure["original"]["num_heads"] for i in structure["layers"]):
             tags.append("head-pruning")
         if any(len(structure["ffn"][i]) < structure["original"]["intermediate_size"] for i in structure["layers"]):

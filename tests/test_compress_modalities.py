@@ -166,7 +166,11 @@ def test_resnet_with_augmented_training_images_compresses_to_a_stock_model(tmp_p
     report = _check_outputs(out, "preprocessor_config.json")
     config = json.loads((out / "student" / "config.json").read_text())
     assert (config["depths"], config["hidden_sizes"], config["embedding_size"]) == ([1, 1], [4, 8], 4)
-    assert (out / "student" / CARD_FIGURE).is_file() and CARD_FIGURE in (out / "student" / "README.md").read_text()
+    card = (out / "student" / "README.md").read_text()
+    assert (out / "student" / CARD_FIGURE).is_file() and CARD_FIGURE in card
+    # a CNN's card speaks of blocks and channels, not of attention heads and FFN widths
+    assert "2 of 4 residual blocks; 12 of 24 channels" in card and "| block (original index) | inner channels kept |" in card
+    assert "attention heads" not in card and "channel-pruning" in card
     from pakd_hf import load_recipe
     from pakd_hf.compress import _quick_recipe, load_data
 
