@@ -291,7 +291,8 @@ def _source_digest(recipe: Recipe) -> str | None:
 
 def _check_stages(recipe: Recipe, model) -> None:
     """The pruning stages' targets against the model's shapes (what PaKDTrainer checks when it
-    is built), so that a recipe that cannot run fails before the teacher's minutes are spent."""
+    is built), so that a recipe that cannot run fails before the teacher's minutes are spent:
+    once per run, on the teacher as trained or as reused (fine-tuning changes no shape)."""
     if any(stage.pruning is not None for stage in recipe.stages):
         from .prune.controller import dry_run
 
@@ -323,6 +324,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         _say(f"reusing the teacher in {folder} (it matches the recipe)")
         info = {**json.loads(info_file.read_text()), "weights": weights_digest(folder)}
         model, preprocessor = adapter.model_class().from_pretrained(folder), adapter.load_preprocessor(folder)
+        _check_stages(recipe, model)  # before the transfer set's teacher pass and the stages
         return model, preprocessor, adapter.encode_dataset(data, preprocessor, recipe), info
     from transformers import set_seed
 
@@ -589,7 +591,6 @@ def compress(
 
     # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
     set_seed(recipe.student_seed)
-    _check_stages(recipe, p.teacher)  # before the transfer set's teacher pass (minutes), not after it
     if save_steps is not None and save_steps < 0:
         raise RecipeError("--save_steps", f"must be >= 0 (0: no checkpoints), got {save_steps}")
     run_dir = out / ".student-run"
