@@ -22,7 +22,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = ["MARKER", "STATE_FILENAME", "PROJECTIONS_FILENAME", "IncompleteCheckpointError", "mark_complete", "problem",
-           "complete_checkpoints", "resolve", "rotate", "is_checkpoint_folder", "write_state", "read_state"]
+           "complete_checkpoints", "resolve", "rotate", "is_checkpoint_folder", "write_state", "read_state", "read_projections"]
 
 MARKER = "pakd_checkpoint.json"
 STATE_FILENAME = "pakd_state.json"  # the stage, the recipe's fingerprint, pruning's state
@@ -168,14 +168,16 @@ def write_state(folder: str | os.PathLike, state: dict, projections=None) -> Non
         save_file(tensors, os.path.join(folder, PROJECTIONS_FILENAME))
 
 
-def read_state(folder: str | os.PathLike, projections=None, device: str = "cpu") -> dict:
-    """The state :func:`write_state` wrote (``{}`` for a checkpoint without one); loads the
-    projections' tensors into ``projections`` when both are there."""
+def read_state(folder: str | os.PathLike) -> dict:
+    """The state :func:`write_state` wrote (``{}`` for a checkpoint without one)."""
     state_file = Path(folder, STATE_FILENAME)
-    saved = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    return json.loads(state_file.read_text()) if state_file.is_file() else {}
+
+
+def read_projections(folder: str | os.PathLike, projections, device: str = "cpu") -> None:
+    """Load the projections' tensors :func:`write_state` wrote into ``projections`` (when both are there)."""
     proj_file = Path(folder, PROJECTIONS_FILENAME)
     if projections is not None and proj_file.is_file():
         from safetensors.torch import load_file
 
         projections.load_state_dict(load_file(str(proj_file), device=device))
-    return saved

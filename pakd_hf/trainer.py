@@ -32,7 +32,7 @@ from transformers.optimization import get_scheduler
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .checkpoints import is_checkpoint_folder, read_state, write_state
+from .checkpoints import is_checkpoint_folder, read_projections, read_state, write_state
 from .distill import TEACHER_LOGITS, HiddenProjections, add_teacher_logits, distillation_loss
 from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
 
@@ -796,7 +796,7 @@ class PaKDTrainer(Trainer):
                 f"resume with the recipe saved beside it ({Path(checkpoint, 'pakd_recipe.yaml')})"
             )
         self.pruning.restore(saved, checkpoint)  # a compacted checkpoint: the model takes its shapes first
-        read_state(checkpoint, self.distill_projections, device=str(self.args.device))
+        read_projections(checkpoint, self.distill_projections, device=str(self.args.device))
 
     # ---- the Hub ---------------------------------------------------------------------
     def push_to_hub(
