@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pakd_hf import load_recipe
-from pakd_hf.compress import load_data
+from pakd_hf.pipeline.compress import load_data
 from pakd_hf.prune import Structure, compact
 from pakd_hf.prune.rotate import rotate_hidden
 

@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from pakd_hf import load_recipe
 from pakd_hf.benchmark import hardware_description, interleaved_latency
-from pakd_hf.compress import LATENCY_EXAMPLES, LATENCY_MIN_SECONDS, load_data
+from pakd_hf.pipeline.compress import LATENCY_EXAMPLES, LATENCY_MIN_SECONDS, load_data
 from pakd_hf.measure import count_params
 
 

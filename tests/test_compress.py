@@ -30,7 +30,7 @@ def quick_run(tiny_teacher, tmp_path_factory):
     path.write_text(yaml.safe_dump(recipe))
     out = root / "out"
     # Record when the test split is read, relative to the teacher's and the student's training.
-    import pakd_hf.compress as pipeline
+    import pakd_hf.pipeline.compress as pipeline
     from pakd_hf.trainer import PaKDTrainer
 
     events = []
@@ -99,7 +99,7 @@ def test_training_arguments_flags_pass_through_and_are_recorded(quick_run, capsy
 
 def test_flags_reach_both_stages_and_the_keys_that_depend_on_them(tiny_teacher, tmp_path):
     from pakd_hf import load_recipe
-    from pakd_hf.compress import _student_args, _teacher_key, _training_args
+    from pakd_hf.pipeline.compress import _student_args, _teacher_key, _training_args
 
     recipe = load_recipe(tiny_rt_recipe(tiny_teacher))
     student = _student_args(tmp_path, recipe, save_steps=7, overrides={"weight_decay": 0.01, "save_total_limit": 5})
@@ -150,7 +150,7 @@ def test_outputs_and_report(quick_run):
     from transformers import AutoTokenizer
 
     from pakd_hf import load_recipe
-    from pakd_hf.compress import load_data
+    from pakd_hf.pipeline.compress import load_data
 
     texts = load_data(load_recipe(path), quick=True)["train"]["text"]
     tok = AutoTokenizer.from_pretrained(out / "teacher")
@@ -176,7 +176,7 @@ def test_outputs_and_report(quick_run):
 def test_student_reloads_in_a_fresh_stock_process_with_the_logged_accuracy(quick_run):
     root, path, out = quick_run
     from pakd_hf import load_recipe
-    from pakd_hf.compress import _quick_recipe, load_data
+    from pakd_hf.pipeline.compress import _quick_recipe, load_data
 
     recipe = _quick_recipe(load_recipe(path))
     test = load_data(recipe, quick=True)["test"]
@@ -223,7 +223,7 @@ def test_second_run_reuses_the_teacher_and_benchmark_compares_folders(quick_run,
 
 def test_group_by_length_is_for_the_student_stages_only(tmp_path):
     from pakd_hf import load_recipe
-    from pakd_hf.compress import _student_args, _teacher_key
+    from pakd_hf.pipeline.compress import _student_args, _teacher_key
 
     grouped = load_recipe(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml")  # the main recipe groups
     raw = grouped.to_dict()
@@ -244,7 +244,7 @@ def test_the_teacher_key_follows_the_local_folder_and_the_versions(tiny_teacher,
     import transformers
 
     from pakd_hf import load_recipe
-    from pakd_hf.compress import _teacher_key
+    from pakd_hf.pipeline.compress import _teacher_key
 
     folder = tmp_path / "teacher"
     shutil.copytree(tiny_teacher, folder)
@@ -416,7 +416,7 @@ def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_p
 
 def test_resume_point_resumes_only_its_own_run_and_restart_drops_it(tmp_path, capsys):
     from pakd_hf.checkpoints import MARKER
-    from pakd_hf.compress import _resume_point
+    from pakd_hf.pipeline.compress import _resume_point
 
     run_dir = tmp_path / ".student-run"
     assert _resume_point(run_dir, "key-a", restart=False) is None  # nothing yet: a fresh run

@@ -87,7 +87,7 @@ print("RESULT" + json.dumps({"perplexity": math.exp(loss), "greedy": tok.decode(
 
 
 def test_stock_perplexity_generate_and_pipeline(run):
-    from pakd_hf.compress import load_data
+    from pakd_hf.pipeline.compress import load_data
 
     _, path, out = run
     recipe = load_recipe(path)
@@ -108,8 +108,8 @@ def test_benchmark_of_two_lm_folders(run, capsys):
 
 
 def test_tokenizer_is_deterministic_and_splits_are_disjoint():
-    from pakd_hf.data.rotten_tomatoes import load_rotten_tomatoes_text
-    from pakd_hf.tasks import TextGeneration
+    from pakd_hf.pipeline.data.rotten_tomatoes import load_rotten_tomatoes_text
+    from pakd_hf.pipeline.tasks import TextGeneration
 
     data = load_rotten_tomatoes_text()
     sets = {k: set(v["text"]) for k, v in data.items()}
@@ -154,7 +154,7 @@ def test_per_example_encoding_keeps_eos_labels_when_pad_is_eos():
     equal blocks whose every token is a label, and eval_size counts what perplexity scores."""
     from datasets import Dataset, DatasetDict
 
-    from pakd_hf.tasks import TextGeneration
+    from pakd_hf.pipeline.tasks import TextGeneration
 
     task = TextGeneration()
     texts = ["a short one", "", "a somewhat longer text than the first one is", "   "]

@@ -14,7 +14,7 @@ import yaml
 
 from pakd_hf.benchmark import REPORT_KEYS
 from pakd_hf.cli import main
-from pakd_hf.data.fashion_mnist import FILES, FOLDER
+from pakd_hf.pipeline.data.fashion_mnist import FILES, FOLDER
 from toy import run_stock, save_tiny_whisper
 
 
@@ -98,7 +98,7 @@ def test_vision_student_in_a_stock_pipeline_gives_the_logged_accuracy(vision_run
     """pipeline("image-classification") on the gray PIL test images (it converts them to RGB)."""
     root, path, out = vision_run
     from pakd_hf import load_recipe
-    from pakd_hf.compress import _quick_recipe, load_data
+    from pakd_hf.pipeline.compress import _quick_recipe, load_data
 
     test = load_data(_quick_recipe(load_recipe(path)), quick=True)["test"]
     images = root / "images"
@@ -172,7 +172,7 @@ def test_resnet_with_augmented_training_images_compresses_to_a_stock_model(tmp_p
     assert "2 of 4 residual blocks; 12 of 24 channels" in card and "| block (original index) | inner channels kept |" in card
     assert "attention heads" not in card and "channel-pruning" in card
     from pakd_hf import load_recipe
-    from pakd_hf.compress import _quick_recipe, load_data
+    from pakd_hf.pipeline.compress import _quick_recipe, load_data
 
     test = load_data(_quick_recipe(load_recipe(path)), quick=True)["test"]
     np.save(root / "pixels.npy", np.stack([np.asarray(row["image"]) for row in test]))
@@ -251,7 +251,7 @@ def test_speech_student_in_a_stock_pipeline_gives_the_logged_accuracy(speech_run
     """pipeline("audio-classification") on the 16 kHz test clips as plain float arrays."""
     root, path, out = speech_run
     from pakd_hf import load_recipe
-    from pakd_hf.compress import _quick_recipe, load_data
+    from pakd_hf.pipeline.compress import _quick_recipe, load_data
 
     test = load_data(_quick_recipe(load_recipe(path)), quick=True)["test"]
     np.save(root / "clips.npy", np.asarray(test["audio"], dtype=np.float32))

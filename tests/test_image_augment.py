@@ -7,9 +7,9 @@ import torch
 from datasets import Dataset
 
 from pakd_hf import RecipeError, load_recipe
-from pakd_hf.image_augment import AugmentedImages, augment_images
+from pakd_hf.pipeline.image_augment import AugmentedImages, augment_images
 from pakd_hf.recipe import ImageAugment
-from pakd_hf.tasks import adapter_for
+from pakd_hf.pipeline.tasks import adapter_for
 
 
 def _batch(n=6, size=16, seed=0):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pakd_hf.cli import main
-from pakd_hf.preflight import preflight
+from pakd_hf.pipeline.preflight import preflight
 from pakd_hf.recipe import RecipeError, load_recipe, stage_layer_counts
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pakd_hf.data import DATASETS, MissingAssetError
-from pakd_hf.data import speech_commands as sc
+from pakd_hf.pipeline.data import DATASETS, MissingAssetError
+from pakd_hf.pipeline.data import speech_commands as sc
 
 def _tools_present() -> bool:
     try:

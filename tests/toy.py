@@ -93,7 +93,7 @@ def tiny_whisper(seed=0, layers=4, **kw):
 
 def save_tiny_whisper(folder: Path, **kw) -> Path:
     """:func:`tiny_whisper` saved with the 1 s WhisperFeatureExtractor the offline tiny.en teacher uses."""
-    from pakd_hf.data.whisper_ct2 import feature_extractor
+    from pakd_hf.pipeline.data.whisper_ct2 import feature_extractor
 
     tiny_whisper(**kw).save_pretrained(folder)
     feature_extractor().save_pretrained(folder)
@@ -132,7 +132,7 @@ def tiny_text_teacher(folder: Path) -> Path:
     """A randomly initialised 4-layer BERT (hidden 32) with MiniLM's real tokenizer, saved in ``folder``."""
     from transformers import AutoTokenizer
 
-    from pakd_hf.data import resolve_model
+    from pakd_hf.pipeline.data import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2"))
     torch.manual_seed(0)

@@ -45,8 +45,8 @@ from typing import Any
 from .compress import (Prepared, _fingerprint, _say, _student_args, prepare, save_student, student_start, teacher_identity,
                        transfer_set)
 from .preflight import preflight
-from .prune.carried import set_vocabulary_record, vocabulary_record
-from .recipe import Recipe, RecipeError, check_layer_maps, load_recipe
+from ..prune.carried import set_vocabulary_record, vocabulary_record
+from ..recipe import Recipe, RecipeError, check_layer_maps, load_recipe
 
 __all__ = ["ARMS", "AblationError", "ablate", "arm_recipe", "summarise"]
 
@@ -153,7 +153,7 @@ def arm_recipe(recipe: Recipe, arm: str, steps_per_epoch: int | None = None) -> 
 
 
 def _plain(obj) -> dict:
-    from .recipe import _to_plain
+    from ..recipe import _to_plain
 
     return _to_plain(obj)
 
@@ -164,7 +164,7 @@ def _final_shape_config(p: Prepared, student):
     (magnitude scores stand in: only the shape matters here, the weights are discarded)."""
     import copy
 
-    from .prune.controller import StagePruner
+    from ..prune.controller import StagePruner
 
     spec = _final_targets(p.recipe)
     if spec.hidden is not None:
@@ -207,8 +207,8 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     ``test`` (the test split) is evaluated once, after the training."""
     from transformers import set_seed
 
-    from .measure import safetensors_bytes
-    from .trainer import TEACHER_LOGITS, PaKDTrainer
+    from ..measure import safetensors_bytes
+    from ..trainer import TEACHER_LOGITS, PaKDTrainer
 
     set_seed(seed)
     start, student_pre, student_encoded = student_start(p)

@@ -25,7 +25,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from .recipe import Augment
+from ..recipe import Augment
 
 __all__ = ["TextAugmenter", "transfer_texts"]
 

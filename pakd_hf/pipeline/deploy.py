@@ -41,14 +41,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..export_files import (EXECUTORCH_DIR, EXECUTORCH_FORMAT, FORMAT, FP32_FILE, INFO_FILE, INT8_FILE, ONNX_DIR, PTE_FILE,
+                            read_export_info, read_info)
+
 __all__ = ["DeployError", "export_onnx", "export_executorch", "OrtModel", "compare_onnx", "measure_onnx", "median_onnx", "ONNX_DIR", "FP32_FILE", "INT8_FILE",
            "TOLERANCE", "DEFAULT_OPSET", "read_export_info"]
 
-ONNX_DIR = "onnx"
-FP32_FILE = "model.onnx"
-INT8_FILE = "model_int8.onnx"
-INFO_FILE = "export.json"
-FORMAT = "pakd-onnx/1"
 DEFAULT_OPSET = 17
 # fp32 ONNX Runtime against PyTorch eager: the shipped students differ by ~1e-6 or less (the
 # same arithmetic in another order); a real export fault (a wrong axis, a traced constant)
@@ -77,7 +75,7 @@ def _require() -> None:
 # ---- loading and example inputs -------------------------------------------------------------
 def _load(folder: Path):
     """(model, preprocessor, task adapter, recipe for encoding) of a saved classifier folder."""
-    from .export import load_compact
+    from ..export import load_compact
     from .tasks import ADAPTERS, default_recipe, folder_task
 
     if not (folder / "config.json").is_file():
@@ -201,11 +199,6 @@ def _max_diff(onnx_model: OrtModel, model: nn.Module, inputs: dict[str, torch.Te
 
 
 # ---- export ----------------------------------------------------------------------------------
-def read_export_info(onnx_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """export.json of an ONNX folder `pakd export` wrote, or None."""
-    return _read_info(Path(onnx_dir), FORMAT)
-
-
 def _quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -298,9 +291,6 @@ def export_onnx(
     return info
 
 
-EXECUTORCH_DIR = "executorch"
-PTE_FILE = "model.pte"
-EXECUTORCH_FORMAT = "pakd-executorch/1"
 
 
 def export_executorch(
@@ -321,7 +311,7 @@ def export_executorch(
         raise DeployError("ExecuTorch export needs executorch: pip install 'pakd-hf[executorch]'") from None
     folder = Path(folder)
     out = Path(output_dir) if output_dir is not None else folder / EXECUTORCH_DIR
-    if out.exists() and _read_info(out, EXECUTORCH_FORMAT) is None:
+    if out.exists() and read_info(out, EXECUTORCH_FORMAT) is None:
         raise FileExistsError(f"{out} exists and was not written by pakd export: choose another --output-dir or remove it")
     model, preprocessor, adapter, recipe = _load(folder)
     traced = _examples(adapter, preprocessor, recipe, 1, longer=False)
@@ -376,14 +366,6 @@ def export_executorch(
     return info
 
 
-def _read_info(folder: Path, fmt: str) -> dict[str, Any] | None:
-    try:
-        info = json.loads((Path(folder) / INFO_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("format") == fmt else None
-
-
 def _fresh_tmp(out: Path) -> Path:
     """The folder an export is written in before it is renamed to ``out``: a fixed name beside
     it, so what a killed export left is cleared by the next one (and an ``out`` set aside by a
@@ -433,7 +415,7 @@ def compare_onnx(
     those examples for that model (outside the timing), batch 1 cycles through the examples
     one per round, batch 32 takes them as one batch. Returns ``latency_ms_b1_<name>``, ... and
     ``ort_threads``."""
-    from .benchmark import interleaved_latency
+    from ..benchmark import interleaved_latency
 
     models = {name: OrtModel(path, threads) for name, path in runs.items()}
     report: dict[str, Any] = {}
@@ -462,7 +444,7 @@ def measure_onnx(
     ``latency_ms_b1_student_ort_int8``, ``speedup_b1_ort`` (teacher fp32 over student fp32),
     ``speedup_b1_ort_int8`` (teacher fp32 over student int8), the same for b32. Module-level so
     that `pakd compress` runs it in a fresh process, like the eager benchmark."""
-    from .recipe import load_recipe
+    from ..recipe import load_recipe
     from .tasks import ADAPTERS
 
     recipe = load_recipe(recipe)

@@ -15,7 +15,7 @@ report and the card, optionally push.
 The student folder is written under a temporary name and renamed when complete, so a
 failed run never leaves a half-written student.
 
-What differs per task (models, preprocessing, inputs) lives in `pakd_hf.tasks`.
+What differs per task (models, preprocessing, inputs) lives in `pakd_hf.pipeline.tasks`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 from .compare import LATENCY_EXAMPLES, LATENCY_MIN_SECONDS, LATENCY_PROCESSES, measure_folders, print_summary
 from .data import hub_id
 from .preflight import preflight
-from .recipe import Recipe, RecipeError, load_recipe
+from ..recipe import Recipe, RecipeError, load_recipe
 
 __all__ = ["compress", "QUICK"]
 
@@ -179,7 +179,7 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, see
                    overrides: dict[str, Any] | None = None, **kw):
     """TrainingArguments from the recipe's ``training`` block, then ``kw``, then the user's
     TrainingArguments flags (``overrides``, see :func:`pakd_hf.arguments.training_overrides`)."""
-    from .arguments import PaKDTrainingArguments, default_device_flags
+    from ..arguments import PaKDTrainingArguments, default_device_flags
 
     run = recipe.training
     return PaKDTrainingArguments(**{
@@ -232,7 +232,7 @@ def _resume_point(run_dir: Path, key: str, restart: bool) -> bool | None:
     """Whether the PaKD stages resume (``True``: from the newest complete checkpoint in
     ``run_dir``) or start over. Checkpoints of another run (recipe, seed, teacher, data) are
     removed with the folder that holds them (pakd's own ``OUT/.student-run``)."""
-    from .checkpoints import complete_checkpoints
+    from ..checkpoints import complete_checkpoints
 
     record = run_dir / RUN_RECORD
     if run_dir.exists():
@@ -263,9 +263,9 @@ def _teacher_key(recipe: Recipe, quick: bool, overrides: dict | None = None) -> 
     changed folder under the same name is another teacher."""
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
-    from .arguments import result_flags
+    from ..arguments import result_flags
 
     flags = result_flags({k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS})
     return _fingerprint(recipe.teacher, recipe.data, recipe.training, quick, __version__, transformers.__version__,
@@ -294,7 +294,7 @@ def _check_stages(recipe: Recipe, model) -> None:
     is built), so that a recipe that cannot run fails before the teacher's minutes are spent:
     once per run, on the teacher as trained or as reused (fine-tuning changes no shape)."""
     if any(stage.pruning is not None for stage in recipe.stages):
-        from .prune.controller import dry_run
+        from ..prune.controller import dry_run
 
         dry_run(model, recipe.stages)
 
@@ -375,7 +375,7 @@ def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_
     """The recipe's `augment` transfer set, tokenized for the student, with the teacher's logits
     when a stage distils logits only (one teacher pass now instead of one per step of such
     stages; the teacher reads each text with its own tokenizer). Row ``i`` is a copy of training
-    example ``i % len(train)`` (see :func:`pakd_hf.augment.transfer_texts`).
+    example ``i % len(train)`` (see :func:`pakd_hf.pipeline.augment.transfer_texts`).
 
     ``cache``: a folder to keep it in (every seed of `pakd compress` and every arm of `pakd
     ablate` share one); reused when its key matches: the teacher's (``teacher_key``, as in
@@ -384,7 +384,7 @@ def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_
     from datasets import load_from_disk
 
     from .augment import transfer_texts
-    from .trainer import TEACHER_LOGITS, add_teacher_logits
+    from ..trainer import TEACHER_LOGITS, add_teacher_logits
 
     key = _fingerprint(teacher_key or _teacher_key(recipe, False), recipe.augment, recipe.vocabulary, len(data["train"]),
                        any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages))
@@ -521,7 +521,7 @@ def student_start(p: Prepared):
     student_pre, student_encoded = p.preprocessor, p.encoded
     recipe = p.recipe
     if recipe.vocabulary is not None and recipe.vocabulary.at == "start":
-        from .trainer import prune_student_vocabulary
+        from ..trainer import prune_student_vocabulary
 
         student_pre = prune_student_vocabulary(student, p.preprocessor, p.encoded["train"], recipe)
         _say(f"vocabulary: kept {student.config.vocab_size:,} of {p.teacher.config.vocab_size:,} tokens "
@@ -576,9 +576,9 @@ def compress(
     import torch
     from transformers import set_seed
 
-    from .benchmark import in_fresh_process, median_run, with_accuracy, with_perplexity, with_validation_accuracy
-    from .hub import push_folder, write_card
-    from .trainer import PaKDTrainer
+    from ..benchmark import in_fresh_process, median_run, with_accuracy, with_perplexity, with_validation_accuracy
+    from ..hub import push_folder, write_card
+    from ..trainer import PaKDTrainer
 
     started = time.perf_counter()
     spec = load_recipe(recipe_source)
@@ -601,7 +601,7 @@ def compress(
         train_dataset = transfer_set(p, student_pre)
         vocabulary_dataset = student_encoded["train"]
     # What checkpoints must match to be resumed (the export stage changes no training).
-    from .arguments import result_flags
+    from ..arguments import result_flags
 
     flags = result_flags(training_overrides)
     run_key = _fingerprint({k: v for k, v in recipe.to_dict().items() if k != "export"}, quick,
@@ -724,7 +724,7 @@ def _export_stage(p: Prepared, student_dir: Path, student_pre, validation, test,
     the student also to int8 when asked; the int8 student's accuracy on validation and test
     (the split already read for the final evaluation); ONNX Runtime latencies of all of them in
     fresh processes, with the eager benchmark's protocol. Returns the report's ONNX keys."""
-    from .benchmark import in_fresh_process
+    from ..benchmark import in_fresh_process
     from .deploy import FP32_FILE, INT8_FILE, ONNX_DIR, OrtModel, export_onnx, measure_onnx, median_onnx
 
     spec, teacher_dir = p.recipe.export, p.out / "teacher"

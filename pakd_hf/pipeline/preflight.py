@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .recipe import Recipe, RecipeError, check_layer_maps
+from ..recipe import Recipe, RecipeError, check_layer_maps
 
 __all__ = ["preflight"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .recipe import Recipe, RecipeError, load_recipe
+from ..recipe import Recipe, RecipeError, load_recipe
 
 __all__ = ["benchmark_folders", "benchmark_onnx_folders", "measure_folders", "print_summary", "LATENCY_MIN_SECONDS",
            "LATENCY_EXAMPLES", "LATENCY_PROCESSES"]
@@ -40,7 +40,7 @@ def benchmark_folders(
     """
     import torch
 
-    from .benchmark import with_accuracy, with_perplexity
+    from ..benchmark import with_accuracy, with_perplexity
     from .tasks import ADAPTERS, folder_task
 
     folders = [Path(teacher_dir), Path(student_dir)]
@@ -120,7 +120,7 @@ def benchmark_onnx_folders(
     medians, threads fixed). With a recipe, its test split gives the inputs and the accuracy."""
     import torch
 
-    from .benchmark import hardware_description
+    from ..benchmark import hardware_description
     from .deploy import FP32_FILE, INT8_FILE, OrtModel, measure_onnx, read_export_info
     from .tasks import ADAPTERS
 
@@ -180,7 +180,7 @@ def measure_folders(
     and fed its own preprocessor's encoding of the same ``examples`` (see
     :func:`pakd_hf.benchmark.compare_models`). Module-level so that ``pakd compress`` can run
     it in a fresh process (:func:`pakd_hf.benchmark.in_fresh_process`)."""
-    from .benchmark import compare_models
+    from ..benchmark import compare_models
     from .tasks import ADAPTERS
 
     recipe = load_recipe(recipe)
@@ -196,7 +196,7 @@ def measure_folders(
         student_dir=student_dir, threads=threads, repeats=repeats, min_seconds=min_seconds, examples=len(examples),
     )
     if task == "text-generation":
-        from .benchmark import _ordered, generation_speed
+        from ..benchmark import _ordered, generation_speed
 
         # a fixed prompt (the first benchmark text's first 32 tokens), 64 new tokens, greedy
         prompts = {who: dict(pre(examples[:1], truncation=True, max_length=32, return_tensors="pt"))

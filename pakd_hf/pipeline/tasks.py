@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .recipe import Recipe, RecipeError
+from ..recipe import Recipe, RecipeError
 
 __all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_recipe", "perplexity"]
 
@@ -137,7 +137,7 @@ class TaskAdapter:
 
     def accuracy(self, model, preprocessor, examples: list, labels: list[int], recipe: Recipe, batch_size: int) -> float:
         """Accuracy (:class:`pakd_hf.metrics.Accuracy`) of ``model`` on raw examples."""
-        from .metrics import accuracy
+        from ..metrics import accuracy
 
         return accuracy(self.predict(model, preprocessor, examples, recipe, batch_size), labels)
 
@@ -474,7 +474,7 @@ def perplexity(model, encoded, batch_size: int, *, pad_token_id: int | None = No
     import torch
     import torch.nn.functional as F
 
-    from .distill import check_plain_head, last_hidden_state
+    from ..distill import check_plain_head, last_hidden_state
 
     model.eval()
     device = getattr(model, "device", torch.device("cpu"))
@@ -566,7 +566,7 @@ def sample_examples(task: str, preprocessor) -> list:
 def default_recipe(task: str) -> Recipe:
     """The encoding settings (``data.max_length``, ``data.max_seconds``: their defaults) for
     commands that feed a saved model without a recipe (`pakd benchmark`, `pakd export`)."""
-    from .recipe import load_recipe
+    from ..recipe import load_recipe
 
     return load_recipe({"name": "inputs", "task": task, "stages": [{"name": "none", "steps": 1}], "data": {"dataset": "none"}})
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .recipe import ImageAugment
+from ..recipe import ImageAugment
 
 __all__ = ["AugmentedImages", "augment_images"]
 
