@@ -194,7 +194,7 @@ def compare_models(
     report["latency_examples"] = examples
     if accuracy is not None:
         return with_accuracy(report, accuracy, split, n_eval)
-    return _ordered(report)
+    return ordered_report(report)
 
 
 def vocabulary_share(teacher: nn.Module, student: nn.Module, bytes_teacher: int, bytes_student: int) -> dict[str, Any]:
@@ -234,7 +234,7 @@ def with_accuracy(
         report["split"] = split
     if n_eval is not None:
         report["n_eval"] = n_eval
-    return _ordered(report)
+    return ordered_report(report)
 
 
 def with_perplexity(report: dict[str, Any], perplexity: tuple[float, float], split: str, n_eval: int, *,
@@ -248,7 +248,7 @@ def with_perplexity(report: dict[str, Any], perplexity: tuple[float, float], spl
     out = {**report, f"perplexity_teacher{suffix}": round(t, 4), f"perplexity_student{suffix}": round(s, 4),
            f"perplexity_ratio{suffix}": round(s / t, 5)}
     out.update({"n_validation": n_eval} if validation else {"split": split, "n_eval": n_eval})
-    return _ordered(out)
+    return ordered_report(out)
 
 
 def generation_speed(models: dict[str, nn.Module], prompts: dict[str, Inputs], *, new_tokens: int = 64,
@@ -282,7 +282,7 @@ def with_validation_accuracy(report: dict[str, Any], accuracy: tuple[float, floa
     """``report`` plus the (teacher, student) accuracy on the validation split (``n`` examples):
     the figures that choices are made on; the test figures stay in ``accuracy_*``."""
     t_acc, s_acc = accuracy
-    return _ordered({**report, "accuracy_teacher_validation": round(float(t_acc), 5),
+    return ordered_report({**report, "accuracy_teacher_validation": round(float(t_acc), 5),
                      "accuracy_student_validation": round(float(s_acc), 5),
                      "accuracy_kept_validation": round(float(s_acc) / float(t_acc), 5) if t_acc else None,
                      "n_validation": n})
@@ -325,10 +325,10 @@ def median_run(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for name in ("generate_tokens_per_s_teacher", "generate_tokens_per_s_student", "generate_speedup"):
             merged[name] = chosen[name]
     merged["latency_processes"] = len(reports)
-    return _ordered(merged)
+    return ordered_report(merged)
 
 
-def _ordered(report: dict[str, Any]) -> dict[str, Any]:
+def ordered_report(report: dict[str, Any]) -> dict[str, Any]:
     return {k: report[k] for k in [*REPORT_KEYS, *_EXTRA_KEYS] if k in report}
 
 

@@ -42,6 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Nothing from torch, transformers, arch or prune at module level: `import pakd_hf` imports this
+# module for the registration above, and those take ~5 s to import against ~0.1 s for pakd_hf
+# (see README, "Why some things are written here"); the functions import what they use.
+
 __all__ = [
     "CUSTOM_MODEL_TYPES",
     "enable_auto_registration",
@@ -296,7 +300,7 @@ def needs_custom_code(model) -> bool:
     Read from the modules themselves (the adapter's ``check_structure`` on what they hold), so it
     works with or without a pakd structure record."""
     from .arch import HeadDimError, NonUniformStructureError, get_adapter
-    from .prune.structure import Structure
+    from .arch.structure import Structure
 
     adapter = get_adapter(_unwrap(model))
     fits = adapter.stock_config_fits()  # families whose stock config is not one shape per layer (ResNet)
@@ -313,7 +317,7 @@ def needs_custom_code(model) -> bool:
 
 
 def _check_no_structural_masks(model) -> None:
-    from .prune.carried import active_masks  # here: `import pakd_hf` imports this module, not the engine
+    from .carried import active_masks
 
     state = active_masks(model)
     if state is not None and state.target != state.base:
@@ -365,7 +369,8 @@ def save_compact(model, folder, *, extra_pakd: dict[str, Any] | None = None) -> 
     it). The model itself is not modified.
     """
     from .arch import UnsupportedArchitectureError, get_adapter
-    from .prune.structure import Structure, save_pruned, set_structure, write_pakd_json
+    from .arch.structure import Structure
+    from .prune.structure import save_pruned, set_structure, write_pakd_json
 
     model = _unwrap(model)
     adapter = get_adapter(model)
@@ -538,12 +543,13 @@ def _config_layer_shapes(config: dict[str, Any]) -> tuple[list[int], list[int], 
 
 def _custom_problems(folder: Path, config: dict[str, Any]) -> list[str]:
     from .arch.base import layer_shapes
-    from .prune.structure import PAKD_JSON, Structure, _tensor_shapes, read_pakd_json
+    from .arch.structure import Structure
+    from .prune.structure import PAKD_JSON, read_pakd_json, tensor_shapes
 
     fam = _family_of(config.get("model_type", "?"))
     heads, ffn, head_dim, hidden, problems = _config_layer_shapes(config)
     problems = [f"config.json: {p}" for p in problems]
-    shapes = _tensor_shapes(folder)
+    shapes = tensor_shapes(folder)
     key = fam.adapter_family
     if key == "vit":
         key = "vit_legacy" if any(".encoder.layer." in k or k.startswith("encoder.layer.") for k in shapes) else "vit"

@@ -76,7 +76,7 @@ def count_macs(model: nn.Module, inputs: Any) -> int:
 def structure_summary(model: nn.Module) -> list[dict[str, int]]:
     """One dict per layer: ``layer``, ``original_layer``, ``heads``, ``head_dim``, ``ffn``, ``hidden``."""
     from .arch import get_adapter
-    from .prune.structure import Structure
+    from .arch.structure import Structure
 
     a = get_adapter(model)
     record = Structure.from_model(model, a)

@@ -740,7 +740,7 @@ class Recipe:
     # ---- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data, without unset optional fields; load_recipe(to_dict()) == self."""
-        return _to_plain(self)
+        return to_plain(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
@@ -924,17 +924,17 @@ def _validate_layer_map(layer_map: Any, path: str) -> None:
         _check(min(pair) >= 0, f"{path}[{i}]", f"layer indices must be >= 0, got {pair}")
 
 
-def _to_plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         out = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if value is None:
                 continue
-            out[f.name] = _to_plain(value)
+            out[f.name] = to_plain(value)
         return out
     if isinstance(obj, list):
-        return [_to_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     return obj
 
 

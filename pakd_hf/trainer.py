@@ -32,12 +32,18 @@ from transformers.optimization import get_scheduler
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .checkpoints import is_checkpoint_folder, read_projections, read_state, write_state
+from .arch import get_adapter
+from .arch.structure import Structure
+from .carried import embedding_rows, structure_record, vocabulary_record
+from .checkpoints import is_checkpoint_folder, mark_complete, read_projections, read_state, resolve, rotate, write_state
 from .distill import TEACHER_LOGITS, HiddenProjections, add_teacher_logits, distillation_loss
-from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
-
+from .export import needs_custom_code, save_compact
+from .hub import push_folder, write_card
+from .prune.controller import dry_run
 from .prune.session import PruningSession
-from .prune.carried import structure_record, vocabulary_record
+from .prune.structure import write_pakd_json
+from .prune.vocab import prune_vocabulary_by_counts
+from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
 
 __all__ = ["PaKDTrainer", "add_teacher_logits", "TEACHER_LOGITS"]
 
@@ -99,11 +105,6 @@ def _hidden_width(model: nn.Module) -> int | None:
     return _config_get(getattr(model, "config", None), ("hidden_size", "d_model", "dim", "n_embd"))
 
 
-def _vocab_size(model: nn.Module) -> int | None:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return getattr(emb, "num_embeddings", None)
-
-
 def prune_student_vocabulary(student: nn.Module, tokenizer, dataset, recipe):
     """The recipe's `vocabulary` pruning, done before training (`vocabulary.at: start`).
 
@@ -113,7 +114,6 @@ def prune_student_vocabulary(student: nn.Module, tokenizer, dataset, recipe):
     student maps its inputs back to the teacher's ids (same tokens, same positions) and records
     the pruning in `pakd.json`.
     """
-    from .prune.vocab import prune_vocabulary_by_counts
 
     spec = load_recipe(recipe).vocabulary
     if spec is None:
@@ -160,10 +160,10 @@ def check_inputs(recipe: Recipe | None, model, teacher, kwargs: dict) -> None:
     if recipe is None:
         return
     pruned = vocabulary_record(model)
-    if pruned is not None and teacher is not None and _vocab_size(teacher) not in (_vocab_size(model), pruned.vocab_size_original):
+    if pruned is not None and teacher is not None and embedding_rows(teacher) not in (embedding_rows(model), pruned.vocab_size_original):
         raise ValueError(
             f"the student's vocabulary was pruned from {pruned.vocab_size_original:,} tokens, but the teacher has "
-            f"{_vocab_size(teacher):,}: pass the teacher the student was pruned from"
+            f"{embedding_rows(teacher):,}: pass the teacher the student was pruned from"
         )
     if recipe.vocabulary is not None and recipe.vocabulary.at == "start" and pruned is None:
         raise RecipeError(
@@ -197,8 +197,6 @@ def check_inputs(recipe: Recipe | None, model, teacher, kwargs: dict) -> None:
             "schedule; pass optimizer_cls_and_kwargs=(cls, kwargs) or set args.optim instead"
         )
     if model is not None and any(s.pruning is not None for s in recipe.stages):
-        from .prune.controller import dry_run
-
         dry_run(model, recipe.stages)  # unsupported architecture, impossible targets, head_dim
     if model is None or teacher is None:
         return
@@ -728,8 +726,6 @@ class PaKDTrainer(Trainer):
             shutil.rmtree(output_dir)
         if self._pruning_involved() and self._needs_custom_code():
             if self.args.should_save:
-                from .export import save_compact
-
                 save_compact(self.model, output_dir, extra_pakd=self._pakd_extra())
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(output_dir)
@@ -743,14 +739,9 @@ class PaKDTrainer(Trainer):
     def _needs_custom_code(self) -> bool:
         if self.pruning.has_structural_masks():
             return False  # mid-stage masks: the model still has its full shapes
-        from .export import needs_custom_code
-
         return needs_custom_code(self.model)
 
     def _write_pakd_json(self, folder: Path) -> None:
-        from .arch import get_adapter
-        from .prune import Structure, write_pakd_json
-
         adapter = get_adapter(self.model)
         structure = Structure.from_model(self.model, adapter)
         write_pakd_json(folder, structure, architecture=type(self.model).__name__, family=adapter.family,
@@ -782,7 +773,6 @@ class PaKDTrainer(Trainer):
     def _complete_checkpoint(self, checkpoint: str) -> None:
         """After Trainer's files: PaKD's state, then the marker that makes the checkpoint count,
         then the rotation of older ones (held back from Trainer until now, see :meth:`train`)."""
-        from .checkpoints import mark_complete, rotate
 
         self._save_pakd_state(checkpoint)
         mark_complete(checkpoint, self.state.global_step)
@@ -817,7 +807,6 @@ class PaKDTrainer(Trainer):
         for the card's numbers; `card_kwargs` go to `pakd_hf.hub.write_card` (license, dataset,
         reproduce). Errors raise `pakd_hf.hub.PushError`. Always blocking.
         """
-        from .hub import push_folder, write_card
 
         output_dir = self.args.output_dir
         self.save_model(output_dir, _internal_call=True)
@@ -850,7 +839,6 @@ class PaKDTrainer(Trainer):
         :mod:`pakd_hf.checkpoints`); ``True`` takes the newest complete one under ``output_dir``.
         An incomplete one raises :class:`~pakd_hf.checkpoints.IncompleteCheckpointError` (one
         line) before anything is loaded."""
-        from .checkpoints import resolve
 
         resume_from_checkpoint, skipped = resolve(resume_from_checkpoint, self.args.output_dir)
         if self._pruning_involved():

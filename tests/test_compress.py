@@ -99,10 +99,10 @@ def test_training_arguments_flags_pass_through_and_are_recorded(quick_run, capsy
 
 def test_flags_reach_both_stages_and_the_keys_that_depend_on_them(tiny_teacher, tmp_path):
     from pakd_hf import load_recipe
-    from pakd_hf.pipeline.compress import _student_args, _teacher_key, _training_args
+    from pakd_hf.pipeline.compress import student_arguments, _teacher_key, _training_args
 
     recipe = load_recipe(tiny_rt_recipe(tiny_teacher))
-    student = _student_args(tmp_path, recipe, save_steps=7, overrides={"weight_decay": 0.01, "save_total_limit": 5})
+    student = student_arguments(tmp_path, recipe, save_steps=7, overrides={"weight_decay": 0.01, "save_total_limit": 5})
     assert (student.weight_decay, student.save_steps, student.save_total_limit) == (0.01, 7, 5)
     assert _training_args(tmp_path, recipe, overrides={"weight_decay": 0.01}).weight_decay == 0.01
     plain = _teacher_key(recipe, False)
@@ -223,15 +223,15 @@ def test_second_run_reuses_the_teacher_and_benchmark_compares_folders(quick_run,
 
 def test_group_by_length_is_for_the_student_stages_only(tmp_path):
     from pakd_hf import load_recipe
-    from pakd_hf.pipeline.compress import _student_args, _teacher_key
+    from pakd_hf.pipeline.compress import student_arguments, _teacher_key
 
     grouped = load_recipe(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml")  # the main recipe groups
     raw = grouped.to_dict()
     assert raw["training"]["group_by_length"] is True
     raw["training"]["group_by_length"] = False
     plain = load_recipe(raw)
-    assert _student_args(tmp_path, grouped).train_sampling_strategy == "group_by_length"
-    assert _student_args(tmp_path, plain).train_sampling_strategy == "random"
+    assert student_arguments(tmp_path, grouped).train_sampling_strategy == "group_by_length"
+    assert student_arguments(tmp_path, plain).train_sampling_strategy == "random"
     # The teacher's fine-tune does not use it, so its cache stays valid.
     assert _teacher_key(grouped, False) == _teacher_key(plain, False)
     raw["training"]["batch_size"] = 16

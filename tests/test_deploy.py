@@ -62,7 +62,7 @@ def _nonuniform_bert(folder: Path) -> Path:
 
     from pakd_hf import export
     from pakd_hf.prune.compact import compact
-    from pakd_hf.prune.structure import Structure
+    from pakd_hf.arch.structure import Structure
 
     source = tiny_text_teacher(folder.parent / "nonuniform-source")
     model = AutoModelForSequenceClassification.from_pretrained(source).eval()

@@ -30,7 +30,8 @@ import toy
 
 from pakd_hf import export
 from pakd_hf.prune.compact import compact
-from pakd_hf.prune.structure import CheckpointMismatchError, Structure
+from pakd_hf.arch.structure import Structure
+from pakd_hf.prune.structure import CheckpointMismatchError
 
 TOL = 1e-5
 ROOT = Path(__file__).resolve().parent.parent

@@ -78,3 +78,11 @@ def test_nothing_imports_the_cli():
     users = sorted(".".join(parts) for path, parts in MODULES
                    if parts != ["__main__"] and any(_top(i) == "cli" for i in _imports(path, parts)))
     assert not users
+
+
+@pytest.mark.parametrize("path,parts", [m for m in MODULES if m[1] and m[1][0] == "arch"],
+                         ids=lambda v: ".".join(v) if isinstance(v, list) else "")
+def test_arch_is_below_prune(path, parts):
+    """The adapters and the Structure record sit under the pruning engine, never on it."""
+    up = sorted(i for i in _imports(path, parts) if _top(i) == "prune")
+    assert not up, f"{'.'.join(parts)} imports {up}"

@@ -54,7 +54,7 @@ def _discover() -> None:
         return
     _discovered = True
     for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
+        if info.name not in ("base", "structure") and not info.name.startswith("_"):  # the adapters
             importlib.import_module(f"{__name__}.{info.name}")
 
 

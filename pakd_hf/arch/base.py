@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..prune.structure import Structure
+    from .structure import Structure
 
 
 class UnsupportedArchitectureError(ValueError):

@@ -64,6 +64,7 @@ from .base import (
     NonUniformStructureError,
     UnsupportedArchitectureError,
 )
+from .structure import Structure, relative_keep
 
 SUPPORTED = ("hidden", "layers")
 _WHY_NOT = {
@@ -304,8 +305,6 @@ class ResNetAdapter(ArchAdapter):
 
     # -------------------------------------------------------------- structure
     def full_structure(self):
-        from ..prune.structure import Structure
-
         an = self._anatomy()
         inner = [sum(b.inner_sizes()) for b in an.blocks]
         L, H = len(an.blocks), sum(an.widths)
@@ -331,8 +330,6 @@ class ResNetAdapter(ArchAdapter):
 
     def _shapes_from_structure(self, structure) -> list[_StageShape]:
         """The stage shapes ``structure`` (a subset of the model's record) would leave."""
-        from ..prune.structure import Structure, relative_keep
-
         rel = relative_keep(Structure.from_model(self.model, self), structure)
         an = self._anatomy()
         kept = [sum(rel.hidden[o:o + w]) for o, w in zip(an.offsets, an.widths)]

@@ -42,10 +42,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .compress import (Prepared, _fingerprint, _say, _student_args, prepare, save_student, student_start, teacher_identity,
+from .compress import (Prepared, fingerprint, prepare, save_student, say, student_arguments, student_start, teacher_identity,
                        transfer_set)
 from .preflight import preflight
-from ..prune.carried import set_vocabulary_record, vocabulary_record
+from ..carried import set_vocabulary_record, vocabulary_record
 from ..recipe import Recipe, RecipeError, check_layer_maps, load_recipe
 
 __all__ = ["ARMS", "AblationError", "ablate", "arm_recipe", "summarise"]
@@ -153,9 +153,9 @@ def arm_recipe(recipe: Recipe, arm: str, steps_per_epoch: int | None = None) -> 
 
 
 def _plain(obj) -> dict:
-    from ..recipe import _to_plain
+    from ..recipe import to_plain
 
-    return _to_plain(obj)
+    return to_plain(obj)
 
 
 # ---- students ---------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     run_dir = folder / ".run"
     started = time.perf_counter()
     trainer = PaKDTrainer(
-        model=student, teacher_model=p.teacher if uses_teacher else None, args=_student_args(run_dir, recipe),
+        model=student, teacher_model=p.teacher if uses_teacher else None, args=student_arguments(run_dir, recipe),
         train_dataset=train, eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=student_encoded["train"] if transfer is not None else None,
         data_collator=p.adapter.data_collator(student_pre, recipe),
@@ -256,7 +256,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     tmp = folder / ".report.json"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(folder / "report.json")
-    _say(f"{arm} seed {seed}: validation {validation:.4f}, test {test:.4f} ({seconds:.0f} s, {report['steps']} steps)")
+    say(f"{arm} seed {seed}: validation {validation:.4f}, test {test:.4f} ({seconds:.0f} s, {report['steps']} steps)")
     return report
 
 
@@ -264,7 +264,7 @@ def run_key(p: Prepared, arm: str, seed: int) -> str:
     """What a finished run must match to be reused: the arm's recipe at this seed (its steps
     counted as this data gives them), ``--quick`` and the teacher it learned from (its recipe
     key and its weights: the same recipe fine-tuned on another machine is another teacher)."""
-    return _fingerprint(arm_recipe(p.recipe, arm).to_dict(), seed, p.quick, teacher_identity(p.teacher_info),
+    return fingerprint(arm_recipe(p.recipe, arm).to_dict(), seed, p.quick, teacher_identity(p.teacher_info),
                         len(p.data["train"]))
 
 
@@ -314,13 +314,13 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
             folder = out / arm / f"seed-{seed}"
             report = _finished(folder)
             if report is not None and report.get("key") == run_key(p, arm, seed):
-                _say(f"{arm} seed {seed}: done earlier, skipped ({folder / 'report.json'})")
+                say(f"{arm} seed {seed}: done earlier, skipped ({folder / 'report.json'})")
                 continue
             if report is not None:
-                _say(f"{arm} seed {seed}: the run in {folder} was made with another recipe, teacher or --quick: "
+                say(f"{arm} seed {seed}: the run in {folder} was made with another recipe, teacher or --quick: "
                      "training it again")
             folder.mkdir(parents=True, exist_ok=True)
-            _say(f"{arm} seed {seed}: training")
+            say(f"{arm} seed {seed}: training")
             report = run_arm(p, arm, seed, transfer, folder, test)
             if report["shape"] != expected:
                 raise AblationError(f"{arm} seed {seed} ended at {report['shape']}, not the recipe's final shape "

@@ -196,7 +196,7 @@ def measure_folders(
         student_dir=student_dir, threads=threads, repeats=repeats, min_seconds=min_seconds, examples=len(examples),
     )
     if task == "text-generation":
-        from ..benchmark import _ordered, generation_speed
+        from ..benchmark import ordered_report, generation_speed
 
         # a fixed prompt (the first benchmark text's first 32 tokens), 64 new tokens, greedy
         prompts = {who: dict(pre(examples[:1], truncation=True, max_length=32, return_tensors="pt"))
@@ -207,7 +207,7 @@ def measure_folders(
                       generate_tokens_per_s_student=round(speed["student"], 2),
                       generate_speedup=round(speed["student"] / speed["teacher"], 3), generate_new_tokens=64,
                       generate_prompt_tokens=int(prompts["teacher"]["input_ids"].shape[1]))
-        report = _ordered(report)
+        report = ordered_report(report)
     return report
 
 

@@ -59,7 +59,7 @@ QUICK = Quick()
 
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"[pakd] {message}", file=sys.stderr, flush=True)
 
 
@@ -114,7 +114,7 @@ def restore_aside(target: Path) -> None:
         old.rename(target)
 
 
-def _fingerprint(*parts: Any) -> str:
+def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -197,7 +197,7 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, see
     })
 
 
-def _student_args(out: Path, recipe: Recipe, save_steps: int | None = None, overrides: dict[str, Any] | None = None):
+def student_arguments(out: Path, recipe: Recipe, save_steps: int | None = None, overrides: dict[str, Any] | None = None):
     """TrainingArguments of the PaKD stages: the student's seed (data order, dropout), and
     length-grouped batches when the recipe asks (the teacher's fine-tune ignores both); with
     ``save_steps``, a checkpoint every that many steps (the two newest kept); the user's
@@ -242,10 +242,10 @@ def _resume_point(run_dir: Path, key: str, restart: bool) -> bool | None:
             same = False
         complete = complete_checkpoints(run_dir) if same else []
         if complete and not restart:
-            _say(f"resuming the PaKD stages from {complete[-1].name} of an interrupted run (--restart starts over)")
+            say(f"resuming the PaKD stages from {complete[-1].name} of an interrupted run (--restart starts over)")
             return True
         if not same and any(run_dir.iterdir()) and not restart:
-            _say(f"the checkpoints in {run_dir} are of another run (recipe, seed, teacher or data): starting over")
+            say(f"the checkpoints in {run_dir} are of another run (recipe, seed, teacher or data): starting over")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     tmp = run_dir / f".{RUN_RECORD}.tmp"
@@ -268,7 +268,7 @@ def _teacher_key(recipe: Recipe, quick: bool, overrides: dict | None = None) -> 
     from ..arguments import result_flags
 
     flags = result_flags({k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS})
-    return _fingerprint(recipe.teacher, recipe.data, recipe.training, quick, __version__, transformers.__version__,
+    return fingerprint(recipe.teacher, recipe.data, recipe.training, quick, __version__, transformers.__version__,
                         _source_digest(recipe), *([flags] if flags else []))
 
 
@@ -321,7 +321,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     restore_aside(folder)
     info_file = folder / "pakd_teacher.json"
     if info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key:
-        _say(f"reusing the teacher in {folder} (it matches the recipe)")
+        say(f"reusing the teacher in {folder} (it matches the recipe)")
         info = {**json.loads(info_file.read_text()), "weights": weights_digest(folder)}
         model, preprocessor = adapter.model_class().from_pretrained(folder), adapter.load_preprocessor(folder)
         _check_stages(recipe, model)  # before the transfer set's teacher pass and the stages
@@ -338,7 +338,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     ft = recipe.teacher.fine_tune
     if ft is not None:
         verb = "training" if recipe.teacher.config is not None else "fine-tuning"
-        _say(f"teacher stage: {verb} {recipe.teacher.name} on {spec.dataset} "
+        say(f"teacher stage: {verb} {recipe.teacher.name} on {spec.dataset} "
              f"({len(encoded['train']):,} examples, {ft.epochs:g} epochs)")
         kw = dict(num_train_epochs=ft.epochs, learning_rate=ft.learning_rate, warmup_steps=ft.warmup_ratio,
                   weight_decay=ft.weight_decay)
@@ -366,7 +366,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     info["weights"] = weights_digest(tmp)
     (tmp / "pakd_teacher.json").write_text(json.dumps(info, indent=2) + "\n")
     swap_in(tmp, folder)
-    _say(f"teacher saved in {folder} (validation {metric} {info[f'{metric}_validation']:.4f})")
+    say(f"teacher saved in {folder} (validation {metric} {info[f'{metric}_validation']:.4f})")
     return model, preprocessor, encoded, info
 
 
@@ -386,20 +386,20 @@ def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_
     from .augment import transfer_texts
     from ..trainer import TEACHER_LOGITS, add_teacher_logits
 
-    key = _fingerprint(teacher_key or _teacher_key(recipe, False), recipe.augment, recipe.vocabulary, len(data["train"]),
+    key = fingerprint(teacher_key or _teacher_key(recipe, False), recipe.augment, recipe.vocabulary, len(data["train"]),
                        any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages))
     if cache is not None:
         restore_aside(cache)
     if cache is not None and (cache / "pakd_transfer.json").is_file():
         if json.loads((cache / "pakd_transfer.json").read_text()).get("key") == key:
-            _say(f"transfer set: reusing {cache}")
+            say(f"transfer set: reusing {cache}")
             return load_from_disk(str(cache))
     texts = transfer_texts(teacher, preprocessor, list(data["train"][adapter.column(recipe)]), recipe.augment)
-    _say(f"transfer set: {len(texts):,} texts (the {len(data['train']):,} training texts and "
+    say(f"transfer set: {len(texts):,} texts (the {len(data['train']):,} training texts and "
          f"{recipe.augment.copies} perturbed copies of each), labelled by the teacher")
     encoded = adapter.encode_texts(student_preprocessor, texts, recipe)
     if any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages):
-        _say("transfer set: the teacher's logits, once")
+        say("transfer set: the teacher's logits, once")
         for_teacher = encoded if student_preprocessor is preprocessor else adapter.encode_texts(preprocessor, texts, recipe)
         logits = add_teacher_logits(for_teacher, teacher, preprocessor, recipe.training.eval_batch_size)[TEACHER_LOGITS]
         encoded = encoded.add_column(TEACHER_LOGITS, list(logits))
@@ -493,7 +493,7 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     spec = recipe.data
     data = load_data(recipe, quick)
     labels = _labels(data, spec, adapter.labelled)
-    _say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items())
+    say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items())
          + (f"; labels {labels}" if labels else "") + "; the test split is held out until the final evaluation")
     test = HeldOutSplit(data["test"])
     data = DatasetDict({"train": data["train"], "validation": data["validation"]})
@@ -524,7 +524,7 @@ def student_start(p: Prepared):
         from ..trainer import prune_student_vocabulary
 
         student_pre = prune_student_vocabulary(student, p.preprocessor, p.encoded["train"], recipe)
-        _say(f"vocabulary: kept {student.config.vocab_size:,} of {p.teacher.config.vocab_size:,} tokens "
+        say(f"vocabulary: kept {student.config.vocab_size:,} of {p.teacher.config.vocab_size:,} tokens "
              "before training; the student's data is tokenized with its own tokenizer")
         student_encoded = p.adapter.encode_dataset(p.data, student_pre, recipe)
     return student, student_pre, student_encoded
@@ -583,9 +583,9 @@ def compress(
     started = time.perf_counter()
     spec = load_recipe(recipe_source)
     if spec.export is not None and spec.export.onnx:
-        from .deploy import _require
+        from .deploy import require_onnx
 
-        _require()  # onnx and onnxruntime there before the training, not after it
+        require_onnx()  # onnx and onnxruntime there before the training, not after it
     p = prepare(spec, output_dir, quick=quick, seed=seed, training_overrides=training_overrides)
     recipe, adapter, out, spec = p.recipe, p.adapter, p.out, p.recipe.data
 
@@ -604,10 +604,10 @@ def compress(
     from ..arguments import result_flags
 
     flags = result_flags(training_overrides)
-    run_key = _fingerprint({k: v for k, v in recipe.to_dict().items() if k != "export"}, quick,
+    run_key = fingerprint({k: v for k, v in recipe.to_dict().items() if k != "export"}, quick,
                            teacher_identity(p.teacher_info), len(train_dataset), *([flags] if flags else []))
     resume = _resume_point(run_dir, run_key, restart)
-    args = _student_args(run_dir, recipe, save_steps=save_steps, overrides=training_overrides)
+    args = student_arguments(run_dir, recipe, save_steps=save_steps, overrides=training_overrides)
     trainer = PaKDTrainer(
         model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,
         eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
@@ -630,17 +630,17 @@ def compress(
     # The teacher's validation score was measured when it was prepared (and is cached with it).
     metric = adapter.metric
     acc_validation = (p.teacher_info[f"{metric}_validation"], p.evaluate(student_loaded, student_pre, validation))
-    _say(f"validation {metric}: teacher {acc_validation[0]:.4f}, student {acc_validation[1]:.4f}")
+    say(f"validation {metric}: teacher {acc_validation[0]:.4f}, student {acc_validation[1]:.4f}")
     test = p.test.read("final evaluation")  # the only read of the test split
     examples, _ = p.examples(test)
     acc_teacher = p.evaluate(p.teacher, p.preprocessor, test)
     acc_student = p.evaluate(student_loaded, student_pre, test)
-    _say(f"test {metric}: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
+    say(f"test {metric}: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
     n_test = adapter.eval_size(test, student_pre, recipe)  # examples; scored tokens for text-generation
     examples = adapter.benchmark_examples(examples, recipe)
 
     processes = 1 if quick else LATENCY_PROCESSES
-    _say(f"benchmarking teacher vs student: the saved folders, in {processes} fresh process(es) "
+    say(f"benchmarking teacher vs student: the saved folders, in {processes} fresh process(es) "
          "(CPU, medians of repeated runs)")
     report = median_run([
         in_fresh_process(
@@ -667,7 +667,7 @@ def compress(
         except Exception as exc:  # noqa: BLE001 - the student is saved all the same; the command fails at the end
             export_error = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             report["export_error"] = export_error
-            _say(f"export stage failed: {export_error}")
+            say(f"export stage failed: {export_error}")
     command = f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir {out}"
     report.update(
         recipe=recipe.name,
@@ -714,7 +714,7 @@ def compress(
                           "complete without it")
     if push_to_hub:
         url = push_folder(out / "student", push_to_hub)
-        _say(f"pushed to {url}")
+        say(f"pushed to {url}")
     return report
 
 
@@ -728,7 +728,7 @@ def _export_stage(p: Prepared, student_dir: Path, student_pre, validation, test,
     from .deploy import FP32_FILE, INT8_FILE, ONNX_DIR, OrtModel, export_onnx, measure_onnx, median_onnx
 
     spec, teacher_dir = p.recipe.export, p.out / "teacher"
-    _say("export: student and teacher to ONNX" + (", the student also to int8" if spec.int8 else "")
+    say("export: student and teacher to ONNX" + (", the student also to int8" if spec.int8 else "")
          + " (torch.onnx.export, checked against PyTorch in ONNX Runtime)")
     student = export_onnx(student_dir, student_dir / ONNX_DIR, int8=spec.int8, opset=spec.opset, source="student")
     teacher = export_onnx(teacher_dir, teacher_dir / ONNX_DIR, opset=spec.opset)
@@ -740,7 +740,7 @@ def _export_stage(p: Prepared, student_dir: Path, student_pre, validation, test,
     if spec.int8:
         int8 = OrtModel(student_dir / ONNX_DIR / INT8_FILE, threads)
         accuracy = (p.evaluate(int8, student_pre, validation), p.evaluate(int8, student_pre, test))
-        _say(f"int8 student: validation accuracy {accuracy[0]:.4f}, test {accuracy[1]:.4f}")
+        say(f"int8 student: validation accuracy {accuracy[0]:.4f}, test {accuracy[1]:.4f}")
         teacher_test = report.get("accuracy_teacher")
         out.update(
             bytes_onnx_int8=student["bytes_onnx_int8"],

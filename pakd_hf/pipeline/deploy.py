@@ -61,7 +61,7 @@ class DeployError(ValueError):
     """A one-line reason why a model cannot be exported or run (the CLI prints it and exits 1)."""
 
 
-def _require() -> None:
+def require_onnx() -> None:
     missing = []
     for name in ("onnx", "onnxruntime"):
         try:
@@ -160,7 +160,7 @@ class OrtModel:
     torch's), one inter-op thread, all graph optimizations."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        _require()
+        require_onnx()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -227,7 +227,7 @@ def export_onnx(
     and ``export.json`` (what was exported and how, the check's figures; ``source`` names the
     model there, default the folder's name). Returns that record.
     Raises :class:`DeployError` (one line) when the folder cannot be exported or the check fails."""
-    _require()
+    require_onnx()
     folder = Path(folder)
     out = Path(output_dir) if output_dir is not None else folder / ONNX_DIR
     if not 7 <= opset <= 23:

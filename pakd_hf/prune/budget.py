@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..arch import HeadDimError
-from .structure import Structure
+from ..arch.structure import Structure
 
 KINDS = ("heads", "ffn", "layers", "hidden")
 

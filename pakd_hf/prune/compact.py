@@ -33,9 +33,10 @@ from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
 from ..arch.base import ROLES, is_rms_norm, weighted_layer_sum_keep
-from .carried import active_masks
-from .masks import MaskState, _expand
-from .structure import Structure, relative_keep, set_structure
+from ..arch.structure import Structure, relative_keep
+from ..carried import active_masks
+from .masks import MaskState, expand_units
+from .structure import set_structure
 
 
 @dataclass
@@ -184,9 +185,9 @@ def compact(
             if cut.size is not None and len(units) == cut.size:
                 continue  # this part of the kind keeps everything
             if cut.conv_groups > 1:
-                grouped.append((cut.module, cut.name or "weight", _expand(units, cut.group), cut.conv_groups))
+                grouped.append((cut.module, cut.name or "weight", expand_units(units, cut.group), cut.conv_groups))
                 continue
-            idx = torch.tensor(_expand(units, cut.group), dtype=torch.long)
+            idx = torch.tensor(expand_units(units, cut.group), dtype=torch.long)
             if cut.name is not None:
                 raw.append((cut.module, cut.name, cut.axis, idx))
                 continue

@@ -28,13 +28,14 @@ from ..arch import (
     get_adapter,
     registered_adapters,
 )
+from ..arch.structure import Structure
 from ..errors import RecipeError
+from .budget import counts_for_budget
 from .compact import CompactResult, compact
 from .importance import ImportanceAccumulator
 from .masks import MaskState, nm_masks, unstructured_masks, weight_scores
 from .schedule import is_update_step, sparsity_at
 from .select import select_structure
-from .structure import Structure
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -84,8 +85,6 @@ def check_targets(spec, structure: Structure, path: str) -> None:
 
 def budget_counts(model, adapter, current: Structure, spec, sample_inputs: dict | None) -> dict[str, int]:
     """The counts a stage's `budget` resolves to (explicit targets of other kinds held fixed)."""
-    from .budget import counts_for_budget
-
     b = spec.budget
     fixed = {kind: target_count(keep, current, kind) for kind, keep in spec.structured_targets().items()}
     return counts_for_budget(

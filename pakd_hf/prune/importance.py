@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, Cut, get_adapter
-from .carried import structure_record
+from ..carried import structure_record
 
 CRITERIA = ("magnitude", "taylor", "movement")
 KINDS = ("heads", "ffn", "layers", "hidden", "weights")

@@ -41,12 +41,12 @@ from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
 from ..arch.base import is_rms_norm, rms_norm_eps, weighted_layer_sum_keep
-from .carried import active_masks, clear_active_masks, set_active_masks
-from .structure import Structure, relative_keep
+from ..arch.structure import Structure, relative_keep
+from ..carried import active_masks, clear_active_masks, set_active_masks
 
 
 
-def _expand(idx: list[int], group: int) -> list[int]:
+def expand_units(idx: list[int], group: int) -> list[int]:
     return [i * group + j for i in idx for j in range(group)] if group > 1 else list(idx)
 
 
@@ -164,9 +164,9 @@ class MaskState:
                     continue
                 for _, p, axis in cut.params():
                     if cut.conv_groups > 1:
-                        plan.append((p, None, _grouped_keep_mask(p, _expand(units, cut.group), cut.conv_groups), 0.0))
+                        plan.append((p, None, _grouped_keep_mask(p, expand_units(units, cut.group), cut.conv_groups), 0.0))
                         continue
-                    idx = torch.tensor(_expand(units, cut.group), dtype=torch.long, device=p.device)
+                    idx = torch.tensor(expand_units(units, cut.group), dtype=torch.long, device=p.device)
                     plan.append((p, axis, idx, 0.0))
 
         lsw = a.layer_sum_weights()

@@ -43,8 +43,8 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, UnsupportedArchitectureError, get_adapter
+from ..arch.structure import Structure
 from .compact import CompactResult, compact
-from .structure import Structure
 
 
 @dataclass

@@ -18,7 +18,7 @@ import math
 import torch
 
 from ..arch import ArchAdapter
-from .structure import Structure, from_relative, relative_keep
+from ..arch.structure import Structure, from_relative, relative_keep
 
 
 def _count(target: int | float | None, original: int, name: str) -> int | None:

@@ -29,22 +29,19 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
+from ..arch.structure import Structure
+from ..carried import embedding_rows, structure_record, vocabulary_record
 from .budget import model_cost
-from .carried import structure_record, vocabulary_record
 from .compact import CompactResult, compact
 from .controller import StagePruner, target_count
 from .masks import MaskState
-from .structure import Structure
+from .rotate import rotate_hidden
+from .vocab import prune_vocabulary_by_counts
 
 __all__ = ["PruningSession", "MASKS_FILENAME", "IMPORTANCE_FILENAME"]
 
 MASKS_FILENAME = "pakd_masks.safetensors"
 IMPORTANCE_FILENAME = "pakd_importance.safetensors"
-
-
-def _vocab_size(model: nn.Module) -> int | None:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return getattr(emb, "num_embeddings", None)
 
 
 class PruningSession:
@@ -101,7 +98,7 @@ class PruningSession:
         pruned = vocabulary_record(self.model)
         if pruned is not None:
             self.vocab_record = pruned.record()
-            if teacher is not None and _vocab_size(teacher) != _vocab_size(self.model):
+            if teacher is not None and embedding_rows(teacher) != embedding_rows(self.model):
                 self.teacher_token_ids = pruned.teacher_ids()
 
     @property
@@ -282,8 +279,6 @@ class PruningSession:
         """`hidden.method: rotate`: rotate the student's stream onto its principal directions
         (measured on `spec.calibration` training examples) and cut it to the target. A student
         already at the target (a resumed stage) is left alone. Returns True when it rotated."""
-        from .rotate import rotate_hidden
-
         current = Structure.from_model(self.model)
         target = target_count(spec, Structure.full(*current.original_sizes()), "hidden")
         if len(current.hidden) <= target:
@@ -330,8 +325,6 @@ class PruningSession:
         output on the training distribution."""
         if spec is None or self.vocab_record is not None:
             return None
-        from .vocab import prune_vocabulary_by_counts
-
         result = prune_vocabulary_by_counts(self.model, tokenizer, token_ids, min_count=spec.min_count, dropped=spec.dropped)
         self.vocab_record = result.record()
         self.vocab_id_map = result.id_map()

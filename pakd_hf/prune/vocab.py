@@ -96,7 +96,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .carried import set_vocabulary_record
+from ..carried import set_vocabulary_record
 
 DROPPED_MODES = ("unk", "resegment")
 TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",

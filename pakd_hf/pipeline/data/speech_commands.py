@@ -63,7 +63,7 @@ from .speech_keywords import (
     SAMPLE_RATE,
     VARIANTS,
     WORDS,
-    _list_array,
+    list_array,
     cache_root,
     read_wav,
     run_jobs,
@@ -294,7 +294,7 @@ def load_speech_commands(seed: int = 0, clips_per_voice: int = 1, voices_per_var
     for name in ("train", "validation", "test"):
         rows = [c for c in clips if c["split"] == name]
         splits[name] = Dataset.from_dict({
-            "audio": _list_array([read_wav(folder / c["file"]) for c in rows]),
+            "audio": list_array([read_wav(folder / c["file"]) for c in rows]),
             "sampling_rate": [SAMPLE_RATE] * len(rows),
             "label": [CLASSES.index(c["class"]) for c in rows],
             "voice": [f"{c['engine']}:{c['voice']}" for c in rows],

@@ -226,7 +226,7 @@ def split_voices(voices: list[str], seed: int, validation: float, test: float, h
     return {name: [v for v in voices if group(v) in members] for name, members in parts.items()}
 
 
-def _list_array(arrays: list[np.ndarray]):
+def list_array(arrays: list[np.ndarray]):
     """Equal-length float32 arrays as one Arrow list column: ~20x faster than letting
     ``Dataset.from_dict`` convert a list of numpy arrays one by one."""
     import pyarrow as pa
@@ -283,7 +283,7 @@ def load_speech_keywords(
         rows = [c for c in clips if c["voice"] in members]
         splits[name] = Dataset.from_dict(
             {
-                "audio": _list_array([read_wav(folder / c["file"]) for c in rows]),
+                "audio": list_array([read_wav(folder / c["file"]) for c in rows]),
                 "sampling_rate": [SAMPLE_RATE] * len(rows),
                 "label": [WORDS.index(c["word"]) for c in rows],
                 "voice": [c["voice"] for c in rows],

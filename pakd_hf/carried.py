@@ -2,13 +2,13 @@
 model object itself (so they travel with it through Trainer, accelerate and user code, and
 never reach its state_dict or config).
 
-- the structure record (:class:`~.structure.Structure`): which original units a pruned
+- the structure record (:class:`~pakd_hf.arch.structure.Structure`): which original units a pruned
   model kept, in original coordinates (set by compaction, read by importance, export, the
   trainer);
-- the active mask state (:class:`~.masks.MaskState`): the masks whose forward patches are
+- the active mask state (:class:`~pakd_hf.prune.masks.MaskState`): the masks whose forward patches are
   on the model now (set by ``attach``, read by compaction and saving, which refuse a model
   that still has structural masks);
-- the vocabulary record (:class:`~.vocab.VocabPruneResult`): a student whose vocabulary was
+- the vocabulary record (:class:`~pakd_hf.prune.vocab.VocabPruneResult`): a student whose vocabulary was
   pruned before training (the trainer maps its ids back to the teacher's).
 
 Every other module goes through these functions; none spells the attribute names.
@@ -16,9 +16,10 @@ Every other module goes through these functions; none spells the attribute names
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: `import pakd_hf` (export's registration) reads these without torch
+    from torch import nn
 
 __all__ = [
     "structure_record", "set_structure_record", "active_masks", "set_active_masks", "clear_active_masks",
@@ -70,3 +71,10 @@ def vocabulary_record(model: nn.Module):
 
 def set_vocabulary_record(model: nn.Module, result) -> None:
     _set(model, _VOCABULARY, result)
+
+
+def embedding_rows(model: nn.Module) -> int | None:
+    """The rows of ``model``'s input embedding now (its vocabulary after any pruning), or None
+    for a model without one (images, audio)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return getattr(emb, "num_embeddings", None)
