@@ -91,10 +91,10 @@ def test_resume_true_takes_the_newest_complete_checkpoint_and_says_which_it_skip
 def test_a_kill_before_the_marker_keeps_the_older_checkpoints(tmp_path, monkeypatch):
     """Trainer's own rotation runs before PaKD's state is written; PaKDTrainer holds it back, so
     an interruption before the third checkpoint is marked leaves the first two in place."""
-    import pakd_hf.checkpoints as checkpoints
+    import pakd_hf.trainer as trainer_module  # the name the trainer calls
 
     calls = []
-    original = checkpoints.mark_complete
+    original = trainer_module.mark_complete
 
     def mark(folder, step):
         calls.append(step)
@@ -102,13 +102,13 @@ def test_a_kill_before_the_marker_keeps_the_older_checkpoints(tmp_path, monkeypa
             raise KeyboardInterrupt  # as if killed here
         original(folder, step)
 
-    monkeypatch.setattr(checkpoints, "mark_complete", mark)
+    monkeypatch.setattr(trainer_module, "mark_complete", mark)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         _trainer(out, save_total_limit=1).train()
     assert [p.name for p in complete_checkpoints(out)] == ["checkpoint-8"]
     assert (out / "checkpoint-12").is_dir() and problem(out / "checkpoint-12").startswith(f"no {MARKER}")
-    monkeypatch.setattr(checkpoints, "mark_complete", original)
+    monkeypatch.setattr(trainer_module, "mark_complete", original)
     trainer = _trainer(out, save_total_limit=1)
     trainer.train(resume_from_checkpoint=True)
     assert trainer.state.global_step == 16 and [p.name for p in complete_checkpoints(out)] == ["checkpoint-16"]
