@@ -17,7 +17,7 @@ import textwrap
 import pytest
 import torch
 from datasets import Dataset
-from transformers import ResNetConfig, ResNetForImageClassification, ResNetModel, TrainerCallback
+from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback
 
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError
 from pakd_hf.arch import NonUniformStructureError, UnsupportedArchitectureError
@@ -33,7 +33,7 @@ from pakd_hf.prune import (
     select_structure,
     verify_against_config,
 )
-from toy import stock_result
+from toy import stock_result, tiny_resnet
 
 TOL = 1e-5
 TYPES = ("basic", "bottleneck")
@@ -47,24 +47,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def tiny_resnet(layer_type="bottleneck", seed=0, embedding=16, bare=False):
-    """embedding 16 == hidden_sizes[0]: stage 0's first block has an identity shortcut (the stem is
-    tied to stage 0); embedding 8: a conv shortcut, the stem is its own stream."""
-    torch.manual_seed(seed)
-    cfg = ResNetConfig(num_channels=3, embedding_size=embedding, hidden_sizes=[16, 32], depths=[2, 2],
-                       layer_type=layer_type, num_labels=3)
-    model = (ResNetModel if bare else ResNetForImageClassification)(cfg).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # BatchNorm away from its init: running statistics and affine terms matter
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.add_(0.3 * torch.randn(m.weight.shape, generator=g))
-                m.bias.add_(0.3 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.add_(0.3 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.mul_(1 + torch.rand(m.running_var.shape, generator=g))
-    return model
 
 
 def images(n=4, seed=3):
@@ -388,14 +370,12 @@ def test_verify_against_config_catches_contradictions(exported, tmp_path):
 def test_trainer_saves_a_pruned_resnet_as_a_stock_checkpoint(tmp_path):
     """PaKDTrainer.save_model goes through export: a stock-expressible ResNet needs no custom code."""
     import torch
-    from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification
+    from transformers import AutoModelForImageClassification
 
     from pakd_hf import PaKDTrainer, PaKDTrainingArguments
     from toy import toy_images
 
-    torch.manual_seed(0)
-    model = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32],
-                                                      depths=[2, 2], layer_type="basic", num_labels=3))
+    model = tiny_resnet("basic", perturb_norms=False).train()
     recipe = {"name": "r", "task": "image-classification", "stages": [
         {"name": "prune", "steps": 4, "pruning": {"hidden": {"keep_fraction": 0.5}, "layers": {"keep": 3}, "frequency": 2}},
         {"name": "recover", "steps": 2}]}

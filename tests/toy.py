@@ -77,6 +77,30 @@ def tiny_vit(hidden=32, layers=4, heads=4, ffn=64, seed=0, **kw):
     return ViTForImageClassification(cfg)
 
 
+def tiny_resnet(layer_type="bottleneck", seed=0, embedding=16, hidden_sizes=(16, 32), depths=(2, 2), bare=False,
+                perturb_norms=True):
+    """A seeded ResNet for 3-channel images, 3 labels. ``embedding == hidden_sizes[0]``: stage 0's
+    first block has an identity shortcut (the stem is tied to stage 0); otherwise a conv shortcut
+    and the stem is its own stream. ``perturb_norms`` moves BatchNorm away from its init (running
+    statistics and affine terms then matter to every comparison)."""
+    from transformers import ResNetConfig, ResNetForImageClassification, ResNetModel
+
+    torch.manual_seed(seed)
+    cfg = ResNetConfig(num_channels=3, embedding_size=embedding, hidden_sizes=list(hidden_sizes), depths=list(depths),
+                       layer_type=layer_type, num_labels=3)
+    model = (ResNetModel if bare else ResNetForImageClassification)(cfg).eval()
+    if perturb_norms:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.add_(0.3 * torch.randn(m.weight.shape, generator=g))
+                    m.bias.add_(0.3 * torch.randn(m.bias.shape, generator=g))
+                    m.running_mean.add_(0.3 * torch.randn(m.running_mean.shape, generator=g))
+                    m.running_var.mul_(1 + torch.rand(m.running_var.shape, generator=g))
+    return model
+
+
 def tiny_whisper(seed=0, layers=4, **kw):
     """A randomly initialised Whisper encoder classifier (seeded; d_model 32, 4 heads, FFN 64,
     80 mel bins, 50 positions: 1 s clips); other WhisperConfig fields in ``kw``."""
