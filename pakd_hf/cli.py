@@ -1,4 +1,8 @@
-"""The `pakd` command line. A thin layer over the library: parse, call, print."""
+"""The `pakd` command line. A thin layer over the library: parse, call, print.
+
+Each command imports what it runs inside its handler: `pakd --help` and `pakd validate` answer
+in about 0.1 s, where importing torch and transformers' Trainer takes 5-8 s on a small CPU.
+"""
 
 from __future__ import annotations
 

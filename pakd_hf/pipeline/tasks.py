@@ -6,6 +6,10 @@ batch of raw examples for evaluation and benchmarking. Everything else in the pi
 (teacher stage, PaKD stages, saving, evaluation of the saved student, benchmark, card) is
 shared. The preprocessor is always a transformers one (tokenizer, image processor, feature
 extractor) saved beside the weights, so the student works with a stock ``pipeline``.
+
+Each adapter imports its modality's classes (tokenizers, image processors, feature extractors,
+model classes) inside its methods: preflight and the CLI use the adapters' light parts, and
+a text recipe should not load the audio stack.
 """
 
 from __future__ import annotations
