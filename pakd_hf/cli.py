@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .pipeline.preflight import preflight
-from .recipe import RecipeError, load_recipe
+from .recipe import RECIPE_FILENAME, RecipeError, load_recipe
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -256,7 +256,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not 7 <= args.opset <= 23:
         print(f"error: --opset must be between 7 and 23, got {args.opset}", file=sys.stderr)
         return 2
-    info = _exported(lambda: export_onnx(folder, args.output_dir, int8=args.int8, opset=args.opset))
+    calibration = None
+    if args.int8 == "static":
+        calibration = _calibration(folder, args)
+        if isinstance(calibration, int):
+            return calibration
+    info = _exported(lambda: export_onnx(folder, args.output_dir, int8=args.int8, opset=args.opset, calibration=calibration))
     if isinstance(info, int):
         return info
     out = Path(args.output_dir) if args.output_dir else folder / ONNX_DIR
@@ -264,10 +269,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
           f"(dynamic: {', '.join(sorted({a for axes in info['dynamic_axes'].values() for a in axes}))}); "
           f"max |logit difference| vs PyTorch {info['max_abs_diff']:.2g} (tolerance {info['tolerance']:g})")
     if args.int8:
-        print(f"{out / INT8_FILE}: {info['bytes_onnx_int8']:,} bytes ({info['bytes_onnx'] / info['bytes_onnx_int8']:.1f}x "
-              f"smaller), max |logit difference| vs PyTorch {info['int8_max_abs_diff']:.2g}; measure its accuracy with "
+        print(f"{out / INT8_FILE}: {info['int8_mode']} int8, {info['bytes_onnx_int8']:,} bytes "
+              f"({info['bytes_onnx'] / info['bytes_onnx_int8']:.1f}x smaller), max |logit difference| vs PyTorch "
+              f"{info['int8_max_abs_diff']:.2g}; measure its accuracy with "
               f"`pakd benchmark --runtime ort ... --data RECIPE`")
     return 0
+
+
+def _calibration(folder: Path, args: argparse.Namespace) -> list | int:
+    """Static int8's calibration examples: ``--calibration`` examples of the training split of
+    ``--calibration-recipe``'s data (default: the recipe saved in the folder), or an exit code."""
+    from .pipeline.deploy import DeployError, training_examples
+
+    source = Path(args.calibration_recipe) if args.calibration_recipe else folder / RECIPE_FILENAME
+    if not source.is_file():
+        print(f"error: --int8 static calibrates on training examples: {folder} has no {RECIPE_FILENAME} naming its "
+              "data; pass --calibration-recipe RECIPE", file=sys.stderr)
+        return 2
+    if args.calibration < 1:
+        print(f"error: --calibration must be at least 1, got {args.calibration}", file=sys.stderr)
+        return 2
+    try:
+        return training_examples(load_recipe(source), args.calibration)
+    except (RecipeError, DeployError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _doc(description: str, example: str) -> dict:
@@ -359,12 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
                             **_doc("Export a saved classifier (student or teacher; text, image or audio) with torch.onnx.export, "
                                    "dynamic batch and sequence/sample axes, its tokenizer or processor beside it; run the same "
                                    "inputs through PyTorch and ONNX Runtime and fail if the logits differ by more than 1e-4. "
-                                   "--int8 adds a dynamically quantized copy (ONNX Runtime's quantize_dynamic). Needs the "
+                                   "--int8 adds a quantized copy: dynamic (ONNX Runtime's quantize_dynamic; transformers) or "
+                                   "static (quantize_static, calibrated on training examples of the folder's recipe; CNNs). Needs the "
                                    "export extra: pip install 'pakd-hf[export]'.",
                                    "pakd export runs/minilm-rt/student --int8"))
     export.add_argument("dir", metavar="DIR", help="a saved model folder (config.json, weights, tokenizer or processor)")
     export.add_argument("--output-dir", help="where model.onnx goes (default: DIR/onnx; replaced only if pakd export wrote it)")
-    export.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantization)")
+    export.add_argument("--int8", nargs="?", const="dynamic", default=False, choices=["dynamic", "static"],
+                        help="also write model_int8.onnx: dynamic (the default) or static int8 quantization")
+    export.add_argument("--calibration-recipe", metavar="RECIPE",
+                        help="--int8 static: the recipe whose training split calibrates (default: DIR/pakd_recipe.yaml)")
+    export.add_argument("--calibration", type=int, default=256, metavar="N",
+                        help="--int8 static: how many training examples calibrate (default 256)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     export.add_argument("--executorch", action="store_true",
                         help="an ExecuTorch program (model.pte, XNNPACK, batch 1) for phones and boards instead of ONNX "

@@ -152,6 +152,12 @@ def _whisper_window(folder: Path) -> bool:
         return False
 
 
+_INT8_WHAT = {  # export.json's int8_mode (absent before static int8 existed: those were dynamic)
+    "dynamic": "dynamic int8 quantization (int8 weights, activations quantized at run time)",
+    "static": "static int8 quantization (int8 weights per channel, activation ranges calibrated on training examples)",
+}
+
+
 def _deploy_section(folder: Path, r: dict[str, Any], modality: str, target: str) -> dict[str, Any]:
     """The card's "Deploy" section when the student has an ONNX export (``onnx/``): its files,
     the ONNX Runtime figures of the report, and a snippet that runs the int8 (else fp32) model
@@ -164,7 +170,7 @@ def _deploy_section(folder: Path, r: dict[str, Any], modality: str, target: str)
               "what": f"fp32, opset {info['opset']}; logits within {info['max_abs_diff']:.1g} of PyTorch's"}]
     if model_file == INT8_FILE:
         files.append({"name": f"{ONNX_DIR}/{INT8_FILE}", "bytes": _fmt_bytes(info["bytes_onnx_int8"]),
-                      "what": "dynamic int8 quantization (int8 weights, activations quantized at run time)"})
+                      "what": _INT8_WHAT.get(info.get("int8_mode", "dynamic"), "int8 quantization")})
     rows = []
     if r.get("bytes_onnx_int8") is not None:
         rows.append({"name": "size, int8 ONNX vs fp32 safetensors", "teacher": _fmt_bytes(r["bytes_teacher"]),

@@ -494,16 +494,20 @@ class Augment:
 class Export:
     """The last stage of `pakd compress`: the saved student exported to ONNX in
     ``student/onnx/`` (and the teacher in ``teacher/onnx/``, for the runtime benchmark), with
-    ``int8`` a dynamically quantized copy beside it; report.json gains the ONNX Runtime
-    figures. See :mod:`pakd_hf.pipeline.deploy`."""
+    ``int8`` a quantized copy beside it; report.json gains the ONNX Runtime figures. ``int8``:
+    ``true`` or ``dynamic`` (int8 weights, activations quantized at run time: transformers), or
+    ``static`` (activation ranges calibrated on ``calibration`` training examples: CNNs, whose
+    dynamic int8 convolutions run slower than fp32). See :mod:`pakd_hf.pipeline.deploy`."""
 
     onnx: bool = True
-    int8: bool = False
+    int8: Union[bool, Literal["dynamic", "static"]] = False
     opset: int = 17
+    calibration: int = 256
 
     def _validate(self, path: str) -> None:
         _check(self.onnx or not self.int8, f"{path}.int8", "needs onnx: true (the int8 model is quantized from the ONNX export)")
         _check(7 <= self.opset <= 23, f"{path}.opset", f"must be between 7 and 23, got {self.opset}")
+        _check(1 <= self.calibration <= 100_000, f"{path}.calibration", f"must be between 1 and 100000, got {self.calibration}")
 
 
 @dataclass

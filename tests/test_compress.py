@@ -338,6 +338,7 @@ def test_the_export_stage_writes_onnx_files_report_keys_and_a_deploy_section(qui
     card = (student / "README.md").read_text()
     deploy = card.split("## Deploy")[1].split("## How it was made")[0]
     assert "onnx/model_int8.onnx" in deploy and "ONNX Runtime latency, batch 1" in deploy
+    assert r["int8_mode"] == "dynamic" and "dynamic int8 quantization" in deploy
     assert "InferenceSession" in deploy and "snapshot_download('" in deploy
 
 

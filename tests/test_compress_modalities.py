@@ -15,7 +15,7 @@ import yaml
 from pakd_hf.benchmark import REPORT_KEYS
 from pakd_hf.cli import main
 from pakd_hf.pipeline.data.fashion_mnist import FILES, FOLDER
-from toy import run_stock, save_tiny_whisper
+from toy import needs, run_stock, save_tiny_whisper
 
 
 
@@ -50,7 +50,7 @@ def _quick_compress(root: Path, recipe: dict):
 
 
 # ---- vision ---------------------------------------------------------------------------
-needs_fashion_mnist = pytest.mark.skipif(
+needs_fashion_mnist = needs(
     not all((FOLDER / name).is_file() for pair in FILES.values() for name in pair),
     reason="Fashion-MNIST files missing: apt-get install -y dataset-fashion-mnist",
 )
@@ -205,7 +205,7 @@ def test_config_teacher_errors_come_before_any_output(tmp_path):
 
 
 # ---- speech ---------------------------------------------------------------------------
-needs_espeak = pytest.mark.skipif(
+needs_espeak = needs(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,
     reason="espeak-ng and sox synthesise the keyword clips: apt-get install -y espeak-ng sox",
 )

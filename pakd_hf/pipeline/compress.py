@@ -729,12 +729,16 @@ def _export_stage(p: Prepared, student_dir: Path, student_pre, validation, test,
     (the split already read for the final evaluation); ONNX Runtime latencies of all of them in
     fresh processes, with the eager benchmark's protocol. Returns the report's ONNX keys."""
     from ..benchmark import in_fresh_process
-    from .deploy import FP32_FILE, INT8_FILE, ONNX_DIR, OrtModel, export_onnx, measure_onnx, median_onnx
+    from .deploy import (FP32_FILE, INT8_FILE, ONNX_DIR, OrtModel, export_onnx, int8_mode, measure_onnx, median_onnx,
+                         training_examples)
 
     spec, teacher_dir = p.recipe.export, p.out / "teacher"
-    say("export: student and teacher to ONNX" + (", the student also to int8" if spec.int8 else "")
+    say("export: student and teacher to ONNX" + (f", the student also to int8 ({int8_mode(spec.int8)})" if spec.int8 else "")
          + " (torch.onnx.export, checked against PyTorch in ONNX Runtime)")
-    student = export_onnx(student_dir, student_dir / ONNX_DIR, int8=spec.int8, opset=spec.opset, source="student")
+    static = int8_mode(spec.int8) == "static"
+    calibration = training_examples(p.recipe, spec.calibration, p.data["train"]) if static else None
+    student = export_onnx(student_dir, student_dir / ONNX_DIR, int8=spec.int8, opset=spec.opset, source="student",
+                          calibration=calibration)
     teacher = export_onnx(teacher_dir, teacher_dir / ONNX_DIR, opset=spec.opset)
     out: dict[str, Any] = {
         "onnx_opset": spec.opset, "onnx_max_abs_diff": student["max_abs_diff"],
@@ -754,6 +758,7 @@ def _export_stage(p: Prepared, student_dir: Path, student_pre, validation, test,
             accuracy_student_int8=accuracy[1],
             accuracy_kept_int8=round(accuracy[1] / teacher_test, 4) if teacher_test else None,
             int8_max_abs_diff=student["int8_max_abs_diff"],
+            int8_mode=student["int8_mode"],
         )
         runs["int8"] = str(student_dir / ONNX_DIR / INT8_FILE)
     quick = p.quick

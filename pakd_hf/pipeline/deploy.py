@@ -17,9 +17,12 @@ processor's size and Whisper its 30 s window of features (the encoder's position
 
 Every export is checked: the same inputs (a batch size and a length other than those traced)
 through PyTorch and ONNX Runtime, the largest absolute difference of the logits reported and
-held to ``tolerance``. int8 is ONNX Runtime's dynamic quantization (weights int8 per tensor,
-activations quantized at run time); its agreement with fp32 is reported here and its
-accuracy is measured by the caller on real data (`pakd compress` does, on validation and test).
+held to ``tolerance``. int8 is ONNX Runtime's quantization, dynamic (weights int8 per tensor,
+activations quantized at run time: right for transformers' linear layers) or static (weights
+per channel, activation ranges calibrated on training examples, QDQ format: what convolutions
+need, since ONNX Runtime's dynamic int8 convolution is slower than fp32); its agreement with
+fp32 is reported here and its accuracy is measured by the caller on real data (`pakd compress`
+does, on validation and test).
 
 Outputs are written in a temporary folder beside the target and renamed into place; an
 existing target is replaced only when an earlier `pakd export` made it (its export.json).
@@ -199,35 +202,126 @@ def _max_diff(onnx_model: OrtModel, model: nn.Module, inputs: dict[str, torch.Te
 
 
 # ---- export ----------------------------------------------------------------------------------
-def _quantize(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+INT8_MODES = ("dynamic", "static")
+INT8_METHODS = {
+    "dynamic": "onnxruntime.quantization.quantize_dynamic (QInt8 weights per tensor, activations quantized at run time)",
+    "static": "onnxruntime.quantization.quantize_static (QDQ; QInt8 weights per channel, QUInt8 activations "
+              "with ranges calibrated on training examples)",
+}
 
+
+def int8_mode(int8: bool | str) -> str | None:
+    """``int8`` as a recipe or caller gives it (false, true = dynamic, "dynamic", "static") -> the mode or None."""
+    if int8 is False or int8 is None:
+        return None
+    mode = "dynamic" if int8 is True else int8
+    if mode not in INT8_MODES:
+        raise DeployError(f"int8 must be one of true, false, {', '.join(repr(m) for m in INT8_MODES)}; got {int8!r}")
+    return mode
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
     import logging
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # it advises a pre-processing pass on every call, through the root logger
+    root.setLevel(logging.ERROR)  # the quantizer advises a pre-processing pass on every call, through the root logger
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        yield
     finally:
         root.setLevel(level)
+
+
+def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict[str, np.ndarray]] | None) -> None:
+    """Dynamic int8 (weights only; what transformers' linear layers need), or static int8:
+    weights per channel and activations with ranges calibrated on ``calibration`` batches, in
+    the QDQ format ONNX Runtime fuses into integer kernels (QLinearConv, QLinearMatMul).
+    Static is what convolutions need: ONNX Runtime has no fast dynamic int8 convolution
+    (ConvInteger), so a dynamically quantized CNN runs slower than fp32."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if mode == "dynamic":
+        with _quiet_root_logger():
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        return
+    if not calibration:
+        raise DeployError("static int8 needs calibration examples (training inputs): none were given")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(calibration)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    prepared = dst.with_name(dst.stem + "-prepared.onnx")
+    try:
+        with _quiet_root_logger():
+            try:  # shape inference and graph fusions first, as onnxruntime's quantization guide advises
+                quant_pre_process(str(src), str(prepared))
+            except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; quantize the plain export
+                prepared.unlink(missing_ok=True)
+                prepared = src
+            quantize_static(str(prepared), str(dst), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        if prepared != src:
+            prepared.unlink(missing_ok=True)
+
+
+def training_examples(recipe, count: int = 256, train=None) -> list:
+    """``count`` raw examples (texts, images, clips) drawn with the data's seed from the training
+    split of ``recipe``'s data (``train``, when the caller has it loaded): what static int8
+    calibrates on. Never validation or test, which measure the quantized model."""
+    from .tasks import adapter_for
+
+    if recipe.data is None:
+        raise DeployError("static int8 calibrates on the training split, and the recipe names no data set (data:)")
+    if train is None:
+        from .compress import load_data
+
+        train = load_data(recipe, False)["train"]
+    rows = np.random.default_rng(recipe.data.seed).permutation(len(train))[:count]
+    return list(train.select(sorted(int(i) for i in rows))[adapter_for(recipe).column(recipe)])
+
+
+def calibration_batches(adapter, preprocessor, recipe, examples: list, names: list[str], batch_size: int = 16,
+                        ) -> list[dict[str, np.ndarray]]:
+    """Raw training ``examples`` (texts, images, clips) encoded by the folder's own
+    preprocessor into the batches static quantization calibrates on."""
+    out = []
+    for i in range(0, len(examples), batch_size):
+        encoded = adapter.encode_batch(preprocessor, examples[i:i + batch_size], recipe)
+        out.append({n: encoded[n].numpy() for n in names})
+    return out
 
 
 def export_onnx(
     folder: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
     *,
-    int8: bool = False,
+    int8: bool | str = False,
     opset: int = DEFAULT_OPSET,
     tolerance: float = TOLERANCE,
     source: str | None = None,
+    calibration: list | None = None,
 ) -> dict[str, Any]:
     """Export the classifier saved in ``folder`` to ``output_dir`` (default ``folder/onnx``):
     ``model.onnx`` and, with ``int8``, ``model_int8.onnx``, the folder's preprocessor files
     and ``export.json`` (what was exported and how, the check's figures; ``source`` names the
     model there, default the folder's name). Returns that record.
+
+    ``int8``: ``True`` or ``"dynamic"`` (weights only), or ``"static"``, which needs
+    ``calibration``: raw training examples (texts, images, clips; a few hundred), encoded here
+    by the folder's preprocessor (:func:`training_examples` reads them from a recipe's data).
     Raises :class:`DeployError` (one line) when the folder cannot be exported or the check fails."""
     require_onnx()
+    mode = int8_mode(int8)
+    if mode == "static" and not calibration:
+        raise DeployError("static int8 needs calibration examples from the training split: pass calibration=[...] "
+                          "(pakd export: --calibration-recipe, or the folder's own pakd_recipe.yaml)")
     folder = Path(folder)
     out = Path(output_dir) if output_dir is not None else folder / ONNX_DIR
     if not 7 <= opset <= 23:
@@ -273,12 +367,15 @@ def export_onnx(
             "bytes_onnx": (tmp / FP32_FILE).stat().st_size,
             "versions": _versions(),
         }
-        if int8:
-            _quantize(tmp / FP32_FILE, tmp / INT8_FILE)
+        if mode:
+            batches = calibration_batches(adapter, preprocessor, recipe, list(calibration), names) if mode == "static" else None
+            _quantize(tmp / FP32_FILE, tmp / INT8_FILE, mode, batches)
             quantized = OrtModel(tmp / INT8_FILE)
             int8_diff, int8_logits = _max_diff(quantized, model, checked)
             info.update({
-                "int8": "onnxruntime.quantization.quantize_dynamic (QInt8 weights, per tensor)",
+                "int8": INT8_METHODS[mode],
+                "int8_mode": mode,
+                **({"int8_calibration_examples": len(calibration)} if mode == "static" else {}),
                 "bytes_onnx_int8": (tmp / INT8_FILE).stat().st_size,
                 "int8_max_abs_diff": int8_diff,
                 "int8_agreement": float((int8_logits.argmax(-1) == fp32_logits.argmax(-1)).mean()),
