@@ -12,6 +12,7 @@ distillation projections or `training_args.bin` (which can hold a token).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -566,6 +567,47 @@ def _files_to_push(folder: Path) -> list[str]:
     return sorted(files)
 
 
+# Seconds any one request of a push may wait for the Hub (to connect, to send, for an answer):
+# huggingface_hub's own client waits forever, so a Hub that stalls would hang the push. Generous
+# for a commit of a few hundred MB; the environment variable PAKD_PUSH_TIMEOUT overrides it.
+PUSH_TIMEOUT = float(os.environ.get("PAKD_PUSH_TIMEOUT", 300))
+
+
+@contextlib.contextmanager
+def _request_timeout(seconds: float):
+    """Every request huggingface_hub's shared HTTP client sends inside the block times out after
+    ``seconds``. The client is created without a timeout; an httpx request hook sets the
+    request's own timeout (the transport reads it from ``request.extensions``), and is removed
+    again afterwards, so the user's client is left as it was."""
+    from huggingface_hub import get_session
+
+    hooks = get_session().event_hooks
+    limits = {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+
+    def bound(request) -> None:
+        request.extensions["timeout"] = limits
+
+    hooks["request"].append(bound)
+    try:
+        yield
+    finally:
+        hooks["request"].remove(bound)
+
+
+def _remove_empty_repo(api, repo_id: str, token: str) -> str:
+    """Delete the repository a failed first push created; say what is left either way."""
+    try:
+        with _request_timeout(PUSH_TIMEOUT):
+            api.delete_repo(repo_id, token=token)
+        return f"; the empty repository '{repo_id}' it created was deleted again"
+    except Exception as exc:  # noqa: BLE001 - reported in the one line
+        return f"; the repository '{repo_id}' it created is left empty (deleting it failed: {type(exc).__name__})"
+
+
+def _left(exc: BaseException) -> str:
+    return "".join(getattr(exc, "__notes__", []))
+
+
 def push_folder(
     student_dir: str | os.PathLike,
     repo_id: str,
@@ -596,14 +638,22 @@ def push_folder(
     if not token:
         raise PushError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then push again")
     endpoint = constants.ENDPOINT
+    created = False
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-        if revision and revision != "main":
-            api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
-        info = api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), allow_patterns=files, revision=revision,
-            commit_message=commit_message, token=token,
-        )
+        with _request_timeout(PUSH_TIMEOUT):
+            created = not api.repo_exists(repo_id, token=token)
+            api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+            try:
+                if revision and revision != "main":
+                    api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+                info = api.upload_folder(
+                    repo_id=repo_id, folder_path=str(folder), allow_patterns=files, revision=revision,
+                    commit_message=commit_message, token=token,
+                )
+            except BaseException as exc:
+                if created:  # the repository this call made, still empty: remove it again
+                    exc.add_note(_remove_empty_repo(api, repo_id, token))
+                raise
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status == 401:
@@ -614,13 +664,22 @@ def push_folder(
             ) from None
         if status is not None and status >= 500:
             raise PushError(
-                f"the Hub at {endpoint} failed ({status}) while pushing '{repo_id}'; nothing was committed, retry later"
+                f"the Hub at {endpoint} failed ({status}) while pushing '{repo_id}'; nothing was committed"
+                f"{_left(exc)}, retry later"
             ) from None
-        raise PushError(f"push of '{repo_id}' failed: {str(exc).splitlines()[0]}") from None
+        raise PushError(f"push of '{repo_id}' failed: {str(exc).splitlines()[0]}{_left(exc)}") from None
     except (OSError, ConnectionError) as exc:
-        raise PushError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}): check the network and retry") from None
+        raise PushError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}){_left(exc)}: check the network "
+                        "and retry") from None
     except Exception as exc:  # httpx errors and the like, without importing httpx
-        if "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__:
-            raise PushError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}): check the network and retry") from None
+        if "Timeout" in type(exc).__name__:
+            raise PushError(f"the Hub at {endpoint} did not answer within {PUSH_TIMEOUT:g} s ({type(exc).__name__}) "
+                            f"while pushing '{repo_id}'{_left(exc)}: retry later") from None
+        if "Connect" in type(exc).__name__:
+            raise PushError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}){_left(exc)}: check the network "
+                            "and retry") from None
+        if any(cls.__name__ == "TransportError" for cls in type(exc).__mro__):  # e.g. the Hub hung up mid-answer
+            raise PushError(f"the Hub at {endpoint} broke off the push of '{repo_id}' ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}){_left(exc)}: retry later") from None
         raise
     return getattr(info, "commit_url", None) or str(info)

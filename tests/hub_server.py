@@ -79,7 +79,8 @@ repos are visible to the owner and members of the owning org only; others get 40
 
 Failure injection: ``fail_next(kind, times=1)`` or ``with failing(kind):`` for kind in ``"401"`` (the
 next request that carries a token or needs one), ``"403"`` (next write), ``"500-commit"``,
-``"500-preupload"``. Note that the client retries 5xx with backoff (1, 2, 4, 8, 8 s) on preupload,
+``"500-preupload"``, ``"stall-commit"`` (the commit request is read, then not answered for 30 s or
+until the server stops: a Hub that hangs). Note that the client retries 5xx with backoff (1, 2, 4, 8, 8 s) on preupload,
 LFS batch/PUT/verify and, in the Xet pipelined ``upload_folder`` path, on the commit too: one injected
 500 is absorbed there. ``create_commit``/``upload_file`` (and ``upload_folder`` with Xet disabled)
 post the commit once.
@@ -126,7 +127,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 __all__ = ["HubServer", "assert_loopback", "patch_hub_endpoint", "FAIL_KINDS"]
 
-FAIL_KINDS = ("401", "403", "500-commit", "500-preupload")
+FAIL_KINDS = ("401", "403", "500-commit", "500-preupload", "stall-commit")
 
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -282,6 +283,7 @@ class HubServer:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status), for debugging/asserts
         self._fail: dict[str, float] = {}
         self._lock = threading.RLock()
+        self._stopping = threading.Event()  # releases stalled requests
         self._secret = secrets.token_bytes(16)
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
@@ -293,6 +295,7 @@ class HubServer:
     def start(self) -> "HubServer":
         if self._servers:
             return self
+        self._stopping.clear()
         for is_cdn in (False, True):
             handler = type("Handler", (_Handler,), {"hub": self, "is_cdn": is_cdn})
             srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -307,6 +310,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         for srv in self._servers:
             srv.shutdown()
             srv.server_close()
@@ -498,6 +502,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.query = {k: v[-1] for k, v in parse_qs(split.query).items()}
             self.segments = [unquote(s) for s in split.path.split("/")[1:]]
             self.raw_segments = split.path.split("/")[1:]
+            if self._stalls():  # outside the lock: the rest of the Hub keeps answering
+                # The client must give up on its own; bounded, so a client that never does fails its
+                # test (with the wrong error) instead of hanging it.
+                self.hub._stopping.wait(timeout=30)
+                self.close_connection = True
+                return
             with self.hub._lock:
                 (self._route_cdn if self.is_cdn else self._route)()
         except _HttpError as err:
@@ -508,6 +518,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(_HttpError(500, f"test hub internal error: {type(exc).__name__}: {exc}"))
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
+
+    def _stalls(self) -> bool:
+        s = self.segments
+        is_commit = (not self.is_cdn and self.command == "POST" and len(s) == 6 and s[:2] == ["api", "models"]
+                     and s[4] == "commit")
+        return is_commit and self.hub._take_failure("stall-commit")
 
     # ---- auth
     def _user(self, *, needs_token: bool = False) -> User | None:

@@ -12,6 +12,7 @@ import yaml
 from hub_server import patch_hub_endpoint
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments
 from pakd_hf.benchmark import REPORT_KEYS, compare_models
+import pakd_hf.hub as hub
 from pakd_hf.hub import CARD_FIGURE, INTERNAL_FILES, PushError, push_folder, write_card
 from toy import toy_dataset
 
@@ -173,7 +174,7 @@ def test_trainer_push_to_hub_uploads_only_the_student(compressed, hub_server, mo
 @pytest.mark.parametrize(
     "case, fragment",
     [("no-token", "no Hugging Face token"), ("401", "rejected the token (401)"), ("403", "no write access"),
-     ("500", "failed (500)"), ("unreachable", "cannot reach the Hub")],
+     ("500", "failed (500)"), ("stall", "did not answer within 1 s"), ("unreachable", "cannot reach the Hub")],
 )
 def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypatch, case, fragment):
     hub_server.add_user("pakd", TOKEN)
@@ -196,6 +197,12 @@ def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypa
 
         # The client retries 5xx with 1-8 s back-off: skip the waiting, keep the retries.
         monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+    elif case == "stall":  # the commit request is read and never answered
+        hub_server.fail_next("stall-commit", times=10)
+        monkeypatch.setattr(hub, "PUSH_TIMEOUT", 1.0)
+        import huggingface_hub.utils._http as http
+
+        monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
     elif case == "unreachable":
         import socket
 
@@ -206,12 +213,33 @@ def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypa
     def uploads():  # commits that carry files (creating a repo makes an empty initial commit)
         return [c for c in hub_server.commits(repo) if c.files] if repo in hub_server.repos else []
 
+    from huggingface_hub import get_session
+
+    hooks = list(get_session().event_hooks["request"])
     commits = len(uploads())
     with pytest.raises(PushError) as info:
         push_folder(folder, repo, token=token)
     assert fragment in str(info.value) and "\n" not in str(info.value)
     assert _tree_digest(folder) == before
     assert len(uploads()) == commits == 0
+    if case in ("500", "stall"):  # the repository was created by this push, then the upload failed
+        assert "it created was deleted again" in str(info.value) and repo not in hub_server.repos
+    assert get_session().event_hooks["request"] == hooks  # the push's timeout left the user's client as it was
+
+
+def test_failed_push_keeps_a_repository_it_did_not_create(compressed, hub_server, monkeypatch):
+    import huggingface_hub.utils._http as http
+    from huggingface_hub import HfApi
+
+    hub_server.add_user("pakd", TOKEN)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    repo = "pakd/already-there"
+    HfApi().create_repo(repo, token=TOKEN)
+    hub_server.fail_next("500-commit", times=10)
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+    with pytest.raises(PushError, match=r"failed \(500\)") as info:
+        push_folder(compressed["folder"], repo, token=TOKEN)
+    assert "deleted" not in str(info.value) and repo in hub_server.repos
 
 
 def test_cli_card_and_push(compressed, hub_server, monkeypatch, tmp_path, capsys):
