@@ -192,6 +192,13 @@ def _seed_list(text: str) -> list[int]:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from .pipeline.ablate import AblationError, ablate
 
+    from .pipeline.processes import launched
+
+    if launched():
+        print("error: pakd ablate runs in one process (its arms and seeds are independent runs: start several "
+              "ablate commands with --arms or --seeds instead); torchrun and accelerate launch are for pakd compress",
+              file=sys.stderr)
+        return 2
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
     try:
         code = _run_pipeline(args.recipe, lambda: ablate(args.recipe, args.output_dir, seeds=args.seeds, arms=arms,

@@ -11,26 +11,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toy import record_writes  # noqa: E402
 
 out_dir, report_dir = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
 mode = sys.argv[3] if len(sys.argv) > 3 else "distil"
 rank = int(os.environ["RANK"])
-written: list[str] = []
-
-
-def audit(event, args):
-    # Every Python-level open for writing and every mkdir under the output folder.
-    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-        mode = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
-        flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
-        writes = any(c in mode for c in "wax+") or (flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
-        if writes and str(os.fsdecode(args[0])).startswith(str(out_dir)):
-            written.append(os.fsdecode(args[0]))
-    elif event == "os.mkdir" and str(os.fsdecode(args[0])).startswith(str(out_dir)):
-        written.append(os.fsdecode(args[0]))
-
-
-sys.addaudithook(audit)
+written = record_writes(out_dir)
 
 import torch  # noqa: E402
 

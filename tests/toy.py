@@ -177,8 +177,9 @@ def stock_result(script: str, jobs: Any, **kw: Any) -> Any:
     return json.loads(line[len("RESULT"):])
 
 
-def tiny_text_teacher(folder: Path) -> Path:
-    """A randomly initialised 4-layer BERT (hidden 32) with MiniLM's real tokenizer, saved in ``folder``."""
+def tiny_text_teacher(folder: Path, **config: Any) -> Path:
+    """A randomly initialised 4-layer BERT (hidden 32) with MiniLM's real tokenizer, saved in
+    ``folder``; ``config``: BertConfig fields over these."""
     from transformers import AutoTokenizer
 
     from pakd_hf.pipeline.data import resolve_model
@@ -187,7 +188,7 @@ def tiny_text_teacher(folder: Path) -> Path:
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(
         vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64,
+        max_position_embeddings=64, **config,
     ))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -212,6 +213,34 @@ def tiny_rt_recipe(teacher: Path | str, copies: int = 2) -> dict:
             {"name": "recover", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5}},
         ],
     }
+
+
+def record_writes(root: Path) -> list[str]:
+    """From now on, every Python-level open for writing, mkdir, rename and removal under ``root``
+    is appended to the returned list (an audit hook: what a process wrote, for the tests that run
+    several)."""
+    import os
+    import sys
+
+    root_text, written = str(root), []
+
+    def under(path) -> bool:
+        text = os.fsdecode(path)
+        return text == root_text or text.startswith(root_text + os.sep)
+
+    def audit(event, args):
+        if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+            mode = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+            writes = any(c in mode for c in "wax+") or (flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if writes and under(args[0]):
+                written.append(os.fsdecode(args[0]))
+        elif event in ("os.mkdir", "os.rename", "os.remove", "shutil.rmtree"):
+            paths = args[:2] if event == "os.rename" else args[:1]  # a rename writes its target too
+            written.extend(os.fsdecode(p) for p in paths if isinstance(p, (str, bytes, os.PathLike)) and under(p))
+
+    sys.addaudithook(audit)
+    return written
 
 
 def needs(missing: bool, reason: str):

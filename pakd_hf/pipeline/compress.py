@@ -39,6 +39,7 @@ from typing import Any
 from .compare import LATENCY_EXAMPLES, LATENCY_MIN_SECONDS, LATENCY_PROCESSES, measure_folders, print_summary
 from .data import hub_id
 from .preflight import preflight
+from .processes import Processes, is_main
 from ..recipe import Recipe, RecipeError, load_recipe
 
 __all__ = ["compress", "QUICK"]
@@ -64,7 +65,9 @@ QUICK = Quick()
 
 
 def say(message: str) -> None:
-    print(f"[pakd] {message}", file=sys.stderr, flush=True)
+    """A progress line on stderr (from the main process only, when several run)."""
+    if is_main():
+        print(f"[pakd] {message}", file=sys.stderr, flush=True)
 
 
 def _quick_recipe(recipe: Recipe) -> Recipe:
@@ -313,18 +316,24 @@ def weights_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bool, overrides: dict | None = None):
+def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bool, overrides: dict | None = None,
+                     procs: Processes | None = None):
     """Fine-tune / train (or reuse) the teacher; returns (model, preprocessor, encoded data, info).
 
-    ``data`` holds the train and validation splits only: the teacher is chosen on validation."""
+    ``data`` holds the train and validation splits only: the teacher is chosen on validation.
+    With several processes, all of them fine-tune it; the main process scores and saves it,
+    the others then load what it saved."""
     from transformers import Trainer
 
+    procs = procs or Processes()
     spec = recipe.data
     folder = out / "teacher"
     key = _teacher_key(recipe, quick, overrides)
-    restore_aside(folder)
     info_file = folder / "pakd_teacher.json"
-    if info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key:
+    if procs.is_main:
+        restore_aside(folder)
+    reuse = procs.share(info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key)
+    if reuse:
         say(f"reusing the teacher in {folder} (it matches the recipe)")
         info = {**json.loads(info_file.read_text()), "weights": weights_digest(folder)}
         model, preprocessor = adapter.model_class().from_pretrained(folder), adapter.load_preprocessor(folder)
@@ -348,6 +357,12 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
                   weight_decay=ft.weight_decay)
         if quick:
             kw["max_steps"] = QUICK.teacher_steps
+        if adapter.labelled:
+            # The classification models compute a mean over the batch and ignore Trainer's token
+            # count, yet accept loss keyword arguments; so Trainer's token averaging across
+            # processes would multiply their loss by the number of processes (Adam's epsilon then
+            # makes another teacher than one process with the same global batch). One process: no effect.
+            kw["average_tokens_across_devices"] = False
         teacher_flags = {k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS}
         args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, overrides=teacher_flags, **kw)
         start = time.perf_counter()
@@ -355,8 +370,13 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
                 processing_class=preprocessor,
                 data_collator=adapter.data_collator(preprocessor, recipe)).train()
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
-        _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
-        shutil.rmtree(out / ".teacher-run", ignore_errors=True)
+        if procs.is_main:
+            _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
+            shutil.rmtree(out / ".teacher-run", ignore_errors=True)
+    if not procs.is_main:  # the main process scores and saves the teacher all processes trained
+        procs.wait()
+        info = {**json.loads(info_file.read_text()), "weights": weights_digest(folder)}
+        return adapter.model_class().from_pretrained(folder), preprocessor, encoded, info
     metric = adapter.metric
     info[f"{metric}_validation"] = adapter.score(model, preprocessor, data["validation"], recipe,
                                                  recipe.training.eval_batch_size)
@@ -371,6 +391,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     (tmp / "pakd_teacher.json").write_text(json.dumps(info, indent=2) + "\n")
     swap_in(tmp, folder)
     say(f"teacher saved in {folder} (validation {metric} {info[f'{metric}_validation']:.4f})")
+    procs.wait()
     return model, preprocessor, encoded, info
 
 
@@ -452,6 +473,7 @@ class Prepared:
     encoded: Any
     teacher_info: dict[str, Any]
     created: bool
+    procs: Processes = field(default_factory=Processes)
 
     def examples(self, split) -> tuple[list, list[int]]:
         """(raw inputs, gold labels) of a split (a Dataset); no labels for text-generation."""
@@ -465,9 +487,10 @@ class Prepared:
 
 
 def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed: int | None = None,
-            training_overrides: dict[str, Any] | None = None) -> Prepared:
+            training_overrides: dict[str, Any] | None = None, procs: Processes | None = None) -> Prepared:
     """Load and check the recipe, load the data (test split held out), prepare the teacher in
-    ``OUT/teacher`` (fine-tuned once, then reused). ``seed`` sets the recipe's student seed."""
+    ``OUT/teacher`` (fine-tuned once, then reused). ``seed`` sets the recipe's student seed.
+    ``procs``: the processes of a distributed run (:mod:`pakd_hf.pipeline.processes`)."""
     from datasets import DatasetDict
 
     from .tasks import adapter_for
@@ -495,7 +518,9 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
         raise NotADirectoryError(f"--output-dir {out} exists and is not a folder")
     check_owned(out)
     spec = recipe.data
-    data = load_data(recipe, quick)
+    procs = procs or Processes()
+    with procs.main_first():  # data a loader generates is made and cached once
+        data = load_data(recipe, quick)
     labels = _labels(data, spec, adapter.labelled)
     say(f"data: {spec.dataset}: " + ", ".join(f"{k} {len(v):,}" for k, v in data.items())
          + (f"; labels {labels}" if labels else "") + "; the test split is held out until the final evaluation")
@@ -503,17 +528,20 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     data = DatasetDict({"train": data["train"], "validation": data["validation"]})
     adapter.check(recipe, labels)  # a teacher that cannot serve fails here, before anything is written
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    if procs.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    procs.wait()
     try:
         teacher, preprocessor, encoded, teacher_info = _prepare_teacher(recipe, out, data, labels, adapter, quick,
-                                                                        training_overrides)
+                                                                        training_overrides, procs)
     except RecipeError:  # the stages do not fit the teacher (checked before its fine-tune): leave no folder
-        if created:
+        if created and procs.is_main:
             shutil.rmtree(out, ignore_errors=True)
         raise
     # pakd.json and the card name the teacher by its Hub id, not by a wheel's or OUT's folder.
     teacher.config._name_or_path = hub_id(recipe.teacher.model) if recipe.teacher.model else ""
-    return Prepared(recipe, adapter, out, quick, data, test, labels, teacher, preprocessor, encoded, teacher_info, created)
+    return Prepared(recipe, adapter, out, quick, data, test, labels, teacher, preprocessor, encoded, teacher_info, created,
+                    procs)
 
 
 def student_start(p: Prepared):
@@ -535,9 +563,11 @@ def student_start(p: Prepared):
 
 
 def transfer_set(p: Prepared, student_preprocessor):
-    """The recipe's transfer set for this teacher, cached in ``OUT/transfer`` (shared by seeds)."""
-    return _transfer_set(p.recipe, p.data, p.teacher, p.preprocessor, p.adapter, student_preprocessor,
-                         cache=p.out / "transfer", teacher_key=teacher_identity(p.teacher_info))
+    """The recipe's transfer set for this teacher, cached in ``OUT/transfer`` (shared by seeds;
+    made by the main process, read from there by the others)."""
+    with p.procs.main_first():
+        return _transfer_set(p.recipe, p.data, p.teacher, p.preprocessor, p.adapter, student_preprocessor,
+                             cache=p.out / "transfer", teacher_key=teacher_identity(p.teacher_info))
 
 
 def teacher_identity(info: dict[str, Any]) -> str:
@@ -576,12 +606,12 @@ def compress(
     complete one, ``restart`` (``--restart``) starts the stages over. ``training_overrides``:
     TrainingArguments fields for the teacher stage and the PaKD stages, over what the recipe's
     ``training`` block gives (the CLI's TrainingArguments flags,
-    :func:`pakd_hf.arguments.training_overrides`); recorded in report.json and pakd.json."""
-    import torch
+    :func:`pakd_hf.arguments.training_overrides`); recorded in report.json and pakd.json.
+
+    Launched in several processes (torchrun, accelerate launch), every process trains and the
+    main one does the rest (:mod:`pakd_hf.pipeline.processes`); the others return None."""
     from transformers import set_seed
 
-    from ..benchmark import in_fresh_process, median_run, with_accuracy, with_perplexity, with_validation_accuracy
-    from ..hub import push_folder, write_card
     from ..trainer import PaKDTrainer
 
     started = time.perf_counter()
@@ -590,7 +620,10 @@ def compress(
         from .deploy import require_onnx
 
         require_onnx()  # onnx and onnxruntime there before the training, not after it
-    p = prepare(spec, output_dir, quick=quick, seed=seed, training_overrides=training_overrides)
+    procs = Processes.start(training_overrides)  # several under torchrun / accelerate launch
+    if procs.count > 1:
+        say(f"{procs.count} processes: every one trains, the main one writes OUT, evaluates and benchmarks")
+    p = prepare(spec, output_dir, quick=quick, seed=seed, training_overrides=training_overrides, procs=procs)
     recipe, adapter, out, spec = p.recipe, p.adapter, p.out, p.recipe.data
 
     # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)
@@ -610,7 +643,7 @@ def compress(
     flags = result_flags(training_overrides)
     run_key = fingerprint({k: v for k, v in recipe.to_dict().items() if k != "export"}, quick,
                            teacher_identity(p.teacher_info), len(train_dataset), *([flags] if flags else []))
-    resume = _resume_point(run_dir, run_key, restart)
+    resume = procs.share(_resume_point(run_dir, run_key, restart) if procs.is_main else None)
     args = student_arguments(run_dir, recipe, save_steps=save_steps, overrides=training_overrides)
     trainer = PaKDTrainer(
         model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,
@@ -619,6 +652,26 @@ def compress(
     )
     trainer.train(resume_from_checkpoint=resume)
     compress_seconds = round(time.perf_counter() - stage_start, 1)
+    if not procs.is_main:  # the student every process trained is the main process's to save and measure
+        return procs.share(None)
+    try:
+        report = _finish(p, trainer, train_dataset, run_dir, recipe_source, push_to_hub, threads, seed, quick,
+                         training_overrides, started, compress_seconds)
+    finally:
+        procs.share(None)  # the other processes, waiting, exit now (with the report, or after a failure here)
+    return report
+
+
+def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, push_to_hub: str | None,
+            threads: int | None, seed: int | None, quick: bool, training_overrides: dict[str, Any] | None,
+            started: float, compress_seconds: float) -> dict[str, Any]:
+    """After the stages, in the main process: save, evaluate, benchmark, export, report, card, push."""
+    import torch
+
+    from ..benchmark import in_fresh_process, median_run, with_accuracy, with_perplexity, with_validation_accuracy
+    from ..hub import push_folder, write_card
+
+    recipe, adapter, out = p.recipe, p.adapter, p.out
     _keep_logs(run_dir, out / "runs" / "student")
     tmp = out / ".student-tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,84 @@
+"""`pakd compress` under torchrun with 2 CPU processes (gloo) against the same recipe in one
+process with the same global batch: the same student, one writer."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from toy import tiny_rt_recipe, tiny_text_teacher
+
+TESTS = Path(__file__).resolve().parent
+
+
+def recipe(teacher: Path, per_process_batch: int) -> dict:
+    """The main NLP recipe's shape on a tiny teacher, without what cannot match across process
+    counts: no dropout (each process draws its own masks), no length-grouped batches (their
+    grouping depends on the per-process batch), hidden cut by coordinates (a rotation is
+    calibrated on each process's own batches)."""
+    spec = tiny_rt_recipe(teacher, copies=1)
+    spec["teacher"]["fine_tune"]["batch_size"] = per_process_batch
+    spec["training"].update(batch_size=per_process_batch, group_by_length=False)
+    spec["stages"][1]["pruning"]["hidden"] = {"keep": 16}
+    return spec
+
+
+def run(tmp_path: Path, name: str, teacher: Path, processes: int):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe(teacher, 16 // processes)))
+    out, reports = tmp_path / name, tmp_path / f"{name}-ranks"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
+    command = ["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    if processes == 1:
+        launcher = [sys.executable]
+    proc = subprocess.run([*launcher, str(TESTS / "ddp_compress.py"), str(reports), "--", *command], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads(p.read_text()) for p in sorted(reports.glob("rank-*.json"))] if processes > 1 else []
+    return out, proc.stderr, ranks
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp-compress")
+    teacher = tiny_text_teacher(tmp / "teacher", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    one = run(tmp, "one", teacher, 1)
+    two = run(tmp, "two", teacher, 2)
+    return one, two
+
+
+def test_two_processes_make_the_student_of_one_with_the_same_global_batch(runs):
+    (one, _, _), (two, _, _) = runs
+    config = [json.loads((out / "student" / "config.json").read_text()) for out in (one, two)]
+    assert config[0] == config[1]  # the same structure: every pruning decision agreed
+    weights = [load_file(str(out / "student" / "model.safetensors")) for out in (one, two)]
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        assert value.shape == weights[1][key].shape, key
+        # Float sums in another order (the gradient all-reduce) over a few dozen Adam steps.
+        assert torch.allclose(value, weights[1][key], atol=1e-4), (key, (value - weights[1][key]).abs().max())
+    teachers = [load_file(str(out / "teacher" / "model.safetensors")) for out in (one, two)]
+    assert all(torch.allclose(teachers[0][k], teachers[1][k], atol=1e-4) for k in teachers[0])
+    reports = [json.loads((out / "report.json").read_text()) for out in (one, two)]
+    assert abs(reports[0]["accuracy_student"] - reports[1]["accuracy_student"]) <= 1 / reports[0]["n_eval"] + 1e-9
+
+
+def test_only_the_main_process_writes_and_speaks(runs):
+    (one, _, _), (two, log, ranks) = runs
+    assert [r["code"] for r in ranks] == [0, 0]
+    main_writes, other_writes = ranks[0]["written"], ranks[1]["written"]
+    # The other process creates only the checkpoint folders Trainer saves its own RNG state
+    # into (Trainer's per-process state); everything else in OUT comes from the main process.
+    assert all(Path(p).parent == two / ".student-run" and Path(p).name.startswith("checkpoint-")
+               for p in other_writes), other_writes
+    assert any(p.endswith("report.json") for p in main_writes) and any("student" in p for p in main_writes)
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert log.count("[pakd] teacher saved in") == 1 and log.count("[pakd] transfer set:") >= 1
+    assert "[pakd] 2 processes: every one trains" in log
