@@ -270,8 +270,10 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
                       f"{len(structure['hidden'])}/{structure['original']['hidden_size']}", fontsize=10)
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / CARD_FIGURE)
+    tmp = folder / f".{CARD_FIGURE}.tmp"  # aside, then renamed: never half a figure
+    fig.savefig(tmp, format="png")
     plt.close(fig)
+    os.replace(tmp, folder / CARD_FIGURE)
     return CARD_FIGURE
 
 
@@ -529,10 +531,13 @@ def build_card(
 
 
 def write_card(student_dir: str | os.PathLike, report: dict[str, Any], **kwargs) -> Path:
-    """Render the card (and its figure) into `student_dir/README.md`."""
+    """Render the card (and its figure) into `student_dir/README.md`: written aside, then
+    renamed, so a kill never leaves half a card."""
     card = build_card(student_dir, report, **kwargs)
     path = Path(student_dir) / "README.md"
-    card.save(str(path))
+    tmp = path.with_name(".README.md.tmp")
+    card.save(str(tmp))
+    os.replace(tmp, path)
     return path
 
 

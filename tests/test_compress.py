@@ -431,3 +431,31 @@ def test_resume_point_resumes_only_its_own_run_and_restart_drops_it(tmp_path, ca
     (run_dir / "checkpoint-4" / MARKER).write_text(json.dumps({"files": {}}))
     assert _resume_point(run_dir, "key-b", restart=True) is None and not (run_dir / "checkpoint-4").exists()
     assert json.loads((run_dir / "pakd_run.json").read_text()) == {"key": "key-b"}
+
+
+def test_a_swap_killed_between_its_renames_is_undone_on_the_next_run(tmp_path, monkeypatch):
+    from pakd_hf.pipeline.compress import restore_aside, swap_in
+
+    target, new = tmp_path / "student", tmp_path / ".student-tmp"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    new.mkdir()
+    (new / "weights").write_text("new")
+    renames = []
+    real_rename = Path.rename
+
+    def killed_after_one(self, other):  # the process dies after the first of swap_in's two renames
+        if renames:
+            raise KeyboardInterrupt
+        renames.append(other)
+        return real_rename(self, other)
+
+    monkeypatch.setattr(Path, "rename", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        swap_in(new, target)
+    monkeypatch.undo()
+    assert not target.exists() and (tmp_path / ".student-old" / "weights").read_text() == "old"
+    restore_aside(target)  # what the next run does first
+    assert (target / "weights").read_text() == "old" and not (tmp_path / ".student-old").exists()
+    swap_in(new, target)
+    assert (target / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["student"]

