@@ -16,7 +16,7 @@ __all__ = ["PaKDTrainingArguments", "training_overrides", "TRAINING_FLAGS_REFUSE
 
 @dataclass
 class PaKDTrainingArguments(TrainingArguments):
-    """[`~transformers.TrainingArguments`] with one more field, `recipe`.
+    """[`~transformers.TrainingArguments`] with two more fields, `recipe` and `eval_on_stage_end`.
 
     Works with `HfArgumentParser` like any TrainingArguments subclass (`--recipe path.yaml`).
     """
@@ -26,6 +26,13 @@ class PaKDTrainingArguments(TrainingArguments):
         metadata={
             "help": "Path to a PaKD recipe YAML (stages, distillation, pruning). A `recipe` passed to "
             "PaKDTrainer overrides it."
+        },
+    )
+    eval_on_stage_end: bool = field(
+        default=False,
+        metadata={
+            "help": "Evaluate on the eval dataset at the end of every stage (Trainer's evaluate, so "
+            "compute_metrics and the trackers see it), beside whatever eval_strategy asks."
         },
     )
 
@@ -56,7 +63,7 @@ TRAINING_FLAGS_REFUSED = {
 # Flags that change how a run is watched, not what it trains: they stay out of the keys of the
 # cached teacher and of the checkpoints a rerun resumes (every other flag is in both).
 NON_RESULT_FLAGS = frozenset({
-    "report_to", "run_name", "project", "trackio_space_id", "logging_strategy", "logging_steps", "logging_first_step",
+    "eval_on_stage_end", "report_to", "run_name", "project", "trackio_space_id", "logging_strategy", "logging_steps", "logging_first_step",
     "logging_nan_inf_filter", "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm",
     "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_persistent_workers", "dataloader_pin_memory",
     "save_strategy", "save_total_limit", "save_only_model", "save_safetensors",

@@ -229,7 +229,10 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 2 if structure and structure.get("layers") else 1
+    has_structure = bool(structure and structure.get("layers"))
+    trace = r.get("curve") or {}
+    has_curve = bool(trace.get("params_kept") or trace.get(f"eval_{metric}"))
+    panels = 1 + has_structure + has_curve
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), dpi=110, squeeze=False)
     ax = axes[0][0]
     for who, color in (("teacher", "#888888"), ("student", "#d6604d")):
@@ -248,7 +251,7 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
     ax.set_title(f"{metric} vs latency", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    if panels == 2:
+    if has_structure:
         ax2 = axes[0][1]
         layers = structure["layers"]
         heads = [len(structure["heads"][i]) for i in layers]
@@ -269,12 +272,34 @@ def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | No
         ax2.set_title(f"{len(layers)}/{structure['original']['num_layers']} layers, hidden "
                       f"{len(structure['hidden'])}/{structure['original']['hidden_size']}", fontsize=10)
         ax2.legend(fontsize=8)
+    if has_curve:
+        _curve_panel(axes[0][panels - 1], trace, metric, r.get(f"{metric}_teacher_validation"))
     fig.tight_layout()
     tmp = folder / f".{CARD_FIGURE}.tmp"  # aside, then renamed: never half a figure
     fig.savefig(tmp, format="png")
     plt.close(fig)
     os.replace(tmp, folder / CARD_FIGURE)
     return CARD_FIGURE
+
+
+def _curve_panel(ax, trace: dict[str, list], metric: str, teacher: float | None) -> None:
+    """The compression curve: parameters kept over training steps, and the validation metric
+    after each stage on a second axis (the teacher's as a dashed line)."""
+    if trace.get("params_kept"):
+        ax.plot(trace["steps"], trace["params_kept"], color="#4393c3", label="parameters kept")
+        ax.set_ylim(0, 1.05)
+    ax.set_xlabel("training step (PaKD stages)")
+    ax.set_ylabel("parameters kept (share of the start)", color="#4393c3")
+    ax.set_title("compression curve", fontsize=10)
+    ax.grid(alpha=0.3)
+    scores = trace.get(f"eval_{metric}")
+    if scores:
+        right = ax.twinx()
+        right.plot(trace["eval_steps"], scores, "o-", color="#d6604d", label=f"validation {metric} (stage ends)")
+        if teacher is not None:
+            right.axhline(teacher, color="#888888", linestyle="--", linewidth=1, label="teacher")
+        right.set_ylabel(f"validation {metric}", color="#d6604d")
+        right.legend(fontsize=7, loc="lower left")
 
 
 ARM_NAMES = {

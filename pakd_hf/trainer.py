@@ -247,7 +247,10 @@ class _PaKDCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._after_optimizer_step(state.global_step)
+        ends_stage = self.trainer._stage_ends_at(state.global_step)
         self.trainer._maybe_advance_stage(state.global_step)
+        if ends_stage and getattr(args, "eval_on_stage_end", False) and self.trainer.eval_dataset is not None:
+            control.should_evaluate = True  # Trainer evaluates right after this step (compacted by now)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer._finish_pruning()
@@ -450,6 +453,9 @@ class PaKDTrainer(Trainer):
             )
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def _stage_ends_at(self, global_step: int) -> bool:
+        return self._spans is not None and any(span.end == global_step for span in self._spans)
 
     def _maybe_advance_stage(self, global_step: int) -> None:
         if self._spans is None:

@@ -144,6 +144,17 @@ def test_outputs_and_report(quick_run):
     assert 1 < report["size_ratio_same_vocab"] < report["size_ratio"]
     assert report["seed"] == 3 and report["reproduce"].endswith("--seed 3 --quick --weight_decay 0.01")
     assert report["dataset"]["id"] == "rotten-tomatoes" and "not the Hub's" in report["dataset"]["note"]
+    # The compression curve: parameters kept at every logging step, validation after each of the 3 stages.
+    trace = report["curve"]
+    # (of the student as the stages start: here after its vocabulary was cut, so not the teacher's share)
+    assert trace["steps"] == sorted(trace["steps"]) and 1 >= trace["params_kept"][0] > trace["params_kept"][-1]
+    assert len(trace["eval_steps"]) == 3 and trace["eval_steps"] == sorted(trace["eval_steps"])
+    # The last evaluation is of the final student, as the pipeline scores it (same split, same weights).
+    assert trace["eval_accuracy"][-1] == pytest.approx(report["accuracy_student_validation"], abs=1e-6)
+    from PIL import Image
+
+    with Image.open(student / "pakd_card.png") as figure:  # three panels: accuracy vs latency, structure, curve
+        assert figure.width == pytest.approx(4.2 * 3 * 110, abs=2)
     pakd = json.loads((student / "pakd.json").read_text())
     assert pakd["vocabulary"]["vocab_size"] < pakd["vocabulary"]["vocab_size_original"]
     # The vocabulary follows the real training texts, not the perturbed copies.

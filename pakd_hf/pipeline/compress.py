@@ -210,6 +210,7 @@ def student_arguments(out: Path, recipe: Recipe, save_steps: int | None = None, 
     ``save_steps``, a checkpoint every that many steps (the two newest kept); the user's
     TrainingArguments flags last."""
     kw: dict[str, Any] = {"train_sampling_strategy": "group_by_length"} if recipe.training.group_by_length else {}
+    kw["eval_on_stage_end"] = True  # the card's compression curve: validation after every stage
     if save_steps:
         kw.update(save_strategy="steps", save_steps=save_steps, save_total_limit=2)
     return _training_args(out, recipe, seed=recipe.student_seed, overrides=overrides, **kw)
@@ -577,6 +578,32 @@ def teacher_identity(info: dict[str, Any]) -> str:
     return f"{info.get('fingerprint')}:{info.get('weights')}"
 
 
+def stage_metrics() -> dict[str, Any]:
+    """Trainer's ``compute_metrics`` (accuracy) for the evaluations at stage ends, with the
+    logits reduced to the predicted class batch by batch (a model may return hidden states too:
+    they are never gathered)."""
+    import numpy as np
+
+    def predicted(logits, labels):
+        return (logits[0] if isinstance(logits, (tuple, list)) else logits).argmax(-1)
+
+    def accuracy(prediction) -> dict[str, float]:
+        return {"accuracy": float(np.mean(np.asarray(prediction.predictions) == np.asarray(prediction.label_ids)))}
+
+    return {"compute_metrics": accuracy, "preprocess_logits_for_metrics": predicted}
+
+
+def curve(log_history: list[dict[str, Any]], metric: str) -> dict[str, list] | None:
+    """The compression curve from Trainer's log history: the parameters kept (a fraction of the
+    teacher's) at every logging step, and the validation ``metric`` after every stage."""
+    params = [(row["step"], row["pakd/params_kept"]) for row in log_history if "pakd/params_kept" in row]
+    scores = [(row["step"], row[f"eval_{metric}"]) for row in log_history if f"eval_{metric}" in row]
+    if not params and not scores:
+        return None
+    return {"steps": [s for s, _ in params], "params_kept": [v for _, v in params],
+            "eval_steps": [s for s, _ in scores], f"eval_{metric}": [round(v, 5) for _, v in scores]}
+
+
 def save_student(trainer, folder: Path) -> None:
     """The trained student into ``folder`` (written under a temporary name, renamed when complete)."""
     tmp = folder.with_name(f".{folder.name}-tmp")
@@ -651,6 +678,7 @@ def compress(
         model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,
         eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=vocabulary_dataset, data_collator=adapter.data_collator(student_pre, recipe),
+        **(stage_metrics() if adapter.labelled else {}),
     )
     trainer.train(resume_from_checkpoint=resume)
     compress_seconds = round(time.perf_counter() - stage_start, 1)
@@ -744,6 +772,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
         teacher_weights=p.teacher_info.get("weights"),
         teacher_fine_tune_seconds=p.teacher_info.get("fine_tune_seconds"),
         compress_seconds=compress_seconds,
+        curve=curve(trainer.state.log_history, adapter.metric),
         training_threads=torch.get_num_threads(),  # the stages' CPU threads (a rerun with others differs in the last bits)
         train_examples=len(train_dataset),  # with `augment`: the transfer set
         total_seconds=round(time.perf_counter() - started, 1),
