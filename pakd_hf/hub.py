@@ -625,9 +625,14 @@ def _request_timeout(seconds: float):
 
 
 def _remove_empty_repo(api, repo_id: str, token: str) -> str:
-    """Delete the repository a failed first push created; say what is left either way."""
+    """Delete the repository a failed first push created, if it holds no file (a commit whose
+    answer timed out may still have landed); say what is left either way."""
     try:
         with _request_timeout(PUSH_TIMEOUT):
+            files = [f for f in api.list_repo_files(repo_id, token=token) if f != ".gitattributes"]
+            if files:
+                return (f"; the repository '{repo_id}' it created holds {len(files)} file(s) (a commit may have "
+                        "landed after all): check it before pushing again")
             api.delete_repo(repo_id, token=token)
         return f"; the empty repository '{repo_id}' it created was deleted again"
     except Exception as exc:  # noqa: BLE001 - reported in the one line

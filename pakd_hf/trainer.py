@@ -454,6 +454,13 @@ class PaKDTrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def evaluate(self, *args, **kwargs):
+        """Trainer's evaluate, with training's CPU random state kept: a new data loader iterator
+        draws a seed from it, and an evaluation between stages (``eval_on_stage_end``) or at
+        ``eval_steps`` must not change the dropout of the steps after it."""
+        with torch.random.fork_rng(devices=[]):
+            return super().evaluate(*args, **kwargs)
+
     def _stage_ends_at(self, global_step: int) -> bool:
         return self._spans is not None and any(span.end == global_step for span in self._spans)
 

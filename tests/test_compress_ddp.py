@@ -68,6 +68,8 @@ def test_two_processes_make_the_student_of_one_with_the_same_global_batch(runs):
     assert all(torch.allclose(teachers[0][k], teachers[1][k], atol=1e-4) for k in teachers[0])
     reports = [json.loads((out / "report.json").read_text()) for out in (one, two)]
     assert abs(reports[0]["accuracy_student"] - reports[1]["accuracy_student"]) <= 1 / reports[0]["n_eval"] + 1e-9
+    assert (reports[0]["processes"], reports[1]["processes"]) == (1, 2)
+    assert reports[1]["reproduce"].startswith("torchrun --nproc_per_node 2 $(which pakd) compress ")
 
 
 def test_only_the_main_process_writes_and_speaks(runs):

@@ -355,3 +355,21 @@ def test_private_trainer_methods_we_override_are_listed_and_exist(monkeypatch):
     monkeypatch.delattr(Trainer, "_set_signature_columns_if_needed")
     with pytest.raises(RuntimeError, match=r"has no Trainer\._set_signature_columns_if_needed"):
         module.PaKDTrainer(model=None)
+
+
+def test_evaluation_at_stage_ends_is_logged_and_leaves_training_as_it_was(toy_data, teacher, tmp_path):
+    recipe = {"name": "t", "task": "text-classification", "stages": [
+        {"name": "a", "steps": 4, "distillation": {"alpha": 0.5}},
+        {"name": "b", "steps": 4, "distillation": {"alpha": 0.5, "hidden": {"weight": 1.0}}},
+    ]}
+    weights, logs = [], []
+    for evaluate in (False, True):
+        student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1, dropout=0.1)  # dropout draws random numbers
+        args = targs(tmp_path / f"run-{evaluate}", eval_on_stage_end=evaluate, per_device_eval_batch_size=64)
+        trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_data,
+                              eval_dataset=toy_data.select(range(64)), recipe=recipe)
+        trainer.train()
+        weights.append({k: v.clone() for k, v in student.state_dict().items()})
+        logs.append([row["step"] for row in trainer.state.log_history if "eval_loss" in row])
+    assert logs == [[], [4, 8]]  # one evaluation at the end of each stage
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the same student

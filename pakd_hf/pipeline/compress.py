@@ -204,13 +204,14 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, see
     })
 
 
-def student_arguments(out: Path, recipe: Recipe, save_steps: int | None = None, overrides: dict[str, Any] | None = None):
+def student_arguments(out: Path, recipe: Recipe, save_steps: int | None = None, overrides: dict[str, Any] | None = None,
+                      **defaults: Any):
     """TrainingArguments of the PaKD stages: the student's seed (data order, dropout), and
     length-grouped batches when the recipe asks (the teacher's fine-tune ignores both); with
     ``save_steps``, a checkpoint every that many steps (the two newest kept); the user's
-    TrainingArguments flags last."""
+    TrainingArguments flags last (``defaults``: the caller's, before the user's flags)."""
     kw: dict[str, Any] = {"train_sampling_strategy": "group_by_length"} if recipe.training.group_by_length else {}
-    kw["eval_on_stage_end"] = True  # the card's compression curve: validation after every stage
+    kw.update(defaults)
     if save_steps:
         kw.update(save_strategy="steps", save_steps=save_steps, save_total_limit=2)
     return _training_args(out, recipe, seed=recipe.student_seed, overrides=overrides, **kw)
@@ -262,7 +263,7 @@ def _resume_point(run_dir: Path, key: str, restart: bool) -> bool | None:
     return None
 
 
-def _teacher_key(recipe: Recipe, quick: bool, overrides: dict | None = None) -> str:
+def _teacher_key(recipe: Recipe, quick: bool, overrides: dict | None = None, processes: int = 1) -> str:
     """The cached teacher's key: what its fine-tune depends on. The recipe's teacher, data and
     training blocks (Training's repr leaves out the student-only group_by_length, so turning it
     on keeps the cache; the student's `seed` is not part of it, so every seed of a recipe shares
@@ -277,7 +278,8 @@ def _teacher_key(recipe: Recipe, quick: bool, overrides: dict | None = None) -> 
 
     flags = result_flags({k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS})
     return fingerprint(recipe.teacher, recipe.data, recipe.training, quick, __version__, transformers.__version__,
-                        _source_digest(recipe), *([flags] if flags else []))
+                        _source_digest(recipe), *([flags] if flags else []),
+                        *([{"processes": processes}] if processes > 1 else []))  # N processes: N times the batch
 
 
 def _source_digest(recipe: Recipe) -> str | None:
@@ -329,7 +331,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     procs = procs or Processes()
     spec = recipe.data
     folder = out / "teacher"
-    key = _teacher_key(recipe, quick, overrides)
+    key = _teacher_key(recipe, quick, overrides, procs.count)
     info_file = folder / "pakd_teacher.json"
     if procs.is_main:
         restore_aside(folder)
@@ -671,9 +673,14 @@ def compress(
 
     flags = result_flags(training_overrides)
     run_key = fingerprint({k: v for k, v in recipe.to_dict().items() if k != "export"}, quick,
-                           teacher_identity(p.teacher_info), len(train_dataset), *([flags] if flags else []))
+                           teacher_identity(p.teacher_info), len(train_dataset), *([flags] if flags else []),
+                           *([{"processes": procs.count}] if procs.count > 1 else []))
     resume = procs.share(_resume_point(run_dir, run_key, restart) if procs.is_main else None)
-    args = student_arguments(run_dir, recipe, save_steps=save_steps, overrides=training_overrides)
+    # Classification: validation after every stage (the card's compression curve), and the batch-mean
+    # loss of a label-only stage not scaled by the process count (see _prepare_teacher). A causal
+    # LM's evaluation would gather whole-vocabulary logits: its curve has the parameters only.
+    labelled = {"eval_on_stage_end": True, "average_tokens_across_devices": False} if adapter.labelled else {}
+    args = student_arguments(run_dir, recipe, save_steps=save_steps, overrides=training_overrides, **labelled)
     trainer = PaKDTrainer(
         model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,
         eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
@@ -682,19 +689,18 @@ def compress(
     )
     trainer.train(resume_from_checkpoint=resume)
     compress_seconds = round(time.perf_counter() - stage_start, 1)
-    if not procs.is_main:  # the student every process trained is the main process's to save and measure
-        return procs.share(None)
-    try:
-        report = _finish(p, trainer, train_dataset, run_dir, recipe_source, push_to_hub, threads, seed, quick,
-                         training_overrides, started, compress_seconds)
-    finally:
-        procs.share(None)  # the other processes, waiting, exit now (with the report, or after a failure here)
-    return report
+    if not procs.is_main:
+        # The student every process trained is the main process's to save and measure; the others
+        # end now (the launcher waits for the main one), holding no memory and no barrier that
+        # a long benchmark, export or push would run past (--ddp_timeout).
+        return None
+    return _finish(p, trainer, train_dataset, run_dir, recipe_source, push_to_hub, threads, seed, quick,
+                   training_overrides, started, compress_seconds, procs.count)
 
 
 def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, push_to_hub: str | None,
             threads: int | None, seed: int | None, quick: bool, training_overrides: dict[str, Any] | None,
-            started: float, compress_seconds: float) -> dict[str, Any]:
+            started: float, compress_seconds: float, training_processes: int = 1) -> dict[str, Any]:
     """After the stages, in the main process: save, evaluate, benchmark, export, report, card, push."""
     import torch
 
@@ -756,6 +762,9 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
             report["export_error"] = export_error
             say(f"export stage failed: {export_error}")
     command = f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir {out}"
+    if training_processes > 1:
+        command = (f"torchrun --nproc_per_node {training_processes} $(which pakd) compress"
+                   + command[len("pakd compress"):])
     report.update(
         recipe=recipe.name,
         task=recipe.task,
@@ -773,7 +782,8 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
         teacher_fine_tune_seconds=p.teacher_info.get("fine_tune_seconds"),
         compress_seconds=compress_seconds,
         curve=curve(trainer.state.log_history, adapter.metric),
-        training_threads=torch.get_num_threads(),  # the stages' CPU threads (a rerun with others differs in the last bits)
+        training_threads=torch.get_num_threads(),  # the stages' CPU threads (others differ in the last bits)
+        processes=training_processes,  # that trained (torchrun, accelerate launch): N times the recipe's batch
         train_examples=len(train_dataset),  # with `augment`: the transfer set
         total_seconds=round(time.perf_counter() - started, 1),
     )

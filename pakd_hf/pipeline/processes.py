@@ -12,8 +12,11 @@ does the rest:
   recipe's batch times the number of processes, as for the stages), then the main process
   scores and saves it and the others read what it saved;
 - the main process alone creates OUT's folders, decides whether the stages resume, evaluates,
-  benchmarks, exports, writes the card and report and pushes; the other processes wait for it
-  at a barrier (bounded by ``--ddp_timeout``, 30 minutes by default) and end with exit status 0.
+  benchmarks, exports, writes the card and report and pushes; the other processes end with exit
+  status 0 when the training ends (the launcher waits for the main one), so no barrier has to
+  outlast a long benchmark, export or push, and they hold no memory meanwhile;
+- the number of processes is part of the keys of the cached teacher and of the checkpoints a
+  rerun resumes (N processes train with N times the recipe's batch), and report.json records it.
 
 The process group is the one TrainingArguments sets up (accelerate's ``PartialState``, with the
 user's ``--ddp_backend``/``--ddp_timeout``/``--use_cpu``), made here before any work so that the
@@ -38,10 +41,14 @@ def is_main() -> bool:
 
 
 class Processes:
-    """The processes of one `pakd compress` (one, unless launched by torchrun or accelerate)."""
+    """The processes of one `pakd compress` (one, unless launched by torchrun or accelerate).
 
-    def __init__(self, state: Any = None):
-        self.state = state  # accelerate's PartialState, or None for one process
+    Holds no accelerate state: Trainer resets and rebuilds accelerate's shared state when it is
+    created, so the counts and collectives here ask torch.distributed's process group, which
+    lives as long as the process."""
+
+    def __init__(self, distributed: bool = False):
+        self.distributed = distributed
 
     @classmethod
     def start(cls, overrides: dict[str, Any] | None) -> "Processes":
@@ -56,20 +63,30 @@ class Processes:
         args = PaKDTrainingArguments(**{"output_dir": tempfile.gettempdir(), "report_to": [],
                                         "use_cpu": bool(default_device_flags()), **(overrides or {})})
         args.device  # noqa: B018 - sets up the process group (accelerate's PartialState)
-        return cls(args.distributed_state)
+        return cls(distributed=True)
 
     @property
     def count(self) -> int:
-        return 1 if self.state is None else self.state.num_processes
+        if not self.distributed:
+            return 1
+        import torch.distributed as dist
+
+        return dist.get_world_size()
 
     @property
     def is_main(self) -> bool:
-        return self.state is None or self.state.is_main_process
+        if not self.distributed:
+            return True
+        import torch.distributed as dist
+
+        return dist.get_rank() == 0
 
     def wait(self) -> None:
         """A barrier: every process gets here before any goes on."""
-        if self.state is not None:
-            self.state.wait_for_everyone()
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     @contextmanager
     def main_first(self):
@@ -84,8 +101,10 @@ class Processes:
 
     def share(self, value: Any) -> Any:
         """The main process's ``value``, on every process (a barrier too)."""
-        if self.state is None:
+        if not self.distributed:
             return value
-        from accelerate.utils import broadcast_object_list
+        import torch.distributed as dist
 
-        return broadcast_object_list([value], from_process=0)[0]
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
