@@ -604,7 +604,7 @@ PUSH_TIMEOUT = float(os.environ.get("PAKD_PUSH_TIMEOUT", 300))
 
 
 @contextlib.contextmanager
-def _request_timeout(seconds: float):
+def request_timeout(seconds: float):
     """Every request huggingface_hub's shared HTTP client sends inside the block times out after
     ``seconds``. The client is created without a timeout; an httpx request hook sets the
     request's own timeout (the transport reads it from ``request.extensions``), and is removed
@@ -628,7 +628,7 @@ def _remove_empty_repo(api, repo_id: str, token: str) -> str:
     """Delete the repository a failed first push created, if it holds no file (a commit whose
     answer timed out may still have landed); say what is left either way."""
     try:
-        with _request_timeout(PUSH_TIMEOUT):
+        with request_timeout(PUSH_TIMEOUT):
             files = [f for f in api.list_repo_files(repo_id, token=token) if f != ".gitattributes"]
             if files:
                 return (f"; the repository '{repo_id}' it created holds {len(files)} file(s) (a commit may have "
@@ -675,7 +675,7 @@ def push_folder(
     endpoint = constants.ENDPOINT
     created = False
     try:
-        with _request_timeout(PUSH_TIMEOUT):
+        with request_timeout(PUSH_TIMEOUT):
             created = not api.repo_exists(repo_id, token=token)
             api.create_repo(repo_id, private=private, exist_ok=True, token=token)
             try:

@@ -77,3 +77,30 @@ def test_layer_counts_follow_compaction_and_stop_at_a_layer_budget():
     # A budget may prune layers by an amount the recipe does not say: later counts are unknown.
     budget = {"budget": {"params": 0.5, "kinds": ["layers", "ffn"]}}
     assert stage_layer_counts(stages(budget, None), 4) == [4, None]
+
+
+def test_hub_ids_are_checked_on_the_hub_when_online(hub_server, monkeypatch, tmp_path):
+    import json
+
+    from huggingface_hub import HfApi, constants
+
+    from hub_server import patch_hub_endpoint
+
+    token = "preflight-token"
+    hub_server.add_user("pakd", token)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    api = HfApi()
+    api.create_repo("pakd/six-layers", token=token)
+    config = {"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384}
+    api.upload_file(path_or_fileobj=json.dumps(config).encode(), path_in_repo="config.json",
+                    repo_id="pakd/six-layers", token=token)
+    # Found: its config comes from the Hub, and gives the layer maps their layer count.
+    assert preflight(_recipe(**{"teacher.model": "pakd/six-layers"})) == 6
+    with pytest.raises(RecipeError, match=r"teacher.model.*'pakd/no-such-model' is not on the Hub"):
+        preflight(_recipe(**{"teacher.model": "pakd/no-such-model"}))
+    with pytest.raises(RecipeError, match=r"data.dataset.*'pakd/no-such-data' is not on the Hub"):
+        preflight(_recipe(**{"data.dataset": "pakd/no-such-data"}))
+    api.create_repo("pakd/no-config", token=token)
+    with pytest.raises(RecipeError, match="has no config.json"):
+        preflight(_recipe(**{"teacher.model": "pakd/no-config"}))

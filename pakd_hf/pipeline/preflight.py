@@ -4,8 +4,10 @@
 the teacher can be found (an offline name whose package or files are installed, a local
 folder, or a Hub id when the Hub is reachable), and every stage's explicit layer map fits the
 layers the teacher has and the earlier stages leave. `pakd validate` runs it too, so nothing
-that a check could catch fails after the teacher's fine-tune. Only files on disk are read:
-fast, and no network.
+that a check could catch fails after the teacher's fine-tune. Offline names and local folders
+are checked on disk; a Hub id, when the Hub is online, by asking the Hub (the data set's info,
+the teacher's config.json, which also gives the layer maps their layer count), each request
+bounded by HUB_CHECK_TIMEOUT seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ from ..recipe import Recipe, RecipeError, check_layer_maps
 __all__ = ["preflight"]
 
 LAYER_FIELDS = ("num_hidden_layers", "encoder_layers", "num_layers", "n_layer")
+HUB_CHECK_TIMEOUT = 20.0  # seconds per request of an online check
+
+
+def _hub_problem(exc: Exception, name: str, what: str) -> str:
+    """One line for a Hub check that failed."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(exc, GatedRepoError):
+        return f"{what} '{name}' is gated on the Hub: accept its terms on its page, log in (`hf auth login`) and retry"
+    if isinstance(exc, RepositoryNotFoundError):
+        return (f"{what} '{name}' is not on the Hub (or is private: log in with `hf auth login`); check the "
+                "spelling, or use an offline name or a local folder")
+    return (f"cannot check {what} '{name}' on the Hub ({type(exc).__name__}): check the network, or set "
+            "HF_HUB_OFFLINE=1 to run with offline names and local folders only")
 
 
 def _exists(name: str) -> bool:
@@ -68,10 +84,21 @@ def _check_dataset(name: str, notes: list[str] | None) -> None:
             return
         raise RecipeError(field, f"'{name}' is not an offline data set ({', '.join(DATASETS)}) nor a local folder, and "
                           "the Hub is offline (HF_HUB_OFFLINE=1): use an offline set or go online")
+    else:
+        from huggingface_hub import HfApi
+
+        from ..hub import request_timeout
+
+        try:
+            with request_timeout(HUB_CHECK_TIMEOUT):
+                HfApi().dataset_info(name)
+        except Exception as exc:  # noqa: BLE001 - every failure is one line naming the field
+            raise RecipeError(field, _hub_problem(exc, name, "data set")) from None
 
 
 def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
-    """The teacher's config as a mapping where it can be read from disk (None for a Hub id)."""
+    """The teacher's config as a mapping where it can be read (from disk, or from the Hub when
+    online; None for a Hub id while offline, or a model built on first use)."""
     from .data import MODELS, resolve_model
 
     teacher = recipe.teacher
@@ -97,7 +124,19 @@ def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
         raise RecipeError(field, f"'{name}' is not an offline model ({', '.join(MODELS)}) nor a local folder, and the "
                           "Hub is offline (HF_HUB_OFFLINE=1): use an offline model, a saved folder, or go online")
     else:
-        return None
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        from ..hub import request_timeout
+
+        try:  # cached where from_pretrained looks for it: the teacher's download starts with it anyway
+            with request_timeout(HUB_CHECK_TIMEOUT):
+                config = Path(hf_hub_download(name, "config.json", etag_timeout=HUB_CHECK_TIMEOUT))
+        except EntryNotFoundError:
+            raise RecipeError(field, f"'{name}' on the Hub has no config.json: it is not a transformers model") from None
+        except Exception as exc:  # noqa: BLE001 - every failure is one line naming the field
+            raise RecipeError(field, _hub_problem(exc, name, "teacher")) from None
+        folder = config.parent
     config = folder / "config.json"
     if not config.is_file():
         raise RecipeError(field, f"{folder} has no config.json: it is not a saved transformers model")
