@@ -63,16 +63,41 @@ TRAINER_PRIVATE_OVERRIDES = {
 }
 
 
-def check_trainer_private_methods() -> None:
-    """Raise a RuntimeError naming the method when this transformers lacks one PaKDTrainer overrides."""
+# Trainer's private state and parameters PaKDTrainer reads or sets (same reason, same refusal).
+TRAINER_PRIVATE_ATTRIBUTES = {
+    "_signature_columns": "the column list the teacher_logits column is added to",
+    "_created_lr_scheduler": "set when a stage builds its own schedule, so Trainer does not replace it",
+}
+TRAINER_PRIVATE_PARAMETERS = {
+    ("save_model", "_internal_call"): "tells a checkpoint save from the user's, to clear a stale checkpoint folder",
+}
+
+
+def _refuse(what: str, why: str) -> None:
     import transformers
 
-    missing = [name for name in TRAINER_PRIVATE_OVERRIDES if not callable(getattr(Trainer, name, None))]
-    if missing:
-        raise RuntimeError(
-            f"transformers {transformers.__version__} has no Trainer.{missing[0]} (PaKDTrainer overrides it: "
-            f"{TRAINER_PRIVATE_OVERRIDES[missing[0]]}); install a transformers release pakd-hf supports"
-        )
+    raise RuntimeError(f"transformers {transformers.__version__} has no {what} (PaKDTrainer relies on it: {why}); "
+                       "install a transformers release pakd-hf supports")
+
+
+def check_trainer_private_methods() -> None:
+    """Raise a RuntimeError naming the method (or parameter) when this transformers lacks one
+    PaKDTrainer overrides or passes."""
+    import inspect
+
+    for name, why in TRAINER_PRIVATE_OVERRIDES.items():
+        if not callable(getattr(Trainer, name, None)):
+            _refuse(f"Trainer.{name}", why)
+    for (method, parameter), why in TRAINER_PRIVATE_PARAMETERS.items():
+        if parameter not in inspect.signature(getattr(Trainer, method)).parameters:
+            _refuse(f"parameter {parameter} of Trainer.{method}", why)
+
+
+def check_trainer_private_state(trainer: Trainer) -> None:
+    """After Trainer.__init__: the private attributes PaKDTrainer reads or sets exist."""
+    for name, why in TRAINER_PRIVATE_ATTRIBUTES.items():
+        if not hasattr(trainer, name):
+            _refuse(f"Trainer attribute {name}", why)
 
 
 @dataclass(frozen=True)
@@ -309,6 +334,7 @@ class PaKDTrainer(Trainer):
         self._save_total_limit: int | None = None  # the user's, applied after each checkpoint is complete
 
         super().__init__(model=model, args=args, **kwargs)
+        check_trainer_private_state(self)
 
         if teacher_model is not None:
             teacher_model.eval()

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -352,6 +353,19 @@ def test_private_trainer_methods_we_override_are_listed_and_exist(monkeypatch):
         ours = list(inspect.signature(getattr(module.PaKDTrainer, name)).parameters)
         theirs = list(inspect.signature(getattr(Trainer, name)).parameters)
         assert ours == theirs, name
+    # Every private attribute PaKDTrainer reads or sets is listed (found in its source).
+    import transformers.trainer
+
+    theirs = set(re.findall(r"self\.(_[a-z][a-z_]*)\s*=", inspect.getsource(transformers.trainer)))
+    used = set(re.findall(r"self\.(_[a-z][a-z_]*)", inspect.getsource(module))) & theirs
+    assert used == set(module.TRAINER_PRIVATE_ATTRIBUTES), used ^ set(module.TRAINER_PRIVATE_ATTRIBUTES)
+    for (method, parameter) in module.TRAINER_PRIVATE_PARAMETERS:
+        assert parameter in inspect.signature(getattr(Trainer, method)).parameters
+    original_save = Trainer.save_model
+    monkeypatch.setattr(Trainer, "save_model", lambda self, output_dir=None: original_save(self, output_dir))
+    with pytest.raises(RuntimeError, match=r"has no parameter _internal_call of Trainer\.save_model"):
+        module.PaKDTrainer(model=None)
+    monkeypatch.setattr(Trainer, "save_model", original_save)
     monkeypatch.delattr(Trainer, "_set_signature_columns_if_needed")
     with pytest.raises(RuntimeError, match=r"has no Trainer\._set_signature_columns_if_needed"):
         module.PaKDTrainer(model=None)
