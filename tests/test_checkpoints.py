@@ -141,3 +141,31 @@ def test_resuming_from_an_earlier_checkpoint_drops_the_later_ones(run, tmp_path)
     assert [p.name for p in complete_checkpoints(copy_dir)] == ["checkpoint-16"]
     assert (copy_dir / "checkpoint-16" / MARKER).stat().st_mtime_ns > 0 and problem(copy_dir / "checkpoint-16") is None
     assert json.loads((copy_dir / "checkpoint-16" / MARKER).read_text())["files"].keys() == old["files"].keys()
+
+
+@pytest.fixture(scope="module")
+def mid_prune(tmp_path_factory):
+    """Checkpoints every 4 steps, all kept: checkpoint-4 is inside the pruning stage (importance
+    scores and masks saved with it), checkpoint-8 at its end."""
+    out = tmp_path_factory.mktemp("checkpoints-mid-prune") / "run"
+    _trainer(out).train()
+    return out
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated"])
+@pytest.mark.parametrize("name", ["pakd_importance.safetensors", "scheduler.pt", "rng_state.pth"])
+def test_a_damaged_checkpoint_inside_the_pruning_stage_is_refused(mid_prune, tmp_path, name, how):
+    record = json.loads((mid_prune / "checkpoint-4" / MARKER).read_text())
+    assert name in record["files"]  # saved with a checkpoint taken while the stage prunes
+    copy_dir = tmp_path / "run"
+    shutil.copytree(mid_prune, copy_dir)
+    path = copy_dir / "checkpoint-4" / name
+    if how == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    trainer = _trainer(copy_dir)
+    with pytest.raises(IncompleteCheckpointError) as info:
+        trainer.train(resume_from_checkpoint=str(copy_dir / "checkpoint-4"))
+    assert "\n" not in str(info.value) and "checkpoint-4" in str(info.value) and name in str(info.value)
+    assert trainer.state.global_step == 0
