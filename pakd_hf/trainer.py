@@ -17,20 +17,25 @@ or attention still run the teacher.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import transformers
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.optimization import get_scheduler
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from .arch import get_adapter
 from .arch.structure import Structure
@@ -74,7 +79,6 @@ TRAINER_PRIVATE_PARAMETERS = {
 
 
 def _refuse(what: str, why: str) -> None:
-    import transformers
 
     raise RuntimeError(f"transformers {transformers.__version__} has no {what} (PaKDTrainer relies on it: {why}); "
                        "install a transformers release pakd-hf supports")
@@ -83,7 +87,6 @@ def _refuse(what: str, why: str) -> None:
 def check_trainer_private_methods() -> None:
     """Raise a RuntimeError naming the method (or parameter) when this transformers lacks one
     PaKDTrainer overrides or passes."""
-    import inspect
 
     for name, why in TRAINER_PRIVATE_OVERRIDES.items():
         if not callable(getattr(Trainer, name, None)):
@@ -416,13 +419,11 @@ class PaKDTrainer(Trainer):
     def set_initial_training_values(self, args, dataloader):
         if self.recipe is None:
             return super().set_initial_training_values(args, dataloader)
-        from transformers.trainer_utils import has_length
 
         if not has_length(dataloader):
             self._spans = self._plan(None)
             total = self._spans[-1].end
             batch = self.get_total_train_batch_size(args)
-            import sys
 
             return sys.maxsize, total, batch * total, batch * total, batch, total * args.gradient_accumulation_steps, total
         values = list(super().set_initial_training_values(args, dataloader))
@@ -567,7 +568,6 @@ class PaKDTrainer(Trainer):
         """Every process takes process 0's tensors of ``modules`` (after a rotation)."""
         if self.accelerator.num_processes <= 1:
             return
-        import torch.distributed as dist
 
         for module in modules:
             for tensor in module.state_dict().values():
@@ -718,7 +718,6 @@ class PaKDTrainer(Trainer):
         proj = self.distill_projections
         if proj is None or self.accelerator.num_processes <= 1:
             return
-        import torch.distributed as dist
 
         for p in proj.parameters():
             if p.grad is not None:
@@ -760,7 +759,6 @@ class PaKDTrainer(Trainer):
             # Trainer is about to write checkpoint-N where one already is: the rest of an interrupted
             # save, or a checkpoint of steps trained again after resuming from an earlier one. Its
             # files must not outlive it into the new checkpoint's list (pakd_hf.checkpoints).
-            import shutil
 
             shutil.rmtree(output_dir)
         if self._pruning_involved() and self._needs_custom_code():

@@ -1,6 +1,7 @@
 """Runs one recipe stage's `pruning` block against a model, step by step.
 
-The trainer calls three methods from its callbacks and knows nothing else about pruning:
+The pruning session (:class:`pakd_hf.prune.session.PruningSession`, which the trainer owns and
+calls from its callbacks) calls three methods, and knows nothing else about a stage's pruning:
 
 - :meth:`StagePruner.before_optimizer_step` (gradients of the whole accumulation window are
   there): accumulate importance, zero the gradients of masked weights;
