@@ -339,8 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "What a tracker writes under the training folders' runs/ is kept in OUT/runs/.")
     comp.add_argument("--output-dir", required=True, help="OUT: teacher/, student/ and report.json are written here")
     comp.add_argument("--quick", action="store_true", help="same path on a small slice and a few steps (smoke check)")
-    comp.add_argument("--push-to-hub", action="store_true", help="push the student when done (needs --hub-model-id)")
-    comp.add_argument("--hub-model-id", help="namespace/name to push to")
+    # Both spellings: pakd's and the one HfArgumentParser gives TrainingArguments' fields.
+    comp.add_argument("--push-to-hub", "--push_to_hub", action="store_true",
+                      help="push the student when done (needs --hub-model-id)")
+    comp.add_argument("--hub-model-id", "--hub_model_id", "--repo-id", dest="hub_model_id",
+                      help="namespace/name to push to (the same as pakd push's --repo-id)")
     comp.add_argument("--threads", type=int, help="CPU threads for the benchmark (default: torch's)")
     comp.add_argument("--seed", type=int, help="the student's seed (data order, dropout, new weights; default: the "
                       "recipe's seed). The teacher and the transfer set do not depend on it, so seeds share them")
@@ -415,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "add the recipe over seeds beside same-size baselines.",
                                  "pakd card runs/minilm-rt --repo-id me/minilm-rt-pakd --ablation runs/ablation/ablation.json"))
     card.add_argument("dir", metavar="DIR", help="an output folder of `pakd compress` (or its student/ folder)")
-    card.add_argument("--repo-id", help="the Hub id the card's code should load from")
+    card.add_argument("--repo-id", "--hub-model-id", "--hub_model_id", dest="repo_id",
+                      help="the Hub id the card's code should load from")
     card.add_argument("--ablation", metavar="ABLATION.json",
                       help="a `pakd ablate` summary of the same recipe: the card reports seeds and same-size baselines")
     card.set_defaults(func=_cmd_card)
@@ -426,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(where other users of the machine could read it in the process list).",
         "pakd push runs/minilm-rt --repo-id me/minilm-rt-pakd --private   (after hf auth login, or with HF_TOKEN set)"))
     push.add_argument("dir", metavar="DIR", help="a student folder, or an output folder with student/")
-    push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
+    push.add_argument("--repo-id", "--hub-model-id", "--hub_model_id", dest="repo_id", required=True,
+                      help="namespace/name on the Hub (--hub-model-id, as pakd compress spells it, works too)")
     push.add_argument("--private", action="store_true", default=None, help="create the repository private")
     push.add_argument("--revision", help="branch to push to (created if missing)")
     push.add_argument("--token", help=argparse.SUPPRESS)  # refused with a pointer to HF_TOKEN (old scripts)

@@ -9,7 +9,7 @@ import pytest
 from pakd_hf.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("validate", "compress", "ablate", "benchmark", "card", "push")
+COMMANDS = ("validate", "compress", "ablate", "benchmark", "export", "card", "push")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -49,3 +49,12 @@ def test_benchmark_of_a_folder_without_a_tokenizer_says_how_to_add_one(tmp_path,
     assert main(["benchmark", str(tmp_path / "teacher"), str(tmp_path / "student")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tokenizer.save_pretrained(folder)" in err
+
+
+def test_the_hub_id_has_one_name_in_every_spelling():
+    parser = build_parser()
+    for spelling in ("--hub-model-id", "--hub_model_id", "--repo-id"):
+        args, rest = parser.parse_known_args(["compress", "r.yaml", "--output-dir", "o", "--push_to_hub", spelling, "me/x"])
+        assert (args.push_to_hub, args.hub_model_id, rest) == (True, "me/x", [])
+        args = parser.parse_args(["push", "folder", spelling, "me/x"])
+        assert args.repo_id == "me/x"
