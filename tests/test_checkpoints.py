@@ -44,11 +44,11 @@ def test_every_checkpoint_is_marked_complete_with_its_files_and_older_ones_rotat
     assert record["files"]["model.safetensors"] == (out / "checkpoint-12" / "model.safetensors").stat().st_size
 
 
-def _damaged(run, tmp_path, name, how):
-    out, _ = run
+def _damaged(out, tmp_path, name, how, checkpoint="checkpoint-16"):
+    """A copy of the run folder ``out`` with ``name`` in ``checkpoint`` missing or cut in half."""
     copy_dir = tmp_path / "run"
     shutil.copytree(out, copy_dir)
-    path = copy_dir / "checkpoint-16" / name
+    path = copy_dir / checkpoint / name
     if how == "missing":
         path.unlink()
     else:
@@ -61,7 +61,7 @@ def _damaged(run, tmp_path, name, how):
 @pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "trainer_state.json", "pakd_state.json",
                                   "pakd_distill_projections.safetensors", MARKER])
 def test_a_damaged_checkpoint_is_refused_in_one_line_naming_the_file(run, tmp_path, name, how):
-    out = _damaged(run, tmp_path, name, how)
+    out = _damaged(run[0], tmp_path, name, how)
     trainer = _trainer(out)
     with pytest.raises(IncompleteCheckpointError) as info:
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-16"))
@@ -72,7 +72,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_naming_the_file(run, tmp_pa
 
 
 def test_resume_true_takes_the_newest_complete_checkpoint_and_says_which_it_skipped(run, tmp_path, caplog):
-    out = _damaged(run, tmp_path, "model.safetensors", "truncated")
+    out = _damaged(run[0], tmp_path, "model.safetensors", "truncated")
     reference = copy.deepcopy(run[1].model)
     trainer = _trainer(out)
     with caplog.at_level("WARNING", logger="pakd_hf.trainer"):
@@ -157,13 +157,7 @@ def mid_prune(tmp_path_factory):
 def test_a_damaged_checkpoint_inside_the_pruning_stage_is_refused(mid_prune, tmp_path, name, how):
     record = json.loads((mid_prune / "checkpoint-4" / MARKER).read_text())
     assert name in record["files"]  # saved with a checkpoint taken while the stage prunes
-    copy_dir = tmp_path / "run"
-    shutil.copytree(mid_prune, copy_dir)
-    path = copy_dir / "checkpoint-4" / name
-    if how == "missing":
-        path.unlink()
-    else:
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    copy_dir = _damaged(mid_prune, tmp_path, name, how, checkpoint="checkpoint-4")
     trainer = _trainer(copy_dir)
     with pytest.raises(IncompleteCheckpointError) as info:
         trainer.train(resume_from_checkpoint=str(copy_dir / "checkpoint-4"))
