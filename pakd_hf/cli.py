@@ -182,11 +182,13 @@ def _run_pipeline(recipe: str, call) -> int:
 def _seed_list(text: str) -> list[int]:
     """`--seeds 3` -> [0, 1, 2]; `--seeds 0,3,4` -> those seeds."""
     try:
-        if "," in text:
-            return [int(v) for v in text.split(",") if v.strip()]
-        return list(range(int(text)))
+        seeds = [int(v) for v in text.split(",") if v.strip()] if "," in text else list(range(int(text)))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count (3) or a list of seeds (0,1,2), got {text!r}") from None
+    if not seeds or min(seeds) < 0:  # `--seeds 0` is a count of none: the one seed 0 is `0,`
+        raise argparse.ArgumentTypeError(f"{text!r} names no seed: give a count >= 1 (3: seeds 0, 1, 2) or a list of "
+                                         "seeds >= 0 (0,3,4; seed 0 alone: 0,)")
+    return seeds
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
