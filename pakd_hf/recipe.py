@@ -163,6 +163,32 @@ def _check(cond: bool, path: str, problem: str) -> None:
         raise RecipeError(path, problem)
 
 
+# Upper bounds. A value past one is no training anyone means, and would hang a run (epochs,
+# copies, clips), fill memory (batch sizes, lengths) or overflow a library (numpy takes seeds
+# below 2**32) long after the recipe was accepted: refused here, in one line, instead.
+MAX_EPOCHS = 10_000
+MAX_STEPS = 100_000_000
+MAX_BATCH = 65_536
+MAX_LEARNING_RATE = 10.0
+MAX_WEIGHT_DECAY = 10.0
+MAX_TEMPERATURE = 1_000.0
+MAX_LOSS_WEIGHT = 1_000_000.0
+MAX_SEED = 2**32 - 1
+MAX_COPIES = 1_000
+MAX_LENGTH = 1_048_576  # tokens
+MAX_SECONDS = 600.0  # audio clip length
+
+
+def _at_most(value: float, limit: float, path: str) -> None:
+    _check(value <= limit, path, f"must be <= {limit:,g}, got {value:,g}" if isinstance(value, float)
+           else f"must be <= {limit:,}, got {value:,}")
+
+
+def _seed(value: int | None, path: str) -> None:
+    if value is not None:
+        _check(0 <= value <= MAX_SEED, path, f"must be in [0, 2**32 - 1] (numpy's seed range), got {value}")
+
+
 @dataclass
 class HiddenDistillation:
     """Match student hidden states to the teacher's (through learned projections when widths differ).
@@ -178,6 +204,7 @@ class HiddenDistillation:
 
     def _validate(self, path: str) -> None:
         _check(self.weight >= 0, f"{path}.weight", f"must be >= 0, got {self.weight}")
+        _at_most(self.weight, MAX_LOSS_WEIGHT, f"{path}.weight")
         _validate_layer_map(self.layer_map, f"{path}.layer_map")
 
 
@@ -197,6 +224,7 @@ class AttentionDistillation:
 
     def _validate(self, path: str) -> None:
         _check(self.weight >= 0, f"{path}.weight", f"must be >= 0, got {self.weight}")
+        _at_most(self.weight, MAX_LOSS_WEIGHT, f"{path}.weight")
         _validate_layer_map(self.layer_map, f"{path}.layer_map")
 
 
@@ -224,9 +252,11 @@ class Distillation:
 
     def _validate(self, path: str) -> None:
         _check(self.temperature > 0, f"{path}.temperature", f"must be > 0, got {self.temperature}")
+        _at_most(self.temperature, MAX_TEMPERATURE, f"{path}.temperature")
         _check(0.0 <= self.alpha <= 1.0, f"{path}.alpha", f"must be in [0, 1], got {self.alpha}")
         _check(0.0 < self.beta < 1.0, f"{path}.beta", f"must be in (0, 1), got {self.beta}")
         _check(self.chunk_size >= 1, f"{path}.chunk_size", f"must be >= 1, got {self.chunk_size}")
+        _at_most(self.chunk_size, MAX_LENGTH, f"{path}.chunk_size")
         _check(
             self.logits or self.hidden is not None or self.attention is not None,
             path,
@@ -275,6 +305,7 @@ class HiddenKeep(Keep):
     def _validate(self, path: str) -> None:
         super()._validate(path)
         _check(self.calibration >= 1, f"{path}.calibration", f"must be >= 1 example, got {self.calibration}")
+        _at_most(self.calibration, 100_000, f"{path}.calibration")
         if self.method == "rotate" and self.keep is not None:
             _check(self.keep >= 2, f"{path}.keep", f"a rotated stream keeps at least 2 directions, got {self.keep}")
 
@@ -378,13 +409,16 @@ class Pruning:
                 f"{', '.join(both)} also has an explicit target; a kind is set by the budget or by a target, not both",
             )
         _check(self.start_step >= 0, f"{path}.start_step", f"must be >= 0, got {self.start_step}")
+        _at_most(self.start_step, MAX_STEPS, f"{path}.start_step")
         if self.end_step is not None:
             _check(
                 self.end_step >= self.start_step,
                 f"{path}.end_step",
                 f"must be >= start_step ({self.start_step}), got {self.end_step}",
             )
+            _at_most(self.end_step, MAX_STEPS, f"{path}.end_step")
         _check(self.frequency >= 1, f"{path}.frequency", f"must be >= 1, got {self.frequency}")
+        _at_most(self.frequency, MAX_STEPS, f"{path}.frequency")
         _check(
             self.unstructured is None or self.n_m is None,
             path,
@@ -416,10 +450,13 @@ class Stage:
         )
         if self.epochs is not None:
             _check(self.epochs > 0, f"{path}.epochs", f"must be > 0, got {self.epochs}")
+            _at_most(self.epochs, MAX_EPOCHS, f"{path}.epochs")
         if self.steps is not None:
             _check(self.steps > 0, f"{path}.steps", f"must be > 0, got {self.steps}")
+            _at_most(self.steps, MAX_STEPS, f"{path}.steps")
         if self.learning_rate is not None:
             _check(self.learning_rate > 0, f"{path}.learning_rate", f"must be > 0, got {self.learning_rate}")
+            _at_most(self.learning_rate, MAX_LEARNING_RATE, f"{path}.learning_rate")
         _check(
             self.warmup_steps is None or self.warmup_ratio is None,
             path,
@@ -427,6 +464,7 @@ class Stage:
         )
         if self.warmup_steps is not None:
             _check(self.warmup_steps >= 0, f"{path}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+            _at_most(self.warmup_steps, MAX_STEPS, f"{path}.warmup_steps")
         if self.warmup_ratio is not None:
             _check(
                 0.0 <= self.warmup_ratio < 1.0,
@@ -435,6 +473,7 @@ class Stage:
             )
         if self.weight_decay is not None:
             _check(self.weight_decay >= 0, f"{path}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+            _at_most(self.weight_decay, MAX_WEIGHT_DECAY, f"{path}.weight_decay")
         if self.pruning is not None and self.steps is not None:
             end = self.pruning.end_step if self.pruning.end_step is not None else self.pruning.start_step
             _check(
@@ -483,11 +522,14 @@ class Augment:
 
     def _validate(self, path: str) -> None:
         _check(self.copies >= 1, f"{path}.copies", f"must be >= 1, got {self.copies}")
+        _at_most(self.copies, MAX_COPIES, f"{path}.copies")
+        _seed(self.seed, f"{path}.seed")
         for name in ("mask", "replace", "span"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"{path}.{name}", f"is a probability: must be in [0, 1], got {value}")
         _check(self.mask + self.replace <= 1.0, f"{path}.replace", "mask + replace must be <= 1")
         _check(self.neighbours >= 1, f"{path}.neighbours", f"must be >= 1, got {self.neighbours}")
+        _at_most(self.neighbours, 1_000, f"{path}.neighbours")
 
 
 @dataclass
@@ -559,7 +601,10 @@ class Data:
     def _validate(self, path: str) -> None:
         _check(bool(self.dataset.strip()), f"{path}.dataset", "must not be empty")
         _check(self.max_length >= 4, f"{path}.max_length", f"must be >= 4, got {self.max_length}")
+        _at_most(self.max_length, MAX_LENGTH, f"{path}.max_length")
         _check(self.max_seconds > 0, f"{path}.max_seconds", f"must be > 0, got {self.max_seconds}")
+        _at_most(self.max_seconds, MAX_SECONDS, f"{path}.max_seconds")
+        _seed(self.seed, f"{path}.seed")
         _check(self.test_split is not None, f"{path}.test_split",
                "is required: the test split is held out for the final evaluation (with validation_split: null, "
                "validation is held out of train instead)")
@@ -580,9 +625,14 @@ class FineTune:
 
     def _validate(self, path: str) -> None:
         _check(self.epochs > 0, f"{path}.epochs", f"must be > 0, got {self.epochs}")
+        _at_most(self.epochs, MAX_EPOCHS, f"{path}.epochs")
         _check(self.learning_rate > 0, f"{path}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _at_most(self.learning_rate, MAX_LEARNING_RATE, f"{path}.learning_rate")
         _check(self.batch_size >= 1, f"{path}.batch_size", f"must be >= 1, got {self.batch_size}")
+        _at_most(self.batch_size, MAX_BATCH, f"{path}.batch_size")
         _check(0.0 <= self.warmup_ratio < 1.0, f"{path}.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _at_most(self.weight_decay, MAX_WEIGHT_DECAY, f"{path}.weight_decay")
 
 
 @dataclass
@@ -644,6 +694,8 @@ class Training:
         for name in ("batch_size", "eval_batch_size", "logging_steps"):
             value = getattr(self, name)
             _check(value >= 1, f"{path}.{name}", f"must be >= 1, got {value}")
+            _at_most(value, MAX_STEPS if name == "logging_steps" else MAX_BATCH, f"{path}.{name}")
+        _seed(self.seed, f"{path}.seed")
 
 
 @dataclass
@@ -672,7 +724,7 @@ class Recipe:
     def _validate(self, path: str) -> None:
         _check(bool(self.name.strip()), "name", "must not be empty")
         _check(self.name.isprintable(), "name", "must be printable text (no control characters or line breaks)")
-        _check(self.seed is None or self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _seed(self.seed, "seed")
         _check(len(self.stages) > 0, "stages", "must list at least one stage")
         expected = TASK_MODALITY[self.task]
         if self.modality is None:

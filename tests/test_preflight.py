@@ -104,3 +104,68 @@ def test_hub_ids_are_checked_on_the_hub_when_online(hub_server, monkeypatch, tmp
     api.create_repo("pakd/no-config", token=token)
     with pytest.raises(RecipeError, match="has no config.json"):
         preflight(_recipe(**{"teacher.model": "pakd/no-config"}))
+
+
+VIT = ROOT / "recipes" / "vision" / "fashion-mnist-vit.yaml"
+SPEECH = ROOT / "recipes" / "speech" / "commands-whisper-tiny.yaml"
+
+
+def _changed(source: Path, path: str, value):
+    raw = load_recipe(source).to_dict()
+    node = raw
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is None:
+        node.pop(last)
+    else:
+        node[last] = value
+    return load_recipe(raw)
+
+
+@pytest.mark.parametrize("source, path, value, field, fragment", [
+    # a from-scratch teacher: sizes that no model has, or that would never finish building
+    (VIT, "teacher.config.hidden_size", -1, "teacher.config.hidden_size", "whole number in [1, 1,048,576]"),
+    (VIT, "teacher.config.num_hidden_layers", 10**30, "teacher.config.num_hidden_layers", "[1, 1,024]"),
+    (VIT, "teacher.config.image_size", 100_000, "teacher.config.image_size", "[1, 2,048]"),
+    (VIT, "teacher.config.hidden_dropout_prob", 2, "teacher.config.hidden_dropout_prob", "probability"),
+    (VIT, "teacher.config.hiden_size", 64, "teacher.config.hiden_size", "no such field"),
+    (VIT, "teacher.config.hidden_size", 1_000_000, "teacher.config", "more than the 2,000,000,000"),
+    (VIT, "teacher.config.patch_size", 56, "teacher.config", "cannot build and run"),  # a patch larger than the image
+    (VIT, "teacher.processor", {"size": {"height": 10**9, "width": 8}}, "teacher.processor.size", "[1, 2,048]"),
+    (VIT, "teacher.processor", {"image_mean": [0.5, 0.5]}, "teacher.processor", "cannot process"),  # 3 channels
+    # an offline loader's options: unknown, wrong type, out of range (the synthesis would never end)
+    (SPEECH, "data.options.clip_per_voice", 2, "data.options.clip_per_voice", "takes clips_per_voice"),
+    (SPEECH, "data.options.clips_per_voice", 10**30, "data.options.clips_per_voice", "[1, 100]"),
+    (SPEECH, "data.options.clips_per_voice", 1.5, "data.options.clips_per_voice", "an integer"),
+    (SPEECH, "data.options.workers", True, "data.options.workers", "an integer"),
+    (MAIN, "data.options", {"seed": 3}, "data.options.seed", "takes none"),
+])
+def test_what_a_recipe_builds_is_checked_before_any_work(tmp_path, capsys, source, path, value, field, fragment):
+    recipe = _changed(source, path, value)
+    with pytest.raises(RecipeError) as info:
+        preflight(recipe)
+    assert info.value.field == field and fragment in str(info.value), str(info.value)
+    file = tmp_path / "r.yaml"
+    file.write_text(recipe.to_yaml())
+    capsys.readouterr()
+    assert main(["compress", str(file), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"'{field}'" in err[0] and not (tmp_path / "out").exists()
+
+
+def test_the_option_tables_match_the_loaders():
+    """Every option a loader takes is in OPTIONS (and nothing else): a new keyword is checked too."""
+    import inspect
+
+    from pakd_hf.pipeline.data import DATASETS, OPTIONS, rotten_tomatoes
+    from pakd_hf.pipeline.data import fashion_mnist, speech_commands, speech_keywords
+
+    loaders = {"rotten-tomatoes": rotten_tomatoes.load_rotten_tomatoes,
+               "rotten-tomatoes-text": rotten_tomatoes.load_rotten_tomatoes_text,
+               "fashion-mnist": fashion_mnist.load_fashion_mnist, "speech-keywords": speech_keywords.load_speech_keywords,
+               "speech-commands-synth": speech_commands.load_speech_commands}
+    assert set(loaders) == set(DATASETS) == set(OPTIONS)
+    for name, loader in loaders.items():
+        taken = set(inspect.signature(loader).parameters) - {"seed"}  # the seed is data.seed
+        assert set(OPTIONS[name]) == taken, name

@@ -84,6 +84,21 @@ def _error(mutate) -> RecipeError:
         (lambda r: r.update(teacher={"model": "m", "processor": {}}), "teacher.processor", "built from 'config'"),
         (lambda r: r.update(data={"dataset": "speech-keywords", "options": 3}), "data.options", "mapping of names"),
         (lambda r: r.update(data={"dataset": "speech-keywords", "max_seconds": 0}), "data.max_seconds", "must be > 0"),
+        # Upper bounds: values past them hang a run, fill memory or overflow a library later.
+        (lambda r: r["stages"][1].update(epochs=1e30), "stages[1].epochs", "must be <= 10,000"),
+        (lambda r: r["stages"][0].update(steps=10**12), "stages[0].steps", "must be <= 100,000,000"),
+        (lambda r: r["stages"][0].update(learning_rate=1e30), "stages[0].learning_rate", "must be <= 10"),
+        (lambda r: r["stages"][0].update(weight_decay=1e30), "stages[0].weight_decay", "must be <= 10"),
+        (lambda r: r["stages"][0]["distillation"].update(temperature=1e9), "stages[0].distillation.temperature", "<= 1,000"),
+        (lambda r: r["stages"][0]["distillation"].update(hidden={"weight": 1e30}), "stages[0].distillation.hidden.weight", "<= 1e+06"),
+        (lambda r: r.update(seed=2**32), "seed", "2**32 - 1"),
+        (lambda r: r.update(training={"seed": -1}), "training.seed", "2**32 - 1"),
+        (lambda r: r.update(training={"batch_size": 10**9}), "training.batch_size", "<= 65,536"),
+        (lambda r: r.update(augment={"copies": 10**9}), "augment.copies", "<= 1,000"),
+        (lambda r: r.update(data={"dataset": "speech-keywords", "max_seconds": 1e9}), "data.max_seconds", "<= 600"),
+        (lambda r: r.update(data={"dataset": "rotten-tomatoes", "max_length": 10**12}), "data.max_length", "<= 1,048,576"),
+        (lambda r: r.update(teacher={"model": "m", "fine_tune": {"epochs": 1e30}}), "teacher.fine_tune.epochs", "<= 10,000"),
+        (lambda r: r.update(teacher={"model": "m", "fine_tune": {"weight_decay": -1}}), "teacher.fine_tune.weight_decay", ">= 0"),
     ],
 )
 def test_bad_recipes_name_the_field(mutate, field, fragment):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import describe
 from ..recipe import Recipe, RecipeError, check_layer_maps
 
 __all__ = ["preflight"]
@@ -96,6 +97,36 @@ def _check_dataset(name: str, notes: list[str] | None) -> None:
             raise RecipeError(field, _hub_problem(exc, name, "data set")) from None
 
 
+def _check_options(name: str, options: dict | None) -> None:
+    """``data.options`` against the offline loader's table (:data:`~pakd_hf.pipeline.data.OPTIONS`)."""
+    from .data import DATASETS, OPTIONS
+
+    if not options:
+        return
+    if name not in DATASETS:
+        raise RecipeError("data.options", f"options are for the offline data sets ({', '.join(DATASETS)}); remove them")
+    allowed = OPTIONS.get(name, {})
+    for key, value in options.items():
+        field = f"data.options.{key}"
+        if key not in allowed:
+            raise RecipeError(field, f"not an option of the '{name}' loader; it takes {', '.join(allowed) or 'none'}")
+        rule = allowed[key]
+        if isinstance(rule[0], str):  # one of these strings
+            if value not in rule:
+                raise RecipeError(field, f"must be one of {', '.join(map(repr, rule))}, got {describe(value)}")
+            continue
+        kind = rule[0]
+        if kind in (int, float):  # a float option takes an integer too; neither takes true / false
+            ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            what = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}[kind]
+            raise RecipeError(field, f"must be {what}, got {describe(value)}")
+        if kind in (int, float) and not rule[1] <= value <= rule[2]:
+            raise RecipeError(field, f"must be in [{rule[1]:,}, {rule[2]:,}], got {describe(value)}")
+
+
 def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
     """The teacher's config as a mapping where it can be read (from disk, or from the Hub when
     online; None for a Hub id while offline, or a model built on first use)."""
@@ -104,6 +135,9 @@ def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
     teacher = recipe.teacher
     field = "teacher.model"
     if teacher.config is not None:
+        from .tasks import adapter_for
+
+        adapter_for(recipe).check_built_teacher(recipe)  # sizes, processor, the model built without memory
         return dict(teacher.config)
     name = teacher.model
     if name in MODELS:
@@ -160,6 +194,7 @@ def preflight(recipe: Recipe, *, notes: list[str] | None = None) -> int | None:
     config = None
     try:
         if recipe.data is not None:
+            _check_options(recipe.data.dataset, recipe.data.options)
             _check_dataset(recipe.data.dataset, notes)
     except MissingAssetError as exc:
         raise RecipeError("data.dataset", str(exc)) from None

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import one_line
 from ..recipe import Recipe, RecipeError
 
 __all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_recipe", "perplexity"]
@@ -103,6 +104,12 @@ class TaskAdapter:
     def build_teacher(self, recipe: Recipe, label_kw: dict[str, Any]):
         raise RecipeError("teacher.config", f"a teacher built from a config is not supported for {self.task}; name a pretrained 'model'")
 
+    def check_built_teacher(self, recipe: Recipe) -> int:
+        """Check a ``teacher.config`` teacher before any work (preflight): its config and
+        preprocessor as :meth:`build_teacher` makes them, and the model itself built on the meta
+        device (shapes only, no memory). Returns its parameter count."""
+        raise RecipeError("teacher.config", f"a teacher built from a config is not supported for {self.task}; name a pretrained 'model'")
+
     # ---- data --------------------------------------------------------------------------
     def column(self, recipe: Recipe) -> str:
         return getattr(recipe.data, self.column_field)
@@ -168,6 +175,40 @@ class TaskAdapter:
         return examples
 
 
+# A teacher built from ``teacher.config`` is trained from scratch on this machine. Configs take
+# any value for a size, and the model is built only after the data: a negative width, or a
+# layer count of 10**30, would end in a traceback or never end at all. Sizes are checked first.
+MAX_CONFIG_SIZE = 1 << 20
+MAX_IMAGE_SIDE = 2048
+MAX_LAYERS = 1024  # layers (or blocks per stage): the check builds each one, without memory
+MAX_SCRATCH_PARAMS = 2_000_000_000
+
+
+def _is_size(key: str) -> bool:
+    return (key.startswith("num_") or key.endswith(("_size", "_sizes", "_dim", "_layers", "_embeddings"))
+            or key in ("depths", "d_model"))
+
+
+def _check_config_values(raw: dict[str, Any]) -> None:
+    """Sizes (``num_*``, ``*_size(s)``, ``*_dim``, ``*_layers``, ``depths`` ...) are whole numbers
+    in [1, 2**20] (image sides at most MAX_IMAGE_SIDE, layer counts MAX_LAYERS); dropouts and
+    probabilities are in [0, 1]."""
+    from ..errors import describe
+
+    for key, value in raw.items():
+        field = f"teacher.config.{key}"
+        if _is_size(key):
+            high = (MAX_IMAGE_SIDE if key in ("image_size", "patch_size") else
+                    MAX_LAYERS if key.endswith("_layers") or key == "depths" else MAX_CONFIG_SIZE)
+            values = value if isinstance(value, list) and value else [value]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high for v in values):
+                raise RecipeError(field, f"is a size: must be a whole number in [1, {high:,}] (or a list of them), "
+                                  f"got {describe(value)}")
+        elif "dropout" in key or key.endswith("_prob"):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+                raise RecipeError(field, f"is a probability: must be in [0, 1], got {describe(value)}")
+
+
 def config_from_recipe(recipe: Recipe, extra: dict[str, Any]):
     """The transformers config that ``teacher.config`` describes (plus ``extra`` fields), with
     one-line errors naming the recipe field: configs accept any keyword as an extra attribute, so
@@ -175,6 +216,7 @@ def config_from_recipe(recipe: Recipe, extra: dict[str, Any]):
     from transformers import AutoConfig
 
     raw = dict(recipe.teacher.config)
+    _check_config_values(raw)
     model_type = raw.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **raw, **extra)
@@ -242,7 +284,40 @@ class ImageClassification(TaskAdapter):
         if unknown:
             raise RecipeError(f"teacher.processor.{unknown[0]}", "is not a ViTImageProcessor setting; check the spelling")
         kwargs.update(recipe.teacher.processor or {})
-        return ViTImageProcessor(**kwargs)
+        sides = [v for k, v in kwargs.items() if k in ("size", "crop_size")]
+        for side in [x for v in sides for x in (v.values() if isinstance(v, dict) else [v])]:
+            if not (isinstance(side, int) and not isinstance(side, bool) and 1 <= side <= MAX_IMAGE_SIDE):
+                raise RecipeError("teacher.processor.size", f"sides are whole numbers of pixels in [1, {MAX_IMAGE_SIDE:,}], "
+                                  f"got {side!r}")
+        try:
+            return ViTImageProcessor(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise RecipeError("teacher.processor", f"ViTImageProcessor refuses it: {exc}") from None
+
+    def check_built_teacher(self, recipe):
+        import torch
+        from PIL import Image
+
+        config = self._config(recipe, {"num_labels": 2})
+        processor = self._processor(recipe, config)
+        try:  # the processor as training calls it, on one small image
+            pixels = processor(images=[Image.new("RGB", (8, 8))], return_tensors="pt")["pixel_values"]
+        except Exception as exc:  # noqa: BLE001 - whatever the processor raises is the recipe's fault: one line
+            raise RecipeError("teacher.processor", f"ViTImageProcessor cannot process an image with it: "
+                              f"{type(exc).__name__}: {exc}") from None
+        try:  # built and run on the meta device: shapes are checked, nothing is computed or stored
+            with torch.device("meta"):
+                model = self.model_class().from_config(config)
+                model(pixel_values=torch.empty(pixels.shape, device="meta"))
+        except Exception as exc:  # noqa: BLE001 - any failure to build or run is the config's: one line
+            raise RecipeError("teacher.config", f"transformers cannot build and run a '{config.model_type}' image "
+                              f"classifier from it: {type(exc).__name__}: {one_line(str(exc), 200)}") from None
+        params = sum(t.numel() for t in model.parameters())
+        if params > MAX_SCRATCH_PARAMS:
+            raise RecipeError("teacher.config", f"describes a model of {params:,} parameters, more than the "
+                              f"{MAX_SCRATCH_PARAMS:,} a teacher trained from scratch here may have: make it smaller, "
+                              "or name a pretrained 'model'")
+        return params
 
     def check(self, recipe, labels):
         if recipe.teacher.config is None:

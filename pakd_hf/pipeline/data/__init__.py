@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["DATASETS", "DATASET_NOTES", "MODELS", "HUB_IDS", "MissingAssetError", "package_dir", "load_dataset", "resolve_model", "hub_id"]
+__all__ = ["DATASETS", "DATASET_NOTES", "OPTIONS", "MODELS", "HUB_IDS", "MissingAssetError", "package_dir", "load_dataset", "resolve_model", "hub_id"]
 
 
 class MissingAssetError(FileNotFoundError):
@@ -70,6 +70,21 @@ DATASETS = {
     "fashion-mnist": _fashion_mnist,
     "speech-keywords": _speech_keywords,
     "speech-commands-synth": _speech_commands,
+}
+
+# What each offline loader's ``data.options`` may hold: name -> (type, lowest, highest) for
+# numbers, (type,) for others, or a tuple of the allowed strings. Checked before any work
+# (`pakd validate` and the start of `pakd compress`), so that an unknown option, or a clip count
+# that would synthesise for weeks, is one line naming it rather than a failure mid-run.
+_SYNTH = {"cache_dir": (str,), "workers": (int, 1, 256), "progress": (bool,)}
+OPTIONS = {
+    "rotten-tomatoes": {},
+    "rotten-tomatoes-text": {},
+    "fashion-mnist": {"validation_size": (int, 1, 59_000), "folder": (str,)},
+    "speech-keywords": {"clips_per_voice": (int, 1, 100), "voices": (list,), "num_voices": (int, 3, 136),
+                        "validation_fraction": (float, 0.0, 0.5), "test_fraction": (float, 0.0, 0.5),
+                        "holdout": ("voice", "variant"), **_SYNTH},
+    "speech-commands-synth": {"clips_per_voice": (int, 1, 100), "voices_per_variant": (int, 1, 8), **_SYNTH},
 }
 
 # How reports and cards name each offline data set: what it is and how it was split, so that
