@@ -153,7 +153,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         return _run_pipeline(args.recipe, lambda: compress(
             args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
             threads=args.threads, seed=args.seed, save_steps=args.save_steps, restart=args.restart,
-            training_overrides=overrides))
+            training_overrides=overrides, training_threads=args.training_threads))
     except PushError as exc:
         print(f"error: {exc} (the outputs in {args.output_dir} are complete; push them later with `pakd push`)",
               file=sys.stderr)
@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--hub-model-id", "--hub_model_id", "--repo-id", dest="hub_model_id",
                       help="namespace/name to push to (the same as pakd push's --repo-id)")
     comp.add_argument("--threads", type=int, help="CPU threads for the benchmark (default: torch's)")
+    comp.add_argument("--training-threads", "--training_threads", dest="training_threads", type=int, metavar="N",
+                      help="CPU threads for the training stages (default: torch's). A rerun with the same N on the same "
+                      "machine gives the same model; report.json records it")
     comp.add_argument("--seed", type=int, help="the student's seed (data order, dropout, new weights; default: the "
                       "recipe's seed). The teacher and the transfer set do not depend on it, so seeds share them")
     comp.add_argument("--save_steps", type=int, default=SAVE_STEPS, metavar="N",

@@ -50,7 +50,7 @@ def quick_run(tiny_teacher, tmp_path_factory):
         mp.setattr(PaKDTrainer, "train", spy("student trains", PaKDTrainer.train))
         mp.setattr(pipeline.HeldOutSplit, "read", spy("test read", pipeline.HeldOutSplit.read))
         assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--seed", "3",
-                     "--weight_decay", "0.01"]) == 0  # a TrainingArguments flag, passed through
+                     "--training-threads", "1", "--weight_decay", "0.01"]) == 0  # a TrainingArguments flag, passed through
     (root / "events.json").write_text(json.dumps(events))
     # Later tests run compress again into this OUT with other seeds: keep this run's weights.
     import shutil
@@ -142,7 +142,8 @@ def test_outputs_and_report(quick_run):
     dropped = (report["vocab_teacher"] - report["vocab_student"]) * 32 * 4  # hidden 32, float32
     assert report["bytes_teacher_same_vocab"] == report["bytes_teacher"] - dropped
     assert 1 < report["size_ratio_same_vocab"] < report["size_ratio"]
-    assert report["seed"] == 3 and report["reproduce"].endswith("--seed 3 --quick --weight_decay 0.01")
+    assert report["seed"] == 3 and report["reproduce"].endswith("--seed 3 --quick --training-threads 1 --weight_decay 0.01")
+    assert report["training_threads"] == 1
     assert report["dataset"]["id"] == "rotten-tomatoes" and "not the Hub's" in report["dataset"]["note"]
     # The compression curve: parameters kept at every logging step, validation after each of the 3 stages.
     trace = report["curve"]
@@ -396,7 +397,7 @@ def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_p
     for cached in ("teacher", "transfer"):  # the same teacher and transfer set: straight to the stages
         shutil.copytree(reference / cached, out / cached)
     command = [sys.executable, "-m", "pakd_hf", "compress", str(path), "--output-dir", str(out), "--quick",
-               "--threads", "1", "--seed", "3", "--save_steps", "12", "--weight_decay", "0.01"]
+               "--threads", "1", "--seed", "3", "--training-threads", "1", "--save_steps", "12", "--weight_decay", "0.01"]
     # One checkpoint mid-run (step 12, mid-stage after the first compaction), so the resume point
     # does not depend on when the kill lands on a loaded machine.
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -424,6 +425,29 @@ def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_p
     for name in want:
         assert got[name].shape == want[name].shape, name
         assert (got[name] - want[name]).abs().max() <= 5e-3, name
+
+
+def test_a_rerun_with_the_same_training_threads_gives_the_same_student(quick_run, tmp_path):
+    """The same command on the same machine (same seed, same --training-threads) trains the same
+    student, to the bit: nothing in the stages depends on time, order of files, or the thread
+    count torch happens to pick. (The teacher is reused, as any rerun on the same OUT does.)"""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    root, path, reference = quick_run
+    out = tmp_path / "out"
+    out.mkdir()
+    for cached in ("teacher", "transfer"):
+        shutil.copytree(reference / cached, out / cached)
+    threads = torch.get_num_threads()
+    assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--seed", "3",
+                 "--training-threads", "1", "--weight_decay", "0.01"]) == 0
+    assert torch.get_num_threads() == threads  # the caller's setting is given back
+    got, want = load_file(out / "student" / "model.safetensors"), load_file(root / "student-seed-3.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert json.loads((out / "report.json").read_text())["training_threads"] == 1
 
 
 def test_resume_point_resumes_only_its_own_run_and_restart_drops_it(tmp_path, capsys):

@@ -627,8 +627,15 @@ def compress(
     save_steps: int | None = SAVE_STEPS,
     restart: bool = False,
     training_overrides: dict[str, Any] | None = None,
+    training_threads: int | None = None,
 ) -> dict[str, Any]:
     """Run a recipe end to end (see the module docs); returns the report.
+
+    ``threads`` (``--threads``): the benchmark's CPU threads; ``training_threads``
+    (``--training-threads``): the teacher stage's and the PaKD stages' (default for both: torch's,
+    as many as the machine has). CPU kernels sum in another order with another thread count, so
+    a rerun gives the same model on the same machine with the same training threads: report.json
+    records them (``training_threads``) and its ``reproduce`` command names them when set.
 
     ``seed`` (``--seed``): the student's seed (its data order, dropout, the initialisation of
     what is new); the teacher and the transfer set do not depend on it. The PaKD stages write
@@ -641,6 +648,24 @@ def compress(
 
     Launched in several processes (torchrun, accelerate launch), every process trains and the
     main one does the rest (:mod:`pakd_hf.pipeline.processes`); the others return None."""
+    import torch
+
+    if training_threads is not None and training_threads < 1:
+        raise RecipeError("--training-threads", f"must be >= 1, got {training_threads}")
+    previous = torch.get_num_threads()
+    if training_threads is not None:
+        torch.set_num_threads(training_threads)
+    try:
+        return _compress(recipe_source, output_dir, quick=quick, push_to_hub=push_to_hub, threads=threads or previous,
+                         seed=seed, save_steps=save_steps, restart=restart, training_overrides=training_overrides,
+                         training_threads=training_threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _compress(recipe_source, output_dir, *, quick: bool, push_to_hub: str | None, threads: int, seed: int | None,
+              save_steps: int | None, restart: bool, training_overrides: dict[str, Any] | None,
+              training_threads: int | None) -> dict[str, Any] | None:
     from transformers import set_seed
 
     from ..trainer import PaKDTrainer
@@ -695,12 +720,13 @@ def compress(
         # a long benchmark, export or push would run past (--ddp_timeout).
         return None
     return _finish(p, trainer, train_dataset, run_dir, recipe_source, push_to_hub, threads, seed, quick,
-                   training_overrides, started, compress_seconds, procs.count)
+                   training_overrides, started, compress_seconds, procs.count, training_threads)
 
 
 def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, push_to_hub: str | None,
-            threads: int | None, seed: int | None, quick: bool, training_overrides: dict[str, Any] | None,
-            started: float, compress_seconds: float, training_processes: int = 1) -> dict[str, Any]:
+            threads: int, seed: int | None, quick: bool, training_overrides: dict[str, Any] | None,
+            started: float, compress_seconds: float, training_processes: int = 1,
+            training_threads: int | None = None) -> dict[str, Any]:
     """After the stages, in the main process: save, evaluate, benchmark, export, report, card, push."""
     import torch
 
@@ -738,7 +764,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
     report = median_run([
         in_fresh_process(
             measure_folders, teacher_dir=teacher_dir, student_dir=tmp, task=recipe.task, recipe=recipe,
-            examples=examples[:LATENCY_EXAMPLES], threads=threads or torch.get_num_threads(),
+            examples=examples[:LATENCY_EXAMPLES], threads=threads,
             repeats=5 if quick else 20, min_seconds=0.0 if quick else LATENCY_MIN_SECONDS,
         )
         for _ in range(processes)
@@ -756,7 +782,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
 
         try:
             report.update(_export_stage(p, tmp, student_pre, validation, test, examples,
-                                        threads or torch.get_num_threads(), processes, report))
+                                        threads, processes, report))
         except Exception as exc:  # noqa: BLE001 - the student is saved all the same; the command fails at the end
             export_error = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             report["export_error"] = export_error
@@ -773,6 +799,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
         license=recipe.teacher.license,
         dataset=dataset_description(recipe),
         reproduce=command + (f" --seed {seed}" if seed is not None else "") + (" --quick" if quick else "")
+        + (f" --training-threads {training_threads}" if training_threads is not None else "")
         + "".join(f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (training_overrides or {}).items()),
         quick=quick,
         seed=recipe.student_seed,
@@ -782,7 +809,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
         teacher_fine_tune_seconds=p.teacher_info.get("fine_tune_seconds"),
         compress_seconds=compress_seconds,
         curve=curve(trainer.state.log_history, adapter.metric),
-        training_threads=torch.get_num_threads(),  # the stages' CPU threads (others differ in the last bits)
+        training_threads=torch.get_num_threads(),  # the stages' CPU threads (--training-threads; see compress)
         processes=training_processes,  # that trained (torchrun, accelerate launch): N times the recipe's batch
         train_examples=len(train_dataset),  # with `augment`: the transfer set
         total_seconds=round(time.perf_counter() - started, 1),
