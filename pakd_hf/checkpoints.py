@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = ["MARKER", "STATE_FILENAME", "PROJECTIONS_FILENAME", "IncompleteCheckpointError", "mark_complete", "problem",
@@ -141,8 +143,6 @@ def rotate(current: str | os.PathLike, limit: int | None, keep: str | os.PathLik
     to ``limit`` in all (and ``keep``, e.g. the best one); remove older checkpoint folders,
     complete or not. Checkpoints of later steps belong to a run this one resumed before: they
     are removed too, so that a later resume cannot pick one of them."""
-    import shutil
-
     current = Path(current)
     step = _step(current)
     for path in _checkpoints(current.parent):
@@ -162,8 +162,6 @@ def write_state(folder: str | os.PathLike, state: dict, projections=None) -> Non
     ``projections`` (a module, or None) as safetensors. Before :func:`mark_complete`."""
     Path(folder, STATE_FILENAME).write_text(json.dumps(state, indent=2) + "\n")
     if projections is not None:
-        from safetensors.torch import save_file
-
         tensors = {k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()}
         save_file(tensors, os.path.join(folder, PROJECTIONS_FILENAME))
 
@@ -178,6 +176,4 @@ def read_projections(folder: str | os.PathLike, projections, device: str = "cpu"
     """Load the projections' tensors :func:`write_state` wrote into ``projections`` (when both are there)."""
     proj_file = Path(folder, PROJECTIONS_FILENAME)
     if projections is not None and proj_file.is_file():
-        from safetensors.torch import load_file
-
         projections.load_state_dict(load_file(str(proj_file), device=device))

@@ -34,6 +34,9 @@ from .base import (
 )
 
 
+# Looked up on first use, not imported at the top: the first model class imported pulls in
+# transformers' modeling stack (about 3 s here), which `import pakd_hf`, `pakd --help` and
+# `pakd validate` do not need.
 def _base_classes():
     from transformers import BertModel, RobertaModel
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..arch import get_adapter
@@ -209,8 +210,6 @@ class PruningSession:
             self.mask_state = MaskState(self.model)
             masks = {}
             if resume.get("masks_file"):
-                from safetensors.torch import load_file
-
                 masks = load_file(resume["masks_file"])
             self.mask_state.load_state_dict({**resume["mask_state"], "weight_masks": masks})
             self.mask_state.attach()
@@ -241,8 +240,6 @@ class PruningSession:
         if initial is not None and resume.get("importance_file") and self.pruner.accumulator is not None:
             # Taylor / movement sums of the steps before the checkpoint: without them a resumed
             # stage would rank units on its remaining steps only.
-            from safetensors.torch import load_file
-
             self.pruner.accumulator.load_state_dict(load_file(resume["importance_file"]))
         return rotated
 
@@ -334,8 +331,6 @@ class PruningSession:
     def save(self, checkpoint: str | os.PathLike, involved: bool) -> dict[str, Any]:
         """Pruning's part of a checkpoint: tensors as files in ``checkpoint``, the rest as the
         entries this returns (for the trainer's state file)."""
-        from safetensors.torch import save_file
-
         state: dict[str, Any] = {}
         if involved:
             state["structure"] = Structure.from_model(self.model).to_dict()

@@ -88,6 +88,7 @@ import copy
 import copyreg
 import json
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tokenizers import Tokenizer
 
 from ..carried import set_vocabulary_record
 
@@ -484,8 +486,6 @@ def prune_vocabulary_by_counts(model: nn.Module, tokenizer, input_ids: Iterable[
     :class:`~pakd_hf.PaKDTrainer` given that student maps its inputs back to the original ids
     for a teacher with the full vocabulary, and records the pruning in ``pakd.json``.
     """
-    from collections import Counter
-
     counts: Counter[int] = Counter()
     for row in input_ids:
         counts.update(int(i) for i in row)
@@ -531,8 +531,6 @@ def saved_vocab_problems(folder) -> list[str]:
 
 # ------------------------------------------------- pickling shared-id tables
 def _tokenizer_from_str(s: str):
-    from tokenizers import Tokenizer
-
     return Tokenizer.from_str(s)
 
 
@@ -551,10 +549,6 @@ def _reduce_tokenizer(tok):
 
 
 def _register_pickle_fix() -> None:
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:  # pragma: no cover
-        return
     copyreg.pickle(Tokenizer, _reduce_tokenizer)
 
 
