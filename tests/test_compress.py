@@ -50,7 +50,8 @@ def quick_run(tiny_teacher, tmp_path_factory):
         mp.setattr(PaKDTrainer, "train", spy("student trains", PaKDTrainer.train))
         mp.setattr(pipeline.HeldOutSplit, "read", spy("test read", pipeline.HeldOutSplit.read))
         assert main(["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1", "--seed", "3",
-                     "--training-threads", "1", "--weight_decay", "0.01"]) == 0  # a TrainingArguments flag, passed through
+                     "--training-threads", "1", "--weight_decay", "0.01",  # TrainingArguments flags, passed through
+                     "--report_to", "tensorboard"]) == 0
     (root / "events.json").write_text(json.dumps(events))
     # Later tests run compress again into this OUT with other seeds: keep this run's weights.
     import shutil
@@ -80,8 +81,9 @@ def test_report_and_student_carry_one_run_id_and_card_refuses_a_mixed_pair(quick
 
 def test_training_arguments_flags_pass_through_and_are_recorded(quick_run, capsys):
     _, path, out = quick_run
-    assert json.loads((out / "report.json").read_text())["training_overrides"] == {"weight_decay": 0.01}
-    assert json.loads((out / "student" / "pakd.json").read_text())["training_overrides"] == {"weight_decay": 0.01}
+    flags = {"weight_decay": 0.01, "report_to": ["tensorboard"]}
+    assert json.loads((out / "report.json").read_text())["training_overrides"] == flags
+    assert json.loads((out / "student" / "pakd.json").read_text())["training_overrides"] == flags
     for flags, expected in ((["--max_steps", "5"], "--max_steps: not for pakd compress: the recipe's stages set the steps"),
                             (["--loging_steps", "3"], "did you mean --logging_steps?"),
                             (["--logging_steps", "x"], "invalid"),
@@ -95,6 +97,31 @@ def test_training_arguments_flags_pass_through_and_are_recorded(quick_run, capsy
     with pytest.raises(SystemExit) as exit_info:  # other commands take only their own flags
         main(["validate", str(path), "--logging_steps", "3"])
     assert exit_info.value.code == 2
+
+
+def test_report_to_tensorboard_keeps_event_files_with_the_compression_metrics_in_out(quick_run):
+    """`--report_to tensorboard` (Trainer's own callback): the event files of both training
+    stages end in OUT/runs/, not in the temporary training folders, and the student's hold the
+    compression curve beside the losses."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, out = quick_run
+    tags = {}
+    for stage in ("teacher", "student"):
+        files = sorted((out / "runs" / stage).rglob("events.out.tfevents.*"))
+        assert files, f"no event file under {out / 'runs' / stage}"
+        tags[stage] = set()
+        for file in files:
+            events = EventAccumulator(str(file))
+            events.Reload()
+            tags[stage] |= set(events.Tags()["scalars"])
+    assert "train/loss" in tags["teacher"] and "train/pakd/layers" not in tags["teacher"]
+    assert {"train/loss", "train/pakd/layers", "train/pakd/heads", "train/pakd/ffn", "train/pakd/hidden",
+            "train/pakd/vocab"} <= tags["student"], tags["student"]
+    events = EventAccumulator(str(sorted((out / "runs" / "student").rglob("events.out.tfevents.*"))[-1]))
+    events.Reload()
+    layers = [e.value for e in events.Scalars("train/pakd/layers")]
+    assert layers[0] > layers[-1]  # the curve goes down as the stages cut layers
 
 
 def test_flags_reach_both_stages_and_the_keys_that_depend_on_them(tiny_teacher, tmp_path):
@@ -142,7 +169,8 @@ def test_outputs_and_report(quick_run):
     dropped = (report["vocab_teacher"] - report["vocab_student"]) * 32 * 4  # hidden 32, float32
     assert report["bytes_teacher_same_vocab"] == report["bytes_teacher"] - dropped
     assert 1 < report["size_ratio_same_vocab"] < report["size_ratio"]
-    assert report["seed"] == 3 and report["reproduce"].endswith("--seed 3 --quick --training-threads 1 --weight_decay 0.01")
+    assert report["seed"] == 3 and report["reproduce"].endswith(
+        "--seed 3 --quick --training-threads 1 --weight_decay 0.01 --report_to tensorboard")
     assert report["training_threads"] == 1
     assert report["dataset"]["id"] == "rotten-tomatoes" and "not the Hub's" in report["dataset"]["note"]
     # The compression curve: parameters kept at every logging step, validation after each of the 3 stages.
