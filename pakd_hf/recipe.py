@@ -31,7 +31,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 
@@ -622,6 +622,8 @@ class FineTune:
     batch_size: int = 32
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
+    #: TrainingArguments' names for the same fields (either spelling is accepted; one is stored)
+    ALIASES: ClassVar[dict[str, str]] = {"num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size"}
 
     def _validate(self, path: str) -> None:
         _check(self.epochs > 0, f"{path}.epochs", f"must be > 0, got {self.epochs}")
@@ -689,6 +691,9 @@ class Training:
     # The PaKD stages draw batches of similar length (Trainer's group_by_length sampling), so
     # little of each step is padding. Student stages only: not part of the teacher's cache key.
     group_by_length: bool = field(default=False, repr=False)
+    #: TrainingArguments' names for the same fields (either spelling is accepted; one is stored)
+    ALIASES: ClassVar[dict[str, str]] = {"per_device_train_batch_size": "batch_size",
+                                         "per_device_eval_batch_size": "eval_batch_size"}
 
     def _validate(self, path: str) -> None:
         for name in ("batch_size", "eval_batch_size", "logging_steps"):
@@ -947,23 +952,40 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         raise RecipeError(path, f"must be a mapping of keys to values, got {describe(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    aliases, given = getattr(cls, "ALIASES", {}), {}
+    if any(key in aliases for key in raw):  # TrainingArguments' spelling of a field: the same field
+        renamed = {}
+        for key, value in raw.items():
+            name = aliases.get(key, key)
+            if name in renamed:
+                key_path = f"{path}.{key}" if path else str(key)
+                raise RecipeError(key_path, f"'{given[name]}' and '{key}' are the same field: give one of them")
+            renamed[name], given[name] = value, key
+        raw = renamed
     for key in raw:
         if key not in fields:
             key_path = f"{path}.{key}" if path else str(key)
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(str(key), [*fields, *aliases], n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
             raise RecipeError(key_path, f"unknown key ({hint})")
-    kwargs = {}
-    for name, f in fields.items():
-        sub = f"{path}.{name}" if path else name
-        if name in raw:
-            kwargs[name] = _coerce(hints[name], raw[name], sub)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RecipeError(sub, "is required")
-    obj = cls(**kwargs)
-    validate = getattr(obj, "_validate", None)
-    if validate is not None:
-        validate(path)
+    try:
+        kwargs = {}
+        for name, f in fields.items():
+            sub = f"{path}.{name}" if path else name
+            if name in raw:
+                kwargs[name] = _coerce(hints[name], raw[name], sub)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RecipeError(sub, "is required")
+        obj = cls(**kwargs)
+        validate = getattr(obj, "_validate", None)
+        if validate is not None:
+            validate(path)
+    except RecipeError as exc:  # a field given by its alias is named as the recipe wrote it
+        written = {f"{path}.{name}" if path else name: f"{path}.{key}" if path else key
+                   for name, key in (given.items() if aliases and given else ())}
+        if exc.field in written:
+            raise RecipeError(written[exc.field], exc.problem) from None
+        raise
     return obj
 
 

@@ -138,3 +138,29 @@ def test_a_held_out_test_split_is_required_and_is_not_the_validation_split():
             load_recipe({**base, "data": {**base["data"], **data}})
         assert "data.test_split" in str(info.value)
     assert load_recipe({**base, "data": {**base["data"], "validation_split": None, "test_split": "validation"}})
+
+
+def test_training_blocks_take_training_arguments_names_for_the_same_fields():
+    raw = base()
+    raw["training"] = {"per_device_train_batch_size": 16, "per_device_eval_batch_size": 64, "logging_steps": 5}
+    raw["teacher"] = {"model": "m", "fine_tune": {"num_train_epochs": 2, "per_device_train_batch_size": 8}}
+    recipe = load_recipe(raw)
+    assert (recipe.training.batch_size, recipe.training.eval_batch_size) == (16, 64)
+    assert (recipe.teacher.fine_tune.epochs, recipe.teacher.fine_tune.batch_size) == (2, 8)
+    same = base()
+    same["training"] = {"batch_size": 16, "eval_batch_size": 64, "logging_steps": 5}
+    same["teacher"] = {"model": "m", "fine_tune": {"epochs": 2, "batch_size": 8}}
+    assert load_recipe(same).to_dict() == recipe.to_dict() and load_recipe(same).fingerprint() == recipe.fingerprint()
+    for block, problem, field, fragment in (
+        ({"per_device_train_batch_size": 16, "batch_size": 8}, "both", "training.batch_size",
+         "'per_device_train_batch_size' and 'batch_size' are the same field"),
+        ({"per_device_train_batch_size": 0}, "range", "training.per_device_train_batch_size", "must be >= 1"),
+        ({"per_device_eval_batch_size": "x"}, "type", "training.per_device_eval_batch_size", "must be an integer"),
+        ({"per_device_train_batch_sze": 4}, "spelling", "training.per_device_train_batch_sze",
+         "did you mean 'per_device_train_batch_size'"),
+    ):
+        raw = base()
+        raw["training"] = block
+        with pytest.raises(RecipeError) as info:
+            load_recipe(raw)
+        assert info.value.field == field and fragment in str(info.value), (problem, str(info.value))
