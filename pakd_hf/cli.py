@@ -21,7 +21,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         try:
             recipe = load_recipe(path)
             notes: list[str] = []
-            preflight(recipe, notes=notes)  # what it names (data set, teacher) is there, and its layer maps fit
+            preflight(recipe, notes=notes, build=False)  # what it names (data set, teacher) is there, and its layer maps fit
         except RecipeError as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             status = 2
@@ -179,15 +179,25 @@ def _run_pipeline(recipe: str, call) -> int:
     return 0
 
 
+MAX_SEED_COUNT = 1_000
+
+
 def _seed_list(text: str) -> list[int]:
-    """`--seeds 3` -> [0, 1, 2]; `--seeds 0,3,4` -> those seeds."""
-    try:
-        seeds = [int(v) for v in text.split(",") if v.strip()] if "," in text else list(range(int(text)))
+    """`--seeds 3` -> [0, 1, 2]; `--seeds 0,3,4` -> those seeds. A RecipeError (one line, before
+    any work) for anything else: `--seeds 0` is a count of none (seed 0 alone is `0,`)."""
+    from .recipe import MAX_SEED
+
+    usage = "give a count (3: seeds 0, 1, 2) or a list of seeds (0,3,4; seed 0 alone: 0,)"
+    try:  # (RecipeError is a ValueError: raised outside this block)
+        listed = [int(v) for v in text.split(",") if v.strip()] if "," in text else None
+        count = int(text) if listed is None else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count (3) or a list of seeds (0,1,2), got {text!r}") from None
-    if not seeds or min(seeds) < 0:  # `--seeds 0` is a count of none: the one seed 0 is `0,`
-        raise argparse.ArgumentTypeError(f"{text!r} names no seed: give a count >= 1 (3: seeds 0, 1, 2) or a list of "
-                                         "seeds >= 0 (0,3,4; seed 0 alone: 0,)")
+        raise RecipeError("--seeds", f"{text[:40]!r} is neither a count nor a list; {usage}") from None
+    if count is not None and not 1 <= count <= MAX_SEED_COUNT:
+        raise RecipeError("--seeds", f"{text!r} is a count of seeds: it must be in [1, {MAX_SEED_COUNT:,}]; {usage}")
+    seeds = listed if listed is not None else list(range(count))
+    if not seeds or len(seeds) > MAX_SEED_COUNT or not all(0 <= s <= MAX_SEED for s in seeds):
+        raise RecipeError("--seeds", f"{text[:40]!r}: at most {MAX_SEED_COUNT:,} seeds, each in [0, 2**32 - 1]; {usage}")
     return seeds
 
 
@@ -203,8 +213,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         return 2
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
     try:
-        code = _run_pipeline(args.recipe, lambda: ablate(args.recipe, args.output_dir, seeds=args.seeds, arms=arms,
-                                                         quick=args.quick))
+        code = _run_pipeline(args.recipe, lambda: ablate(args.recipe, args.output_dir, seeds=_seed_list(args.seeds),
+                                                         arms=arms, quick=args.quick))
     except AblationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -368,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     abl.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe whose final shape every arm reaches")
     abl.add_argument("--output-dir", required=True, help="OUT: teacher/, transfer/, <arm>/seed-<n>/ and ablation.{json,md,png}")
-    abl.add_argument("--seeds", type=_seed_list, default=[0, 1, 2],
+    abl.add_argument("--seeds", default="3",
                      help="a count (3: seeds 0, 1, 2) or a comma-separated list (0,3,4; one seed: 2,)")
     abl.add_argument("--arms", help="comma-separated subset of scratch,kd,prune-once-kd,prune-only,pakd (default: all); "
                      "ARM@SCALE runs an arm with every learning rate times SCALE (kd@5), to tune a baseline on validation")

@@ -131,8 +131,8 @@ def _changed(source: Path, path: str, value):
     (VIT, "teacher.config.hidden_dropout_prob", 2, "teacher.config.hidden_dropout_prob", "probability"),
     (VIT, "teacher.config.hiden_size", 64, "teacher.config.hiden_size", "no such field"),
     (VIT, "teacher.config.hidden_size", 1_000_000, "teacher.config", "more than the 2,000,000,000"),
-    (VIT, "teacher.config.patch_size", 56, "teacher.config", "cannot build and run"),  # a patch larger than the image
-    (VIT, "teacher.processor", {"size": {"height": 10**9, "width": 8}}, "teacher.processor.size", "[1, 2,048]"),
+    (VIT, "teacher.config.patch_size", 56, "teacher.config", "cannot run"),  # a patch larger than the image
+    (VIT, "teacher.processor", {"size": {"height": 10**9, "width": 8}}, "teacher.processor.size.height", "[1, 2,048]"),
     (VIT, "teacher.processor", {"image_mean": [0.5, 0.5]}, "teacher.processor", "cannot process"),  # 3 channels
     # an offline loader's options: unknown, wrong type, out of range (the synthesis would never end)
     (SPEECH, "data.options.clip_per_voice", 2, "data.options.clip_per_voice", "takes clips_per_voice"),
@@ -140,6 +140,7 @@ def _changed(source: Path, path: str, value):
     (SPEECH, "data.options.clips_per_voice", 1.5, "data.options.clips_per_voice", "an integer"),
     (SPEECH, "data.options.workers", True, "data.options.workers", "an integer"),
     (MAIN, "data.options", {"seed": 3}, "data.options.seed", "takes none"),
+    (SPEECH, "data.options.voices_per_variant", "all", "data.options.voices_per_variant", "an integer"),
 ])
 def test_what_a_recipe_builds_is_checked_before_any_work(tmp_path, capsys, source, path, value, field, fragment):
     recipe = _changed(source, path, value)
@@ -152,6 +153,24 @@ def test_what_a_recipe_builds_is_checked_before_any_work(tmp_path, capsys, sourc
     assert main(["compress", str(file), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"'{field}'" in err[0] and not (tmp_path / "out").exists()
+
+
+def test_speech_keyword_voices_are_known_ones_and_null_is_the_default(tmp_path):
+    keywords = ROOT / "recipes" / "speech" / "keywords-whisper-tiny.yaml"
+    for options, field, fragment in (({"voices": ["en-us+m1", "../../etc", "en-gb+m1"]}, "data.options.voices", "'../../etc'"),
+                                     ({"voices": ["en-us+m1"] * 3}, "data.options.voices", "distinct"),
+                                     ({"voices": ["en-us+m1", "en-us+m2", "en-us+m3"], "num_voices": 5},
+                                      "data.options.num_voices", "at most that")):
+        with pytest.raises(RecipeError) as info:
+            preflight(_changed(keywords, "data.options", options), build=False)
+        assert info.value.field == field and fragment in str(info.value), str(info.value)
+    from pakd_hf.pipeline.preflight import _check_options
+
+    _check_options("speech-keywords", {"num_voices": None, "voices": None, "cache_dir": None, "clips_per_voice": 2})
+    _check_options("speech-commands-synth", {"voices_per_variant": None})
+    from pakd_hf.pipeline.tasks import _check_config_values
+
+    _check_config_values({"head_dim": None, "classifier_dropout": None, "tie_word_embeddings": True})  # as in config.json
 
 
 def test_the_option_tables_match_the_loaders():

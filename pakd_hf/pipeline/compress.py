@@ -142,6 +142,8 @@ def load_data(recipe: Recipe, quick: bool):
             data = load_dataset(spec.dataset, seed=spec.seed, **options)
         except TypeError as exc:
             raise RecipeError("data.options", f"not an option of the '{spec.dataset}' loader: {exc}") from None
+        except ValueError as exc:  # options that do not fit together (e.g. fractions that leave no training voice)
+            raise RecipeError("data.options", f"the '{spec.dataset}' loader refuses them: {exc}") from None
     else:
         if spec.options:
             raise RecipeError("data.options", f"options are for the offline data sets ({', '.join(DATASETS)}); remove them")

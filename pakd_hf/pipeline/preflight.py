@@ -99,7 +99,7 @@ def _check_dataset(name: str, notes: list[str] | None) -> None:
 
 def _check_options(name: str, options: dict | None) -> None:
     """``data.options`` against the offline loader's table (:data:`~pakd_hf.pipeline.data.OPTIONS`)."""
-    from .data import DATASETS, OPTIONS
+    from .data import DATASETS, NULLABLE_OPTIONS, OPTIONS
 
     if not options:
         return
@@ -111,6 +111,8 @@ def _check_options(name: str, options: dict | None) -> None:
         if key not in allowed:
             raise RecipeError(field, f"not an option of the '{name}' loader; it takes {', '.join(allowed) or 'none'}")
         rule = allowed[key]
+        if value is None and key in NULLABLE_OPTIONS:  # the loader's default
+            continue
         if isinstance(rule[0], str):  # one of these strings
             if value not in rule:
                 raise RecipeError(field, f"must be one of {', '.join(map(repr, rule))}, got {describe(value)}")
@@ -125,9 +127,22 @@ def _check_options(name: str, options: dict | None) -> None:
             raise RecipeError(field, f"must be {what}, got {describe(value)}")
         if kind in (int, float) and not rule[1] <= value <= rule[2]:
             raise RecipeError(field, f"must be in [{rule[1]:,}, {rule[2]:,}], got {describe(value)}")
+    if name == "speech-keywords":  # voices name espeak-ng voices (and become folder names): known ones only
+        from .data.speech_keywords import VOICES
+
+        voices = options.get("voices")
+        if voices is not None:
+            unknown = [v for v in voices if not isinstance(v, str) or v not in VOICES]
+            if unknown or len(set(voices)) != len(voices) or len(voices) < 3:
+                raise RecipeError("data.options.voices", f"must list at least 3 distinct voices of {len(VOICES)} (e.g. "
+                                  f"'{VOICES[0]}'), got {describe(unknown[0] if unknown else voices)}")
+        count = options.get("num_voices")
+        if count is not None and count > len(voices or VOICES):
+            raise RecipeError("data.options.num_voices", f"takes that many of the {len(voices or VOICES)} voices: "
+                              f"must be at most that, got {count}")
 
 
-def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
+def _teacher_config(recipe: Recipe, notes: list[str] | None, build: bool = True) -> dict | None:
     """The teacher's config as a mapping where it can be read (from disk, or from the Hub when
     online; None for a Hub id while offline, or a model built on first use)."""
     from .data import MODELS, resolve_model
@@ -135,9 +150,12 @@ def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
     teacher = recipe.teacher
     field = "teacher.model"
     if teacher.config is not None:
-        from .tasks import adapter_for
+        from .tasks import _check_config_values, adapter_for
 
-        adapter_for(recipe).check_built_teacher(recipe)  # sizes, processor, the model built without memory
+        if build:  # sizes, processor, the model built and run without memory (imports torch: seconds)
+            adapter_for(recipe).check_built_teacher(recipe)
+        else:  # the values alone, in pure Python
+            _check_config_values(dict(teacher.config))
         return dict(teacher.config)
     name = teacher.model
     if name in MODELS:
@@ -183,12 +201,15 @@ def _teacher_config(recipe: Recipe, notes: list[str] | None) -> dict | None:
     return loaded
 
 
-def preflight(recipe: Recipe, *, notes: list[str] | None = None) -> int | None:
+def preflight(recipe: Recipe, *, notes: list[str] | None = None, build: bool = True) -> int | None:
     """Raise one RecipeError naming the field when the recipe's data, teacher or layer maps
     cannot work on this machine (see the module docs). Recipes without data or teacher (for
     `PaKDTrainer`) are checked by the trainer instead. With ``notes`` (a list, `pakd validate`),
     a Hub id while the Hub is offline is noted there instead of refused: the recipe may be
-    meant for another machine. Returns the teacher's layer count where its config can be read."""
+    meant for another machine. ``build=False`` (`pakd validate`, which answers without importing
+    torch) checks a ``teacher.config``'s values only; the start of `compress` and `ablate` also
+    builds that teacher on the meta device. Returns the teacher's layer count where its config
+    can be read."""
     from .data import MissingAssetError
 
     config = None
@@ -200,7 +221,7 @@ def preflight(recipe: Recipe, *, notes: list[str] | None = None) -> int | None:
         raise RecipeError("data.dataset", str(exc)) from None
     try:
         if recipe.teacher is not None:
-            config = _teacher_config(recipe, notes)
+            config = _teacher_config(recipe, notes, build)
     except MissingAssetError as exc:
         raise RecipeError("teacher.model", str(exc)) from None
     if config is None:

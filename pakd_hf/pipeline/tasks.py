@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import one_line
+from ..errors import describe, one_line
 from ..recipe import Recipe, RecipeError
 
 __all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_recipe", "perplexity"]
@@ -185,18 +185,18 @@ MAX_SCRATCH_PARAMS = 2_000_000_000
 
 
 def _is_size(key: str) -> bool:
-    return (key.startswith("num_") or key.endswith(("_size", "_sizes", "_dim", "_layers", "_embeddings"))
-            or key in ("depths", "d_model"))
+    return (key.startswith("num_") or key.endswith(("_size", "_sizes", "_dim", "_layers"))
+            or key in ("depths", "d_model", "max_position_embeddings"))
 
 
 def _check_config_values(raw: dict[str, Any]) -> None:
     """Sizes (``num_*``, ``*_size(s)``, ``*_dim``, ``*_layers``, ``depths`` ...) are whole numbers
     in [1, 2**20] (image sides at most MAX_IMAGE_SIDE, layer counts MAX_LAYERS); dropouts and
     probabilities are in [0, 1]."""
-    from ..errors import describe
-
     for key, value in raw.items():
         field = f"teacher.config.{key}"
+        if value is None:  # transformers' own "unset" (classifier_dropout, head_dim): its default applies
+            continue
         if _is_size(key):
             high = (MAX_IMAGE_SIDE if key in ("image_size", "patch_size") else
                     MAX_LAYERS if key.endswith("_layers") or key == "depths" else MAX_CONFIG_SIZE)
@@ -207,6 +207,37 @@ def _check_config_values(raw: dict[str, Any]) -> None:
         elif "dropout" in key or key.endswith("_prob"):
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
                 raise RecipeError(field, f"is a probability: must be in [0, 1], got {describe(value)}")
+
+
+def _meta_check(auto_class, config, what: str, inputs) -> int:
+    """Build ``auto_class`` from ``config`` on the meta device (shapes only: nothing is computed or
+    stored) and run it in eval mode on ``inputs()`` (meta tensors); one RecipeError naming
+    ``teacher.config`` for any failure, or for more than MAX_SCRATCH_PARAMS parameters. Returns
+    the parameter count."""
+    import torch
+
+    with torch.device("meta"):
+        try:
+            model = auto_class.from_config(config)
+        except ValueError as exc:  # Auto* has no class for this config
+            raise RecipeError("teacher.config.model_type", f"'{config.model_type}' has no {what}: "
+                              f"{one_line(str(exc), 200)}") from None
+        except Exception as exc:  # noqa: BLE001 - any failure to build is the config's: one line
+            raise RecipeError("teacher.config", f"transformers cannot build a '{config.model_type}' {what} from it: "
+                              f"{type(exc).__name__}: {one_line(str(exc), 200)}") from None
+        model.eval()  # training-mode batch norm refuses a batch of one 1x1 map: eval is the honest check
+        params = sum(t.numel() for t in model.parameters())
+        try:
+            if params <= MAX_SCRATCH_PARAMS:
+                model(**inputs())
+        except Exception as exc:  # noqa: BLE001 - any failure to run is the config's: one line
+            raise RecipeError("teacher.config", f"a '{config.model_type}' {what} built from it cannot run: "
+                              f"{type(exc).__name__}: {one_line(str(exc), 200)}") from None
+    if params > MAX_SCRATCH_PARAMS:
+        raise RecipeError("teacher.config", f"describes a model of {params:,} parameters, more than the "
+                          f"{MAX_SCRATCH_PARAMS:,} a teacher trained from scratch here may have: make it smaller, "
+                          "or name a pretrained 'model'")
+    return params
 
 
 def config_from_recipe(recipe: Recipe, extra: dict[str, Any]):
@@ -284,11 +315,13 @@ class ImageClassification(TaskAdapter):
         if unknown:
             raise RecipeError(f"teacher.processor.{unknown[0]}", "is not a ViTImageProcessor setting; check the spelling")
         kwargs.update(recipe.teacher.processor or {})
-        sides = [v for k, v in kwargs.items() if k in ("size", "crop_size")]
-        for side in [x for v in sides for x in (v.values() if isinstance(v, dict) else [v])]:
-            if not (isinstance(side, int) and not isinstance(side, bool) and 1 <= side <= MAX_IMAGE_SIDE):
-                raise RecipeError("teacher.processor.size", f"sides are whole numbers of pixels in [1, {MAX_IMAGE_SIDE:,}], "
-                                  f"got {side!r}")
+        for key in ("size", "crop_size"):
+            value = kwargs.get(key)
+            sides = value.items() if isinstance(value, dict) else [(None, value)] if value is not None else []
+            for name, side in sides:
+                if not (isinstance(side, int) and not isinstance(side, bool) and 1 <= side <= MAX_IMAGE_SIDE):
+                    raise RecipeError(f"teacher.processor.{key}" + (f".{name}" if name is not None else ""),
+                                      f"sides are whole numbers of pixels in [1, {MAX_IMAGE_SIDE:,}], got {describe(side)}")
         try:
             return ViTImageProcessor(**kwargs)
         except (TypeError, ValueError) as exc:
@@ -305,19 +338,8 @@ class ImageClassification(TaskAdapter):
         except Exception as exc:  # noqa: BLE001 - whatever the processor raises is the recipe's fault: one line
             raise RecipeError("teacher.processor", f"ViTImageProcessor cannot process an image with it: "
                               f"{type(exc).__name__}: {exc}") from None
-        try:  # built and run on the meta device: shapes are checked, nothing is computed or stored
-            with torch.device("meta"):
-                model = self.model_class().from_config(config)
-                model(pixel_values=torch.empty(pixels.shape, device="meta"))
-        except Exception as exc:  # noqa: BLE001 - any failure to build or run is the config's: one line
-            raise RecipeError("teacher.config", f"transformers cannot build and run a '{config.model_type}' image "
-                              f"classifier from it: {type(exc).__name__}: {one_line(str(exc), 200)}") from None
-        params = sum(t.numel() for t in model.parameters())
-        if params > MAX_SCRATCH_PARAMS:
-            raise RecipeError("teacher.config", f"describes a model of {params:,} parameters, more than the "
-                              f"{MAX_SCRATCH_PARAMS:,} a teacher trained from scratch here may have: make it smaller, "
-                              "or name a pretrained 'model'")
-        return params
+        return _meta_check(self.model_class(), config, "image-classification model",
+                           lambda: {"pixel_values": torch.empty(pixels.shape, device="meta")})
 
     def check(self, recipe, labels):
         if recipe.teacher.config is None:
@@ -425,21 +447,18 @@ class TextGeneration(TaskAdapter):
         return config
 
     def check(self, recipe, labels):
-        if recipe.teacher.config is None:
-            return None
-        if recipe.teacher.processor:
-            raise RecipeError("teacher.processor", "a causal LM's tokenizer is trained on the data; remove the block")
+        if recipe.teacher.config is not None:
+            self.check_built_teacher(recipe)
+
+    def check_built_teacher(self, recipe):
+        import torch
         from transformers import AutoModelForCausalLM
 
+        if recipe.teacher.processor:
+            raise RecipeError("teacher.processor", "a causal LM's tokenizer is trained on the data; remove the block")
         config = self._config(recipe)
-        try:
-            import torch
-
-            with torch.device("meta"):
-                AutoModelForCausalLM.from_config(config)
-        except ValueError as exc:
-            raise RecipeError("teacher.config.model_type", f"'{config.model_type}' has no causal-LM model: {exc}") from None
-        return None
+        return _meta_check(AutoModelForCausalLM, config, "causal-LM model",
+                           lambda: {"input_ids": torch.zeros(1, 8, dtype=torch.long, device="meta")})
 
     @staticmethod
     def train_tokenizer(texts: list[str], vocab_size: int):

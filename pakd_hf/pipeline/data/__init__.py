@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["DATASETS", "DATASET_NOTES", "OPTIONS", "MODELS", "HUB_IDS", "MissingAssetError", "package_dir", "load_dataset", "resolve_model", "hub_id"]
+__all__ = ["DATASETS", "DATASET_NOTES", "OPTIONS", "NULLABLE_OPTIONS", "MODELS", "HUB_IDS", "MissingAssetError", "package_dir", "load_dataset", "resolve_model", "hub_id"]
 
 
 class MissingAssetError(FileNotFoundError):
@@ -86,6 +86,8 @@ OPTIONS = {
                         "holdout": ("voice", "variant"), **_SYNTH},
     "speech-commands-synth": {"clips_per_voice": (int, 1, 100), "voices_per_variant": (int, 1, 8), **_SYNTH},
 }
+# Options whose loader default is None (null in a recipe is that default).
+NULLABLE_OPTIONS = {"voices", "num_voices", "voices_per_variant", "cache_dir"}
 
 # How reports and cards name each offline data set: what it is and how it was split, so that
 # nobody takes its figures for results on a public benchmark's official splits.
