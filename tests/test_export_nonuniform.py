@@ -58,12 +58,7 @@ def tiny_bert(seed=0):
 
 
 def tiny_roberta(seed=1):
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    cfg = RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                        max_position_embeddings=40, type_vocab_size=1, pad_token_id=1, num_labels=3)
-    return _sharpen(RobertaForSequenceClassification(cfg), seed)
+    return _sharpen(toy.tiny_roberta(num_labels=3, type_vocab_size=1, pad_token_id=1), seed)
 
 
 def tiny_vit(seed=2):

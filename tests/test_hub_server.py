@@ -43,13 +43,9 @@ def hub_env(hub, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from toy import tiny_bert as build
 
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32, num_labels=3)
-    model = BertForSequenceClassification(config).eval()
+    model = build(hidden=16, layers=2, heads=2, ffn=32, vocab_size=50, max_positions=32, num_labels=3).eval()
     folder = tmp_path_factory.mktemp("tiny_bert")
     model.save_pretrained(folder)
     (folder / "README.md").write_text(

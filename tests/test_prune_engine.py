@@ -372,13 +372,7 @@ def test_structured_masks_exact_after_adamw_vit(models):
 
 
 def test_roberta_hidden_and_heads(tmp_path):
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=20, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, initializer_range=0.2, num_labels=2)
-    model = _perturb_norms(RobertaForSequenceClassification(cfg).eval())
+    model = _perturb_norms(toy.tiny_roberta(layers=2, max_positions=20, initializer_range=0.2).eval())
     inputs = bert_inputs()
     m, result, masked, compacted = _masked_and_compacted(model, inputs, "heads+hidden")
     assert (masked - compacted).abs().max().item() <= TOL

@@ -22,17 +22,12 @@ from pakd_hf.prune import (
     sparsity_at,
 )
 from pakd_hf.measure import count_params
+from toy import tiny_bert
 
 
 @pytest.fixture(scope="module")
 def bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, initializer_range=0.2, num_labels=3)
-    return BertForSequenceClassification(cfg).eval()
+    return tiny_bert(vocab_size=100, max_positions=16, initializer_range=0.2, num_labels=3).eval()
 
 
 def _batch():
@@ -252,10 +247,7 @@ def test_unsupported_architecture_message():
 
 
 def test_hidden_pruning_rejects_unknown_task_head():
-    from transformers import BertConfig, BertForMaskedLM
-
-    m = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=8))
+    m = tiny_bert(hidden=16, layers=1, heads=2, ffn=8, vocab_size=50, cls="BertForMaskedLM")
     adapter = get_adapter(m)  # heads / ffn / layers are fine for every BERT head
     assert len(adapter.head_cuts(0)) == 4
     with pytest.raises(UnsupportedArchitectureError, match="BertForMaskedLM"):

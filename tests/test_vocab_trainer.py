@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from transformers import BertTokenizer
 
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments, RecipeError
-from toy import run_stock
+from toy import run_stock, tiny_bert
 
 WORDS = "the a cat dog sat on mat big small red blue fox ran walked park in quick brown jumped over lazy".split()
 UNUSED = "zebra yak quilt violin xylophone".split()
@@ -39,10 +39,7 @@ def corpus(tok, n, seed):
 
 
 def run(tok, data, out, vocabulary, **trainer_kw):
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0, attention_probs_dropout_prob=0)
-    student = BertForSequenceClassification(cfg)
+    student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, vocab_size=tok.vocab_size, max_positions=16)
     recipe = {"name": "v", "task": "text-classification", "stages": [{"name": "train", "steps": 12}]}
     if vocabulary:
         recipe["vocabulary"] = {"dropped": "unk"}
@@ -123,11 +120,11 @@ def test_vocabulary_block_prunes_rows_and_keeps_outputs(tokenizer, tmp_path):
 
 def test_vocabulary_block_needs_a_wordpiece_tokenizer(tokenizer, tmp_path):
     _, data = corpus(tokenizer, 8, seed=0)
-    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     recipe = {"name": "v", "task": "text-classification", "stages": [{"name": "t", "steps": 1}], "vocabulary": {}}
     args = PaKDTrainingArguments(output_dir=str(tmp_path / "never"), report_to=[], use_cpu=True)
     with pytest.raises(RecipeError, match="'vocabulary'.*processing_class"):
-        PaKDTrainer(model=BertForSequenceClassification(cfg), args=args, train_dataset=data, recipe=recipe)
+        PaKDTrainer(model=tiny_bert(hidden=16, layers=1, heads=2, ffn=32, vocab_size=tokenizer.vocab_size), args=args,
+                    train_dataset=data, recipe=recipe)
     assert not (tmp_path / "never").exists()
     with pytest.raises(RecipeError, match="for text models"):
         from pakd_hf import load_recipe
@@ -143,10 +140,7 @@ def test_vocabulary_at_start_student_trains_with_its_tokenizer(tokenizer, tmp_pa
     from pakd_hf.trainer import TEACHER_LOGITS, add_teacher_logits, prune_student_vocabulary
 
     texts, real = corpus(tokenizer, 48, seed=0)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0, attention_probs_dropout_prob=0)
-    teacher = BertForSequenceClassification(cfg).eval()
+    teacher = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, vocab_size=tokenizer.vocab_size, max_positions=16).eval()
     recipe = {
         "name": "v", "task": "text-classification",
         "vocabulary": {"at": "start", "dropped": "resegment"},
@@ -201,7 +195,6 @@ def test_vocabulary_at_start_student_trains_with_its_tokenizer(tokenizer, tmp_pa
     assert_stock_logits(folder, probe, expected, tmp_path, one_id_per_row=True)
 
     # A teacher with some other vocabulary cannot be mapped to: refused up front.
-    other = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size + 7, hidden_size=16, num_hidden_layers=2,
-                                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=16))
+    other = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, vocab_size=tokenizer.vocab_size + 7, max_positions=16)
     with pytest.raises(ValueError, match="pruned from .* tokens, but the teacher has"):
         PaKDTrainer(model=student, teacher_model=other, args=args, train_dataset=data, processing_class=new_tok, recipe=recipe)

@@ -55,6 +55,18 @@ def tiny_bert(hidden=32, layers=4, heads=4, ffn=64, seed=0, dropout=0.0, num_lab
     return cls(cfg)
 
 
+def tiny_roberta(hidden=32, layers=4, heads=4, ffn=64, seed=0, dropout=0.0, num_labels=2, vocab_size=100,
+                 max_positions=40, **kw):
+    """A randomly initialised RoBERTa classifier (seeded); other RobertaConfig fields in ``kw``."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=ffn, max_position_embeddings=max_positions, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout, num_labels=num_labels, **kw)
+    return RobertaForSequenceClassification(cfg)
+
+
 def toy_images(n: int = 128, seed: int = 0) -> Dataset:
     """3x8x8 images; label = which of 3 channels is brightest on average (learnable by a tiny ViT)."""
     g = torch.Generator().manual_seed(seed)
