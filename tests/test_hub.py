@@ -174,7 +174,8 @@ def test_trainer_push_to_hub_uploads_only_the_student(compressed, hub_server, mo
 @pytest.mark.parametrize(
     "case, fragment",
     [("no-token", "no Hugging Face token"), ("401", "rejected the token (401)"), ("403", "no write access"),
-     ("500", "failed (500)"), ("stall", "did not answer within 1 s"), ("unreachable", "cannot reach the Hub")],
+     ("500", "failed (500)"), ("500-preupload", "failed (500)"), ("stall", "did not answer within 1 s"),
+     ("unreachable", "cannot reach the Hub")],
 )
 def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypatch, case, fragment):
     hub_server.add_user("pakd", TOKEN)
@@ -191,8 +192,8 @@ def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypa
         hub_server.fail_next("401")
     elif case == "403":
         token = OTHER  # someone else's namespace
-    elif case == "500":
-        hub_server.fail_next("500-commit", times=10)
+    elif case in ("500", "500-preupload"):  # the Hub fails the commit, or the upload before it
+        hub_server.fail_next("500-commit" if case == "500" else "500-preupload", times=10)
         import huggingface_hub.utils._http as http
 
         # The client retries 5xx with 1-8 s back-off: skip the waiting, keep the retries.
@@ -222,7 +223,9 @@ def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypa
     assert fragment in str(info.value) and "\n" not in str(info.value)
     assert _tree_digest(folder) == before
     assert len(uploads()) == commits == 0
-    if case in ("500", "stall"):  # the repository was created by this push, then the upload failed
+    if case in ("500", "500-preupload"):  # the injected failures were met (the client retried into them)
+        assert hub_server._fail.get("500-commit" if case == "500" else "500-preupload", 0) < 10
+    if case in ("500", "500-preupload", "stall"):  # the repository was created by this push, then the upload failed
         assert "it created was deleted again" in str(info.value) and repo not in hub_server.repos
     assert get_session().event_hooks["request"] == hooks  # the push's timeout left the user's client as it was
 
