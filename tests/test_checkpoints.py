@@ -163,3 +163,29 @@ def test_a_damaged_checkpoint_inside_the_pruning_stage_is_refused(mid_prune, tmp
         trainer.train(resume_from_checkpoint=str(copy_dir / "checkpoint-4"))
     assert "\n" not in str(info.value) and "checkpoint-4" in str(info.value) and name in str(info.value)
     assert trainer.state.global_step == 0
+
+
+@pytest.fixture(scope="module")
+def sparse_mid_prune(tmp_path_factory):
+    """Unstructured sparsity: checkpoint-4, inside the pruning stage, carries the weight masks."""
+    out = tmp_path_factory.mktemp("checkpoints-sparse") / "run"
+    recipe = prune_recipe("text-classification", {"unstructured": {"sparsity": 0.5}, "frequency": 2}, prune_steps=8,
+                          recover_steps=4)
+    PaKDTrainer(model=tiny_bert(seed=0), teacher_model=tiny_bert(seed=5), train_dataset=toy_dataset(128), recipe=recipe,
+                args=targs(out, save_strategy="steps", save_steps=4)).train()
+    return out, recipe
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated"])
+def test_a_checkpoint_without_its_weight_masks_is_refused(sparse_mid_prune, tmp_path, how):
+    from pakd_hf.prune.session import MASKS_FILENAME
+
+    out, recipe = sparse_mid_prune
+    assert MASKS_FILENAME in json.loads((out / "checkpoint-4" / MARKER).read_text())["files"]
+    copy_dir = _damaged(out, tmp_path, MASKS_FILENAME, how, checkpoint="checkpoint-4")
+    trainer = PaKDTrainer(model=tiny_bert(seed=0), teacher_model=tiny_bert(seed=5), train_dataset=toy_dataset(128),
+                          recipe=recipe, args=targs(copy_dir, save_strategy="steps", save_steps=4))
+    with pytest.raises(IncompleteCheckpointError) as info:
+        trainer.train(resume_from_checkpoint=str(copy_dir / "checkpoint-4"))
+    assert "\n" not in str(info.value) and "checkpoint-4" in str(info.value) and MASKS_FILENAME in str(info.value)
+    assert trainer.state.global_step == 0
