@@ -208,6 +208,33 @@ def test_static_int8_of_a_cnn_runs_integer_convolutions_calibrated_on_examples(e
     assert len(int8_weights) == len(convs) > 0  # every convolution's weight
 
 
+def test_static_int8_of_a_transformer_keeps_the_attention_mask_in_float(exports, tmp_path, monkeypatch):
+    """The additive attention mask (-inf where padded) calibrates to an infinite range: quantized,
+    its scale would be NaN and every row would attend alike. Static int8 leaves the nodes that
+    make or read it in float and quantizes the rest (the MatMuls): every scale is finite, and
+    the int8 model follows the fp32 one on padded batches."""
+    import onnx
+    from onnx import numpy_helper
+
+    folder = exports["bert"][0]
+    words = ["good", "film", "a", "dull", "plot", "the", "bright", "cast"]
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(words, size=n)) for n in rng.integers(2, 30, size=32)]  # padded batches
+    work = tmp_path / "cwd"
+    work.mkdir()
+    (work / "sym_shape_infer_temp.onnx").write_text("the user's")  # a file of that name that was there stays
+    monkeypatch.chdir(work)  # onnxruntime's shape inference fails on this graph and saves its partial model here
+    info = export_onnx(folder, tmp_path / "onnx", int8="static", calibration=texts)
+    assert info["int8_mode"] == "static" and info["int8_agreement"] >= INT8_AGREEMENT
+    assert [p.name for p in work.iterdir()] == ["sym_shape_infer_temp.onnx"] and Path.cwd() == work
+    assert (work / "sym_shape_infer_temp.onnx").read_text() == "the user's"  # not overwritten, nothing left beside it
+    graph = onnx.load(str(tmp_path / "onnx" / "model_int8.onnx")).graph
+    scales = [numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("_scale")]
+    assert scales and all(np.isfinite(s).all() for s in scales)
+    quantized = {n.op_type for n in graph.node if any(i.endswith("_DequantizeLinear_Output") for i in n.input)}
+    assert "MatMul" in quantized
+
+
 def test_static_int8_needs_calibration_examples(exports, tmp_path, capsys):
     folder = exports["resnet"][0]
     with pytest.raises(DeployError, match="static int8 needs calibration examples"):

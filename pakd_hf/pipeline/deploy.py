@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -233,6 +234,24 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def _in_scratch_dir():
+    """Run the block in a temporary working directory, then return to the caller's. When
+    onnxruntime's symbolic shape inference cannot infer every shape (a transformer's graph), it
+    saves its partial model as ``sym_shape_infer_temp.onnx`` in the working directory, with its
+    tensors in a uuid-named ``.data`` file (up to the model's size), overwriting a user's file
+    of that name: there is no option to send them elsewhere. The working directory is process-
+    wide: the export stage runs alone (after training, in the main thread), and every path
+    handed to onnxruntime here is absolute."""
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="pakd-quantize-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(cwd)
+
+
 def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict[str, np.ndarray]] | None) -> None:
     """Dynamic int8 (weights only; what transformers' linear layers need), or static int8:
     weights per channel and activations with ranges calibrated on ``calibration`` batches, in
@@ -242,6 +261,7 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict[str, np.nd
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()  # absolute: pre-processing runs in a scratch directory
     if mode == "dynamic":
         with _quiet_root_logger():
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
@@ -258,17 +278,53 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict[str, np.nd
 
     prepared = dst.with_name(dst.stem + "-prepared.onnx")
     try:
-        with _quiet_root_logger():
+        with _quiet_root_logger(), _in_scratch_dir():
             try:  # shape inference and graph fusions first, as onnxruntime's quantization guide advises
                 quant_pre_process(str(src), str(prepared))
             except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; quantize the plain export
                 prepared.unlink(missing_ok=True)
                 prepared = src
-            quantize_static(str(prepared), str(dst), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            options = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                           weight_type=QuantType.QInt8)
+            with warnings.catch_warnings():  # numpy's warnings about an infinite range: handled below
+                warnings.simplefilter("ignore", RuntimeWarning)
+                quantize_static(str(prepared), str(dst), Batches(), **options)
+            # A tensor that can hold -inf (a transformer's additive attention mask: the Where / Add
+            # before the softmax) calibrates to an infinite range, so its scale is NaN and every
+            # row attends alike. Those tensors stay float: the nodes that make or read them are
+            # left out and the model quantized again (its MatMuls and Gemms stay int8).
+            bad = _unbounded_tensors(dst)
+            if bad:
+                import onnx
+
+                graph = onnx.load(str(prepared), load_external_data=False).graph
+                skip = [n.name for n in graph.node if set(n.input) & bad or set(n.output) & bad]
+                with warnings.catch_warnings():  # the same ranges are computed again (and not used)
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    quantize_static(str(prepared), str(dst), Batches(), nodes_to_exclude=skip, **options)
+                if _unbounded_tensors(dst):
+                    raise DeployError(f"static int8 left tensors without a finite range ({sorted(bad)[0]}, ...): "
+                                      "use int8: dynamic for this model")
     finally:
         if prepared != src:
             prepared.unlink(missing_ok=True)
+
+
+def _unbounded_tensors(path: Path) -> set[str]:
+    """The activations of a QDQ model whose scale or zero point is not finite (their calibrated
+    range was infinite)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    bad = set()
+    for init in model.graph.initializer:
+        if init.name.endswith(("_scale", "_zero_point")) and init.data_type in (onnx.TensorProto.FLOAT,
+                                                                                onnx.TensorProto.FLOAT16):
+            if not np.isfinite(numpy_helper.to_array(init)).all():
+                bad.add(init.name.rsplit("_scale", 1)[0] if init.name.endswith("_scale")
+                        else init.name.rsplit("_zero_point", 1)[0])
+    return bad
 
 
 def training_examples(recipe, count: int = 256, train=None) -> list:
