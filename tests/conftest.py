@@ -38,6 +38,19 @@ def pytest_sessionfinish(session, exitstatus):
     HUB.stop()
 
 
+# The repository's top level before the tests: a test (or the code it runs) that leaves a file
+# there writes into its caller's working directory, as users would find it in theirs.
+_TOP_LEVEL = {p.name for p in ROOT.iterdir()}
+_CACHES = {".pytest_cache", "__pycache__", "pakd_hf.egg-info"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_in_the_working_directory():
+    yield
+    left = sorted({p.name for p in ROOT.iterdir()} - _TOP_LEVEL - _CACHES)
+    assert not left, f"the tests left files in {ROOT}: {left}"
+
+
 @pytest.fixture(scope="session")
 def hub_server():
     return HUB
