@@ -84,6 +84,41 @@ Inputs = dict[str, torch.Tensor]
 def _forward(model: nn.Module, inputs: Inputs) -> None:
     with torch.inference_mode():
         model(**inputs)
+    first = next((v for v in inputs.values() if isinstance(v, torch.Tensor)), None)
+    if first is not None and first.device.type == "cuda":  # kernels run asynchronously: wait for them
+        torch.cuda.synchronize(first.device)
+    elif first is not None and first.device.type == "mps":
+        torch.mps.synchronize()
+
+
+def check_device(device: str, flag: str = "--benchmark-device") -> str:
+    """``device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) as torch names it, or ValueError (one
+    line naming ``flag``) when it is not a device or not on this machine."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{flag}: '{str(device)[:40]}' is not a device (cpu, cuda, cuda:N or mps)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {device}: this machine has no CUDA device (use cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"{flag} {device}: MPS is not available here (use cpu)")
+    elif parsed.type != "cpu":
+        raise ValueError(f"{flag}: '{device}' is not cpu, cuda, cuda:N or mps")
+    return str(parsed)
+
+
+def device_description(device: str) -> str:
+    """What the latencies ran on: the CPU's model and cores, or the accelerator's name."""
+    parsed = torch.device(device)
+    if parsed.type == "cuda":
+        return f"{torch.cuda.get_device_name(parsed)} ({device})"
+    if parsed.type == "mps":
+        return "Apple GPU (mps)"
+    return hardware_description()
 
 
 def latency_ms(model: nn.Module, inputs: Inputs | list[Inputs], *, warmup: int = 3, repeats: int = 10) -> float:
@@ -139,6 +174,7 @@ def compare_models(
     split: str | None = None,
     n_eval: int | None = None,
     make_student_inputs: Callable[[list[int]], Inputs] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Measure both models and return a report with :data:`REPORT_KEYS` (those known).
 
@@ -152,6 +188,10 @@ def compare_models(
     caller on ``split`` with ``n_eval`` examples. Each batch size runs at least ``repeats``
     interleaved rounds (and one per batch) and keeps going until ``min_seconds`` have passed;
     the counts are reported (``latency_repeats_b1``, ``latency_repeats_b32``).
+
+    ``device``: where the latencies are measured (``cpu`` by default; ``cuda``, ``mps``: both
+    models and every batch moved there, each forward waited for). Sizes and MACs do not
+    depend on it; the report names it (``benchmark_device``, and ``hardware`` describes it).
     """
     make_student_inputs = make_student_inputs or make_inputs
     previous = torch.get_num_threads()
@@ -170,8 +210,16 @@ def compare_models(
             "macs_teacher": round(statistics.mean(count_macs(teacher, x) for x in singles[0])),
             "macs_student": round(statistics.mean(count_macs(student, x) for x in singles[1])),
         }
+        if device != "cpu":  # MACs above were counted on the CPU copies; time where the user asked
+            teacher, student = teacher.to(device), student.to(device)
+
+        def placed(runs):
+            return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()} for x in runs]
+
         for bs, key in ((b1, "b1"), (b32, "b32")):
             t_in, s_in = singles if bs == 1 else (batches(make_inputs, bs), batches(make_student_inputs, bs))
+            if device != "cpu":
+                t_in, s_in = placed(t_in), placed(s_in)
             lat, rounds = interleaved_latency(
                 {"teacher": (teacher, t_in), "student": (student, s_in)}, warmup, repeats, min_seconds
             )
@@ -187,7 +235,8 @@ def compare_models(
         report["bytes_student"] = safetensors_bytes(student_dir)
         report["size_ratio"] = round(report["bytes_teacher"] / report["bytes_student"], 3)
         report.update(vocabulary_share(teacher, student, report["bytes_teacher"], report["bytes_student"]))
-    report["hardware"] = hardware_description()
+    report["hardware"] = device_description(device)
+    report["benchmark_device"] = device
     report["threads"] = threads
     report["batch_sizes"] = list(batch_sizes)
     report["latency_repeats"] = repeats
@@ -291,7 +340,7 @@ def with_validation_accuracy(report: dict[str, Any], accuracy: tuple[float, floa
 _EXTRA_KEYS = (
     "vocab_teacher", "vocab_student", "bytes_teacher_same_vocab", "size_ratio_same_vocab",
     "accuracy_teacher_validation", "accuracy_student_validation", "accuracy_kept_validation", "n_validation",
-    "batch_sizes", "latency_examples", "latency_repeats", "latency_repeats_b1", "latency_repeats_b32",
+    "benchmark_device", "batch_sizes", "latency_examples", "latency_repeats", "latency_repeats_b1", "latency_repeats_b32",
     "latency_processes", "speedup_b1_runs", "speedup_b32_runs",
     # causal LMs (text-generation)
     "perplexity_teacher", "perplexity_student", "perplexity_ratio",

@@ -153,7 +153,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         return _run_pipeline(args.recipe, lambda: compress(
             args.recipe, args.output_dir, quick=args.quick, push_to_hub=args.hub_model_id if args.push_to_hub else None,
             threads=args.threads, seed=args.seed, save_steps=args.save_steps, restart=args.restart,
-            training_overrides=overrides, training_threads=args.training_threads))
+            training_overrides=overrides, training_threads=args.training_threads,
+            benchmark_device=args.benchmark_device))
     except PushError as exc:
         print(f"error: {exc} (the outputs in {args.output_dir} are complete; push them later with `pakd push`)",
               file=sys.stderr)
@@ -229,9 +230,13 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .pipeline.compare import benchmark_folders, benchmark_onnx_folders
 
     run = benchmark_onnx_folders if args.runtime == "ort" else benchmark_folders
+    if args.runtime == "ort" and args.device != "cpu":
+        print("error: --device is for --runtime torch: the ONNX Runtime benchmark runs on the CPU", file=sys.stderr)
+        return 2
     try:
         report = run(args.teacher_dir, args.student_dir, recipe=args.data, threads=args.threads,
-                     repeats=args.repeats, min_seconds=args.min_seconds)
+                     repeats=args.repeats, min_seconds=args.min_seconds,
+                     **({"device": args.device} if args.runtime == "torch" else {}))
     except (RecipeError, FileNotFoundError, ValueError) as exc:  # DeployError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -357,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--hub-model-id", "--hub_model_id", "--repo-id", dest="hub_model_id",
                       help="namespace/name to push to (the same as pakd push's --repo-id)")
     comp.add_argument("--threads", type=int, help="CPU threads for the benchmark (default: torch's)")
+    comp.add_argument("--benchmark-device", default="cpu", metavar="DEVICE",
+                      help="where the PyTorch latencies are measured: cpu (default: the report compares CPU latency), "
+                      "cuda, cuda:N or mps; the report names it. ONNX Runtime figures stay on the CPU")
     comp.add_argument("--training-threads", "--training_threads", dest="training_threads", type=int, metavar="N",
                       help="CPU threads for the training stages (default: torch's). A rerun with the same N on the same "
                       "machine gives the same model; report.json records it")
@@ -397,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", metavar="RECIPE", help="a recipe whose data block gives the test split (adds accuracy or perplexity)")
     bench.add_argument("--json", metavar="FILE", help="write the report as JSON")
     bench.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    bench.add_argument("--device", default="cpu", help="where the models run for the timings (--runtime torch): cpu "
+                       "(default), cuda, cuda:N or mps; the report names it (benchmark_device)")
     bench.add_argument("--repeats", type=int, default=20, help="timed runs per model and batch size, at least (median reported)")
     bench.add_argument("--min-seconds", type=float, default=LATENCY_MIN_SECONDS,
                        help=f"keep timing each batch size for at least this long (default {LATENCY_MIN_SECONDS:g}; "

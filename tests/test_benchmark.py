@@ -82,3 +82,51 @@ def test_median_run_keeps_consistent_numbers_from_the_median_process():
     assert median_run(runs[:1])["latency_processes"] == 1
     with pytest.raises(ValueError):
         median_run([])
+
+
+def test_the_latencies_run_on_the_device_asked_for():
+    """Both models and every timed batch go to ``device`` (the meta device stands in for an
+    accelerator here: same moves, no arithmetic); MACs are counted on the CPU copies first."""
+    class Bag(torch.nn.Module):  # BERT's forward calls .item(), which a meta tensor cannot answer
+        def __init__(self, width):
+            super().__init__()
+            self.embed, self.out = torch.nn.Embedding(64, width), torch.nn.Linear(width, 2)
+
+        def forward(self, input_ids, attention_mask):
+            return self.out(self.embed(input_ids).mean(1))
+
+    data = toy_dataset(8, seed=3)
+    seen = []
+    teacher, student = Bag(32), Bag(8)
+    for model in (teacher, student):
+        model.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["input_ids"].device.type), with_kwargs=True)
+
+    def make(indices):
+        rows = data[indices]
+        return {"input_ids": torch.tensor(rows["input_ids"]), "attention_mask": torch.tensor(rows["attention_mask"])}
+
+    report = compare_models(teacher, student, make, threads=1, warmup=1, repeats=2, examples=3, batch_sizes=(1, 2),
+                            device="meta")
+    assert report["benchmark_device"] == "meta" and report["macs_student"] > 0
+    first_meta = seen.index("meta")
+    assert set(seen[:first_meta]) == {"cpu"} and set(seen[first_meta:]) == {"meta"}  # MACs on CPU, then every timed run
+    assert next(teacher.parameters()).device.type == "meta"
+
+
+def test_a_device_that_is_not_here_is_one_line_before_any_work(tmp_path, capsys):
+    from pathlib import Path
+
+    from pakd_hf.benchmark import check_device
+    from pakd_hf.cli import main
+
+    assert check_device("cpu") == "cpu"
+    for device, fragment in (("tpu9", "is not a device"), ("meta", "is not cpu, cuda"),
+                             *([] if torch.cuda.is_available() else [("cuda", "no CUDA device")])):
+        with pytest.raises(ValueError, match=fragment):
+            check_device(device)
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml"
+    assert main(["compress", str(recipe), "--output-dir", str(tmp_path / "out"), "--benchmark-device", "tpu9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'--benchmark-device'" in err[0] and not (tmp_path / "out").exists()
+    assert main(["benchmark", str(tmp_path), str(tmp_path), "--runtime", "ort", "--device", "cuda"]) == 2
+    assert "--device is for --runtime torch" in capsys.readouterr().err

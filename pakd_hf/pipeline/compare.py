@@ -29,7 +29,7 @@ LATENCY_PROCESSES = 3
 
 def benchmark_folders(
     teacher_dir, student_dir, *, recipe=None, threads: int | None = None, repeats: int = 20,
-    min_seconds: float = LATENCY_MIN_SECONDS,
+    min_seconds: float = LATENCY_MIN_SECONDS, device: str = "cpu",
 ) -> dict[str, Any]:
     """`pakd benchmark`: two saved models side by side, each with its own preprocessor.
 
@@ -40,9 +40,10 @@ def benchmark_folders(
     """
     import torch
 
-    from ..benchmark import with_accuracy, with_perplexity
+    from ..benchmark import check_device, with_accuracy, with_perplexity
     from .tasks import ADAPTERS, folder_task
 
+    device = check_device(device, "--device")
     folders = [Path(teacher_dir), Path(student_dir)]
     for folder in folders:
         if not (folder / "config.json").is_file():
@@ -69,7 +70,7 @@ def benchmark_folders(
 
     report = measure_folders(
         teacher_dir, student_dir, task=task, recipe=recipe, examples=examples[:LATENCY_EXAMPLES],
-        threads=threads or torch.get_num_threads(), repeats=repeats, min_seconds=min_seconds,
+        threads=threads or torch.get_num_threads(), repeats=repeats, min_seconds=min_seconds, device=device,
     )
     if scores is not None and adapter.metric == "perplexity":
         report = with_perplexity(report, scores, split, n_eval)
@@ -174,7 +175,8 @@ def _print_onnx_summary(r: dict[str, Any]) -> None:
 
 
 def measure_folders(
-    teacher_dir, student_dir, *, task: str, recipe, examples: list, threads: int, repeats: int, min_seconds: float
+    teacher_dir, student_dir, *, task: str, recipe, examples: list, threads: int, repeats: int, min_seconds: float,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Size, MACs and latency of two saved classifiers, each loaded with its stock Auto class
     and fed its own preprocessor's encoding of the same ``examples`` (see
@@ -194,13 +196,15 @@ def measure_folders(
     report = compare_models(
         models[0], models[1], encoder(pres[0]), make_student_inputs=encoder(pres[1]), teacher_dir=teacher_dir,
         student_dir=student_dir, threads=threads, repeats=repeats, min_seconds=min_seconds, examples=len(examples),
+        device=device,
     )
     if task == "text-generation":
         from ..benchmark import ordered_report, generation_speed
 
         # a fixed prompt (the first benchmark text's first 32 tokens), 64 new tokens, greedy
-        prompts = {who: dict(pre(examples[:1], truncation=True, max_length=32, return_tensors="pt"))
-                   for who, pre in zip(("teacher", "student"), pres)}
+        prompts = {who: {k: v.to(device) for k, v in pre(examples[:1], truncation=True, max_length=32,
+                                                          return_tensors="pt").items()}
+                   for who, pre in zip(("teacher", "student"), pres)}  # where compare_models left the models
         speed = generation_speed(dict(zip(("teacher", "student"), models)), prompts, new_tokens=64,
                                  repeats=max(3, repeats // 4), threads=threads)
         report.update(generate_tokens_per_s_teacher=round(speed["teacher"], 2),
@@ -233,7 +237,7 @@ def print_summary(r: dict[str, Any], out: Path | None) -> None:
     print(f"\n{'':<20}{'teacher':>14}{'student':>14}{'ratio':>12}")
     for name, t, s, ratio in rows:
         print(f"{name:<20}{t:>14}{s:>14}{ratio:>12}")
-    tail = f"{r['hardware']}, {r['threads']} threads"
+    tail = f"{r['hardware']}, {r['threads']} threads" if r.get("benchmark_device", "cpu") == "cpu" else r["hardware"]
     if out is not None:
         tail += (f"; teacher fine-tune {r.get('teacher_fine_tune_seconds') or 0:.0f} s, compression "
                  f"{r['compress_seconds']:.0f} s. Output: {out}")

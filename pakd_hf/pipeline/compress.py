@@ -630,8 +630,14 @@ def compress(
     restart: bool = False,
     training_overrides: dict[str, Any] | None = None,
     training_threads: int | None = None,
+    benchmark_device: str = "cpu",
 ) -> dict[str, Any]:
     """Run a recipe end to end (see the module docs); returns the report.
+
+    ``benchmark_device`` (``--benchmark-device``): where the PyTorch latencies are measured,
+    ``cpu`` by default (the report compares CPU latency: what small devices run); ``cuda`` or
+    ``mps`` times both models there instead, and the report says so (``benchmark_device``,
+    ``hardware``). The ONNX Runtime figures of the export stage stay on the CPU.
 
     ``threads`` (``--threads``): the benchmark's CPU threads; ``training_threads``
     (``--training-threads``): the teacher stage's and the PaKD stages' (default for both: torch's,
@@ -652,22 +658,28 @@ def compress(
     main one does the rest (:mod:`pakd_hf.pipeline.processes`); the others return None."""
     import torch
 
+    from ..benchmark import check_device
+
     if training_threads is not None and training_threads < 1:
         raise RecipeError("--training-threads", f"must be >= 1, got {training_threads}")
+    try:
+        benchmark_device = check_device(benchmark_device)
+    except ValueError as exc:
+        raise RecipeError("--benchmark-device", str(exc).split(": ", 1)[-1]) from None
     previous = torch.get_num_threads()
     if training_threads is not None:
         torch.set_num_threads(training_threads)
     try:
         return _compress(recipe_source, output_dir, quick=quick, push_to_hub=push_to_hub, threads=threads or previous,
                          seed=seed, save_steps=save_steps, restart=restart, training_overrides=training_overrides,
-                         training_threads=training_threads)
+                         training_threads=training_threads, benchmark_device=benchmark_device)
     finally:
         torch.set_num_threads(previous)
 
 
 def _compress(recipe_source, output_dir, *, quick: bool, push_to_hub: str | None, threads: int, seed: int | None,
               save_steps: int | None, restart: bool, training_overrides: dict[str, Any] | None,
-              training_threads: int | None) -> dict[str, Any] | None:
+              training_threads: int | None, benchmark_device: str) -> dict[str, Any] | None:
     from transformers import set_seed
 
     from ..trainer import PaKDTrainer
@@ -722,13 +734,13 @@ def _compress(recipe_source, output_dir, *, quick: bool, push_to_hub: str | None
         # a long benchmark, export or push would run past (--ddp_timeout).
         return None
     return _finish(p, trainer, train_dataset, run_dir, recipe_source, push_to_hub, threads, seed, quick,
-                   training_overrides, started, compress_seconds, procs.count, training_threads)
+                   training_overrides, started, compress_seconds, procs.count, training_threads, benchmark_device)
 
 
 def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, push_to_hub: str | None,
             threads: int, seed: int | None, quick: bool, training_overrides: dict[str, Any] | None,
             started: float, compress_seconds: float, training_processes: int = 1,
-            training_threads: int | None = None) -> dict[str, Any]:
+            training_threads: int | None = None, benchmark_device: str = "cpu") -> dict[str, Any]:
     """After the stages, in the main process: save, evaluate, benchmark, export, report, card, push."""
     import torch
 
@@ -766,7 +778,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
     report = median_run([
         in_fresh_process(
             measure_folders, teacher_dir=teacher_dir, student_dir=tmp, task=recipe.task, recipe=recipe,
-            examples=examples[:LATENCY_EXAMPLES], threads=threads,
+            examples=examples[:LATENCY_EXAMPLES], threads=threads, device=benchmark_device,
             repeats=5 if quick else 20, min_seconds=0.0 if quick else LATENCY_MIN_SECONDS,
         )
         for _ in range(processes)
@@ -802,6 +814,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
         dataset=dataset_description(recipe),
         reproduce=command + (f" --seed {seed}" if seed is not None else "") + (" --quick" if quick else "")
         + (f" --training-threads {training_threads}" if training_threads is not None else "")
+        + (f" --benchmark-device {benchmark_device}" if benchmark_device != "cpu" else "")
         + "".join(f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (training_overrides or {}).items()),
         quick=quick,
         seed=recipe.student_seed,
