@@ -190,9 +190,11 @@ def compare_models(
     the counts are reported (``latency_repeats_b1``, ``latency_repeats_b32``).
 
     ``device``: where the latencies are measured (``cpu`` by default; ``cuda``, ``mps``: both
-    models and every batch moved there, each forward waited for). Sizes and MACs do not
-    depend on it; the report names it (``benchmark_device``, and ``hardware`` describes it).
+    models and every batch moved there, each forward waited for; the models stay there
+    afterwards). Sizes and MACs do not depend on it; the report names it (``benchmark_device``,
+    and ``hardware`` describes it).
     """
+    device = str(torch.device(device))  # "cpu:0", a torch.device: one spelling in the report
     make_student_inputs = make_student_inputs or make_inputs
     previous = torch.get_num_threads()
     threads = threads or previous
@@ -320,6 +322,8 @@ def generation_speed(models: dict[str, nn.Module], prompts: dict[str, Inputs], *
                     for name, model in models.items():
                         start = time.perf_counter()
                         out = model.generate(**prompts[name], **kw, pad_token_id=model.config.pad_token_id)
+                        if out.device.type == "cuda":  # the last kernels may still run
+                            torch.cuda.synchronize(out.device)
                         times[name].append(time.perf_counter() - start)
                         assert out.shape[1] - prompts[name]["input_ids"].shape[1] == new_tokens
     finally:

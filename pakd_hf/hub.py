@@ -212,7 +212,8 @@ def _deploy_section(folder: Path, r: dict[str, Any], modality: str, target: str)
     )
     note = ""
     if r.get("ort_threads"):
-        note = (f"ONNX Runtime {info['versions']['onnxruntime']} on {r.get('hardware', 'the same machine')}, "
+        cpu = r.get("hardware", "the same machine") if r.get("benchmark_device", "cpu") == "cpu" else "this machine's CPU"
+        note = (f"ONNX Runtime {info['versions']['onnxruntime']} on {cpu}, "
                 f"CPU, intra-op threads: {r['ort_threads']}; the teacher exported the same way (fp32) and timed with "
                 "the protocol above, in the same rounds as the student.")
     return {"deploy_files": files, "deploy_rows": rows, "deploy_code": code, "deploy_note": note,
@@ -488,8 +489,10 @@ def build_card(
         split = f" {report['split']}" if report.get("split") else ""
         note = (
             "Measured with `pakd_hf.benchmark` (what `pakd compress` and `pakd benchmark` run) on "
-            f"{report['hardware']}, {report.get('threads', '?')} threads, PyTorch eager on CPU, median of "
-            f"{_repeats(report)} timed runs after warm-up"
+            + (f"{report['hardware']}, {report.get('threads', '?')} threads, PyTorch eager on CPU, median of "
+               if report.get("benchmark_device", "cpu") == "cpu" else
+               f"{report['hardware']}, PyTorch eager on {report['benchmark_device']}, median of ")
+            + f"{_repeats(report)} timed runs after warm-up"
             + (f" (the median of {processes} fresh processes)" if processes > 1 else "")
             + "; teacher and student measured side by side in one process on the same inputs"
             + (f" (the same {examples}{split} examples at both batch sizes; at batch 1 one example per timed "

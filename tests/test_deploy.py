@@ -363,3 +363,21 @@ def test_a_failed_check_leaves_the_earlier_export_and_no_temporary_folder(export
     assert main(["export", str(base)]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "lacks weights of ViTForImageClassification" in err[0]  # (transformers' load report too)
+
+
+def test_scales_of_unbounded_activations_are_found(tmp_path):
+    """A NaN or infinite scale (a -inf mask), or one spanning the float's whole range (a mask
+    filled with its lowest value), marks its tensor; ordinary scales do not."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pakd_hf.pipeline.deploy import _unbounded_tensors
+
+    inits = [numpy_helper.from_array(np.array(v, dtype=dtype), name) for name, v, dtype in (
+        ("ok_scale", 0.02, np.float32), ("nan_scale", np.nan, np.float32), ("huge_scale", 1.3e36, np.float32),
+        ("half_scale_convert", np.inf, np.float16), ("ok_zero_point", 128, np.uint8))]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], initializer=inits)
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    assert _unbounded_tensors(tmp_path / "m.onnx") == {"nan", "huge", "half"}

@@ -665,7 +665,7 @@ def compress(
     try:
         benchmark_device = check_device(benchmark_device)
     except ValueError as exc:
-        raise RecipeError("--benchmark-device", str(exc).split(": ", 1)[-1]) from None
+        raise RecipeError("--benchmark-device", str(exc).removeprefix("--benchmark-device").lstrip(": ")) from None
     previous = torch.get_num_threads()
     if training_threads is not None:
         torch.set_num_threads(training_threads)
@@ -774,7 +774,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
 
     processes = 1 if quick else LATENCY_PROCESSES
     say(f"benchmarking teacher vs student: the saved folders, in {processes} fresh process(es) "
-         "(CPU, medians of repeated runs)")
+         f"({benchmark_device}, medians of repeated runs)")
     report = median_run([
         in_fresh_process(
             measure_folders, teacher_dir=teacher_dir, student_dir=tmp, task=recipe.task, recipe=recipe,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -241,8 +242,9 @@ def _in_scratch_dir():
     saves its partial model as ``sym_shape_infer_temp.onnx`` in the working directory, with its
     tensors in a uuid-named ``.data`` file (up to the model's size), overwriting a user's file
     of that name: there is no option to send them elsewhere. The working directory is process-
-    wide: the export stage runs alone (after training, in the main thread), and every path
-    handed to onnxruntime here is absolute."""
+    wide: `pakd compress` runs its export stage alone (after training, in the main thread), and
+    every path handed to onnxruntime here is absolute; a program that calls :func:`export_onnx`
+    with ``int8="static"`` while other threads use relative paths sees them move for that while."""
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="pakd-quantize-") as scratch:
         os.chdir(scratch)
@@ -310,20 +312,28 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict[str, np.nd
             prepared.unlink(missing_ok=True)
 
 
+# An activation scale above this spans more than 2.5e8 per step of 255: a range no real
+# activation has, only an additive mask filled with the float's lowest value (an eager-attention
+# export; SDPA's gives -inf, whose scale is NaN). Either way the real values would all round to
+# one step, so those tensors are treated alike.
+MAX_ACTIVATION_SCALE = 1e6
+_SCALE = re.compile(r"(.+)_scale(?:_convert)?")
+
+
 def _unbounded_tensors(path: Path) -> set[str]:
-    """The activations of a QDQ model whose scale or zero point is not finite (their calibrated
-    range was infinite)."""
+    """The activations of a QDQ model whose scale is not finite or absurdly large (their
+    calibrated range was infinite, or the float's whole range)."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path), load_external_data=False)
     bad = set()
     for init in model.graph.initializer:
-        if init.name.endswith(("_scale", "_zero_point")) and init.data_type in (onnx.TensorProto.FLOAT,
-                                                                                onnx.TensorProto.FLOAT16):
-            if not np.isfinite(numpy_helper.to_array(init)).all():
-                bad.add(init.name.rsplit("_scale", 1)[0] if init.name.endswith("_scale")
-                        else init.name.rsplit("_zero_point", 1)[0])
+        found = _SCALE.fullmatch(init.name)
+        if found and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            scale = numpy_helper.to_array(init).astype(np.float64)
+            if not (np.isfinite(scale).all() and np.abs(scale).max(initial=0.0) <= MAX_ACTIVATION_SCALE):
+                bad.add(found.group(1))
     return bad
 
 
