@@ -7,6 +7,8 @@ TrainingArguments, where transformers users expect it.
 
 from __future__ import annotations
 
+import difflib
+import tempfile
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -89,8 +91,6 @@ def training_overrides(flags: list[str]) -> dict:
     by ``HfArgumentParser`` into {field: value}, only the fields given. Raises ValueError with
     one line naming the flag: unknown (with the nearest name), refused (with what to use
     instead), or a value TrainingArguments rejects."""
-    import difflib
-    import tempfile
 
     from transformers import HfArgumentParser
 

@@ -7,6 +7,7 @@ in about 0.1 s, where importing torch and transformers' Trainer takes 5-8 s on a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -49,8 +50,6 @@ def _find_report(folder: Path) -> tuple[Path, Path]:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    import json
-
     from .hub import write_card
 
     try:
@@ -225,8 +224,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    import json
-
     from .pipeline.compare import benchmark_folders, benchmark_onnx_folders
 
     run = benchmark_onnx_folders if args.runtime == "ort" else benchmark_folders

@@ -37,6 +37,7 @@ import importlib
 import importlib.abc
 import json
 import sys
+import textwrap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -447,7 +448,6 @@ def render_files(fam: _Family, stock_name: str, structure, heads: list[int], ffn
                  hidden: int, auto_map: dict[str, str]) -> dict[str, str]:
     """``{file name: text}`` of the two code files for one checkpoint: the templates with a header
     naming the source architecture and listing the per-layer shapes."""
-    import textwrap
 
     from . import __version__
 

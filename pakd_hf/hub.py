@@ -8,6 +8,9 @@ A push uploads an allowlist of the student's files only: weights, config,
 tokenizer/processor, `pakd.json`, `pakd_recipe.yaml`, the card and its figure, any
 generated modeling file, and the ONNX export in `onnx/` when there is one; never the teacher, optimizer or trainer state, checkpoints,
 distillation projections or `training_args.bin` (which can hold a token).
+
+matplotlib (the card's figure, about a second to import) and huggingface_hub's card and
+upload classes are imported where they are used: `import pakd_hf` imports this module.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -587,8 +591,6 @@ ONNX_PUSH_PATTERNS = [
 
 
 def _files_to_push(folder: Path) -> list[str]:
-    from fnmatch import fnmatch
-
     def listed(where: Path, patterns: list[str]) -> list[Path]:
         return [p for p in where.iterdir()
                 if p.is_file() and p.name not in INTERNAL_FILES and any(fnmatch(p.name, pat) for pat in patterns)]

@@ -32,6 +32,7 @@ Choices are made on validation; each run reads the test split once, after its tr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -162,7 +163,6 @@ def _plain(obj) -> dict:
 def _final_shape_config(p: Prepared, student):
     """The config of the recipe's final student: a copy cut to the final targets in one step
     (magnitude scores stand in: only the shape matters here, the weights are discarded)."""
-    import copy
 
     from ..prune.controller import StagePruner
 

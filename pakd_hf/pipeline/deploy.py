@@ -26,12 +26,16 @@ does, on validation and test).
 
 Outputs are written in a temporary folder beside the target and renamed into place; an
 existing target is replaced only when an earlier `pakd export` made it (its export.json).
-ONNX and ONNX Runtime are the ``export`` extra: ``pip install 'pakd-hf[export]'``.
+ONNX and ONNX Runtime are the ``export`` extra: ``pip install 'pakd-hf[export]'``. They, and
+ExecuTorch, are imported inside the functions that use them, so this module (which `pakd
+compress` imports) loads without them and :func:`require_onnx` can say what to install.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import json
 import os
 import re
@@ -110,7 +114,6 @@ def _load(folder: Path):
 def _input_names(model: nn.Module, encoded: dict[str, torch.Tensor]) -> list[str]:
     """The encoded inputs the model's forward takes, in its signature order (the TorchScript
     exporter names inputs by position)."""
-    import inspect
 
     params = list(inspect.signature(model.forward).parameters)
     names = [p for p in params if p in encoded]
@@ -137,8 +140,6 @@ def _examples(adapter, preprocessor, recipe, count: int, longer: bool) -> dict[s
 
 
 def _with_seconds(recipe, seconds: float):
-    import copy
-
     recipe = copy.deepcopy(recipe)
     recipe.data.max_seconds = seconds
     return recipe

@@ -26,6 +26,7 @@ data and teacher steps can already wait for each other.
 from __future__ import annotations
 
 import os
+import tempfile
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,7 +57,6 @@ class Processes:
         (and so Trainer, later) sets it up for the user's TrainingArguments flags."""
         if not launched():
             return cls()
-        import tempfile
 
         from ..arguments import PaKDTrainingArguments, default_device_flags
 

@@ -15,6 +15,7 @@ a text recipe should not load the audio stack.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -567,7 +568,6 @@ def perplexity(model, encoded, batch_size: int, *, pad_token_id: int | None = No
     ``encoded`` (rows of ``input_ids`` and, when present, ``labels`` with -100 for tokens that do
     not count; padded per batch with ``pad_token_id``). The LM head runs on ``chunk_size``
     positions at a time."""
-    import math
 
     import torch
     import torch.nn.functional as F

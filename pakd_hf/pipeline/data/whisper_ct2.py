@@ -34,6 +34,7 @@ import shutil
 import struct
 import tempfile
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -275,7 +276,6 @@ def materialise_whisper_tiny_encoder(
     preprocessor_config.json), written once under ``$HF_HOME/pakd/whisper-tiny.en-encoder/``
     and reused. Load it with ``AutoModelForAudioClassification.from_pretrained(folder,
     num_labels=N, id2label=...)``: the head is newly initialised (see the module docstring)."""
-    from importlib.metadata import PackageNotFoundError, version
 
     from .speech_keywords import cache_root
 
