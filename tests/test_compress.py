@@ -137,6 +137,24 @@ def test_flags_reach_both_stages_and_the_keys_that_depend_on_them(tiny_teacher, 
     assert _teacher_key(recipe, False, {"weight_decay": 0.01}) != plain  # a cached teacher made without it is not reused
 
 
+def test_use_cpu_is_honoured_where_an_accelerator_would_be_picked(tiny_teacher, tmp_path, monkeypatch):
+    """On a machine with CUDA or MPS, both stages train there (Trainer's pick) unless `--use_cpu`
+    says otherwise; without one, the CPU is said explicitly (so that --bf16 knows where it is)."""
+    import pakd_hf.arguments as arguments
+    from pakd_hf import load_recipe
+    from pakd_hf.arguments import training_overrides
+    from pakd_hf.pipeline.compress import _training_args, student_arguments
+
+    recipe = load_recipe(tiny_rt_recipe(tiny_teacher))
+    assert _training_args(tmp_path, recipe).use_cpu and student_arguments(tmp_path, recipe).use_cpu  # no accelerator here
+    monkeypatch.setattr(arguments, "default_device_flags", lambda: [])  # as on a machine with CUDA or MPS
+    assert not _training_args(tmp_path, recipe).use_cpu and not student_arguments(tmp_path, recipe).use_cpu
+    flags = training_overrides(["--use_cpu", "true"])
+    assert flags == {"use_cpu": True}
+    assert _training_args(tmp_path, recipe, overrides=flags).use_cpu
+    assert student_arguments(tmp_path, recipe, overrides=flags).use_cpu
+
+
 def test_the_test_split_is_read_once_after_training(quick_run):
     root, _, out = quick_run
     events = json.loads((root / "events.json").read_text())
