@@ -60,6 +60,13 @@ TRAINING_FLAGS_REFUSED = {
     "load_best_model_at_end": "the recipe's last stage is the student (choices are made on validation with pakd ablate)",
     "metric_for_best_model": "the recipe's last stage is the student",
     "save_steps": "use pakd compress's own --save_steps",
+    # Pruning cuts whole parameters (and compacts them) in every process at the same step; a
+    # sharded model holds a slice of each per process. Trainer itself refuses FSDP in one
+    # process, after the data and the teacher folder are made: refused here, before any work.
+    "fsdp": "pruning needs every parameter whole in every process: train in several processes with DDP "
+            "(torchrun --nproc_per_node N $(which pakd) compress ...)",
+    "fsdp_config": "pruning needs every parameter whole in every process: use DDP (torchrun)",
+    "deepspeed": "pruning needs every parameter whole in every process: use DDP (torchrun)",
 }
 
 # Flags that change how a run is watched, not what it trains: they stay out of the keys of the

@@ -89,7 +89,8 @@ def test_training_arguments_flags_pass_through_and_are_recorded(quick_run, capsy
                             (["--logging_steps", "x"], "invalid"),
                             (["--hub_token", "hf_x"], "HF_TOKEN"),
                             (["--report_to", "no_such_tracker"], "--report_to"),
-                            (["--eval_strategy", "steps"], "evaluates on validation and test itself")):
+                            (["--eval_strategy", "steps"], "evaluates on validation and test itself"),
+                            (["--fsdp", "full_shard"], "with DDP"), (["--deepspeed", "ds.json"], "use DDP")):
         assert main(["compress", str(path), "--output-dir", str(out / "never"), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0] and "nothing was run" in err[0], err
