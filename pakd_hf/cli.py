@@ -163,7 +163,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _run_pipeline(recipe: str, call) -> int:
     """Run a pipeline command: a bad recipe or a missing file is one line and exit 2; an export
     that fails (or its missing packages) one line and exit 1."""
-    from .pipeline.deploy import DeployError
+    from .errors import DeployError  # not from pipeline.deploy, which imports torch
 
     try:
         call()

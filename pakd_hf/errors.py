@@ -8,7 +8,7 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-__all__ = ["RecipeError", "MAX_MESSAGE", "one_line", "describe"]
+__all__ = ["RecipeError", "DeployError", "MAX_MESSAGE", "one_line", "describe"]
 
 MAX_MESSAGE = 400
 
@@ -41,3 +41,9 @@ class RecipeError(ValueError):
         self.problem = one_line(problem, MAX_MESSAGE)
         where = f"recipe field '{self.field}'" if self.field else "recipe"
         super().__init__(f"{where}: {self.problem}")
+
+
+class DeployError(ValueError):
+    """A one-line reason why a model cannot be exported or run (the CLI prints it and exits 1).
+    Here, not in :mod:`pakd_hf.pipeline.deploy` (which imports torch), so that the CLI can catch
+    it without importing PyTorch before a bad recipe is refused."""

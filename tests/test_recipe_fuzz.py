@@ -59,8 +59,10 @@ def _mutate(rng: random.Random, text: str) -> tuple[bytes, str | None]:
     data = copy.deepcopy(raw)
     if op == 0:  # a wrong type anywhere
         path, _ = rng.choice(spots)
-        _set(data, path, rng.choice([True, "abc", [1, 2], {"a": 1}, 3, -1.5, None, [], {}]))
-        named = _key(path)
+        value = rng.choice([True, "abc", [1, 2], {"a": 1}, 3, -1.5, None, [], {}])
+        _set(data, path, value)
+        # a mapping put where a mapping belongs is refused for a key inside it (required, unknown)
+        named = None if isinstance(value, dict) else _key(path)
     elif op == 1:  # a misspelt key at any level
         maps = [(p, v) for p, v in _paths(data) if isinstance(v, dict) and v]
         path, node = rng.choice(maps)

@@ -301,7 +301,7 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
             if split_arm(arm)[0] in ("scratch", "kd") and final is not None:
                 start = final.keep if final.keep is not None else max(1, round(final.keep_fraction * teacher_layers))
             check_layer_maps(arm_spec, start, teacher_layers)
-    p = prepare(recipe, output_dir, quick=quick)
+    p = prepare(recipe, output_dir, quick=quick, checked=True)  # preflight ran above
     out = p.out
     # Each run evaluates the test split once, after its own training: the split is handed to
     # the runs' final evaluations and to nothing else.

@@ -491,11 +491,20 @@ class Prepared:
         return self.adapter.score(model, preprocessor, split, self.recipe, self.recipe.training.eval_batch_size)
 
 
+def _needs_data_and_teacher(recipe: Recipe) -> None:
+    for block in ("data", "teacher"):
+        if getattr(recipe, block) is None:
+            raise RecipeError(block, f"`pakd compress` needs a '{block}' block (see recipes/nlp/minilm-rotten-tomatoes.yaml)")
+
+
 def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed: int | None = None,
-            training_overrides: dict[str, Any] | None = None, procs: Processes | None = None) -> Prepared:
+            training_overrides: dict[str, Any] | None = None, procs: Processes | None = None,
+            checked: bool = False) -> Prepared:
     """Load and check the recipe, load the data (test split held out), prepare the teacher in
     ``OUT/teacher`` (fine-tuned once, then reused). ``seed`` sets the recipe's student seed.
-    ``procs``: the processes of a distributed run (:mod:`pakd_hf.pipeline.processes`)."""
+    ``procs``: the processes of a distributed run (:mod:`pakd_hf.pipeline.processes`).
+    ``checked``: the caller ran :func:`~pakd_hf.pipeline.preflight.preflight` on this recipe
+    already (its Hub requests are not made twice)."""
     from datasets import DatasetDict
 
     from .tasks import adapter_for
@@ -505,11 +514,10 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     except ImportError:
         raise RecipeError("", "matplotlib is missing (every card has its figure): pip install 'matplotlib>=3.7'") from None
     recipe = load_recipe(recipe_source)
-    for block in ("data", "teacher"):
-        if getattr(recipe, block) is None:
-            raise RecipeError(block, f"`pakd compress` needs a '{block}' block (see recipes/nlp/minilm-rotten-tomatoes.yaml)")
+    _needs_data_and_teacher(recipe)
     adapter = adapter_for(recipe)
-    preflight(recipe)  # data, teacher and layer maps found and fitting, before any folder or minute is spent
+    if not checked:
+        preflight(recipe)  # data, teacher and layer maps found and fitting, before any folder or minute is spent
     if recipe.training is None:
         recipe = load_recipe({**recipe.to_dict(), "training": {}})
     if seed is not None:
@@ -656,6 +664,11 @@ def compress(
 
     Launched in several processes (torchrun, accelerate launch), every process trains and the
     main one does the rest (:mod:`pakd_hf.pipeline.processes`); the others return None."""
+    # A malformed recipe, or one naming what is not there, is one line before PyTorch and the
+    # trainer are imported (a teacher built from a config is built on the meta device here).
+    checked = load_recipe(recipe_source)
+    _needs_data_and_teacher(checked)
+    preflight(checked)
     import torch
 
     from ..benchmark import check_device
@@ -693,7 +706,8 @@ def _compress(recipe_source, output_dir, *, quick: bool, push_to_hub: str | None
     procs = Processes.start(training_overrides)  # several under torchrun / accelerate launch
     if procs.count > 1:
         say(f"{procs.count} processes: every one trains, the main one writes OUT, evaluates and benchmarks")
-    p = prepare(spec, output_dir, quick=quick, seed=seed, training_overrides=training_overrides, procs=procs)
+    p = prepare(spec, output_dir, quick=quick, seed=seed, training_overrides=training_overrides, procs=procs,
+                checked=True)
     recipe, adapter, out, spec = p.recipe, p.adapter, p.out, p.recipe.data
 
     # ---- the PaKD stages on a copy of the teacher (same preprocessor: the student starts as the teacher)

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import DeployError
 from ..export_files import (EXECUTORCH_DIR, EXECUTORCH_FORMAT, FORMAT, FP32_FILE, INFO_FILE, INT8_FILE, ONNX_DIR, PTE_FILE,
                             read_export_info, read_info)
 
@@ -64,10 +65,6 @@ TOLERANCE = 1e-4
 # Axes beyond the batch that stay dynamic, by input name (see the module docs).
 _LENGTH_AXES = {"input_ids": "sequence", "attention_mask": "sequence", "token_type_ids": "sequence",
                 "input_values": "samples"}
-
-
-class DeployError(ValueError):
-    """A one-line reason why a model cannot be exported or run (the CLI prints it and exits 1)."""
 
 
 def require_onnx() -> None:
