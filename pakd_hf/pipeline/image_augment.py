@@ -18,14 +18,14 @@ lines; the randomness is torch's, which Trainer seeds (``seed``), so a run is re
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from ..recipe import ImageAugment
+from .augmented import AugmentedSplit
 
 __all__ = ["AugmentedImages", "augment_images"]
 
@@ -67,28 +67,10 @@ def augment_images(pixels: torch.Tensor, spec: ImageAugment, generator: torch.Ge
     return x
 
 
-class AugmentedImages(Dataset):
+class AugmentedImages(AugmentedSplit):
     """A training split of encoded images whose batches come back randomly changed
-    (:func:`augment_images`); every other column as it is. Trainer reads it like the split
-    itself (length, items, batches of items)."""
+    (:func:`augment_images`); every other column as it is."""
 
     def __init__(self, split, spec: ImageAugment, column: str = "pixel_values"):
-        self.split, self.spec, self.column = split, spec, column
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    @property
-    def column_names(self) -> list[str]:
-        return list(self.split.column_names)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        # One read and one tensor for the whole batch (torch's DataLoader asks for the batch's
-        # indices at once through this method), then back to one dict per example for the collator.
-        rows = self.split[list(indices)]
-        pixels = augment_images(torch.as_tensor(rows[self.column]), self.spec)
-        return [{**{k: v[j] for k, v in rows.items() if k != self.column}, self.column: pixels[j]}
-                for j in range(len(indices))]
+        super().__init__(split, functools.partial(augment_images, spec=spec), column)  # picklable: spawned workers
+        self.spec = spec

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import describe, one_line
-from ..recipe import Recipe, RecipeError
+from ..recipe import ImageAugment, Recipe, RecipeError
 
 __all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_recipe", "perplexity"]
 
@@ -164,7 +164,7 @@ class TaskAdapter:
 
     def training_split(self, split, recipe: Recipe):
         """The encoded training split as the training stages read it (teacher fine-tune, PaKD
-        stages, ablation arms); here as it is, for images randomly changed (``data.augment``)."""
+        stages, ablation arms); here as it is, for images and clips randomly changed (``data.augment``)."""
         return split
 
     def eval_size(self, split, preprocessor, recipe: Recipe) -> int:
@@ -368,7 +368,7 @@ class ImageClassification(TaskAdapter):
         return {"pixel_values": processor(images=list(images), return_tensors="pt")["pixel_values"]}
 
     def training_split(self, split, recipe):
-        if recipe.data is None or recipe.data.augment is None:
+        if recipe.data is None or not isinstance(recipe.data.augment, ImageAugment):
             return split
         from .image_augment import AugmentedImages
 
@@ -410,6 +410,18 @@ class AudioClassification(TaskAdapter):
         samples = int(round(recipe.data.max_seconds * rate))
         out = extractor(arrays, sampling_rate=rate, max_length=samples, truncation=True, padding="max_length", return_tensors="pt")
         return {k: v for k, v in out.items() if k in ("input_values", "input_features", "attention_mask")}
+
+    def training_split(self, split, recipe):
+        spec = None if recipe.data is None else recipe.data.augment
+        if spec is None:
+            return split
+        from .audio_augment import AugmentedClips
+
+        column = "input_features" if "input_features" in split.column_names else "input_values"
+        if column == "input_values" and spec.freq_mask > 0 and spec.freq_masks > 0:
+            raise RecipeError("data.augment.freq_mask", "this model reads raw samples (input_values), which have no "
+                                                        "frequency bins to mask: set it to 0")
+        return AugmentedClips(split, spec, column)
 
 
 class TextGeneration(TaskAdapter):

@@ -1,0 +1,133 @@
+"""Random changes to training clips (`data.augment` for audio-classification): what each one
+does to a batch of spectrograms or raw samples, that a seed repeats them, that only the
+training split is wrapped, and the recipe's one-line errors."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from pakd_hf import RecipeError, load_recipe
+from pakd_hf.pipeline.audio_augment import AugmentedClips, augment_clips
+from pakd_hf.pipeline.tasks import adapter_for
+from pakd_hf.recipe import AudioAugment, ImageAugment
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _spectrograms(n=8, bins=20, frames=50, seed=0):
+    return torch.randn(n, bins, frames, generator=_gen(seed))
+
+
+def test_a_seed_repeats_the_changes_and_another_seed_does_not():
+    x = _spectrograms()
+    spec = AudioAugment(time_shift=0.2, time_mask=0.2, freq_mask=0.2)
+    a, b, c = (augment_clips(x, spec, _gen(s)) for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a, x) and torch.equal(x, _spectrograms())  # the input itself is never changed
+    assert a.shape == x.shape and a.dtype == x.dtype
+
+
+def test_time_shift_moves_the_frames_and_fills_the_gap_with_silence():
+    """Frame t of a clip holds the value t (its lowest value, 0, is its silence): after a shift
+    by s frames every kept frame holds t - s and the uncovered frames hold 0."""
+    frames = 50
+    x = torch.arange(frames, dtype=torch.float32).expand(32, 4, frames).clone()
+    y = augment_clips(x, AudioAugment(time_shift=0.1), _gen(0))  # up to 5 frames
+    def shifted(s):
+        row = torch.roll(torch.arange(frames, dtype=torch.float32), s)
+        row[:s] = 0 if s > 0 else row[:s]
+        if s < 0:
+            row[s:] = 0
+        return row
+
+    moves = set()
+    for clip in y:
+        assert torch.equal(clip, clip[0].expand_as(clip))  # every bin moved alike
+        matches = [s for s in range(-5, 6) if torch.equal(clip[0], shifted(s))]
+        assert len(matches) == 1, clip[0]
+        moves.add(matches[0])
+    assert len(moves) > 4 and any(m > 0 for m in moves) and any(m < 0 for m in moves)
+
+
+def test_masks_set_bands_of_frames_and_bins_to_the_clip_mean():
+    x = _spectrograms(n=16, bins=40, frames=100)
+    y = augment_clips(x, AudioAugment(time_mask=0.1, time_masks=2), _gen(0))
+    for clip, orig in zip(y, x):
+        changed = (clip != orig).any(0)  # frames touched
+        assert int(changed.sum()) <= 2 * 10  # two bands of at most 10 frames
+        if changed.any():
+            assert torch.allclose(clip[:, changed], orig.mean().expand(40, int(changed.sum())))
+        assert torch.equal(clip[:, ~changed], orig[:, ~changed])
+    assert (y != x).any()
+    y = augment_clips(x, AudioAugment(freq_mask=0.25, freq_masks=1), _gen(0))
+    touched = [int((clip != orig).any(1).sum()) for clip, orig in zip(y, x)]
+    assert max(touched) <= 10 and sum(touched) > 0  # one band of at most 10 of 40 bins
+    for clip, orig in zip(y, x):
+        rows = (clip != orig).any(1)
+        if rows.any():  # the band is contiguous and set to the clip's mean
+            idx = rows.nonzero().flatten()
+            assert int(idx.max() - idx.min() + 1) == len(idx)
+            assert torch.allclose(clip[rows], orig.mean().expand(len(idx), 100))
+
+
+def test_raw_samples_take_time_changes_with_silence_zero():
+    x = torch.ones(16, 1600)
+    y = augment_clips(x, AudioAugment(time_shift=0.1, time_mask=0.05), _gen(0))
+    assert y.shape == x.shape and set(y.unique().tolist()) <= {0.0, 1.0} and (y == 0).any()
+    with pytest.raises(ValueError, match="features"):
+        augment_clips(torch.ones(2, 2, 2, 2), AudioAugment(time_shift=0.1))
+
+
+def _recipe(augment, task="audio-classification"):
+    return load_recipe({"name": "r", "task": task, "data": {"dataset": "x", "augment": augment},
+                        "stages": [{"name": "s", "steps": 1}]})
+
+
+def test_only_the_training_split_is_wrapped_and_its_labels_stay():
+    recipe = _recipe({"time_shift": 0.1, "freq_mask": 0.2})
+    assert isinstance(recipe.data.augment, AudioAugment)
+    feats = np.random.default_rng(0).standard_normal((8, 20, 50)).astype("float32")
+    split = Dataset.from_dict({"input_features": feats, "labels": list(range(8))}).with_format("numpy")
+    wrapped = adapter_for(recipe).training_split(split, recipe)
+    assert isinstance(wrapped, AugmentedClips) and len(wrapped) == 8 and wrapped.column == "input_features"
+    torch.manual_seed(0)
+    rows = wrapped.__getitems__([3, 5, 0, 1, 2, 4, 6, 7])
+    assert [int(r["labels"]) for r in rows] == [3, 5, 0, 1, 2, 4, 6, 7]
+    assert rows[0]["input_features"].shape == (20, 50)
+    changed = [not torch.equal(r["input_features"], torch.as_tensor(feats[int(r["labels"])])) for r in rows]
+    assert sum(changed) >= 4  # a draw may leave a clip as it is (no shift, empty bands), not most
+    plain = load_recipe({**recipe.to_dict(), "data": {"dataset": "x"}})
+    assert adapter_for(plain).training_split(split, plain) is split
+    # raw samples: the time changes apply; frequency masks cannot, and say so in one line
+    samples = Dataset.from_dict({"input_values": feats.reshape(8, -1), "labels": list(range(8))}).with_format("numpy")
+    with pytest.raises(RecipeError, match="data.augment.freq_mask.*raw samples"):
+        adapter_for(recipe).training_split(samples, recipe)
+    timed = _recipe({"time_shift": 0.1})
+    assert adapter_for(timed).training_split(samples, timed).column == "input_values"
+
+
+def test_the_recipe_round_trips_and_tells_image_from_audio_changes():
+    recipe = _recipe({"time_mask": 0.1, "time_masks": 3})
+    again = load_recipe(recipe.to_dict())
+    assert again.data.augment == AudioAugment(time_mask=0.1, time_masks=3)
+    image = _recipe({"shift": 0.1}, task="image-classification")
+    assert isinstance(load_recipe(image.to_dict()).data.augment, ImageAugment)
+
+
+@pytest.mark.parametrize("augment, task, field, fragment", [
+    ({"time_shift": 0.6}, "audio-classification", "data.augment.time_shift", "[0, 0.5]"),
+    ({"time_masks": 11, "time_mask": 0.1}, "audio-classification", "data.augment.time_masks", "[0, 10]"),
+    ({"time_mask": 0.1, "time_masks": 0}, "audio-classification", "data.augment", "changes nothing"),
+    ({}, "audio-classification", "data.augment", "is empty"),
+    ({"time_shift": 0.1}, "image-classification", "data.augment", "changes training clips"),
+    ({"shift": 0.1}, "audio-classification", "data.augment", "changes training images"),
+    ({"time_shift": 0.1, "time_mask": 0.1, "flip": 0.5}, "audio-classification", "data.augment.flip", "unknown key"),
+    ({"time_shfit": 0.1}, "audio-classification", "data.augment.time_shfit", "did you mean 'time_shift'"),
+])
+def test_recipe_errors_name_the_field(augment, task, field, fragment):
+    with pytest.raises(RecipeError) as info:
+        _recipe(augment, task)
+    assert info.value.field == field and fragment in str(info.value)
