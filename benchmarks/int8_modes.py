@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     files = {"teacher": where / "teacher" / FP32_FILE, "student": where / "dynamic" / FP32_FILE,
              "dynamic": where / "dynamic" / INT8_FILE, "static": where / "static" / INT8_FILE}
     preprocessor = adapter.load_preprocessor(where / "dynamic")
-    column, label = adapter.column(recipe), recipe.data.label_column
+    column, label = adapter.column(recipe.data), recipe.data.label_column
 
     def score(split) -> dict[str, float]:
         examples, gold = list(split[column]), list(split[label])
-        return {name: round(adapter.accuracy(OrtModel(files[name], args.threads), preprocessor, examples, gold, recipe, 128), 5)
+        return {name: round(adapter.accuracy(OrtModel(files[name], args.threads), preprocessor, examples, gold, recipe.data, 128), 5)
                 for name in ("student", "dynamic", "static")}
 
     validation = score(data["validation"])
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test accuracy: {test}", file=sys.stderr)
 
     examples = list(data["test"].select(range(32))[column])
-    encoders = {name: (lambda idx, pre=adapter.load_preprocessor(path.parent): adapter.encode_batch(pre, [examples[i] for i in idx], recipe))
+    encoders = {name: (lambda idx, pre=adapter.load_preprocessor(path.parent): adapter.encode_batch(pre, [examples[i] for i in idx], recipe.data))
                 for name, path in files.items()}
     rounds = [compare_onnx(files, encoders, threads=args.threads, examples=len(examples), repeats=20, min_seconds=2.0)
               for _ in range(args.processes)]

@@ -91,7 +91,7 @@ def test_only_the_training_split_is_wrapped_and_its_labels_stay():
     assert isinstance(recipe.data.augment, AudioAugment)
     feats = np.random.default_rng(0).standard_normal((8, 20, 50)).astype("float32")
     split = Dataset.from_dict({"input_features": feats, "labels": list(range(8))}).with_format("numpy")
-    wrapped = adapter_for(recipe).training_split(split, recipe)
+    wrapped = adapter_for(recipe).training_split(split, recipe.data)
     assert isinstance(wrapped, AugmentedClips) and len(wrapped) == 8 and wrapped.column == "input_features"
     torch.manual_seed(0)
     rows = wrapped.__getitems__([3, 5, 0, 1, 2, 4, 6, 7])
@@ -100,13 +100,13 @@ def test_only_the_training_split_is_wrapped_and_its_labels_stay():
     changed = [not torch.equal(r["input_features"], torch.as_tensor(feats[int(r["labels"])])) for r in rows]
     assert sum(changed) >= 4  # a draw may leave a clip as it is (no shift, empty bands), not most
     plain = load_recipe({**recipe.to_dict(), "data": {"dataset": "x"}})
-    assert adapter_for(plain).training_split(split, plain) is split
+    assert adapter_for(plain).training_split(split, plain.data) is split
     # raw samples: the time changes apply; frequency masks cannot, and say so in one line
     samples = Dataset.from_dict({"input_values": feats.reshape(8, -1), "labels": list(range(8))}).with_format("numpy")
     with pytest.raises(RecipeError, match="data.augment.freq_mask.*raw samples"):
-        adapter_for(recipe).training_split(samples, recipe)
+        adapter_for(recipe).training_split(samples, recipe.data)
     timed = _recipe({"time_shift": 0.1})
-    assert adapter_for(timed).training_split(samples, timed).column == "input_values"
+    assert adapter_for(timed).training_split(samples, timed.data).column == "input_values"
 
 
 def test_the_recipe_round_trips_and_tells_image_from_audio_changes():

@@ -162,14 +162,14 @@ def test_per_example_encoding_keeps_eos_labels_when_pad_is_eos():
     tok.pad_token = tok.eos_token
     recipe = load_recipe({**RECIPE, "data": {**RECIPE["data"], "packing": False, "max_length": 64}})
     data = DatasetDict({"train": Dataset.from_dict({"text": texts})})
-    enc = task.encode_dataset(data, tok, recipe)["train"]
+    enc = task.encode_dataset(data, tok, recipe.data)["train"]
     assert len(enc) == 2  # blank texts add nothing
-    batch = task.data_collator(tok, recipe)([enc[i] for i in range(2)])
+    batch = task.data_collator(tok, recipe.data)([enc[i] for i in range(2)])
     eos = tok.eos_token_id
     short = batch["labels"][0]
     n = int(batch["attention_mask"][0].sum())
     assert short[n - 1].item() == eos and (short[n:] == -100).all() and n < batch["labels"].shape[1]
-    assert task.eval_size(Dataset.from_dict({"text": texts}), tok, recipe) == sum(len(r) - 1 for r in enc["input_ids"])
-    packed = task.encode_dataset(data, tok, load_recipe({**RECIPE, "data": {**RECIPE["data"], "max_length": 4}}))["train"]
+    assert task.eval_size(Dataset.from_dict({"text": texts}), tok, recipe.data) == sum(len(r) - 1 for r in enc["input_ids"])
+    packed = task.encode_dataset(data, tok, load_recipe({**RECIPE, "data": {**RECIPE["data"], "max_length": 4}}).data)["train"]
     blocks, labels = packed[:]["input_ids"], packed[:]["labels"]
     assert blocks.shape[1] == 4 and (labels == blocks).all() and len(packed) == sum(len(r) for r in enc["input_ids"]) // 4

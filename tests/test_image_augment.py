@@ -71,7 +71,7 @@ def test_only_the_training_split_is_wrapped_and_its_labels_stay():
     pixels = np.random.default_rng(0).standard_normal((8, 3, 12, 12)).astype("float32")
     split = Dataset.from_dict({"pixel_values": pixels, "labels": list(range(8))}).with_format("numpy")
     adapter = adapter_for(recipe)
-    wrapped = adapter.training_split(split, recipe)
+    wrapped = adapter.training_split(split, recipe.data)
     assert isinstance(wrapped, AugmentedImages) and len(wrapped) == 8
     torch.manual_seed(0)
     rows = wrapped.__getitems__([3, 5])
@@ -79,7 +79,7 @@ def test_only_the_training_split_is_wrapped_and_its_labels_stay():
     assert rows[0]["pixel_values"].shape == (3, 12, 12) and not torch.equal(rows[0]["pixel_values"], torch.as_tensor(pixels[3]))
     assert int(wrapped[2]["labels"]) == 2
     plain = load_recipe({**recipe.to_dict(), "data": {"dataset": "x"}})
-    assert adapter.training_split(split, plain) is split  # no block: the split as it is
+    assert adapter.training_split(split, plain.data) is split  # no block: the split as it is
 
 
 @pytest.mark.parametrize("data, task, fragment", [

@@ -215,7 +215,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     base, _ = split_arm(arm)
     student = _random_student(p, start, seed) if base in ("scratch", "kd") else start
     uses_teacher = base in ("kd", "prune-once-kd", "pakd")
-    train = p.adapter.training_split(student_encoded["train"], p.recipe)
+    train = p.adapter.training_split(student_encoded["train"], p.recipe.data)
     if transfer is not None:
         train = transfer
         if not uses_teacher:  # labels only: a copy keeps its source example's label, and no teacher output
@@ -232,7 +232,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
         model=student, teacher_model=p.teacher if uses_teacher else None, args=student_arguments(run_dir, recipe),
         train_dataset=train, eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=student_encoded["train"] if transfer is not None else None,
-        data_collator=p.adapter.data_collator(student_pre, recipe),
+        data_collator=p.adapter.data_collator(student_pre, recipe.data),
     )
     trainer.train()
     seconds = round(time.perf_counter() - started, 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..recipe import Recipe, RecipeError, load_recipe
+from ..recipe import Data, Recipe, RecipeError, load_recipe
 
 __all__ = ["benchmark_folders", "benchmark_onnx_folders", "measure_folders", "print_summary", "LATENCY_MIN_SECONDS",
            "LATENCY_EXAMPLES", "LATENCY_PROCESSES"]
@@ -54,22 +54,21 @@ def benchmark_folders(
     task = tasks.pop()
     scores, split, n_eval = None, None, None
     adapter = ADAPTERS[task]
-    recipe, examples, gold = _benchmark_inputs(recipe, task, folders[0])
+    recipe, spec, examples, gold = _benchmark_inputs(recipe, task, folders[0])
     if gold is not None:
         from datasets import Dataset
 
-        rows = Dataset.from_dict({adapter.column(recipe): examples,
-                                  **({recipe.data.label_column: gold} if adapter.labelled else {})})
-        split, n_eval = "test", adapter.eval_size(rows, adapter.load_preprocessor(folders[1]), recipe)
+        rows = Dataset.from_dict({adapter.column(spec): examples, **({spec.label_column: gold} if adapter.labelled else {})})
+        split, n_eval = "test", adapter.eval_size(rows, adapter.load_preprocessor(folders[1]), spec)
         scores = tuple(
-            adapter.score(adapter.model_class().from_pretrained(f).eval(), adapter.load_preprocessor(f), rows, recipe,
+            adapter.score(adapter.model_class().from_pretrained(f).eval(), adapter.load_preprocessor(f), rows, spec,
                           recipe.training.eval_batch_size if recipe.training else 32)
             for f in folders
         )
-    examples = adapter.benchmark_examples(examples, recipe)
+    examples = adapter.benchmark_examples(examples, spec)
 
     report = measure_folders(
-        teacher_dir, student_dir, task=task, recipe=recipe, examples=examples[:LATENCY_EXAMPLES],
+        teacher_dir, student_dir, task=task, spec=spec, examples=examples[:LATENCY_EXAMPLES],
         threads=threads or torch.get_num_threads(), repeats=repeats, min_seconds=min_seconds, device=device,
     )
     if scores is not None and adapter.metric == "perplexity":
@@ -80,15 +79,16 @@ def benchmark_folders(
     return report
 
 
-def _benchmark_inputs(recipe, task: str, folder: Path) -> tuple[Recipe, list, list[int] | None]:
-    """(recipe, examples, gold labels) for `pakd benchmark`: with ``--data``, the recipe's test
-    split (its task must be ``task``); without, the default encoding and fixed sentences or
-    seeded noise images / clips for ``folder``'s preprocessor (no labels)."""
-    from .tasks import ADAPTERS, default_recipe, sample_examples
+def _benchmark_inputs(recipe, task: str, folder: Path) -> tuple[Recipe | None, Data, list, list[int] | None]:
+    """(recipe, its data block, examples, gold labels) for `pakd benchmark`: with ``--data``,
+    the recipe's test split (its task must be ``task``); without, no recipe, the data block's
+    default encoding and fixed sentences or seeded noise images / clips for ``folder``'s
+    preprocessor (no labels)."""
+    from .tasks import ADAPTERS, default_data, sample_examples
 
     adapter = ADAPTERS[task]
     if recipe is None:
-        return default_recipe(task), sample_examples(task, adapter.load_preprocessor(folder)), None
+        return None, default_data(), sample_examples(task, adapter.load_preprocessor(folder)), None
     recipe = load_recipe(recipe)
     if recipe.data is None:
         raise RecipeError("data", "--data needs a recipe with a data block")
@@ -98,7 +98,7 @@ def _benchmark_inputs(recipe, task: str, folder: Path) -> tuple[Recipe, list, li
 
     data = load_data(recipe, quick=False)
     gold = list(data["test"][recipe.data.label_column]) if adapter.labelled else []  # [] : scored without labels
-    return recipe, list(data["test"][adapter.column(recipe)]), gold
+    return recipe, recipe.data, list(data["test"][adapter.column(recipe.data)]), gold
 
 
 def _onnx_folder(folder: Path) -> Path:
@@ -141,14 +141,14 @@ def benchmark_onnx_folders(
     }
     if "int8" in runs:
         report["bytes_onnx_int8"] = (folders[1] / INT8_FILE).stat().st_size
-    recipe, examples, gold = _benchmark_inputs(recipe, task, folders[0])
+    _, spec, examples, gold = _benchmark_inputs(recipe, task, folders[0])
     if gold is not None:
         for name, path in runs.items():
             model = OrtModel(path, threads)
-            acc = adapter.accuracy(model, adapter.load_preprocessor(Path(path).parent), examples, gold, recipe, 128)
+            acc = adapter.accuracy(model, adapter.load_preprocessor(Path(path).parent), examples, gold, spec, 128)
             report[f"accuracy_{'student_int8' if name == 'int8' else name}_ort"] = round(acc, 5)
         report.update(split="test", n_eval=len(examples))
-    report.update(measure_onnx(runs, task=task, recipe=recipe, examples=examples[:LATENCY_EXAMPLES], threads=threads,
+    report.update(measure_onnx(runs, task=task, spec=spec, examples=examples[:LATENCY_EXAMPLES], threads=threads,
                                repeats=repeats, min_seconds=min_seconds))
     report["hardware"] = hardware_description()
     _print_onnx_summary(report)
@@ -175,7 +175,7 @@ def _print_onnx_summary(r: dict[str, Any]) -> None:
 
 
 def measure_folders(
-    teacher_dir, student_dir, *, task: str, recipe, examples: list, threads: int, repeats: int, min_seconds: float,
+    teacher_dir, student_dir, *, task: str, spec: Data, examples: list, threads: int, repeats: int, min_seconds: float,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Size, MACs and latency of two saved classifiers, each loaded with its stock Auto class
@@ -185,13 +185,12 @@ def measure_folders(
     from ..benchmark import compare_models
     from .tasks import ADAPTERS
 
-    recipe = load_recipe(recipe)
     adapter = ADAPTERS[task]
     models = [adapter.model_class().from_pretrained(f).eval() for f in (teacher_dir, student_dir)]
     pres = [adapter.load_preprocessor(f) for f in (teacher_dir, student_dir)]
 
     def encoder(pre):
-        return lambda indices: adapter.encode_batch(pre, [examples[i] for i in indices], recipe)
+        return lambda indices: adapter.encode_batch(pre, [examples[i] for i in indices], spec)
 
     report = compare_models(
         models[0], models[1], encoder(pres[0]), make_student_inputs=encoder(pres[1]), teacher_dir=teacher_dir,

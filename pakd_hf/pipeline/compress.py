@@ -160,7 +160,7 @@ def load_data(recipe: Recipe, quick: bool):
         test = raw[spec.test_split]
         data = DatasetDict({"train": train, "validation": validation, "test": test})
     adapter = adapter_for(recipe)
-    column = adapter.column(recipe)
+    column = adapter.column(recipe.data)
     checks = [(f"data.{adapter.column_field}", column)] + ([("data.label_column", spec.label_column)] if adapter.labelled else [])
     for split in data.values():
         for name_field, name in checks:
@@ -343,13 +343,13 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         info = {**json.loads(info_file.read_text()), "weights": weights_digest(folder)}
         model, preprocessor = adapter.model_class().from_pretrained(folder), adapter.load_preprocessor(folder)
         _check_stages(recipe, model)  # before the transfer set's teacher pass and the stages
-        return model, preprocessor, adapter.encode_dataset(data, preprocessor, recipe), info
+        return model, preprocessor, adapter.encode_dataset(data, preprocessor, recipe.data), info
     from transformers import set_seed
 
     set_seed(recipe.training.seed)  # a new head (or a teacher from a config) starts the same in every process
     model, preprocessor = adapter.load_teacher(recipe, labels, data)
     _check_stages(recipe, model)  # before the fine-tune: its minutes should not be spent on a recipe that fails later
-    encoded = adapter.encode_dataset(data, preprocessor, recipe)
+    encoded = adapter.encode_dataset(data, preprocessor, recipe.data)
     info: dict[str, Any] = {"fingerprint": key, "source": recipe.teacher.name, "fine_tune_seconds": 0.0}
     if overrides:
         info["training_overrides"] = {k: str(v) for k, v in overrides.items() if k not in STUDENT_ONLY_FLAGS}
@@ -371,9 +371,9 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         teacher_flags = {k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS}
         args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, overrides=teacher_flags, **kw)
         start = time.perf_counter()
-        Trainer(model=model, args=args, train_dataset=adapter.training_split(encoded["train"], recipe),
+        Trainer(model=model, args=args, train_dataset=adapter.training_split(encoded["train"], recipe.data),
                 processing_class=preprocessor,
-                data_collator=adapter.data_collator(preprocessor, recipe)).train()
+                data_collator=adapter.data_collator(preprocessor, recipe.data)).train()
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
         if procs.is_main:
             _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
@@ -383,7 +383,7 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         info = {**json.loads(info_file.read_text()), "weights": weights_digest(folder)}
         return adapter.model_class().from_pretrained(folder), preprocessor, encoded, info
     metric = adapter.metric
-    info[f"{metric}_validation"] = adapter.score(model, preprocessor, data["validation"], recipe,
+    info[f"{metric}_validation"] = adapter.score(model, preprocessor, data["validation"], recipe.data,
                                                  recipe.training.eval_batch_size)
     tmp = out / ".teacher-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -424,13 +424,13 @@ def _transfer_set(recipe: Recipe, data, teacher, preprocessor, adapter, student_
         if json.loads((cache / "pakd_transfer.json").read_text()).get("key") == key:
             say(f"transfer set: reusing {cache}")
             return load_from_disk(str(cache))
-    texts = transfer_texts(teacher, preprocessor, list(data["train"][adapter.column(recipe)]), recipe.augment)
+    texts = transfer_texts(teacher, preprocessor, list(data["train"][adapter.column(recipe.data)]), recipe.augment)
     say(f"transfer set: {len(texts):,} texts (the {len(data['train']):,} training texts and "
          f"{recipe.augment.copies} perturbed copies of each), labelled by the teacher")
-    encoded = adapter.encode_texts(student_preprocessor, texts, recipe)
+    encoded = adapter.encode_texts(student_preprocessor, texts, recipe.data)
     if any(s.distillation.hidden is None and s.distillation.attention is None for s in recipe.stages):
         say("transfer set: the teacher's logits, once")
-        for_teacher = encoded if student_preprocessor is preprocessor else adapter.encode_texts(preprocessor, texts, recipe)
+        for_teacher = encoded if student_preprocessor is preprocessor else adapter.encode_texts(preprocessor, texts, recipe.data)
         logits = add_teacher_logits(for_teacher, teacher, preprocessor, recipe.training.eval_batch_size)[TEACHER_LOGITS]
         encoded = encoded.add_column(TEACHER_LOGITS, list(logits))
     if cache is not None:
@@ -484,11 +484,11 @@ class Prepared:
         """(raw inputs, gold labels) of a split (a Dataset); no labels for text-generation."""
         spec = self.recipe.data
         gold = list(split[spec.label_column]) if self.adapter.labelled else []
-        return list(split[self.adapter.column(self.recipe)]), gold
+        return list(split[self.adapter.column(self.recipe.data)]), gold
 
     def evaluate(self, model, preprocessor, split) -> float:
         """The task's metric (:attr:`TaskAdapter.metric`: accuracy, or perplexity for text-generation)."""
-        return self.adapter.score(model, preprocessor, split, self.recipe, self.recipe.training.eval_batch_size)
+        return self.adapter.score(model, preprocessor, split, self.recipe.data, self.recipe.training.eval_batch_size)
 
 
 def _needs_data_and_teacher(recipe: Recipe) -> None:
@@ -573,7 +573,7 @@ def student_start(p: Prepared):
         student_pre = prune_student_vocabulary(student, p.preprocessor, p.encoded["train"], recipe)
         say(f"vocabulary: kept {student.config.vocab_size:,} of {p.teacher.config.vocab_size:,} tokens "
              "before training; the student's data is tokenized with its own tokenizer")
-        student_encoded = p.adapter.encode_dataset(p.data, student_pre, recipe)
+        student_encoded = p.adapter.encode_dataset(p.data, student_pre, recipe.data)
     return student, student_pre, student_encoded
 
 
@@ -717,7 +717,7 @@ def _compress(recipe_source, output_dir, *, quick: bool, push_to_hub: str | None
     run_dir = out / ".student-run"
     stage_start = time.perf_counter()
     student, student_pre, student_encoded = student_start(p)
-    train_dataset, vocabulary_dataset = adapter.training_split(student_encoded["train"], recipe), None
+    train_dataset, vocabulary_dataset = adapter.training_split(student_encoded["train"], recipe.data), None
     if recipe.augment is not None:
         train_dataset = transfer_set(p, student_pre)
         vocabulary_dataset = student_encoded["train"]
@@ -737,7 +737,7 @@ def _compress(recipe_source, output_dir, *, quick: bool, push_to_hub: str | None
     trainer = PaKDTrainer(
         model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,
         eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
-        vocabulary_dataset=vocabulary_dataset, data_collator=adapter.data_collator(student_pre, recipe),
+        vocabulary_dataset=vocabulary_dataset, data_collator=adapter.data_collator(student_pre, recipe.data),
         **(stage_metrics() if adapter.labelled else {}),
     )
     trainer.train(resume_from_checkpoint=resume)
@@ -783,15 +783,15 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
     acc_teacher = p.evaluate(p.teacher, p.preprocessor, test)
     acc_student = p.evaluate(student_loaded, student_pre, test)
     say(f"test {metric}: teacher {acc_teacher:.4f}, student {acc_student:.4f}")
-    n_test = adapter.eval_size(test, student_pre, recipe)  # examples; scored tokens for text-generation
-    examples = adapter.benchmark_examples(examples, recipe)
+    n_test = adapter.eval_size(test, student_pre, recipe.data)  # examples; scored tokens for text-generation
+    examples = adapter.benchmark_examples(examples, recipe.data)
 
     processes = 1 if quick else LATENCY_PROCESSES
     say(f"benchmarking teacher vs student: the saved folders, in {processes} fresh process(es) "
          f"({benchmark_device}, medians of repeated runs)")
     report = median_run([
         in_fresh_process(
-            measure_folders, teacher_dir=teacher_dir, student_dir=tmp, task=recipe.task, recipe=recipe,
+            measure_folders, teacher_dir=teacher_dir, student_dir=tmp, task=recipe.task, spec=recipe.data,
             examples=examples[:LATENCY_EXAMPLES], threads=threads, device=benchmark_device,
             repeats=5 if quick else 20, min_seconds=0.0 if quick else LATENCY_MIN_SECONDS,
         )
@@ -799,7 +799,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
     ])
     if metric == "perplexity":
         report = with_perplexity(report, (acc_teacher, acc_student), "test", n_test)
-        report = with_perplexity(report, acc_validation, "validation", adapter.eval_size(validation, student_pre, recipe),
+        report = with_perplexity(report, acc_validation, "validation", adapter.eval_size(validation, student_pre, recipe.data),
                                  validation=True)
     else:
         report = with_accuracy(report, (acc_teacher, acc_student), "test", n_test)
@@ -914,7 +914,7 @@ def _export_stage(p: Prepared, student_dir: Path, student_pre, validation, test,
         runs["int8"] = str(student_dir / ONNX_DIR / INT8_FILE)
     quick = p.quick
     out.update(median_onnx([
-        in_fresh_process(measure_onnx, runs=runs, task=p.recipe.task, recipe=p.recipe, examples=examples[:LATENCY_EXAMPLES],
+        in_fresh_process(measure_onnx, runs=runs, task=p.recipe.task, spec=p.recipe.data, examples=examples[:LATENCY_EXAMPLES],
                          threads=threads, repeats=5 if quick else 20, min_seconds=0.0 if quick else LATENCY_MIN_SECONDS)
         for _ in range(processes)
     ]))

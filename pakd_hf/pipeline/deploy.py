@@ -34,7 +34,7 @@ compress` imports) loads without them and :func:`require_onnx` can say what to i
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import inspect
 import json
 import os
@@ -80,9 +80,10 @@ def require_onnx() -> None:
 
 # ---- loading and example inputs -------------------------------------------------------------
 def _load(folder: Path):
-    """(model, preprocessor, task adapter, recipe for encoding) of a saved classifier folder."""
+    """(model, preprocessor, task adapter, encoding settings: the data block's defaults) of a
+    saved classifier folder."""
     from ..export import load_compact
-    from .tasks import ADAPTERS, default_recipe, folder_task
+    from .tasks import ADAPTERS, default_data, folder_task
 
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
@@ -105,7 +106,7 @@ def _load(folder: Path):
         raise
     except Exception as e:  # noqa: BLE001 - no weights, an unknown config, a truncated or mismatched file
         raise DeployError(f"cannot load {folder} as a {adapter.task} model: {' '.join(str(e).split())[:300]}") from None
-    return model.eval(), preprocessor, adapter, default_recipe(task)
+    return model.eval(), preprocessor, adapter, default_data()
 
 
 def _input_names(model: nn.Module, encoded: dict[str, torch.Tensor]) -> list[str]:
@@ -119,7 +120,7 @@ def _input_names(model: nn.Module, encoded: dict[str, torch.Tensor]) -> list[str
     return names
 
 
-def _examples(adapter, preprocessor, recipe, count: int, longer: bool) -> dict[str, torch.Tensor]:
+def _examples(adapter, preprocessor, spec, count: int, longer: bool) -> dict[str, torch.Tensor]:
     """``count`` seeded examples encoded by the folder's own preprocessor; ``longer`` gives
     longer texts and clips than the traced ones, to check the dynamic axes."""
     from .tasks import sample_examples
@@ -129,17 +130,11 @@ def _examples(adapter, preprocessor, recipe, count: int, longer: bool) -> dict[s
         texts = [examples[i % len(examples)] for i in range(count)]
         if longer:
             texts = [t + " " + examples[(i + 1) % len(examples)] for i, t in enumerate(texts)]
-        return adapter.encode_batch(preprocessor, texts, recipe)
+        return adapter.encode_batch(preprocessor, texts, spec)
     batch = [examples[i % len(examples)] for i in range(count)]
     if adapter.task == "audio-classification" and longer:
-        recipe = _with_seconds(recipe, 1.5 * recipe.data.max_seconds)
-    return adapter.encode_batch(preprocessor, batch, recipe)
-
-
-def _with_seconds(recipe, seconds: float):
-    recipe = copy.deepcopy(recipe)
-    recipe.data.max_seconds = seconds
-    return recipe
+        spec = dataclasses.replace(spec, max_seconds=1.5 * spec.max_seconds)
+    return adapter.encode_batch(preprocessor, batch, spec)
 
 
 class _Logits(nn.Module):
@@ -348,16 +343,16 @@ def training_examples(recipe, count: int = 256, train=None) -> list:
 
         train = load_data(recipe, False)["train"]
     rows = np.random.default_rng(recipe.data.seed).permutation(len(train))[:count]
-    return list(train.select(sorted(int(i) for i in rows))[adapter_for(recipe).column(recipe)])
+    return list(train.select(sorted(int(i) for i in rows))[adapter_for(recipe).column(recipe.data)])
 
 
-def calibration_batches(adapter, preprocessor, recipe, examples: list, names: list[str], batch_size: int = 16,
+def calibration_batches(adapter, preprocessor, spec, examples: list, names: list[str], batch_size: int = 16,
                         ) -> list[dict[str, np.ndarray]]:
     """Raw training ``examples`` (texts, images, clips) encoded by the folder's own
     preprocessor into the batches static quantization calibrates on."""
     out = []
     for i in range(0, len(examples), batch_size):
-        encoded = adapter.encode_batch(preprocessor, examples[i:i + batch_size], recipe)
+        encoded = adapter.encode_batch(preprocessor, examples[i:i + batch_size], spec)
         out.append({n: encoded[n].numpy() for n in names})
     return out
 
@@ -392,10 +387,10 @@ def export_onnx(
         raise DeployError(f"--opset must be between 7 and 23 (ONNX Runtime's range for these models), got {opset}")
     if out.exists() and read_export_info(out) is None:
         raise FileExistsError(f"{out} exists and was not written by pakd export: choose another --output-dir or remove it")
-    model, preprocessor, adapter, recipe = _load(folder)
-    traced = _examples(adapter, preprocessor, recipe, 2, longer=False)
+    model, preprocessor, adapter, spec = _load(folder)
+    traced = _examples(adapter, preprocessor, spec, 2, longer=False)
     names = _input_names(model, traced)
-    checked = _examples(adapter, preprocessor, recipe, 3, longer=True)
+    checked = _examples(adapter, preprocessor, spec, 3, longer=True)
     axes = {n: {0: "batch", **({1: _LENGTH_AXES[n]} if n in _LENGTH_AXES else {})} for n in names}
     axes["logits"] = {0: "batch"}
 
@@ -432,7 +427,7 @@ def export_onnx(
             "versions": _versions(),
         }
         if mode:
-            batches = calibration_batches(adapter, preprocessor, recipe, list(calibration), names) if mode == "static" else None
+            batches = calibration_batches(adapter, preprocessor, spec, list(calibration), names) if mode == "static" else None
             _quantize(tmp / FP32_FILE, tmp / INT8_FILE, mode, batches)
             quantized = OrtModel(tmp / INT8_FILE)
             int8_diff, int8_logits = _max_diff(quantized, model, checked)
@@ -474,11 +469,11 @@ def export_executorch(
     out = Path(output_dir) if output_dir is not None else folder / EXECUTORCH_DIR
     if out.exists() and read_info(out, EXECUTORCH_FORMAT) is None:
         raise FileExistsError(f"{out} exists and was not written by pakd export: choose another --output-dir or remove it")
-    model, preprocessor, adapter, recipe = _load(folder)
-    traced = _examples(adapter, preprocessor, recipe, 1, longer=False)
+    model, preprocessor, adapter, spec = _load(folder)
+    traced = _examples(adapter, preprocessor, spec, 1, longer=False)
     names = _input_names(model, traced)
     text = adapter.task == "text-classification"
-    checked = _examples(adapter, preprocessor, recipe, 1, longer=text)
+    checked = _examples(adapter, preprocessor, spec, 1, longer=text)
     if text:
         limit = int(getattr(model.config, "max_position_embeddings", 512)) - 2  # RoBERTa's offset of 2
         sequence = torch.export.Dim("sequence", min=2, max=limit)
@@ -597,22 +592,21 @@ ORT_RUNS = {"teacher": "teacher_ort", "student": "student_ort", "int8": "student
 
 
 def measure_onnx(
-    runs: dict[str, str], *, task: str, recipe, examples: list, threads: int, repeats: int, min_seconds: float
+    runs: dict[str, str], *, task: str, spec, examples: list, threads: int, repeats: int, min_seconds: float
 ) -> dict[str, Any]:
     """ONNX Runtime latencies of ``runs`` ("teacher", "student" and optionally "int8" -> an ONNX
     file), each fed by the preprocessor saved beside its file, on the same raw ``examples``
     (:func:`compare_onnx`). Keys: ``latency_ms_b1_teacher_ort``, ``latency_ms_b1_student_ort``,
     ``latency_ms_b1_student_ort_int8``, ``speedup_b1_ort`` (teacher fp32 over student fp32),
     ``speedup_b1_ort_int8`` (teacher fp32 over student int8), the same for b32. Module-level so
-    that `pakd compress` runs it in a fresh process, like the eager benchmark."""
-    from ..recipe import load_recipe
+    that `pakd compress` runs it in a fresh process, like the eager benchmark. ``spec``: the
+    data block whose encoding settings apply (a recipe's ``data``, or :func:`default_data`)."""
     from .tasks import ADAPTERS
 
-    recipe = load_recipe(recipe)
     adapter = ADAPTERS[task]
 
     def encoder(pre):
-        return lambda idx: adapter.encode_batch(pre, [examples[i] for i in idx], recipe)
+        return lambda idx: adapter.encode_batch(pre, [examples[i] for i in idx], spec)
 
     encoders = {name: encoder(adapter.load_preprocessor(Path(path).parent)) for name, path in runs.items()}
     raw = compare_onnx(runs, encoders, threads=threads, examples=len(examples), repeats=repeats, min_seconds=min_seconds)

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import describe, one_line
-from ..recipe import ImageAugment, Recipe, RecipeError
+from ..recipe import Data, ImageAugment, Recipe, RecipeError
 
-__all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_recipe", "perplexity"]
+__all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_data", "perplexity"]
 
 
 class TaskAdapter:
@@ -112,19 +112,22 @@ class TaskAdapter:
         raise RecipeError("teacher.config", f"a teacher built from a config is not supported for {self.task}; name a pretrained 'model'")
 
     # ---- data --------------------------------------------------------------------------
-    def column(self, recipe: Recipe) -> str:
-        return getattr(recipe.data, self.column_field)
+    # The data methods read the recipe's data block (``recipe.data``: columns, max_length,
+    # max_seconds, packing, augment) and nothing else, so a command that feeds a saved model
+    # without a recipe passes the block's defaults (:func:`default_data`).
+    def column(self, spec: Data) -> str:
+        return getattr(spec, self.column_field)
 
-    def encode_batch(self, preprocessor, examples: list, recipe: Recipe) -> dict[str, Any]:
+    def encode_batch(self, preprocessor, examples: list, spec: Data) -> dict[str, Any]:
         """Model inputs (torch tensors) for a list of raw examples (texts, images, clips)."""
         raise NotImplementedError
 
-    def encode_dataset(self, data, preprocessor, recipe: Recipe):
+    def encode_dataset(self, data, preprocessor, spec: Data):
         """The data set as model inputs + labels, for Trainer."""
-        column, label = self.column(recipe), recipe.data.label_column
+        column, label = self.column(spec), spec.label_column
 
         def encode(batch):
-            out = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in self.encode_batch(preprocessor, batch[column], recipe).items()}
+            out = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in self.encode_batch(preprocessor, batch[column], spec).items()}
             out["labels"] = batch[label]
             return out
 
@@ -132,7 +135,7 @@ class TaskAdapter:
         # Fixed-size arrays: hand them to the collator as numpy, not as nested Python lists.
         return encoded.with_format("numpy")
 
-    def predict(self, model, preprocessor, examples: list, recipe: Recipe, batch_size: int) -> list[int]:
+    def predict(self, model, preprocessor, examples: list, spec: Data, batch_size: int) -> list[int]:
         """Predicted class ids of raw examples, in batches."""
         import torch
 
@@ -141,37 +144,37 @@ class TaskAdapter:
         predictions: list[int] = []
         with torch.inference_mode():
             for i in range(0, len(examples), batch_size):
-                batch = self.encode_batch(preprocessor, examples[i : i + batch_size], recipe)
+                batch = self.encode_batch(preprocessor, examples[i : i + batch_size], spec)
                 if isinstance(device, torch.device) and device.type != "cpu":
                     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 predictions += model(**batch).logits.argmax(-1).tolist()
         return predictions
 
-    def accuracy(self, model, preprocessor, examples: list, labels: list[int], recipe: Recipe, batch_size: int) -> float:
+    def accuracy(self, model, preprocessor, examples: list, labels: list[int], spec: Data, batch_size: int) -> float:
         """Accuracy (:class:`pakd_hf.metrics.Accuracy`) of ``model`` on raw examples."""
         from ..metrics import accuracy
 
-        return accuracy(self.predict(model, preprocessor, examples, recipe, batch_size), labels)
+        return accuracy(self.predict(model, preprocessor, examples, spec, batch_size), labels)
 
-    def score(self, model, preprocessor, split, recipe: Recipe, batch_size: int) -> float:
+    def score(self, model, preprocessor, split, spec: Data, batch_size: int) -> float:
         """:attr:`metric` of ``model`` on a split (a Dataset of raw examples, with labels)."""
-        return self.accuracy(model, preprocessor, list(split[self.column(recipe)]), list(split[recipe.data.label_column]),
-                             recipe, batch_size)
+        return self.accuracy(model, preprocessor, list(split[self.column(spec)]), list(split[spec.label_column]),
+                             spec, batch_size)
 
-    def data_collator(self, preprocessor, recipe: Recipe):
+    def data_collator(self, preprocessor, spec: Data):
         """The collator of the PaKD stages (``None``: Trainer's default)."""
         return None
 
-    def training_split(self, split, recipe: Recipe):
+    def training_split(self, split, spec: Data):
         """The encoded training split as the training stages read it (teacher fine-tune, PaKD
         stages, ablation arms); here as it is, for images and clips randomly changed (``data.augment``)."""
         return split
 
-    def eval_size(self, split, preprocessor, recipe: Recipe) -> int:
+    def eval_size(self, split, preprocessor, spec: Data) -> int:
         """How many items :meth:`score` scores on ``split`` (examples; tokens for text-generation)."""
         return len(split)
 
-    def benchmark_examples(self, examples: list, recipe: Recipe) -> list:
+    def benchmark_examples(self, examples: list, spec: Data) -> list:
         """The raw examples the latency benchmark feeds (default: the test examples as they are)."""
         return examples
 
@@ -267,12 +270,10 @@ class TextClassification(TaskAdapter):
     preprocessor_class = "AutoTokenizer"
     column_field = "text_column"
 
-    def encode_batch(self, tokenizer, texts, recipe):
-        return dict(tokenizer(list(texts), truncation=True, max_length=recipe.data.max_length, padding=True, return_tensors="pt"))
+    def encode_batch(self, tokenizer, texts, spec):
+        return dict(tokenizer(list(texts), truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt"))
 
-    def encode_dataset(self, data, tokenizer, recipe):
-        spec = recipe.data
-
+    def encode_dataset(self, data, tokenizer, spec):
         def encode(batch):  # unpadded: Trainer's collator pads each batch to its longest text
             out = tokenizer(batch[spec.text_column], truncation=True, max_length=spec.max_length)
             if spec.label_column in batch:
@@ -281,12 +282,12 @@ class TextClassification(TaskAdapter):
 
         return data.map(encode, batched=True, remove_columns=next(iter(data.values())).column_names, desc="tokenize")
 
-    def encode_texts(self, tokenizer, texts: list[str], recipe):
+    def encode_texts(self, tokenizer, texts: list[str], spec):
         """Unlabelled texts (a transfer set) as a tokenized, unpadded Dataset."""
         from datasets import Dataset, DatasetDict
 
-        data = DatasetDict({"texts": Dataset.from_dict({recipe.data.text_column: list(texts)})})
-        return self.encode_dataset(data, tokenizer, recipe)["texts"]
+        data = DatasetDict({"texts": Dataset.from_dict({spec.text_column: list(texts)})})
+        return self.encode_dataset(data, tokenizer, spec)["texts"]
 
 
 class ImageClassification(TaskAdapter):
@@ -364,15 +365,15 @@ class ImageClassification(TaskAdapter):
             raise RecipeError("teacher.config.model_type", f"'{config.model_type}' has no image-classification model: {exc}") from None
         return model, self._processor(recipe, config)
 
-    def encode_batch(self, processor, images, recipe):
+    def encode_batch(self, processor, images, spec):
         return {"pixel_values": processor(images=list(images), return_tensors="pt")["pixel_values"]}
 
-    def training_split(self, split, recipe):
-        if recipe.data is None or not isinstance(recipe.data.augment, ImageAugment):
+    def training_split(self, split, spec):
+        if not isinstance(spec.augment, ImageAugment):
             return split
         from .image_augment import AugmentedImages
 
-        return AugmentedImages(split, recipe.data.augment)
+        return AugmentedImages(split, spec.augment)
 
 
 class AudioClassification(TaskAdapter):
@@ -399,7 +400,7 @@ class AudioClassification(TaskAdapter):
             )
         return arrays, default_rate
 
-    def encode_batch(self, extractor, clips, recipe):
+    def encode_batch(self, extractor, clips, spec):
         rate = int(extractor.sampling_rate)
         arrays, rate = self._arrays(clips, rate)
         if hasattr(extractor, "chunk_length") and hasattr(extractor, "n_samples"):
@@ -407,21 +408,21 @@ class AudioClassification(TaskAdapter):
             # must match the encoder's positions; max_seconds does not apply.
             out = extractor(arrays, sampling_rate=rate, return_tensors="pt")
             return {"input_features": out["input_features"]}
-        samples = int(round(recipe.data.max_seconds * rate))
+        samples = int(round(spec.max_seconds * rate))
         out = extractor(arrays, sampling_rate=rate, max_length=samples, truncation=True, padding="max_length", return_tensors="pt")
         return {k: v for k, v in out.items() if k in ("input_values", "input_features", "attention_mask")}
 
-    def training_split(self, split, recipe):
-        spec = None if recipe.data is None else recipe.data.augment
-        if spec is None:
+    def training_split(self, split, spec):
+        augment = spec.augment
+        if augment is None:
             return split
         from .audio_augment import AugmentedClips
 
         column = "input_features" if "input_features" in split.column_names else "input_values"
-        if column == "input_values" and spec.freq_mask > 0 and spec.freq_masks > 0:
+        if column == "input_values" and augment.freq_mask > 0 and augment.freq_masks > 0:
             raise RecipeError("data.augment.freq_mask", "this model reads raw samples (input_values), which have no "
                                                         "frequency bins to mask: set it to 0")
-        return AugmentedClips(split, spec, column)
+        return AugmentedClips(split, augment, column)
 
 
 class TextGeneration(TaskAdapter):
@@ -502,18 +503,17 @@ class TextGeneration(TaskAdapter):
         from transformers import AutoModelForCausalLM
 
         config = self._config(recipe)
-        tokenizer = self.train_tokenizer(list(data["train"][self.column(recipe)]), config.vocab_size)
+        tokenizer = self.train_tokenizer(list(data["train"][self.column(recipe.data)]), config.vocab_size)
         config.vocab_size = len(tokenizer)
         config.pad_token_id, config.bos_token_id, config.eos_token_id = (
             tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
         return AutoModelForCausalLM.from_config(config), tokenizer
 
-    def encode_batch(self, tokenizer, texts, recipe):
-        return dict(tokenizer(list(texts), truncation=True, max_length=recipe.data.max_length, padding=True,
+    def encode_batch(self, tokenizer, texts, spec):
+        return dict(tokenizer(list(texts), truncation=True, max_length=spec.max_length, padding=True,
                               return_tensors="pt"))
 
-    def encode_dataset(self, data, tokenizer, recipe):
-        spec = recipe.data
+    def encode_dataset(self, data, tokenizer, spec):
         column = spec.text_column
         eos = tokenizer.eos_token or ""
         def tokenize(batch):  # blank texts (WikiText has many) add nothing
@@ -540,19 +540,19 @@ class TextGeneration(TaskAdapter):
                                               "labels": blocks})
         return DatasetDict(packed).with_format("numpy")
 
-    def benchmark_examples(self, texts, recipe):
+    def benchmark_examples(self, texts, spec):
         """Prefill inputs of one length: consecutive test texts joined until each is long enough
         to fill ``data.max_length`` tokens (the encoding then cuts it there)."""
         out, current = [], ""
         for text in texts:
             current = f"{current} {text}".strip()
-            if len(current) >= 8 * recipe.data.max_length:  # bytes per BPE token stay under 8 in prose
+            if len(current) >= 8 * spec.max_length:  # bytes per BPE token stay under 8 in prose
                 out.append(current)
                 current = ""
         return out or [current]
 
-    def data_collator(self, tokenizer, recipe):
-        if recipe.data.packing:
+    def data_collator(self, tokenizer, spec):
+        if spec.packing:
             return None  # equal blocks with their labels: Trainer's default collator stacks them
         from transformers import DataCollatorForSeq2Seq
 
@@ -560,18 +560,18 @@ class TextGeneration(TaskAdapter):
         # token (Llama / Qwen tokenizers) is still a label where it is real
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
 
-    def eval_size(self, split, tokenizer, recipe) -> int:
+    def eval_size(self, split, tokenizer, spec) -> int:
         """How many tokens :meth:`score` scores on ``split`` (the labelled positions after the first
         of each block or text)."""
         from datasets import DatasetDict
 
-        encoded = self.encode_dataset(DatasetDict({"split": split}), tokenizer, recipe)["split"]
+        encoded = self.encode_dataset(DatasetDict({"split": split}), tokenizer, spec)["split"]
         return int(sum(max(0, int((np.asarray(r) != -100).sum()) - 1) for r in encoded["labels"]))
 
-    def score(self, model, tokenizer, split, recipe, batch_size):
+    def score(self, model, tokenizer, split, spec, batch_size):
         from datasets import DatasetDict
 
-        encoded = self.encode_dataset(DatasetDict({"split": split}), tokenizer, recipe)["split"]
+        encoded = self.encode_dataset(DatasetDict({"split": split}), tokenizer, spec)["split"]
         return perplexity(model, encoded, batch_size, pad_token_id=tokenizer.pad_token_id)
 
 
@@ -673,12 +673,11 @@ def sample_examples(task: str, preprocessor) -> list:
     return [(0.1 * rng.standard_normal(rate)).astype(np.float32) for _ in range(4)]
 
 
-def default_recipe(task: str) -> Recipe:
-    """The encoding settings (``data.max_length``, ``data.max_seconds``: their defaults) for
-    commands that feed a saved model without a recipe (`pakd benchmark`, `pakd export`)."""
-    from ..recipe import load_recipe
-
-    return load_recipe({"name": "inputs", "task": task, "stages": [{"name": "none", "steps": 1}], "data": {"dataset": "none"}})
+def default_data() -> Data:
+    """A data block with every encoding setting at its default (``max_length``, ``max_seconds``,
+    ``packing``, the column names), for commands that feed a saved model without a recipe
+    (`pakd benchmark`, `pakd export`): the task adapters' data methods read nothing else."""
+    return Data(dataset="")
 
 
 ADAPTERS = {cls.task: cls() for cls in (TextClassification, ImageClassification, AudioClassification, TextGeneration)}
