@@ -277,12 +277,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not 7 <= args.opset <= 23:
         print(f"error: --opset must be between 7 and 23, got {args.opset}", file=sys.stderr)
         return 2
-    calibration = None
+    calibration, encoding = None, None
     if args.int8 == "static":
-        calibration = _calibration(folder, args)
-        if isinstance(calibration, int):
-            return calibration
-    info = _exported(lambda: export_onnx(folder, args.output_dir, int8=args.int8, opset=args.opset, calibration=calibration))
+        found = _calibration(folder, args)
+        if isinstance(found, int):
+            return found
+        calibration, encoding = found
+    info = _exported(lambda: export_onnx(folder, args.output_dir, int8=args.int8, opset=args.opset, calibration=calibration,
+                                         encoding=encoding))
     if isinstance(info, int):
         return info
     out = Path(args.output_dir) if args.output_dir else folder / ONNX_DIR
@@ -299,7 +301,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _calibration(folder: Path, args: argparse.Namespace) -> list | int:
     """Static int8's calibration examples: ``--calibration`` examples of the training split of
-    ``--calibration-recipe``'s data (default: the recipe saved in the folder), or an exit code."""
+    ``--calibration-recipe``'s data (default: the recipe saved in the folder) and that data block
+    (its encoding settings), or an exit code."""
     from .pipeline.deploy import DeployError, training_examples
 
     source = Path(args.calibration_recipe) if args.calibration_recipe else folder / RECIPE_FILENAME
@@ -311,7 +314,8 @@ def _calibration(folder: Path, args: argparse.Namespace) -> list | int:
         print(f"error: --calibration must be at least 1, got {args.calibration}", file=sys.stderr)
         return 2
     try:
-        return training_examples(load_recipe(source), args.calibration)
+        recipe = load_recipe(source)
+        return training_examples(recipe, args.calibration), recipe.data
     except (RecipeError, DeployError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

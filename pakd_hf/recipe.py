@@ -903,7 +903,7 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not _NONE)
+        return " or ".join(dict.fromkeys(_type_name(a) for a in typing.get_args(tp) if a is not _NONE))
     if origin is list:
         return "a list"
     if dataclasses.is_dataclass(tp):
@@ -933,9 +933,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             if not value:
                 raise RecipeError(path, "is empty: give at least one of its keys "
                                         f"({'; '.join(', '.join(sorted(_keys(a))) for a in options)}), or remove it")
-            best = max(options, key=lambda a: sum(k in _keys(a) for k in value))
-            if any(k in _keys(best) for k in value):
-                return _build(best, value, path)  # names the key that does not belong to it
+            used = [a for a in options if any(k in _keys(a) for k in value)]
+            if len(used) > 1:
+                kinds = "; ".join(f"{', '.join(sorted(k for k in value if k in _keys(a)))} of {a.__name__}" for a in used)
+                raise RecipeError(path, f"mixes the keys of several kinds ({kinds}): keep one kind's keys")
+            if used:
+                return _build(used[0], value, path)  # names the key that does not belong to it
             known = sorted(set().union(*(_keys(a) for a in options)))
             key = next(iter(value))
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)

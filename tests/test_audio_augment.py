@@ -2,6 +2,8 @@
 does to a batch of spectrograms or raw samples, that a seed repeats them, that only the
 training split is wrapped, and the recipe's one-line errors."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -75,8 +77,15 @@ def test_masks_set_bands_of_frames_and_bins_to_the_clip_mean():
 
 def test_raw_samples_take_time_changes_with_silence_zero():
     x = torch.ones(16, 1600)
-    y = augment_clips(x, AudioAugment(time_shift=0.1, time_mask=0.05), _gen(0))
-    assert y.shape == x.shape and set(y.unique().tolist()) <= {0.0, 1.0} and (y == 0).any()
+    y = augment_clips(x, AudioAugment(time_shift=0.1), _gen(0))  # the shift alone: zeros at one end only
+    for row in y:
+        zeros = (row == 0).nonzero().flatten()
+        assert set(row.unique().tolist()) <= {0.0, 1.0} and len(zeros) <= 160
+        if len(zeros):
+            assert zeros.tolist() in (list(range(len(zeros))), list(range(1600 - len(zeros), 1600)))
+    assert (y == 0).any()
+    y = augment_clips(x, AudioAugment(time_mask=0.05), _gen(0))  # the masks alone: bands of 0 inside
+    assert set(y.unique().tolist()) <= {0.0, 1.0} and (y == 0).any() and int((y == 0).sum(1).max()) <= 2 * 80
     with pytest.raises(ValueError, match="features"):
         augment_clips(torch.ones(2, 2, 2, 2), AudioAugment(time_shift=0.1))
 
@@ -107,6 +116,28 @@ def test_only_the_training_split_is_wrapped_and_its_labels_stay():
         adapter_for(recipe).training_split(samples, recipe.data)
     timed = _recipe({"time_shift": 0.1})
     assert adapter_for(timed).training_split(samples, timed.data).column == "input_values"
+    # picklable, for DataLoader workers that a spawn start method launches
+    again = pickle.loads(pickle.dumps(wrapped))
+    torch.manual_seed(1)
+    a = wrapped.__getitems__([0, 1])
+    torch.manual_seed(1)
+    assert all(torch.equal(x["input_features"], y["input_features"]) for x, y in zip(a, again.__getitems__([0, 1])))
+
+
+def test_frequency_masks_for_a_raw_sample_teacher_are_refused_before_any_work(tmp_path):
+    """A wav2vec2 teacher reads raw samples: preflight names the field before data or output."""
+    from toy import tiny_wav2vec2
+
+    from pakd_hf.pipeline.preflight import preflight
+
+    teacher = tiny_wav2vec2()
+    teacher.save_pretrained(tmp_path / "w2v")
+    raw = {"name": "r", "task": "audio-classification", "teacher": {"model": str(tmp_path / "w2v")},
+           "data": {"dataset": "speech-keywords", "augment": {"freq_mask": 0.1}}, "stages": [{"name": "s", "steps": 1}]}
+    with pytest.raises(RecipeError) as info:
+        preflight(load_recipe(raw), build=False)
+    assert info.value.field == "data.augment.freq_mask" and "raw samples" in str(info.value)
+    preflight(load_recipe({**raw, "data": {"dataset": "speech-keywords", "augment": {"time_mask": 0.1}}}), build=False)
 
 
 def test_the_recipe_round_trips_and_tells_image_from_audio_changes():
@@ -124,7 +155,9 @@ def test_the_recipe_round_trips_and_tells_image_from_audio_changes():
     ({}, "audio-classification", "data.augment", "is empty"),
     ({"time_shift": 0.1}, "image-classification", "data.augment", "changes training clips"),
     ({"shift": 0.1}, "audio-classification", "data.augment", "changes training images"),
-    ({"time_shift": 0.1, "time_mask": 0.1, "flip": 0.5}, "audio-classification", "data.augment.flip", "unknown key"),
+    ({"time_shift": 0.1, "time_mask": 0.1, "flip": 0.5}, "audio-classification", "data.augment", "mixes the keys"),
+    ({"time_shift": 0.1, "time_shfit": 0.1}, "audio-classification", "data.augment.time_shfit", "unknown key"),
+    (True, "audio-classification", "data.augment", "must be a mapping, got True"),
     ({"time_shfit": 0.1}, "audio-classification", "data.augment.time_shfit", "did you mean 'time_shift'"),
 ])
 def test_recipe_errors_name_the_field(augment, task, field, fragment):

@@ -5,7 +5,7 @@ rather than the words. The usual remedies act on the features the model reads: a
 of the clip in time inside its window (the words of Speech Commands start anywhere in the
 second), and SpecAugment's time and frequency masking (Park et al., 2019, "SpecAugment: A
 Simple Data Augmentation Method for Automatic Speech Recognition"): a few bands of frames or
-of mel bins replaced by the clip's mean. They matter more for distillation than for plain
+of mel bins replaced by the clip's mean (by 0, silence, for raw samples). They matter more for distillation than for plain
 training: the teacher reads the very batch the student reads, so its outputs on these new
 views are targets no label gives (Beyer et al., 2022, "Knowledge distillation: A good teacher
 is patient and consistent").
@@ -15,9 +15,9 @@ once and the per-batch cost is a few tensor operations: ``input_features`` ``[B,
 (Whisper's log-mel spectrogram and other spectrogram extractors) or ``input_values``
 ``[B, samples]`` (wav2vec2-style raw samples: time shift and time masks only). transformers'
 own SpecAugment (``mask_time_prob`` in Whisper and wav2vec2 configs) is drawn inside each model,
-so teacher and student would see different masks; here one draw serves both. torchaudio has the
-masking transforms but is not a dependency (a wheel tied to one torch build) and draws one mask
-per batch. The randomness is torch's, which Trainer seeds (``seed``): a run is repeatable.
+so teacher and student would see different masks; here one draw serves both. torchaudio has
+masking transforms but is not a dependency (a wheel tied to one torch build), and the three
+operations are a few tensor lines. The randomness is torch's, which Trainer seeds (``seed``): a run is repeatable.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def augment_clips(features: torch.Tensor, spec: AudioAugment, generator: torch.G
     - ``time_shift``: moved by up to that fraction of the window, earlier or later; the part
       uncovered is silence (the clip's lowest feature value for a spectrogram, 0 for samples);
     - ``time_mask`` / ``time_masks``: that many bands of up to that fraction of the frames set
-      to the clip's mean;
+      to the clip's mean (0 for raw samples);
     - ``freq_mask`` / ``freq_masks``: the same over the frequency bins (spectrograms only).
     """
     if features.dim() not in (2, 3):

@@ -889,8 +889,8 @@ def _export_stage(p: Prepared, student_dir: Path, student_pre, validation, test,
     static = int8_mode(spec.int8) == "static"
     calibration = training_examples(p.recipe, spec.calibration, p.data["train"]) if static else None
     student = export_onnx(student_dir, student_dir / ONNX_DIR, int8=spec.int8, opset=spec.opset, source="student",
-                          calibration=calibration)
-    teacher = export_onnx(teacher_dir, teacher_dir / ONNX_DIR, opset=spec.opset)
+                          calibration=calibration, encoding=p.recipe.data)
+    teacher = export_onnx(teacher_dir, teacher_dir / ONNX_DIR, opset=spec.opset, encoding=p.recipe.data)
     out: dict[str, Any] = {
         "onnx_opset": spec.opset, "onnx_max_abs_diff": student["max_abs_diff"],
         "bytes_onnx_teacher": teacher["bytes_onnx"], "bytes_onnx_student": student["bytes_onnx"],

@@ -366,6 +366,7 @@ def export_onnx(
     tolerance: float = TOLERANCE,
     source: str | None = None,
     calibration: list | None = None,
+    encoding=None,
 ) -> dict[str, Any]:
     """Export the classifier saved in ``folder`` to ``output_dir`` (default ``folder/onnx``):
     ``model.onnx`` and, with ``int8``, ``model_int8.onnx``, the folder's preprocessor files
@@ -375,6 +376,8 @@ def export_onnx(
     ``int8``: ``True`` or ``"dynamic"`` (weights only), or ``"static"``, which needs
     ``calibration``: raw training examples (texts, images, clips; a few hundred), encoded here
     by the folder's preprocessor (:func:`training_examples` reads them from a recipe's data).
+    ``encoding``: the data block (a recipe's ``data``) whose settings (``max_length``,
+    ``max_seconds``) encode the calibration and check inputs; default: the block's defaults.
     Raises :class:`DeployError` (one line) when the folder cannot be exported or the check fails."""
     require_onnx()
     mode = int8_mode(int8)
@@ -388,6 +391,7 @@ def export_onnx(
     if out.exists() and read_export_info(out) is None:
         raise FileExistsError(f"{out} exists and was not written by pakd export: choose another --output-dir or remove it")
     model, preprocessor, adapter, spec = _load(folder)
+    spec = encoding if encoding is not None else spec
     traced = _examples(adapter, preprocessor, spec, 2, longer=False)
     names = _input_names(model, traced)
     checked = _examples(adapter, preprocessor, spec, 3, longer=True)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import describe, one_line
-from ..recipe import Data, ImageAugment, Recipe, RecipeError
+from ..recipe import AudioAugment, Data, ImageAugment, Recipe, RecipeError
 
 __all__ = ["TaskAdapter", "adapter_for", "ADAPTERS", "folder_task", "sample_examples", "default_data", "perplexity"]
 
@@ -414,7 +414,7 @@ class AudioClassification(TaskAdapter):
 
     def training_split(self, split, spec):
         augment = spec.augment
-        if augment is None:
+        if not isinstance(augment, AudioAugment):
             return split
         from .audio_augment import AugmentedClips
 
