@@ -646,15 +646,25 @@ class Data:
 
 @dataclass
 class FineTune:
-    """The teacher stage: fine-tune the teacher on the task (plain Trainer) before compressing."""
+    """The teacher stage: fine-tune the teacher on the task (plain Trainer) before compressing.
+    ``keep_best``: score the validation split after every epoch (accuracy, or the loss whose
+    exponential is perplexity) and keep the best epoch's weights (Trainer's
+    ``load_best_model_at_end``), so the teacher's length is chosen on validation in one run;
+    the per-epoch curve is kept in ``OUT/teacher/pakd_teacher.json``."""
 
     epochs: float = 3.0
     learning_rate: float = 5e-5
     batch_size: int = 32
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
+    keep_best: bool | None = None  # None: off (and out of the repr, so the teachers cached before it keep their key)
     #: TrainingArguments' names for the same fields (either spelling is accepted; one is stored)
     ALIASES: ClassVar[dict[str, str]] = {"num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size"}
+
+    def __repr__(self) -> str:  # the teacher's cache key reads it: an unset field leaves it as it was
+        fields = (f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                  if getattr(self, f.name) is not None and not (f.name == "keep_best" and not self.keep_best))
+        return f"FineTune({', '.join(fields)})"
 
     def _validate(self, path: str) -> None:
         _check(self.epochs > 0, f"{path}.epochs", f"must be > 0, got {self.epochs}")

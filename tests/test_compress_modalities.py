@@ -226,7 +226,9 @@ def speech_run(tiny_whisper, tmp_path_factory):
         # the clips of every training batch moved and masked (teacher stage and PaKD stages);
         # the stock pipeline test below shows that scoring reads them as they are
         "data": {"dataset": "speech-keywords", "augment": {"time_shift": 0.1, "time_mask": 0.1, "freq_mask": 0.1}},
-        "teacher": {"model": str(tiny_whisper), "fine_tune": {"epochs": 1, "learning_rate": 2e-3, "batch_size": 16}},
+        # keep_best: a smoke run scores validation every half of its teacher steps and keeps the best
+        "teacher": {"model": str(tiny_whisper), "fine_tune": {"epochs": 1, "learning_rate": 2e-3, "batch_size": 16,
+                                                              "keep_best": True}},
         "training": {"batch_size": 16, "eval_batch_size": 32, "logging_steps": 4},
         "stages": [
             {"name": "prune", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
@@ -240,6 +242,13 @@ def speech_run(tiny_whisper, tmp_path_factory):
 @needs_espeak
 def test_speech_outputs_report_and_shapes(speech_run):
     _, _, out = speech_run
+    # the teacher kept its best scoring on validation: the saved teacher's own score is the curve's best
+    teacher = json.loads((out / "teacher" / "pakd_teacher.json").read_text())
+    curve = teacher["validation_curve"]
+    assert len(curve) == 2 and [e for e, _ in curve] == sorted(e for e, _ in curve)
+    assert teacher["accuracy_validation"] == pytest.approx(max(a for _, a in curve), abs=1e-6)
+    assert teacher["best_epoch"] == max(curve, key=lambda point: point[1])[0]
+    assert not (out / ".teacher-run").exists()  # its checkpoints go with the run folder
     report = _check_outputs(out, "preprocessor_config.json")
     assert report["task"] == "audio-classification" and report["n_eval"] > 0
     config = json.loads((out / "student" / "config.json").read_text())

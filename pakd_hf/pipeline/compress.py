@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -223,6 +224,30 @@ def student_arguments(out: Path, recipe: Recipe, save_steps: int | None = None, 
 STUDENT_ONLY_FLAGS = {"save_strategy", "save_steps", "save_total_limit", "save_only_model", "save_safetensors"}
 
 
+def _keep_best_arguments(adapter, every: int | None = None) -> dict[str, Any]:
+    """TrainingArguments of a teacher stage that keeps its best epoch (``fine_tune.keep_best``):
+    the validation split scored after every epoch (every ``every`` steps when given), a
+    checkpoint of the weights only (the best and the newest are kept), the best loaded back at
+    the end. A classifier is judged by accuracy; a causal LM by its validation loss (perplexity
+    is its exponential), without gathering logits."""
+    when = {"eval_strategy": "epoch", "save_strategy": "epoch"} if every is None else \
+        {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": every, "save_steps": every}
+    kw: dict[str, Any] = dict(**when, save_total_limit=1, save_only_model=True, load_best_model_at_end=True)
+    if adapter.labelled:
+        kw.update(metric_for_best_model="accuracy", greater_is_better=True)
+    else:
+        kw.update(metric_for_best_model="loss", greater_is_better=False, prediction_loss_only=True)
+    return kw
+
+
+def _validation_curve(log_history: list[dict], metric: str) -> list[list[float]]:
+    """[[epoch, validation score], ...] from Trainer's log of a keep_best teacher stage (the
+    loss given as perplexity)."""
+    key = f"eval_{metric}"
+    return [[round(float(entry["epoch"]), 3), math.exp(entry[key]) if metric == "loss" else entry[key]]
+            for entry in log_history if key in entry]
+
+
 def _keep_logs(run_dir: Path, target: Path) -> None:
     """What a tracker wrote under a training folder's ``runs/`` (tensorboard's event files),
     moved to ``target`` before the folder goes."""
@@ -357,7 +382,8 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     if ft is not None:
         verb = "training" if recipe.teacher.config is not None else "fine-tuning"
         say(f"teacher stage: {verb} {recipe.teacher.name} on {spec.dataset} "
-             f"({len(encoded['train']):,} examples, {ft.epochs:g} epochs)")
+             f"({len(encoded['train']):,} examples, {ft.epochs:g} epochs"
+             + (", keeping the epoch best on validation)" if ft.keep_best else ")"))
         kw = dict(num_train_epochs=ft.epochs, learning_rate=ft.learning_rate, warmup_steps=ft.warmup_ratio,
                   weight_decay=ft.weight_decay)
         if quick:
@@ -368,13 +394,28 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
             # processes would multiply their loss by the number of processes (Adam's epsilon then
             # makes another teacher than one process with the same global batch). One process: no effect.
             kw["average_tokens_across_devices"] = False
+        best, metrics = {}, None
+        if ft.keep_best:
+            from ..metrics import compute_accuracy
+
+            # a smoke run's few steps end before the first epoch does: it scores every half instead
+            best = _keep_best_arguments(adapter, every=QUICK.teacher_steps // 2 if quick else None)
+            kw.update(best)
+            metrics = compute_accuracy if adapter.labelled else None
         teacher_flags = {k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS}
         args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, overrides=teacher_flags, **kw)
         start = time.perf_counter()
-        Trainer(model=model, args=args, train_dataset=adapter.training_split(encoded["train"], recipe.data),
-                processing_class=preprocessor,
-                data_collator=adapter.data_collator(preprocessor, recipe.data)).train()
+        trainer = Trainer(model=model, args=args, train_dataset=adapter.training_split(encoded["train"], recipe.data),
+                          eval_dataset=encoded["validation"] if best else None, processing_class=preprocessor,
+                          data_collator=adapter.data_collator(preprocessor, recipe.data),
+                          compute_metrics=metrics)
+        trainer.train()
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
+        if best:
+            model = trainer.model  # the best epoch's weights, loaded back by Trainer
+            info["validation_curve"] = _validation_curve(trainer.state.log_history, best["metric_for_best_model"])
+            sign = -1 if best["greater_is_better"] else 1
+            info["best_epoch"] = min(info["validation_curve"], key=lambda point: sign * point[1])[0]
         if procs.is_main:
             _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
             shutil.rmtree(out / ".teacher-run", ignore_errors=True)
