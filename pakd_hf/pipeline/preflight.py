@@ -156,10 +156,9 @@ def _teacher_config(recipe: Recipe, notes: list[str] | None, build: bool = True)
     if teacher.config is not None:
         from .tasks import _check_config_values, adapter_for
 
-        if build:  # sizes, processor, the model built and run without memory (imports torch: seconds)
+        _check_config_values(dict(teacher.config))  # the values alone, in pure Python: a bad size is refused in 0.1 s
+        if build:  # processor, the model built and run without memory (imports torch: seconds)
             adapter_for(recipe).check_built_teacher(recipe)
-        else:  # the values alone, in pure Python
-            _check_config_values(dict(teacher.config))
         return dict(teacher.config)
     name = teacher.model
     if name in MODELS:
