@@ -56,7 +56,7 @@ TRAINING_FLAGS_REFUSED = {
     "hub_token": "set HF_TOKEN or run `hf auth login` (a token on the command line shows in the process list)",
     "do_train": "compress always trains", "do_eval": "compress evaluates on validation and test itself",
     "do_predict": "compress evaluates on validation and test itself",
-    "eval_strategy": "compress evaluates on validation and test itself (the teacher stage has no eval set)",
+    "eval_strategy": "compress evaluates on validation and test itself (and the teacher stage on validation with fine_tune.keep_best)",
     "load_best_model_at_end": "the recipe's last stage is the student (choices are made on validation with pakd ablate)",
     "metric_for_best_model": "the recipe's last stage is the student",
     "save_steps": "use pakd compress's own --save_steps",

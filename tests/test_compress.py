@@ -541,3 +541,23 @@ def test_a_swap_killed_between_its_renames_is_undone_on_the_next_run(tmp_path, m
     assert (target / "weights").read_text() == "old" and not (tmp_path / ".student-old").exists()
     swap_in(new, target)
     assert (target / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+
+
+@pytest.mark.parametrize("task, every", [("text-classification", None), ("text-generation", None),
+                                         ("audio-classification", 6)])
+def test_keep_best_teacher_arguments_are_ones_trainer_accepts(tmp_path, task, every):
+    """fine_tune.keep_best's TrainingArguments: Trainer's own checks pass (save and eval on one
+    schedule, a metric that exists), classifiers by accuracy, causal LMs by loss without logits."""
+    from pakd_hf.pipeline.compress import _keep_best_arguments
+    from pakd_hf.pipeline.tasks import ADAPTERS
+    from transformers import TrainingArguments
+
+    kw = _keep_best_arguments(ADAPTERS[task], 8, every=every)
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], **kw)
+    assert args.load_best_model_at_end and args.save_only_model
+    assert args.eval_strategy.value == args.save_strategy.value == ("steps" if every else "epoch")
+    if ADAPTERS[task].labelled:
+        assert args.metric_for_best_model == "accuracy" and args.greater_is_better
+    else:
+        assert args.metric_for_best_model == "loss" and not args.greater_is_better and args.prediction_loss_only
+        assert args.per_device_eval_batch_size == 8

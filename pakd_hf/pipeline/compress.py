@@ -220,23 +220,29 @@ def student_arguments(out: Path, recipe: Recipe, save_steps: int | None = None, 
     return _training_args(out, recipe, seed=recipe.student_seed, overrides=overrides, **kw)
 
 
-# TrainingArguments flags that concern the PaKD stages only: the teacher stage never checkpoints.
+# TrainingArguments flags that concern the PaKD stages only: the teacher stage checkpoints only
+# with fine_tune.keep_best, on its own schedule.
 STUDENT_ONLY_FLAGS = {"save_strategy", "save_steps", "save_total_limit", "save_only_model", "save_safetensors"}
+# Flags a keep_best teacher stage ignores: they would change what its evaluations score or when.
+KEEP_BEST_FLAGS = {"eval_steps", "eval_delay", "eval_on_start", "prediction_loss_only", "batch_eval_metrics",
+                   "greater_is_better", "per_device_eval_batch_size", "eval_accumulation_steps"}
 
 
-def _keep_best_arguments(adapter, every: int | None = None) -> dict[str, Any]:
+def _keep_best_arguments(adapter, batch_size: int, every: int | None = None) -> dict[str, Any]:
     """TrainingArguments of a teacher stage that keeps its best epoch (``fine_tune.keep_best``):
     the validation split scored after every epoch (every ``every`` steps when given), a
     checkpoint of the weights only (the best and the newest are kept), the best loaded back at
     the end. A classifier is judged by accuracy; a causal LM by its validation loss (perplexity
-    is its exponential), without gathering logits."""
+    is its exponential), without gathering logits, in batches of the training batch's size
+    (Trainer's evaluation holds a batch's whole-vocabulary logits)."""
     when = {"eval_strategy": "epoch", "save_strategy": "epoch"} if every is None else \
         {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": every, "save_steps": every}
     kw: dict[str, Any] = dict(**when, save_total_limit=1, save_only_model=True, load_best_model_at_end=True)
     if adapter.labelled:
         kw.update(metric_for_best_model="accuracy", greater_is_better=True)
     else:
-        kw.update(metric_for_best_model="loss", greater_is_better=False, prediction_loss_only=True)
+        kw.update(metric_for_best_model="loss", greater_is_better=False, prediction_loss_only=True,
+                  per_device_eval_batch_size=batch_size)
     return kw
 
 
@@ -399,10 +405,13 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
             from ..metrics import compute_accuracy
 
             # a smoke run's few steps end before the first epoch does: it scores every half instead
-            best = _keep_best_arguments(adapter, every=QUICK.teacher_steps // 2 if quick else None)
+            best = _keep_best_arguments(adapter, ft.batch_size, every=QUICK.teacher_steps // 2 if quick else None)
             kw.update(best)
             metrics = compute_accuracy if adapter.labelled else None
-        teacher_flags = {k: v for k, v in (overrides or {}).items() if k not in STUDENT_ONLY_FLAGS}
+        # the user's flags reach the teacher stage, except the student's and (with keep_best) those
+        # that would change what its evaluations score or when
+        skip = STUDENT_ONLY_FLAGS | (KEEP_BEST_FLAGS if best else set())
+        teacher_flags = {k: v for k, v in (overrides or {}).items() if k not in skip}
         args = _training_args(out / ".teacher-run", recipe, batch_size=ft.batch_size, overrides=teacher_flags, **kw)
         start = time.perf_counter()
         trainer = Trainer(model=model, args=args, train_dataset=adapter.training_split(encoded["train"], recipe.data),
@@ -412,10 +421,13 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
         trainer.train()
         info["fine_tune_seconds"] = round(time.perf_counter() - start, 1)
         if best:
-            model = trainer.model  # the best epoch's weights, loaded back by Trainer
+            model = trainer.model  # the best epoch's weights, loaded back in place by Trainer
             info["validation_curve"] = _validation_curve(trainer.state.log_history, best["metric_for_best_model"])
-            sign = -1 if best["greater_is_better"] else 1
-            info["best_epoch"] = min(info["validation_curve"], key=lambda point: sign * point[1])[0]
+            # Trainer's own record of the step it loaded back, as the epoch the curve names it by
+            step = trainer.state.best_global_step
+            info["best_epoch"] = next((round(float(e["epoch"]), 3) for e in trainer.state.log_history
+                                       if e.get("step") == step and f"eval_{best['metric_for_best_model']}" in e), None)
+            procs.wait()  # every process has loaded the best checkpoint before its folder goes
         if procs.is_main:
             _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
             shutil.rmtree(out / ".teacher-run", ignore_errors=True)
