@@ -52,6 +52,7 @@ def test_every_arm_and_seed_is_written_with_the_same_shape(ablation):
     assert summary["claim"]["best_other_arm"] in ARMS[:-1] and summary["quick"] is True
     table = (out / "ablation.md").read_text()
     assert all(f"| {arm} |" in table for arm in ARMS) and "smoke run" in table
+    assert summary["transfer_set"] is True and "perturbed copy of the transfer set" in table
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any(p.name.startswith(".") for p in out.rglob("*")), "temporary files left behind"
 
@@ -223,6 +224,8 @@ def test_perplexity_summary_prefers_lower_and_writes_its_table(tmp_path):
     write_outputs(tmp_path, summary)
     table = (tmp_path / "ablation.md").read_text()
     assert "| arm | validation perplexity | test perplexity |" in table and "lower is better" in table
+    # No transfer set here: the label-only arms read the data's own targets, no "perturbed copy".
+    assert summary["transfer_set"] is False and "perturbed" not in table and "data's own targets" in table
 
 
 def test_the_card_reports_seeds_and_same_size_baselines(ablation, tmp_path, capsys):

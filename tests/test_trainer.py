@@ -387,3 +387,27 @@ def test_evaluation_at_stage_ends_is_logged_and_leaves_training_as_it_was(toy_da
         logs.append([row["step"] for row in trainer.state.log_history if "eval_loss" in row])
     assert logs == [[], [4, 8]]  # one evaluation at the end of each stage
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the same student
+
+
+def test_releasing_device_memory_before_a_benchmark_keeps_the_student_and_its_log(toy_data, teacher, tmp_path):
+    # compress --benchmark-device cuda: the training's models, optimizer state and accelerate's
+    # references leave the device before the fresh benchmark processes load the saved folders.
+    from pakd_hf.pipeline.compress import release_device_memory
+
+    student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=targs(tmp_path, max_steps=3),
+                          train_dataset=toy_data, recipe=distil_recipe(steps=3))
+    trainer.train()
+    log = list(trainer.state.log_history)
+    batch = {k: torch.tensor(toy_data[:4][k]) for k in ("input_ids", "attention_mask")}
+    student.eval()
+    with torch.no_grad():
+        before = student(**batch).logits
+    assert trainer.optimizer is not None and trainer.accelerator._optimizers
+    release_device_memory(trainer, teacher)
+    assert trainer.optimizer is None and trainer.lr_scheduler is None
+    assert not trainer.accelerator._optimizers and not trainer.accelerator._models
+    assert {p.device.type for m in (student, teacher) for p in m.parameters()} == {"cpu"}
+    assert trainer.state.log_history == log
+    with torch.no_grad():
+        assert torch.equal(student(**batch).logits, before)

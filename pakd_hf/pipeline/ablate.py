@@ -338,7 +338,8 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
     teacher_validation = p.teacher_info.get(f"{p.adapter.metric}_validation")
     teacher_test = p.evaluate(p.teacher, p.preprocessor, test)
     summary = summarise(runs, p.recipe.name, command, {"validation": teacher_validation, "test": teacher_test,
-                                                       "weights": p.teacher_info.get("weights")}, quick)
+                                                       "weights": p.teacher_info.get("weights")}, quick,
+                        transfer_set=transfer is not None)
     write_outputs(out, summary)
     return summary
 
@@ -354,9 +355,10 @@ def _metric(runs: list[dict[str, Any]]) -> str:
     return (runs[0].get("metric") if runs else None) or "accuracy"
 
 
-def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: dict[str, float], quick: bool) -> dict[str, Any]:
+def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: dict[str, float], quick: bool,
+              transfer_set: bool = False) -> dict[str, Any]:
     """Per-arm statistics over seeds, the shape check, and the claim (PaKD vs the best other arm on
-    validation)."""
+    validation). ``transfer_set``: the arms trained on the recipe's perturbed copies (``augment``)."""
     shapes = {json.dumps(r["shape"], sort_keys=True) for r in runs}
     if len(shapes) > 1:
         raise AblationError(f"the arms' students differ in shape ({'; '.join(sorted(shapes))}): the comparison is void")
@@ -386,6 +388,7 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
         claim = {"best_other_arm": best, "pakd_minus_best_validation": round(margin, 5), "sd": round(sd, 5),
                  "target": target, "met": met, "at_the_line": abs(gain - target) <= sd}
     return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick, "metric": metric,
+            "transfer_set": transfer_set,
             "shape": runs[0]["shape"] if runs else None, "teacher": teacher,
             "arms": {a: arms[a] for a in sorted(arms, key=_arm_order)}, "claim": claim}
 
@@ -428,8 +431,9 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         f"Every arm trains a student of the same shape ({', '.join(f'{k} {v}' for k, v in (summary['shape'] or {}).items())}) "
         "for the same number of steps on the same examples, with the recipe's stage lengths and learning rates "
         "(ARM@SCALE: every learning rate times SCALE, a baseline tuned on validation). The label-only arms (scratch, "
-        "prune-only) give each perturbed copy its source's label. "
-        "Choices are made on validation; test is read once per run.",
+        + ("prune-only) give each perturbed copy of the transfer set its source's label. " if summary.get("transfer_set")
+           else "prune-only) learn from the data's own targets, without the teacher. ")
+        + "Choices are made on validation; test is read once per run.",
         "",
         f"Teacher: validation {teacher['validation']:.4f}, test {teacher['test']:.4f}"
         + (f" (weights {teacher['weights']}: every run below learned from this one)." if teacher.get("weights") else "."),

@@ -840,6 +840,9 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
     examples = adapter.benchmark_examples(examples, recipe.data)
 
     processes = 1 if quick else LATENCY_PROCESSES
+    if benchmark_device != "cpu":
+        student_loaded = None
+        release_device_memory(trainer, p.teacher)
     say(f"benchmarking teacher vs student: the saved folders, in {processes} fresh process(es) "
          f"({benchmark_device}, medians of repeated runs)")
     report = median_run([
@@ -924,6 +927,27 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
         url = push_folder(out / "student", push_to_hub)
         say(f"pushed to {url}")
     return report
+
+
+def release_device_memory(trainer, *models) -> None:
+    """Before an accelerator benchmark: the fresh processes load both saved folders on the device
+    the training used, so this process gives it back (models to the CPU, the optimizer and
+    scheduler state dropped, the allocator's cache emptied); a card that held the training then
+    holds the measurement alone. Only the trainer's log history is read after this."""
+    import gc
+
+    import torch
+
+    for model in (trainer.model, *models):
+        if model is not None:
+            model.to("cpu")
+    trainer.optimizer = trainer.lr_scheduler = None
+    trainer.accelerator.free_memory()  # accelerate's references to the prepared model and optimizer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if hasattr(torch, "mps") and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
 
 
 def _export_stage(p: Prepared, student_dir: Path, student_pre, validation, test, examples: list, threads: int,
