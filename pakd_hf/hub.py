@@ -221,7 +221,18 @@ def _deploy_section(folder: Path, r: dict[str, Any], modality: str, target: str)
                 f"CPU, intra-op threads: {r['ort_threads']}; the teacher exported the same way (fp32) and timed with "
                 "the protocol above, in the same rounds as the student.")
     return {"deploy_files": files, "deploy_rows": rows, "deploy_code": code, "deploy_note": note,
-            "deploy_exporter": info["exporter"], "deploy_labels": ", ".join(info.get("labels", []))}
+            "deploy_exporter": info["exporter"], "deploy_labels": ", ".join(info.get("labels", [])),
+            "deploy_axes": _dynamic_axes(info)}
+
+
+def _dynamic_axes(info: dict[str, Any]) -> str:
+    """What export.json's ``dynamic_axes`` leave free, in words: a Whisper window or an image
+    size is fixed, a text's tokens and a raw clip's samples are not."""
+    words = {"sequence": "the text length", "samples": "the clip length"}
+    free = sorted({a for axes in info.get("dynamic_axes", {}).values() for a in axes if a != "batch"})
+    if not free:
+        return "the batch is dynamic, the input's size is fixed"
+    return " and ".join(["the batch", *(words.get(a, a) for a in free)]) + " are dynamic"
 
 
 def _figure(folder: Path, r: dict[str, Any], structure: dict | None) -> str | None:

@@ -2,6 +2,7 @@
 run by ONNX Runtime in a fresh stock process at batch sizes and lengths other than the traced
 ones, against PyTorch; the CLI's errors; `pakd benchmark --runtime ort`."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -148,6 +149,31 @@ def test_every_family_runs_in_onnx_runtime_with_other_batch_and_length(exports):
     assert res["wav2vec2"]["shape"][1] != exports["wav2vec2"][1]["check_shape"][1]
     assert exports["vit"][1]["dynamic_axes"]["pixel_values"] == ["batch"]
     assert exports["bert-nonuniform"][1]["architecture"].startswith("PaKD")
+    # The check ran lengths the trace did not, and a raw-audio model's every input runs along its samples.
+    assert exports["bert"][1]["trace_shape"][1] < exports["bert"][1]["check_shape"][1]
+    assert exports["wav2vec2"][1]["trace_shape"][1] < exports["wav2vec2"][1]["check_shape"][1]
+    assert all(axes == ["batch", "samples"] for name, axes in exports["wav2vec2"][1]["dynamic_axes"].items()
+               if name != "logits")
+
+
+def test_the_card_names_the_axes_that_are_dynamic(exports):
+    from pakd_hf.hub import _dynamic_axes
+
+    said = {name: _dynamic_axes(info) for name, (_, info) in exports.items()}
+    assert said["bert"] == "the batch and the text length are dynamic"
+    assert said["wav2vec2"] == "the batch and the clip length are dynamic"
+    assert said["vit"] == said["resnet"] == said["whisper"] == "the batch is dynamic, the input's size is fixed"
+
+
+def test_texts_cut_at_max_length_are_traced_shorter_so_the_check_runs_another_length(exports, tmp_path):
+    from pakd_hf.pipeline.tasks import default_data
+
+    folder = exports["bert"][0]
+    info = export_onnx(folder, tmp_path / "onnx", encoding=dataclasses.replace(default_data(), max_length=6))
+    assert info["check_shape"][1] == 6 and info["trace_shape"][1] == 3 and info["max_abs_diff"] < TOLERANCE
+    with pytest.raises(DeployError, match="'sequence' axis would go unchecked: raise the data's max_length"):
+        export_onnx(folder, tmp_path / "onnx2", encoding=dataclasses.replace(default_data(), max_length=2))
+    assert not (tmp_path / "onnx2").exists()
 
 
 def test_the_text_model_shrinks_about_four_times_in_int8(exports):

@@ -395,8 +395,18 @@ def export_onnx(
     traced = _examples(adapter, preprocessor, spec, 2, longer=False)
     names = _input_names(model, traced)
     checked = _examples(adapter, preprocessor, spec, 3, longer=True)
-    axes = {n: {0: "batch", **({1: _LENGTH_AXES[n]} if n in _LENGTH_AXES else {})} for n in names}
+    # An audio model's mask runs along its samples, a text model's along its tokens.
+    lengths = {**_LENGTH_AXES, **({"attention_mask": "samples"} if "input_values" in names else {})}
+    axes = {n: {0: "batch", **({1: lengths[n]} if n in lengths else {})} for n in names}
     axes["logits"] = {0: "batch"}
+    length = next((n for n in names if n in lengths), None)
+    if length is not None and traced[length].shape[1] >= checked[length].shape[1] and adapter.task == "text-classification":
+        # Both cut at the data's max_length: trace shorter texts, so that the check runs a length the trace did not
+        shorter = dataclasses.replace(spec, max_length=max(2, int(checked[length].shape[1]) // 2))
+        traced = _examples(adapter, preprocessor, shorter, 2, longer=False)
+    if length is not None and traced[length].shape[1] == checked[length].shape[1]:
+        raise DeployError(f"the check would run the traced length ({traced[length].shape[1]}) only, so the dynamic "
+                          f"'{lengths[length]}' axis would go unchecked: raise the data's max_length / max_seconds")
 
     tmp = _fresh_tmp(out)
     try:
@@ -424,6 +434,7 @@ def export_onnx(
             "inputs": names,
             "dynamic_axes": {n: list(a.values()) for n, a in axes.items()},
             "labels": [model.config.id2label[i] for i in range(len(model.config.id2label))],
+            "trace_shape": list(traced[names[0]].shape),
             "check_shape": list(checked[names[0]].shape),
             "max_abs_diff": diff,
             "tolerance": tolerance,
@@ -514,6 +525,7 @@ def export_executorch(
             "architecture": type(model).__name__, "exporter": "torch.export + executorch (XNNPACK, fp32)",
             "inputs": names, "dynamic_axes": {n: (["sequence"] if text else []) for n in names},
             "batch": 1, "labels": [model.config.id2label[i] for i in range(len(model.config.id2label))],
+            "trace_shape": list(traced[names[0]].shape),
             "check_shape": list(checked[names[0]].shape), "max_abs_diff": diff, "tolerance": tolerance,
             "bytes_pte": len(buffer),
             "versions": {"torch": torch.__version__, "executorch": getattr(executorch, "__version__", "unknown")},
