@@ -105,6 +105,19 @@ def test_benchmark_of_two_lm_folders(run, capsys):
     r = json.loads((out.parent / "bench.json").read_text())
     assert r["generate_tokens_per_s_student"] > 0 and "perplexity_student" not in r  # no data: no score
     assert "generate (tok/s, b1)" in capsys.readouterr().out
+    # The prefill is timed and counted as generate() runs it: next-token logits of the last position only.
+    from transformers import AutoModelForCausalLM
+
+    from pakd_hf.measure import count_macs
+    from pakd_hf.pipeline.tasks import ADAPTERS, default_data, sample_examples
+
+    adapter, spec = ADAPTERS["text-generation"], default_data()
+    student = AutoModelForCausalLM.from_pretrained(out / "student").eval()
+    tok = adapter.load_preprocessor(out / "student")
+    example = adapter.benchmark_examples(sample_examples("text-generation", tok), spec)[0]
+    encoded = adapter.encode_batch(tok, [example], spec)
+    every_position = count_macs(student, encoded)
+    assert r["macs_student"] == count_macs(student, {**encoded, "logits_to_keep": 1}) < every_position
 
 
 def test_tokenizer_is_deterministic_and_splits_are_disjoint():

@@ -115,7 +115,10 @@ class LlamaAdapter(ArchAdapter):
         )
 
     def head_dim(self) -> int:
-        return self.layer_list()[0].self_attn.head_dim if self.num_layers else self.model.config.head_dim
+        if self.num_layers:
+            return self.layer_list()[0].self_attn.head_dim
+        cfg = self.model.config  # Qwen2 configs have no head_dim, Mistral's may hold None
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     def group_size(self) -> int:
         """Query heads per K/V head (``num_key_value_groups``), which pruning never changes."""

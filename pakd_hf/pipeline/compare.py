@@ -189,8 +189,12 @@ def measure_folders(
     models = [adapter.model_class().from_pretrained(f).eval() for f in (teacher_dir, student_dir)]
     pres = [adapter.load_preprocessor(f) for f in (teacher_dir, student_dir)]
 
+    # A causal LM's prefill computes the last position's logits only, as generate() does: over every
+    # position, a large vocabulary's LM head would dominate both the timing and the MACs.
+    prefill = {"logits_to_keep": 1} if task == "text-generation" else {}
+
     def encoder(pre):
-        return lambda indices: adapter.encode_batch(pre, [examples[i] for i in indices], spec)
+        return lambda indices: {**adapter.encode_batch(pre, [examples[i] for i in indices], spec), **prefill}
 
     report = compare_models(
         models[0], models[1], encoder(pres[0]), make_student_inputs=encoder(pres[1]), teacher_dir=teacher_dir,
