@@ -1,5 +1,5 @@
-"""Structured pruning of decoder LMs: Llama, Qwen2, Qwen3 and Mistral (GQA ratios 1, 2 and 4,
-tied and untied embeddings).
+"""Structured pruning of decoder LMs: Llama, Qwen2, Qwen3 and Mistral, each at GQA ratios 1, 2 and 4
+with tied and untied embeddings (Mistral with a sliding window shorter than the inputs).
 
 masked == compacted (logits within 1e-5) for every kind alone and all together; the saved config
 divides (``num_attention_heads % num_key_value_heads == 0``, head size kept); the compacted model
@@ -62,10 +62,10 @@ KINDS = {
 }
 
 
-def tiny_lm(family: str, seed: int = 0, cls=None):
-    model_cls, config = FAMILIES[family]
+def tiny_lm(family: str, seed: int = 0, cls=None, config=None):
+    model_cls, default = FAMILIES[family]
     torch.manual_seed(seed)
-    model = (cls or model_cls)(config()).eval()
+    model = (cls or model_cls)(config or default()).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # RMSNorm gains away from 1 (and biases away from 0) so they matter
         for name, p in model.named_parameters():
@@ -122,6 +122,42 @@ def test_masked_equals_compacted(family, kind):
     assert m.lm_head.weight.shape == (VOCAB, cfg.hidden_size)
     assert [layer.self_attn.layer_idx for layer in m.model.layers] == list(range(cfg.num_hidden_layers))
     assert result.params_after < result.params_before
+
+
+CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config, "mistral": MistralConfig}
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("ratio", [1, 2, 4])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_at_every_gqa_ratio_tied_or_not(family, ratio, tied):
+    """Every kind at once on 2 KV groups of ``ratio`` query heads; Mistral with a sliding window
+    shorter than the inputs. Masked == compacted, greedy generation through the KV cache too."""
+    extra = {"head_dim": 8} if family == "qwen3" else {}
+    if family == "mistral":
+        extra["sliding_window"] = 4  # the 12-token inputs reach past it
+    config = CONFIGS[family](**COMMON, num_attention_heads=2 * ratio, num_key_value_heads=2, tie_word_embeddings=tied,
+                             **extra)
+    model, ids = tiny_lm(family, config=config), tokens()
+    m = copy.deepcopy(model)
+    state = MaskState(m)
+    state.set_structure(_select(m, **KINDS["all"]))
+    state.apply()
+    masked = logits(m, ids)
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        masked_gen = m.generate(ids[:1], **kw)
+    assert (logits(model, ids) - masked).abs().max().item() > 1e-3, "pruning changed nothing: vacuous comparison"
+    compact(m, state)
+    assert (masked - logits(m, ids)).abs().max().item() <= TOL
+    with torch.no_grad():
+        assert torch.equal(m.generate(ids[:1], **kw), masked_gen)
+    cfg = m.config
+    assert (cfg.num_key_value_heads, cfg.num_attention_heads) == (1, ratio)  # one whole KV group kept
+    assert cfg.hidden_size == 24 and cfg.num_hidden_layers == 3 and cfg.intermediate_size == 24
+    assert (m.lm_head.weight is m.model.embed_tokens.weight) == tied and cfg.tie_word_embeddings == tied
+    if family == "mistral":
+        assert cfg.sliding_window == 4
 
 
 def test_heads_are_kv_groups_and_counts_in_the_record():
