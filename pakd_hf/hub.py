@@ -230,6 +230,8 @@ def _dynamic_axes(info: dict[str, Any]) -> str:
     size is fixed, a text's tokens and a raw clip's samples are not."""
     words = {"sequence": "the text length", "samples": "the clip length"}
     free = sorted({a for axes in info.get("dynamic_axes", {}).values() for a in axes if a != "batch"})
+    if "input_values" in info.get("inputs", []):  # a raw-audio model's mask ran along "sequence" before
+        free = ["samples"]
     if not free:
         return "the batch is dynamic, the input's size is fixed"
     return " and ".join(["the batch", *(words.get(a, a) for a in free)]) + " are dynamic"

@@ -358,3 +358,15 @@ def test_token_cross_entropy_equals_transformers_loss():
                                     chunk_size=3)
     counts = labels[:, 1:].ne(-100).sum(1).float()
     assert ((ce * counts).sum() / counts.sum()).item() == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+def test_a_budget_counts_a_causal_lms_macs_as_its_prefill():
+    """MACs for `budget: macs` and the logged `pakd/macs_kept` are the prefill's, as the report's
+    (pakd_hf.pipeline.compare): the LM head runs on the last position only."""
+    from pakd_hf.measure import count_macs
+    from pakd_hf.prune.budget import model_cost
+
+    model, ids = tiny_lm("llama"), tokens(2, 12)
+    cost = model_cost(model, get_adapter(model), Structure.from_model(model), "macs", {"input_ids": ids})
+    prefill = count_macs(model, {"input_ids": ids, "logits_to_keep": 1})
+    assert cost == prefill < count_macs(model, {"input_ids": ids})

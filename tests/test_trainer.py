@@ -395,9 +395,12 @@ def test_releasing_device_memory_before_a_benchmark_keeps_the_student_and_its_lo
     from pakd_hf.pipeline.compress import release_device_memory
 
     student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
-    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=targs(tmp_path, max_steps=3),
-                          train_dataset=toy_data, recipe=distil_recipe(steps=3))
+    recipe = distil_recipe(steps=2, attention=False)  # hidden states through learned projections
+    recipe["stages"].append({**recipe["stages"][0], "name": "s2"})  # a second stage rebuilds the optimizer
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=targs(tmp_path, max_steps=4),
+                          train_dataset=toy_data, recipe=recipe)
     trainer.train()
+    assert trainer.distill_projections is not None and trainer.callback_handler.optimizer is trainer.optimizer
     log = list(trainer.state.log_history)
     batch = {k: torch.tensor(toy_data[:4][k]) for k in ("input_ids", "attention_mask")}
     student.eval()
@@ -406,8 +409,11 @@ def test_releasing_device_memory_before_a_benchmark_keeps_the_student_and_its_lo
     assert trainer.optimizer is not None and trainer.accelerator._optimizers
     release_device_memory(trainer, teacher)
     assert trainer.optimizer is None and trainer.lr_scheduler is None
+    assert trainer.callback_handler.optimizer is None and trainer.callback_handler.lr_scheduler is None
     assert not trainer.accelerator._optimizers and not trainer.accelerator._models
-    assert {p.device.type for m in (student, teacher) for p in m.parameters()} == {"cpu"}
+    assert trainer.model_wrapped is student
+    # (on a CPU-only machine the models were there already: this checks that nothing else moved)
+    assert {p.device.type for m in (student, teacher, trainer.distill_projections) for p in m.parameters()} == {"cpu"}
     assert trainer.state.log_history == log
     with torch.no_grad():
         assert torch.equal(student(**batch).logits, before)

@@ -938,11 +938,15 @@ def release_device_memory(trainer, *models) -> None:
 
     import torch
 
-    for model in (trainer.model, *models):
+    for model in (trainer.model, getattr(trainer, "distill_projections", None), *models):
         if model is not None:
             model.to("cpu")
+    # Every reference to the optimizer (its state is about twice the student) and to a DDP wrapper
+    # (its gradient buckets): the trainer's, its callback handler's, accelerate's.
     trainer.optimizer = trainer.lr_scheduler = None
-    trainer.accelerator.free_memory()  # accelerate's references to the prepared model and optimizer
+    trainer.callback_handler.optimizer = trainer.callback_handler.lr_scheduler = None
+    trainer.model_wrapped = trainer.model
+    trainer.accelerator.free_memory()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
