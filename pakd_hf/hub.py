@@ -597,7 +597,7 @@ INTERNAL_FILES = frozenset({
 # In the student's ONNX folder (`pakd export`, a recipe's `export` stage): the models, their
 # record and the tokenizer / processor files that run them.
 ONNX_PUSH_PATTERNS = [
-    "model.onnx", "model_int8.onnx", "export.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "model.onnx", "model_int8.onnx", "model.onnx.data", "model_int8.onnx.data", "export.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "preprocessor_config.json",
     "processor_config.json", "feature_extractor_config.json",
 ]

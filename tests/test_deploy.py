@@ -407,3 +407,46 @@ def test_scales_of_unbounded_activations_are_found(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], initializer=inits)
     onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
     assert _unbounded_tensors(tmp_path / "m.onnx") == {"nan", "huge", "half"}
+
+
+def test_a_model_with_external_weights_is_gathered_counted_quantized_and_pushed(exports, tmp_path):
+    """Over 2 GB torch's exporter leaves one file per tensor beside model.onnx: they become
+    model.onnx.data; bytes count both files; int8 keeps its weights apart (model_int8.onnx.data),
+    dynamic and static; a push names every file. (A tiny model saved that way stands in for size.)"""
+    import shutil
+
+    import onnx
+
+    from pakd_hf.export_files import onnx_bytes
+    from pakd_hf.hub import _files_to_push
+    from pakd_hf.pipeline.deploy import OrtModel, _one_data_file, _quantize
+
+    folder, info = exports["bert"]
+    student = tmp_path / "student"
+    shutil.copytree(folder, student)
+    onnx_dir = student / "onnx"
+    (onnx_dir / "model_int8.onnx").unlink()
+    proto = onnx.load(str(onnx_dir / "model.onnx"))
+    onnx.save_model(proto, str(onnx_dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)  # one file per tensor, as torch writes them
+    loose = {p.name for p in onnx_dir.iterdir()} - {"model.onnx", "export.json"}
+    assert len([n for n in loose if not n.endswith((".json", ".txt"))]) > 5
+    _one_data_file(onnx_dir / "model.onnx")
+    weights = {p.name for p in onnx_dir.iterdir() if not p.name.endswith((".json", ".txt"))}
+    assert weights == {"model.onnx", "model.onnx.data"}
+    assert onnx_bytes(onnx_dir / "model.onnx") == sum((onnx_dir / n).stat().st_size for n in weights)
+    assert onnx_bytes(onnx_dir / "model.onnx") > 10 * (onnx_dir / "model.onnx").stat().st_size
+    batch = {"input_ids": np.array([[2, 7, 5, 9]]), "attention_mask": np.ones((1, 4), dtype=np.int64),
+             "token_type_ids": np.zeros((1, 4), dtype=np.int64)}
+    names = info["inputs"]
+    reference = OrtModel(folder / "onnx" / "model.onnx")(**{n: batch[n] for n in names}).logits
+    gathered = OrtModel(onnx_dir / "model.onnx")(**{n: batch[n] for n in names}).logits
+    assert float((torch.as_tensor(gathered) - torch.as_tensor(reference)).abs().max()) < 1e-6
+    _quantize(onnx_dir / "model.onnx", onnx_dir / "model_int8.onnx", "dynamic", None)
+    assert (onnx_dir / "model_int8.onnx.data").is_file()
+    assert OrtModel(onnx_dir / "model_int8.onnx")(**{n: batch[n] for n in names}).logits.shape == (1, 2)
+    static = tmp_path / "static_int8.onnx"
+    _quantize(onnx_dir / "model.onnx", static, "static", [{n: batch[n] for n in names}] * 4)
+    assert (tmp_path / "static_int8.onnx.data").is_file() and not list(tmp_path.glob("*prepared*"))
+    pushed = _files_to_push(student)
+    assert {"onnx/model.onnx", "onnx/model.onnx.data", "onnx/model_int8.onnx", "onnx/model_int8.onnx.data"} <= set(pushed)

@@ -122,6 +122,7 @@ def benchmark_onnx_folders(
     import torch
 
     from ..benchmark import hardware_description
+    from ..export_files import onnx_bytes
     from .deploy import FP32_FILE, INT8_FILE, OrtModel, measure_onnx, read_export_info
     from .tasks import ADAPTERS
 
@@ -136,11 +137,11 @@ def benchmark_onnx_folders(
         runs["int8"] = str(folders[1] / INT8_FILE)
     threads = threads or torch.get_num_threads()
     report: dict[str, Any] = {
-        "bytes_onnx_teacher": (folders[0] / FP32_FILE).stat().st_size,
-        "bytes_onnx_student": (folders[1] / FP32_FILE).stat().st_size,
+        "bytes_onnx_teacher": onnx_bytes(folders[0] / FP32_FILE),
+        "bytes_onnx_student": onnx_bytes(folders[1] / FP32_FILE),
     }
     if "int8" in runs:
-        report["bytes_onnx_int8"] = (folders[1] / INT8_FILE).stat().st_size
+        report["bytes_onnx_int8"] = onnx_bytes(folders[1] / INT8_FILE)
     _, spec, examples, gold = _benchmark_inputs(recipe, task, folders[0])
     if gold is not None:
         for name, path in runs.items():

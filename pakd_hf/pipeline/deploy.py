@@ -52,6 +52,7 @@ from torch import nn
 
 from ..errors import DeployError
 from ..export_files import (EXECUTORCH_DIR, EXECUTORCH_FORMAT, FORMAT, FP32_FILE, INFO_FILE, INT8_FILE, ONNX_DIR, PTE_FILE,
+                            data_file, onnx_bytes,
                             read_export_info, read_info)
 
 __all__ = ["DeployError", "export_onnx", "export_executorch", "OrtModel", "compare_onnx", "measure_onnx", "median_onnx", "ONNX_DIR", "FP32_FILE", "INT8_FILE",
@@ -257,9 +258,10 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict[str, np.nd
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, dst = Path(src).resolve(), Path(dst).resolve()  # absolute: pre-processing runs in a scratch directory
+    external = data_file(src).is_file()  # over 2 GB: the int8 model keeps its weights apart too (dst.data)
     if mode == "dynamic":
         with _quiet_root_logger():
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, use_external_data_format=external)
         return
     if not calibration:
         raise DeployError("static int8 needs calibration examples (training inputs): none were given")
@@ -275,12 +277,13 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict[str, np.nd
     try:
         with _quiet_root_logger(), _in_scratch_dir():
             try:  # shape inference and graph fusions first, as onnxruntime's quantization guide advises
-                quant_pre_process(str(src), str(prepared))
+                quant_pre_process(str(src), str(prepared), save_as_external_data=external, all_tensors_to_one_file=True,
+                                  external_data_location=data_file(prepared).name)
             except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; quantize the plain export
                 prepared.unlink(missing_ok=True)
                 prepared = src
             options = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                           weight_type=QuantType.QInt8)
+                           weight_type=QuantType.QInt8, use_external_data_format=external)
             with warnings.catch_warnings():  # numpy's warnings about an infinite range: handled below
                 warnings.simplefilter("ignore", RuntimeWarning)
                 quantize_static(str(prepared), str(dst), Batches(), **options)
@@ -303,6 +306,28 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict[str, np.nd
     finally:
         if prepared != src:
             prepared.unlink(missing_ok=True)
+            data_file(prepared).unlink(missing_ok=True)
+
+
+def _one_data_file(model: Path) -> None:
+    """A model over 2 GB leaves torch's exporter with its weights in one file per tensor beside
+    it; they are gathered into ``model.onnx.data`` (the layout ONNX Runtime's quantizer writes),
+    so the folder holds two files a push, a byte count and a copy can name. Below 2 GB: nothing."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    proto = onnx.load(str(model), load_external_data=False)
+    if not any(uses_external_data(t) for t in proto.graph.initializer):
+        return
+    loose = {entry.value for t in proto.graph.initializer if uses_external_data(t)
+             for entry in t.external_data if entry.key == "location"}
+    if loose == {data_file(model).name}:
+        return
+    proto = onnx.load(str(model))  # every tensor, read from its file
+    onnx.save_model(proto, str(model), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_file(model).name, size_threshold=1024)
+    for name in loose - {data_file(model).name}:
+        (model.parent / name).unlink(missing_ok=True)
 
 
 # An activation scale above this spans more than 2.5e8 per step of 255: a range no real
@@ -419,6 +444,7 @@ def export_onnx(
             except Exception as e:  # the exporter's errors come from many layers (tracer, symbolic, checker)
                 raise DeployError(f"torch.onnx.export failed for {type(model).__name__}: "
                                   f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+        _one_data_file(tmp / FP32_FILE)
         fp32 = OrtModel(tmp / FP32_FILE)
         diff, fp32_logits = _max_diff(fp32, model, checked)
         if not diff <= tolerance:
@@ -438,7 +464,7 @@ def export_onnx(
             "check_shape": list(checked[names[0]].shape),
             "max_abs_diff": diff,
             "tolerance": tolerance,
-            "bytes_onnx": (tmp / FP32_FILE).stat().st_size,
+            "bytes_onnx": onnx_bytes(tmp / FP32_FILE),
             "versions": _versions(),
         }
         if mode:
@@ -450,7 +476,7 @@ def export_onnx(
                 "int8": INT8_METHODS[mode],
                 "int8_mode": mode,
                 **({"int8_calibration_examples": len(calibration)} if mode == "static" else {}),
-                "bytes_onnx_int8": (tmp / INT8_FILE).stat().st_size,
+                "bytes_onnx_int8": onnx_bytes(tmp / INT8_FILE),
                 "int8_max_abs_diff": int8_diff,
                 "int8_agreement": float((int8_logits.argmax(-1) == fp32_logits.argmax(-1)).mean()),
             })
