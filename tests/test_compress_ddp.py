@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from toy import tiny_rt_recipe, tiny_text_teacher
+from toy import launcher_failure, tiny_rt_recipe, tiny_text_teacher
 
 TESTS = Path(__file__).resolve().parent
 
@@ -40,7 +40,7 @@ def run(tmp_path: Path, name: str, teacher: Path, processes: int):
         launcher = [sys.executable]
     proc = subprocess.run([*launcher, str(TESTS / "ddp_compress.py"), str(reports), "--", *command], env=env,
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, launcher_failure(proc.stderr)
     ranks = [json.loads(p.read_text()) for p in sorted(reports.glob("rank-*.json"))] if processes > 1 else []
     return out, proc.stderr, ranks
 

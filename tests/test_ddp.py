@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from toy import launcher_failure
 
 TESTS = Path(__file__).resolve().parent
 
@@ -18,7 +19,7 @@ def torchrun(tmp_path, mode):
         str(TESTS / "ddp_distill.py"), str(out), str(reports), mode,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, launcher_failure(proc.stderr)
     return out, [json.loads((reports / f"rank-{i}.json").read_text()) for i in (0, 1)]
 
 

@@ -255,6 +255,14 @@ def record_writes(root: Path) -> list[str]:
     return written
 
 
+def launcher_failure(stderr: str) -> str:
+    """What a failed torchrun printed, for an assertion message: every rank's own lines past the
+    first (the rank that failed first is rarely the one whose traceback ends the output), then the
+    end of the output."""
+    others = [line for line in stderr.splitlines() if line.startswith("[rank") and not line.startswith("[rank0]")]
+    return "\n".join(others)[-6000:] + "\n...\n" + stderr[-3000:]
+
+
 def needs(missing: bool, reason: str):
     """A skip marker for a missing system package or data file on a developer's machine; in CI
     (``CI`` set) the test runs anyway and fails on what is missing, never skips silently."""
