@@ -108,6 +108,14 @@ class _RecipeLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def fetch_flow_collection_start(self, TokenClass):
+        # The scanner reads ahead of compose_node: on a line of '[' it keeps one possible key per
+        # open bracket and revisits them all at every token, so 1,000 brackets cost seconds before
+        # the depth check above sees the first node. Refuse the bracket past the bound here.
+        if self.flow_level >= MAX_RECIPE_DEPTH:
+            raise yaml.YAMLError(f"nested deeper than {MAX_RECIPE_DEPTH} levels (line {self.get_mark().line + 1})")
+        super().fetch_flow_collection_start(TokenClass)
+
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:

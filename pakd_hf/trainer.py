@@ -286,6 +286,8 @@ class _PaKDCallback(TrainerCallback):
         self.trainer._restore_attention()
 
     def on_save(self, args, state, control, **kwargs):
+        # Every rank has written its files (its RNG state) before process 0 marks the checkpoint complete.
+        self.trainer.accelerator.wait_for_everyone()
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if args.should_save and os.path.isdir(checkpoint):
             self.trainer._complete_checkpoint(checkpoint)
@@ -754,13 +756,17 @@ class PaKDTrainer(Trainer):
         (`pakd_hf.export.save_compact`): `trust_remote_code=True`, or `import pakd_hf`, loads it.
         """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if (_internal_call and self.args.should_save and is_checkpoint_folder(output_dir) and os.path.isdir(output_dir)
+        if (_internal_call and is_checkpoint_folder(output_dir)
                 and Path(output_dir).resolve().parent == Path(self.args.output_dir).resolve()):
             # Trainer is about to write checkpoint-N where one already is: the rest of an interrupted
             # save, or a checkpoint of steps trained again after resuming from an earlier one. Its
             # files must not outlive it into the new checkpoint's list (pakd_hf.checkpoints).
-
-            shutil.rmtree(output_dir)
+            if self.args.should_save and os.path.isdir(output_dir):
+                shutil.rmtree(output_dir)
+            # Every rank waits until it is cleared: the others write their RNG state into this folder
+            # (Trainer._save_rng_state makes it), and the clearing must not delete a folder another
+            # rank has just made (it did, under torchrun: "Parent directory ... does not exist").
+            self.accelerator.wait_for_everyone()
         if self._pruning_involved() and self._needs_custom_code():
             if self.args.should_save:
                 save_compact(self.model, output_dir, extra_pakd=self._pakd_extra())

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -19,6 +20,7 @@ rank = int(os.environ["RANK"])
 written = record_writes(out_dir)
 
 import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from pakd_hf import PaKDTrainer, PaKDTrainingArguments  # noqa: E402
 from toy import tiny_bert, toy_dataset  # noqa: E402
@@ -59,10 +61,20 @@ elif mode == "rotate":
     recipe["stages"][0]["pruning"] = {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "calibration": 16},
                                       "frequency": 1, "importance": "taylor"}
 trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_dataset(64), recipe=recipe)
+
+
+class LateProcessZero(TrainerCallback):
+    """Process 0 reaches the checkpoint save late, so the other rank writes its RNG state into
+    checkpoint-4 first: process 0 must not then clear that folder as a stale one."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if rank == 0 and state.global_step % args.save_steps == 0:
+            time.sleep(1.0)
+
+
+trainer.add_callback(LateProcessZero())
 masks_seen = []
 if mode == "prune":
-    from transformers import TrainerCallback
-
     class Record(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if trainer.pruning.mask_state is not None:

@@ -37,6 +37,8 @@ def test_torchrun_two_processes_identical_students_and_one_writer(tmp_path):
     assert str(out / "config.json") in r0["written"] and str(out / "pakd_recipe.yaml") in r0["written"]
     assert (out / "model.safetensors").is_file() and (out / "pakd_recipe.yaml").is_file()
     assert (out / "checkpoint-4" / "pakd_state.json").is_file()
+    # ddp_distill.py holds process 0 back before this save: both ranks' RNG states are still there.
+    assert {p.name for p in (out / "checkpoint-4").glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
 
 
 def test_torchrun_pruning_takes_the_same_decisions_on_every_rank(tmp_path):
