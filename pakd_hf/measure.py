@@ -10,6 +10,9 @@
   invisible to the counter, so the count runs with eager attention (restored afterwards).
   Masked (not compacted) units still count: only compaction removes compute; a masked layer
   whose forward is patched out does not count.
+- :func:`prefill_kwargs`: what a causal LM's forward is given to run as ``generate()``'s
+  prefill (the LM head on the last position only); the benchmark, the report's MACs and the
+  budget's MACs all count a decoder this way.
 - :func:`structure_summary`: per-layer heads / head_dim / FFN width / hidden width (and the
   original layer index when the model carries a pakd structure record).
 """
@@ -48,6 +51,20 @@ def safetensors_bytes(folder) -> int:
 
 
 @torch.no_grad()
+def prefill_kwargs(model: nn.Module) -> dict[str, int]:
+    """``{"logits_to_keep": 1}`` for a model whose forward takes it (transformers' causal LMs),
+    else ``{}``. generate() computes next-token logits of the last position only; over every
+    position, a large vocabulary's LM head would dominate both the timing and the MACs."""
+    import inspect
+
+    forward = getattr(model, "forward", None)
+    try:
+        accepts = forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # a forward without a readable signature
+        accepts = False
+    return {"logits_to_keep": 1} if accepts else {}
+
+
 def count_macs(model: nn.Module, inputs: Any) -> int:
     """MACs of ``model(**inputs)`` (or ``model(inputs)`` for a tensor): FLOPs / 2.
 

@@ -370,3 +370,14 @@ def test_a_budget_counts_a_causal_lms_macs_as_its_prefill():
     cost = model_cost(model, get_adapter(model), Structure.from_model(model), "macs", {"input_ids": ids})
     prefill = count_macs(model, {"input_ids": ids, "logits_to_keep": 1})
     assert cost == prefill < count_macs(model, {"input_ids": ids})
+
+
+def test_prefill_is_the_last_positions_logits_for_causal_lms_only():
+    """One rule for the benchmark, the report's MACs and the budget (pakd_hf.measure.prefill_kwargs):
+    a causal LM's forward gets logits_to_keep=1; a decoder classifier and an encoder get nothing."""
+    from pakd_hf.measure import prefill_kwargs
+    from toy import tiny_bert
+
+    assert all(prefill_kwargs(tiny_lm(family)) == {"logits_to_keep": 1} for family in ("llama", "qwen2", "qwen3", "mistral"))
+    assert prefill_kwargs(tiny_lm("llama", cls=LlamaForSequenceClassification)) == {}
+    assert prefill_kwargs(tiny_bert()) == {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..measure import prefill_kwargs
 from ..recipe import Data, Recipe, RecipeError, load_recipe
 
 __all__ = ["benchmark_folders", "benchmark_onnx_folders", "measure_folders", "print_summary", "LATENCY_MIN_SECONDS",
@@ -190,15 +191,13 @@ def measure_folders(
     models = [adapter.model_class().from_pretrained(f).eval() for f in (teacher_dir, student_dir)]
     pres = [adapter.load_preprocessor(f) for f in (teacher_dir, student_dir)]
 
-    # A causal LM's prefill computes the last position's logits only, as generate() does: over every
-    # position, a large vocabulary's LM head would dominate both the timing and the MACs.
-    prefill = {"logits_to_keep": 1} if task == "text-generation" else {}
-
-    def encoder(pre):
+    # A causal LM's prefill as generate() runs it (pakd_hf.measure.prefill_kwargs).
+    def encoder(pre, model):
+        prefill = prefill_kwargs(model)
         return lambda indices: {**adapter.encode_batch(pre, [examples[i] for i in indices], spec), **prefill}
 
     report = compare_models(
-        models[0], models[1], encoder(pres[0]), make_student_inputs=encoder(pres[1]), teacher_dir=teacher_dir,
+        models[0], models[1], encoder(pres[0], models[0]), make_student_inputs=encoder(pres[1], models[1]), teacher_dir=teacher_dir,
         student_dir=student_dir, threads=threads, repeats=repeats, min_seconds=min_seconds, examples=len(examples),
         device=device,
     )

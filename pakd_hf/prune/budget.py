@@ -14,7 +14,6 @@ Non-uniform budgets (ranking units across layers) live in :func:`select.select_g
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from ..arch import HeadDimError
 from ..arch.structure import Structure
+from ..measure import prefill_kwargs
 
 KINDS = ("heads", "ffn", "layers", "hidden")
 
@@ -53,9 +53,8 @@ def model_cost(model: nn.Module, adapter, structure: Structure, metric: str, inp
     # The attention mask's values do not change the MACs, and building the extended mask reads
     # them (.item()), which meta tensors cannot do.
     inputs = {k: v for k, v in (inputs or {}).items() if k != "attention_mask" and torch.is_tensor(v)}
-    # A causal LM's MACs are its prefill's, as generate() runs it and the report counts them
-    # (pakd_hf.pipeline.compare): next-token logits of the last position only.
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    # A causal LM's MACs are its prefill's, as generate() runs it and the report counts them.
+    extra = prefill_kwargs(model)
 
     def count(net: nn.Module, device: str) -> float:
         if hasattr(net, "set_attn_implementation"):
