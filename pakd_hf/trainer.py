@@ -556,10 +556,19 @@ class PaKDTrainer(Trainer):
             yield {k: v for k, v in batch.items() if torch.is_tensor(v) and k not in skip}
 
     def _sample_inputs(self) -> dict:
-        """One training sample (no labels), for counting MACs of a budget."""
+        """One training sample (no labels), for counting MACs of a budget: process 0's on every
+        process (each draws its own shard, and a padded length changes the MACs, so the budget's
+        counts, and with them the pruned shapes, could differ between processes)."""
         batch = next(iter(self.get_train_dataloader()))
         skip = set(self.label_names or []) | {TEACHER_LOGITS}
-        return {k: v[:1] for k, v in batch.items() if torch.is_tensor(v) and k not in skip}
+        sample = {k: v[:1].cpu() for k, v in batch.items() if torch.is_tensor(v) and k not in skip}
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [sample]
+            broadcast_object_list(box, from_process=0)
+            sample = box[0]
+        return sample
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.accelerator.num_processes <= 1:
@@ -579,6 +588,10 @@ class PaKDTrainer(Trainer):
         self.pruning.before_optimizer_step(global_step)
 
     def _after_optimizer_step(self, global_step: int) -> None:
+        if self.distill_projections is not None:
+            # Trainer clears the model's gradients only (model.zero_grad()): the projections live
+            # beside the model, and without this their gradients would add up over the whole run.
+            self.distill_projections.zero_grad(set_to_none=True)
         self.pruning.after_optimizer_step(global_step)
 
     def _finish_pruning(self, global_step: int | None = None) -> bool:
@@ -883,6 +896,11 @@ class PaKDTrainer(Trainer):
         An incomplete one raises :class:`~pakd_hf.checkpoints.IncompleteCheckpointError` (one
         line) before anything is loaded."""
 
+        if self.recipe is None and self.teacher_model is None:
+            # Nothing of PaKD's to save or restore: Trainer's checkpoints, limit and resume as they are.
+            return super().train(
+                resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+            )
         resume_from_checkpoint, skipped = resolve(resume_from_checkpoint, self.args.output_dir)
         if self._pruning_involved():
             # what the compression metrics compare with: the model as given, before a resume compacts it

@@ -65,14 +65,19 @@ def test_without_teacher_and_recipe_it_is_exactly_trainer(toy_data, tmp_path):
         args = targs(tmp_path / name, cls=targs_cls, max_steps=8, save_strategy="steps", save_steps=4)
         trainer = cls(model=model, args=args, train_dataset=toy_data)
         trainer.train()
+        # Trainer's own checkpoint limit and resume (its checkpoints carry no PaKD state)
+        args = targs(tmp_path / name, cls=targs_cls, max_steps=12, save_strategy="steps", save_steps=4, save_total_limit=1)
+        trainer = cls(model=model, args=args, train_dataset=toy_data)
+        trainer.train(resume_from_checkpoint=True)
         losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
         files = sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*") if p.is_file())
         runs[name] = (losses, {k: v.clone() for k, v in model.state_dict().items()}, files)
-    assert runs["hf"][0] == runs["pakd"][0] and len(runs["hf"][0]) == 8
+    assert runs["hf"][0] == runs["pakd"][0] and len(runs["hf"][0]) == 12
     for key, value in runs["hf"][1].items():
         assert torch.equal(value, runs["pakd"][1][key]), key
     assert runs["hf"][2] == runs["pakd"][2]
-    assert "checkpoint-4/model.safetensors" in runs["hf"][2]
+    assert "checkpoint-12/model.safetensors" in runs["hf"][2]
+    assert {f.split("/")[0] for f in runs["hf"][2] if f.startswith("checkpoint-")} == {"checkpoint-12"}
 
 
 def test_teacher_is_frozen_and_never_saved(toy_data, teacher, tmp_path):
@@ -81,7 +86,16 @@ def test_teacher_is_frozen_and_never_saved(toy_data, teacher, tmp_path):
     args = targs(tmp_path / "run", save_strategy="steps", save_steps=3)
     trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_data, recipe=distil_recipe())
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+    class StepStartGrads(TrainerCallback):  # each step's gradients are its own (Trainer clears the model's only)
+        seen: list = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.seen.append([p.grad is None for p in trainer.distill_projections.parameters()])
+
+    trainer.add_callback(StepStartGrads())
     trainer.train()
+    assert len(StepStartGrads.seen) == 6 and all(all(step) for step in StepStartGrads.seen), StepStartGrads.seen
 
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), f"teacher changed: {key}"
