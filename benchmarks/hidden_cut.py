@@ -1,47 +1,49 @@
-"""Cut a fine-tuned BERT's hidden stream without training: rotation vs the best coordinates.
+"""Cut a trained model's hidden stream without training: rotation vs the best coordinates.
 
     python benchmarks/hidden_cut.py runs/minilm-rt/teacher --keep 128
+    python benchmarks/hidden_cut.py runs/llm-best/teacher --recipe recipes/llm/llama-rotten-tomatoes.yaml --keep 128
 
-Measures the claim in README's results: the fine-tuned MiniLM cut to hidden 128 keeps far
-more of its validation accuracy when its stream is rotated onto its principal directions
-first (`pakd_hf.prune.rotate`) than when its best 128 coordinates (largest second moment over
-the same calibration tokens) are kept. Both cuts see the first `--calibration` training
-snippets of the recipe's seeded split; accuracy is on its validation split.
+Measures the claims in docs/pruning.md: a trained model cut to a narrower hidden width keeps
+far more of its validation score when its stream is rotated onto its principal directions
+first (`pakd_hf.prune.rotate`) than when its best coordinates are kept (largest second moment
+over the same calibration examples: the stream norms' outputs for a post-LN BERT, their inputs
+at unit RMS per token for a pre-norm decoder, the statistic the rotation itself reads). Both
+cuts see the first `--calibration` training examples of the recipe's split; the score is the
+recipe's metric (accuracy, or perplexity for a causal LM) on its validation split.
 """
 
 import argparse
 import copy
 
 import torch
-from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pakd_hf import load_recipe
-from pakd_hf.pipeline.compress import load_data
-from pakd_hf.prune import Structure, compact
+from pakd_hf.prune import Structure, compact, get_adapter
 from pakd_hf.prune.rotate import rotate_hidden
-
-
-def batches(tok, texts, max_length, size):
-    return [dict(tok(texts[i : i + size], truncation=True, max_length=max_length, padding=True, return_tensors="pt"))
-            for i in range(0, len(texts), size)]
-
-
-@torch.no_grad()
-def predict(model, inputs):
-    model.eval()
-    return torch.cat([model(**b).logits for b in inputs]).argmax(1)
+from pakd_hf.pipeline.compress import load_data
+from pakd_hf.pipeline.tasks import ADAPTERS
 
 
 @torch.no_grad()
 def best_coordinates(model, calib, keep):
+    adapter = get_adapter(model)
+    pre_norm = adapter.rotation_pre_norms() is not None
     moment = torch.zeros(model.config.hidden_size, dtype=torch.float64)
 
-    def add(module, args, out):
-        moment.add_((out.detach().double() ** 2).sum((0, 1)))
+    def add(x):
+        x = x.detach().double().reshape(-1, x.shape[-1])
+        if pre_norm:
+            x = x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
+        moment.add_((x ** 2).sum(0))
 
-    hooks = [m.register_forward_hook(add) for m in model.modules() if isinstance(m, nn.LayerNorm)]
-    predict(model, calib)
+    norms = adapter.hidden_norms()
+    if pre_norm:
+        hooks = [n.register_forward_pre_hook(lambda m, args: add(args[0])) for n in norms]
+    else:
+        hooks = [n.register_forward_hook(lambda m, args, out: add(out)) for n in norms]
+    model.eval()
+    for batch in calib:
+        model(**batch)
     for h in hooks:
         h.remove()
     cut = copy.deepcopy(model)
@@ -53,7 +55,7 @@ def best_coordinates(model, calib, keep):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="a fine-tuned BERT-family sequence classifier folder")
+    p.add_argument("model", help="a trained model folder of the recipe's task (the recipe's teacher)")
     p.add_argument("--recipe", default="recipes/nlp/minilm-rotten-tomatoes.yaml")
     p.add_argument("--keep", type=int, default=128)
     p.add_argument("--calibration", type=int, default=512)
@@ -61,20 +63,24 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     recipe = load_recipe(a.recipe)
+    spec = recipe.data
+    task = ADAPTERS[recipe.task]
     data = load_data(recipe, False)
-    tok = AutoTokenizer.from_pretrained(a.model)
-    model = AutoModelForSequenceClassification.from_pretrained(a.model)
-    calib = batches(tok, list(data["train"]["text"][: a.calibration]), recipe.data.max_length, 32)
-    val = batches(tok, list(data["validation"]["text"]), recipe.data.max_length, 128)
-    gold = torch.tensor(data["validation"]["label"])
-    full = predict(model, val)
+    pre = task.load_preprocessor(a.model)
+    model = task.model_class().from_pretrained(a.model).eval()
+    texts = list(data["train"][task.column(spec)][: a.calibration])
+    calib = [task.encode_batch(pre, texts[i : i + 32], spec) for i in range(0, len(texts), 32)]
+
+    def score(m):
+        return task.score(m, pre, data["validation"], spec, 64)
+
     rotated = copy.deepcopy(model)
     result = rotate_hidden(rotated, calib, a.keep)
-    print(f"validation accuracy, n={len(gold)}, hidden {model.config.hidden_size} -> {a.keep}, no training")
-    print(f"{'uncut':<18} {(full == gold).float().mean():.4f}")
-    for name, cut in (("rotated", rotated), ("best coordinates", best_coordinates(model, calib, a.keep))):
-        pred = predict(cut, val)
-        print(f"{name:<18} {(pred == gold).float().mean():.4f}  (agrees with uncut: {(pred == full).float().mean():.3f})")
+    print(f"validation {task.metric}, hidden {model.config.hidden_size} -> {a.keep}, no training "
+          f"({len(texts)} calibration examples)")
+    print(f"{'uncut':<18} {score(model):.4f}")
+    print(f"{'rotated':<18} {score(rotated):.4f}")
+    print(f"{'best coordinates':<18} {score(best_coordinates(model, calib, a.keep)):.4f}")
     print(f"stream energy kept: rotated {result.energy_kept:.1%}, best coordinates {result.energy_kept_coordinates:.1%}")
 
 

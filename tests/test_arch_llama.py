@@ -10,6 +10,7 @@ pakd_hf) and gives the same logits and the same greedy generation through the KV
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -36,6 +37,7 @@ from pakd_hf.prune import (
     select_structure,
     verify_against_config,
 )
+from pakd_hf.prune.rotate import rotate_hidden
 from toy import stock_result
 
 TOL = 1e-5
@@ -195,6 +197,15 @@ def saved(tmp_path_factory):
             torch.save(logits(m, ids), root / f"{family}-{kind}.logits.pt")  # argv is too short for them
             jobs.append({"folder": str(folder), "ids": ids.tolist(), "logits": str(root / f"{family}-{kind}.logits.pt"),
                          "generated": gen.tolist()})
+        m = tiny_lm(family)  # the stream rotated and cut (pakd_hf.prune.rotate)
+        rotate_hidden(m, [{"input_ids": tokens(4, 12, seed=9)}], 16)
+        folder = root / f"{family}-rotated"
+        save_pruned(m, folder)
+        with torch.no_grad():
+            gen = m.generate(ids[:1], max_new_tokens=8, do_sample=False, min_new_tokens=8, pad_token_id=0)
+        torch.save(logits(m, ids), root / f"{family}-rotated.logits.pt")
+        jobs.append({"folder": str(folder), "ids": ids.tolist(), "logits": str(root / f"{family}-rotated.logits.pt"),
+                     "generated": gen.tolist()})
     return jobs
 
 
@@ -226,7 +237,6 @@ def test_stock_reload_logits_and_greedy_generation(saved):
 
 
 def test_verify_catches_a_config_that_does_not_match(saved, tmp_path):
-    import json
     import shutil
 
     folder = tmp_path / "bad"
@@ -381,3 +391,56 @@ def test_prefill_is_the_last_positions_logits_for_causal_lms_only():
     assert all(prefill_kwargs(tiny_lm(family)) == {"logits_to_keep": 1} for family in ("llama", "qwen2", "qwen3", "mistral"))
     assert prefill_kwargs(tiny_lm("llama", cls=LlamaForSequenceClassification)) == {}
     assert prefill_kwargs(tiny_bert()) == {}
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_full_width_rotation_of_every_decoder_changes_no_output(family, tied):
+    """SliceGPT's rule: the in-block RMSNorm gains (random here) move into q/k/v and gate/up, so
+    at full width the rotated decoder computes what it did. The final norm keeps the diagonal of
+    its rotated gain, exact only for a uniform gain: it gets one here."""
+    model = tiny_lm(family)
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    else:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    with torch.no_grad():
+        model.model.norm.weight.fill_(0.8)
+    ids = tokens(4, 12)
+    before, table = logits(model, ids), model.model.embed_tokens.weight.detach().clone()
+    result = rotate_hidden(model, [{"input_ids": tokens(4, 12, seed=9)}], 32)
+    assert (logits(model, ids) - before).abs().max().item() <= TOL
+    assert (model.model.embed_tokens.weight - table).abs().max().item() > 0.05  # really rotated
+    assert result.energy_kept == pytest.approx(1.0)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    gains = [model.model.layers[0].input_layernorm.weight, model.model.layers[0].post_attention_layernorm.weight]
+    assert all(torch.allclose(g, g[0].expand_as(g)) for g in gains)  # one gain per norm: it commutes with Q
+
+
+def test_a_stage_rotates_a_decoders_stream_while_distilling(tmp_path):
+    """`hidden: {method: rotate}` on a causal LM inside PaKDTrainer: the stream is rotated and cut
+    when the stage starts, the hidden-state projections follow it, the student trains on and
+    ends as a stock config with tied embeddings; the rotation is recorded."""
+    from pakd_hf import PaKDTrainer, PaKDTrainingArguments
+
+    teacher = tiny_lm("qwen2", seed=3)
+    student = copy.deepcopy(teacher)
+    recipe = {"name": "lm-rotate", "task": "text-generation", "stages": [
+        {"name": "rotate", "steps": 6, "learning_rate": 2e-3,
+         "distillation": {"temperature": 1.0, "alpha": 1.0, "chunk_size": 7, "hidden": {"weight": 1.0}},
+         "pruning": {"hidden": {"keep": 16, "method": "rotate", "calibration": 16}, "heads": {"keep": 1},
+                     "frequency": 2}},
+    ]}
+    args = PaKDTrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, report_to=[],
+                                 save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, logging_steps=2)
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=_lm_blocks(), recipe=recipe)
+    trainer.train()
+    cfg = student.config
+    assert (cfg.hidden_size, cfg.num_key_value_heads, cfg.num_attention_heads) == (16, 1, 2)
+    assert student.lm_head.weight is student.model.embed_tokens.weight
+    record = trainer.pruning.rotation_record
+    assert (record["width_before"], record["width_after"]) == (32, 16) and record["energy_kept"] > 0.5
+    proj = trainer.distill_projections
+    assert all(m.weight.shape[1] == 16 for m in proj.maps.values())
+    trainer.save_model(str(tmp_path / "student"))
+    assert json.loads((tmp_path / "student" / "pakd.json").read_text())["hidden_rotation"]["width_after"] == 16

@@ -334,12 +334,21 @@ class ArchAdapter:
         the Linears that map the stream to a same-width output followed by a non-linearity (so
         not part of the stream: BERT's pooler), each with the Linears reading that output.
 
-        Only families whose stream is the output of its LayerNorms (post-LN) define it; the
-        default raises :class:`UnsupportedArchitectureError`."""
+        Families with a rotation rule define it (BERT/RoBERTa: the pooler; pre-RMSNorm decoders:
+        none, ``[]``); the default raises :class:`UnsupportedArchitectureError`."""
         raise UnsupportedArchitectureError(
-            f"hidden rotation (pruning.hidden.method: rotate) supports post-LayerNorm BERT/RoBERTa models, "
-            f"not {self.description or type(self.model).__name__}: use method: select"
+            f"hidden rotation (pruning.hidden.method: rotate) supports post-LayerNorm BERT/RoBERTa models and "
+            f"pre-RMSNorm Llama/Qwen/Mistral models, not {self.description or type(self.model).__name__}: "
+            "use method: select"
         )
+
+    def rotation_pre_norms(self) -> list[tuple[nn.Module, list[nn.Linear]]] | None:  # family (optional)
+        """For hidden rotation of a PRE-norm family (the stream is the residual sum, each block
+        reads it through a norm): the norms inside the blocks, each with every Linear that reads
+        its output. Their gains are folded into those Linears' input weights (exact), so the
+        norms left in the rotated model have one uniform gain, which commutes with a rotation.
+        ``None`` (default): a post-LN family (the stream is its LayerNorms' outputs)."""
+        return None
 
     def check_kinds(self, kinds: list[str]) -> None:
         """Raise :class:`UnsupportedArchitectureError` (one line naming the family and what it

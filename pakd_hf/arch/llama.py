@@ -33,6 +33,12 @@ and where the four differ:
   and the LM head re-tied after compaction. While hidden dims are only masked, each stream
   RMSNorm takes its mean square over the kept dims (the masks' norm hook), so the masked model
   equals the compacted one exactly.
+- Hidden rotation (``hidden: {method: rotate}``, :mod:`pakd_hf.prune.rotate`): SliceGPT's rule,
+  exact up to what the dropped directions held. The norms inside the blocks hand their gains to
+  the Linears that read them (q/k/v, gate/up), so an RMSNorm with one uniform gain commutes with
+  the rotation; the final norm keeps the diagonal of its rotated gain (its output is the last
+  hidden state, and a tied LM head cannot take the gain). One rotation for the whole stream, so
+  the rotated model is a stock config (SliceGPT's per-layer rotations need extra matrices).
 - Vocabulary pruning is not offered for decoders: the LM head would then predict only kept
   tokens, which changes what ``generate()`` can produce.
 """
@@ -163,6 +169,19 @@ class LlamaAdapter(ArchAdapter):
             f"hidden-size pruning does not know the task head of {type(self.model).__name__}; supported heads: "
             "a Linear `lm_head` (causal LM) or `score` (sequence classification)"
         )
+
+    def rotation_heads(self) -> list[tuple[nn.Linear, list[nn.Linear]]]:
+        return []  # every Linear of the stream reads or writes it directly
+
+    def rotation_pre_norms(self) -> list[tuple[nn.Module, list[nn.Linear]]]:
+        # The final norm is left out: its output is the last hidden state (a distillation target)
+        # and, with tied embeddings, the LM head cannot take its gain. It keeps the diagonal rule.
+        out = []
+        for layer in self.layer_list():
+            a, m = layer.self_attn, layer.mlp
+            out.append((layer.input_layernorm, [a.q_proj, a.k_proj, a.v_proj]))
+            out.append((layer.post_attention_layernorm, [m.gate_proj, m.up_proj]))
+        return out
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The token embeddings and, when not tied to them, the LM head (both vocabulary tables)."""

@@ -7,9 +7,21 @@ spreads its stream over all of them (MiniLM-L6: the best 128 of 384 coordinates 
 the stream's energy, its top 128 principal directions 79%). Rotating the stream onto its
 principal directions first and then cutting keeps far more of the model: the fine-tuned
 MiniLM cut to 128 keeps 78% validation accuracy without any training, against 65% for the
-best 128 coordinates. SliceGPT (Ashkboos et al., 2024) does this for pre-LN decoders, where
-RMSNorm commutes with the rotation. BERT is post-LN, and a LayerNorm's per-dimension gain does
-not commute with a rotation, so this module rotates approximately, with these choices:
+best 128 coordinates. SliceGPT (Ashkboos et al., 2024) does this for pre-norm decoders, where
+RMSNorm commutes with the rotation.
+
+Pre-RMSNorm decoders (Llama, Qwen, Mistral; the adapter's ``rotation_pre_norms``): the stream is
+the residual sum and each block reads it through an RMSNorm. Each in-block norm first hands its
+gain to the Linears that read it (``W diag(gamma)``, exact), so its gain is one number, which
+commutes with Q. Q's columns are the top ``keep`` principal directions of the norms' inputs, each
+token scaled to unit RMS (what the readers see, before the gain). The kept norms get the uniform
+gain ``sqrt(d / keep)`` times the measured mean share of the input's norm that Q keeps (the
+student normalises by the norm of what it kept). The final norm keeps the diagonal rule below
+(its output is the last hidden state, and a tied LM head cannot take its gain). One Q for the
+whole stream: the rotated model is a stock config (SliceGPT's per-layer rotations are not).
+
+BERT is post-LN, and a LayerNorm's per-dimension gain does not commute with a rotation, so this
+module rotates approximately, with these choices:
 
 - Q's kept columns span the stream's mean direction ``1/sqrt(d)`` and its top ``keep - 1``
   principal directions of the centred stream (second moments of every stream LayerNorm's
@@ -43,6 +55,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, UnsupportedArchitectureError, get_adapter
+from ..arch.base import is_rms_norm
 from ..arch.structure import Structure
 from .compact import CompactResult, compact
 
@@ -92,7 +105,7 @@ def _plan(adapter: ArchAdapter):
             continue
         if isinstance(m, nn.Embedding):
             embeddings.append(m)
-        elif isinstance(m, nn.LayerNorm):
+        elif isinstance(m, nn.LayerNorm) or is_rms_norm(m):
             norms.append(m)
         elif isinstance(m, nn.Linear):
             (readers if cut.axis == 1 else writers).append(m)
@@ -156,13 +169,21 @@ def rotate_hidden(
 
     ``projections``: a :class:`~pakd_hf.distill.HiddenProjections` whose inputs are this
     model's hidden states; their weights are rotated so they keep mapping to the teacher.
-    Raises :class:`UnsupportedArchitectureError` for families without a post-LN rule (only
-    BERT/RoBERTa have one) and ``ValueError`` for a ``keep`` outside ``[2, width]``.
+    Raises :class:`UnsupportedArchitectureError` for families without a rule (BERT/RoBERTa:
+    post-LN; Llama/Qwen/Mistral: pre-RMSNorm) and ``ValueError`` for a ``keep`` outside
+    ``[2, width]``.
     REBUILD THE OPTIMIZER AFTERWARDS.
     """
     adapter = adapter or get_adapter(model)
     model = adapter.model
     embeddings, norms, readers, writers, heads = _plan(adapter)
+    pre_norms = adapter.rotation_pre_norms()  # None: post-LN, the stream is the norms' outputs
+    rms = [n for n in norms if not isinstance(n, nn.LayerNorm)]
+    if rms and len(rms) < len(norms):
+        raise UnsupportedArchitectureError("hidden rotation needs the stream's norms to be all LayerNorms or all RMSNorms")
+    centring = not rms  # a LayerNorm subtracts the mean: the basis keeps the mean direction
+    if rms and pre_norms is None:
+        raise UnsupportedArchitectureError("hidden rotation of an RMSNorm stream needs the family's pre-norm rule")
     structure = Structure.from_model(model, adapter)
     d = len(structure.hidden)
     if not 2 <= keep <= d:
@@ -176,24 +197,37 @@ def rotate_hidden(
     model.eval()
     f64 = torch.float64
 
-    # pass 1: second moments of the stream (every stream LayerNorm's output)
+    # pass 1: second moments of the stream: post-LN, every stream LayerNorm's output; pre-norm,
+    # every norm's input with each token at unit RMS (centred first under a LayerNorm)
     moment = torch.zeros(d, d, dtype=f64)
     count = [0]
 
-    def add_moment(io, mask):
-        x = _token_rows(io[1], mask).to("cpu", f64)
+    def add_moment(x, mask):
+        x = _token_rows(x, mask).to("cpu", f64)
+        if pre_norms is not None:
+            if centring:
+                x = x - x.mean(1, keepdim=True)
+            x = x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
         moment.add_(x.T @ x)
         count[0] += x.shape[0]
 
-    _run(model, batches, [(n, add_moment, False) for n in norms])
+    if pre_norms is None:
+        _run(model, batches, [(n, lambda io, mask: add_moment(io[1], mask), False) for n in norms])
+    else:
+        _run(model, batches, [(n, add_moment, True) for n in norms])
     u0 = torch.full((d,), d ** -0.5, dtype=f64)
-    center = torch.eye(d, dtype=f64) - torch.outer(u0, u0)
+    center = torch.eye(d, dtype=f64) - torch.outer(u0, u0) if centring else torch.eye(d, dtype=f64)
     centred = center @ moment @ center
     values, vectors = torch.linalg.eigh(centred)
     order = values.argsort(descending=True)
-    q = _householder_basis(u0, vectors[:, order[: keep - 1]])  # [d, keep]
+    if centring:
+        q = _householder_basis(u0, vectors[:, order[: keep - 1]])  # [d, keep]
+        kept_values = values[order[: keep - 1]]
+    else:
+        q = vectors[:, order[:keep]]
+        kept_values = values[order[:keep]]
     total = torch.trace(centred).clamp_min(1e-30)
-    energy = (values[order[: keep - 1]].sum() / total).item()
+    energy = (kept_values.sum() / total).item()
     energy_coords = (torch.diagonal(centred).sort(descending=True).values[:keep].sum() / total).item()
     full = torch.cat([q, _complement(q)], 1)  # [d, d] orthogonal; the first `keep` columns are q
 
@@ -226,6 +260,21 @@ def rotate_hidden(
             hooks.append((square, lambda io, mask, fn=fn: fn(io[1], mask), False))
     _run(model, batches, hooks)
 
+    for norm, norm_readers in pre_norms or []:  # the gains move into the readers: exact
+        gamma = norm.weight.to("cpu", f64)
+        beta = norm.bias.to("cpu", f64) if getattr(norm, "bias", None) is not None else None
+        for r in norm_readers:
+            w = r.weight.to("cpu", f64)
+            if beta is not None and beta.abs().max() > 0:
+                if r.bias is None:
+                    raise UnsupportedArchitectureError(
+                        f"hidden rotation cannot fold a norm's bias into the bias-free {type(r).__name__} reading it")
+                r.bias.add_((w @ beta).to(r.bias.device, r.bias.dtype))
+            r.weight.copy_((w * gamma[None, :]).to(r.weight.device, r.weight.dtype))
+        norm.weight.fill_(1.0)
+        if beta is not None:
+            norm.bias.zero_()
+
     def rotate_in(lin: nn.Linear) -> None:
         lin.weight.copy_((lin.weight.to(f64) @ full.to(lin.weight.device)).to(lin.weight.dtype))
 
@@ -248,7 +297,7 @@ def rotate_hidden(
             n.weight.copy_(new_gamma.to(dev, n.weight.dtype))
         elif not torch.allclose(new_gamma[:keep], torch.ones(keep, dtype=f64)):
             raise UnsupportedArchitectureError("hidden rotation needs LayerNorms with a learnable gain")
-        if n.bias is not None:
+        if getattr(n, "bias", None) is not None:
             n.bias.copy_((full.T @ n.bias.to("cpu", f64)).to(dev, n.bias.dtype))
     for (square, head_readers), stats in zip(heads, head_stats):  # inputs already rotated (readers)
         n_rows = max(stats["n"], 1)
