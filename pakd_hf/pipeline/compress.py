@@ -368,7 +368,8 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
     info_file = folder / "pakd_teacher.json"
     if procs.is_main:
         restore_aside(folder)
-    reuse = procs.share(info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key)
+    reuse = procs.share((info_file.is_file() and json.loads(info_file.read_text()).get("fingerprint") == key)
+                        if procs.is_main else None)  # the others must not read it while it is set aside
     if reuse:
         say(f"reusing the teacher in {folder} (it matches the recipe)")
         info = {**json.loads(info_file.read_text()), "weights": weights_digest(folder)}

@@ -20,7 +20,11 @@ does the rest:
 
 The process group is the one TrainingArguments sets up (accelerate's ``PartialState``, with the
 user's ``--ddp_backend``/``--ddp_timeout``/``--use_cpu``), made here before any work so that the
-data and teacher steps can already wait for each other.
+data and teacher steps can already wait for each other. Those waits (:meth:`Processes.wait`,
+:meth:`Processes.share`) use a second, gloo group without a practical timeout: the others may
+wait longer than ``--ddp_timeout`` (30 minutes by default) while the main process synthesises
+data, downloads, or runs the teacher over a large transfer set; if it fails instead, the
+launcher ends them.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ class Processes:
 
     def __init__(self, distributed: bool = False):
         self.distributed = distributed
+        self._group = None
+        if distributed:
+            from datetime import timedelta
+
+            import torch.distributed as dist
+
+            self._group = dist.new_group(backend="gloo", timeout=timedelta(days=7))
 
     @classmethod
     def start(cls, overrides: dict[str, Any] | None) -> "Processes":
@@ -86,7 +97,7 @@ class Processes:
         if self.distributed:
             import torch.distributed as dist
 
-            dist.barrier()
+            dist.barrier(group=self._group)
 
     @contextmanager
     def main_first(self):
@@ -106,5 +117,5 @@ class Processes:
         import torch.distributed as dist
 
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self._group)
         return box[0]
