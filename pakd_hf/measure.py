@@ -50,7 +50,6 @@ def safetensors_bytes(folder) -> int:
     return sum(f.stat().st_size for f in files)
 
 
-@torch.no_grad()
 def prefill_kwargs(model: nn.Module) -> dict[str, int]:
     """``{"logits_to_keep": 1}`` for a model whose forward takes it (transformers' causal LMs),
     else ``{}``. generate() computes next-token logits of the last position only; over every
@@ -65,6 +64,7 @@ def prefill_kwargs(model: nn.Module) -> dict[str, int]:
     return {"logits_to_keep": 1} if accepts else {}
 
 
+@torch.no_grad()
 def count_macs(model: nn.Module, inputs: Any) -> int:
     """MACs of ``model(**inputs)`` (or ``model(inputs)`` for a tensor): FLOPs / 2.
 

@@ -393,6 +393,17 @@ def test_prefill_is_the_last_positions_logits_for_causal_lms_only():
     assert prefill_kwargs(tiny_bert()) == {}
 
 
+def test_counting_macs_builds_no_autograd_graph():
+    """count_macs runs once per example in every benchmark: without no_grad each count would
+    keep a large teacher's activations for backward."""
+    from pakd_hf.measure import count_macs
+
+    model, grad_seen = tiny_lm("llama").train(), []
+    model.register_forward_hook(lambda m, args, out: grad_seen.append(torch.is_grad_enabled()))
+    assert count_macs(model, {"input_ids": tokens(2, 12), "logits_to_keep": 1}) > 0
+    assert grad_seen == [False]
+
+
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_full_width_rotation_of_every_decoder_changes_no_output(family, tied):
