@@ -455,3 +455,34 @@ def test_a_stage_rotates_a_decoders_stream_while_distilling(tmp_path):
     assert all(m.weight.shape[1] == 16 for m in proj.maps.values())
     trainer.save_model(str(tmp_path / "student"))
     assert json.loads((tmp_path / "student" / "pakd.json").read_text())["hidden_rotation"]["width_after"] == 16
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_a_stream_inside_k_directions_is_cut_to_k_without_changing_outputs(family):
+    """Every writer of the stream (embeddings, o_proj, down_proj) made to write inside one
+    12-dimensional subspace: the rotation must find it and cut 32 -> 12 with the outputs
+    unchanged, which holds only with the right gain on the kept norms (sqrt(32 / 12) times the
+    norm share kept, here 1)."""
+    model = tiny_lm(family)
+    g = torch.Generator().manual_seed(4)
+    basis = torch.linalg.qr(torch.randn(32, 12, generator=g))[0]
+    inside = basis @ basis.T
+    with torch.no_grad():
+        table = model.model.embed_tokens.weight
+        table.copy_(table @ inside)
+        for layer in model.model.layers:
+            for writer in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                writer.weight.copy_(inside @ writer.weight)
+                if writer.bias is not None:
+                    writer.bias.copy_(inside @ writer.bias)
+        model.model.norm.weight.fill_(0.8)
+    for m in model.modules():  # the one difference left: epsilon added to a mean over 12 dims, not 32
+        if hasattr(m, "variance_epsilon") and m.weight.numel() == 32:
+            m.variance_epsilon = 1e-12
+    ids = tokens(4, 12)
+    before = logits(model, ids)
+    result = rotate_hidden(model, [{"input_ids": tokens(4, 12, seed=9)}], 12)
+    assert model.config.hidden_size == 12 and result.energy_kept == pytest.approx(1.0)
+    torch.testing.assert_close(logits(model, ids), before, rtol=0, atol=1e-4)
+    gain = model.model.layers[0].input_layernorm.weight
+    assert torch.allclose(gain, torch.full_like(gain, (32 / 12) ** 0.5), atol=1e-4)

@@ -89,13 +89,18 @@ def test_teacher_is_frozen_and_never_saved(toy_data, teacher, tmp_path):
 
     class StepStartGrads(TrainerCallback):  # each step's gradients are its own (Trainer clears the model's only)
         seen: list = []
+        stepped: list = []
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.seen.append([p.grad is None for p in trainer.distill_projections.parameters()])
 
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self.stepped.append(all(p.grad is not None for p in trainer.distill_projections.parameters()))
+
     trainer.add_callback(StepStartGrads())
     trainer.train()
     assert len(StepStartGrads.seen) == 6 and all(all(step) for step in StepStartGrads.seen), StepStartGrads.seen
+    assert StepStartGrads.stepped == [True] * 6  # ...and every step has them
 
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), f"teacher changed: {key}"

@@ -196,14 +196,18 @@ def rotate_hidden(
     was_training = model.training
     model.eval()
     f64 = torch.float64
+    # The statistics add up where the model runs (a decoder has 2 norms a layer, each d x d per
+    # token: on the host they would take hours for a GPU-sized model); MPS has no float64.
+    device = next(model.parameters()).device
+    acc = torch.float32 if device.type == "mps" else f64
 
     # pass 1: second moments of the stream: post-LN, every stream LayerNorm's output; pre-norm,
     # every norm's input with each token at unit RMS (centred first under a LayerNorm)
-    moment = torch.zeros(d, d, dtype=f64)
+    moment = torch.zeros(d, d, dtype=acc, device=device)
     count = [0]
 
     def add_moment(x, mask):
-        x = _token_rows(x, mask).to("cpu", f64)
+        x = _token_rows(x, mask).to(device, acc)
         if pre_norms is not None:
             if centring:
                 x = x - x.mean(1, keepdim=True)
@@ -215,6 +219,7 @@ def rotate_hidden(
         _run(model, batches, [(n, lambda io, mask: add_moment(io[1], mask), False) for n in norms])
     else:
         _run(model, batches, [(n, add_moment, True) for n in norms])
+    moment = moment.to("cpu", f64)
     u0 = torch.full((d,), d ** -0.5, dtype=f64)
     center = torch.eye(d, dtype=f64) - torch.outer(u0, u0) if centring else torch.eye(d, dtype=f64)
     centred = center @ moment @ center
@@ -233,11 +238,14 @@ def rotate_hidden(
 
     # pass 2: the norm share each LayerNorm's centred input keeps; the square heads' outputs
     share = {id(n): [0.0, 0] for n in norms}
+    q_here = q.to(device, acc)
 
     def add_share(n):
         def fn(z, mask):
-            z = _token_rows(z, mask).to("cpu", f64) @ center
-            kept = (z @ q).norm(dim=1) / z.norm(dim=1).clamp_min(1e-12)
+            z = _token_rows(z, mask).to(device, acc)
+            if centring:
+                z = z - z.mean(1, keepdim=True)  # z @ center
+            kept = (z @ q_here).norm(dim=1) / z.norm(dim=1).clamp_min(1e-12)
             share[id(n)][0] += kept.sum().item()
             share[id(n)][1] += kept.numel()
         return fn
@@ -260,23 +268,31 @@ def rotate_hidden(
             hooks.append((square, lambda io, mask, fn=fn: fn(io[1], mask), False))
     _run(model, batches, hooks)
 
-    for norm, norm_readers in pre_norms or []:  # the gains move into the readers: exact
-        gamma = norm.weight.to("cpu", f64)
-        beta = norm.bias.to("cpu", f64) if getattr(norm, "bias", None) is not None else None
+    # The pre-norms' gains move into their readers (exact), multiplied in with the rotation below
+    # so that a bf16 weight is rounded once.
+    folded: dict[int, torch.Tensor] = {}
+    reader_ids = {id(r) for r in readers}
+    for norm, norm_readers in pre_norms or []:
+        gamma = norm.weight.detach().to(f64)
+        beta = norm.bias.detach().to(f64) if getattr(norm, "bias", None) is not None else None
         for r in norm_readers:
-            w = r.weight.to("cpu", f64)
+            if id(r) not in reader_ids:
+                raise UnsupportedArchitectureError(f"hidden rotation: a {type(r).__name__} reading a norm is not a stream reader")
             if beta is not None and beta.abs().max() > 0:
                 if r.bias is None:
                     raise UnsupportedArchitectureError(
                         f"hidden rotation cannot fold a norm's bias into the bias-free {type(r).__name__} reading it")
-                r.bias.add_((w @ beta).to(r.bias.device, r.bias.dtype))
-            r.weight.copy_((w * gamma[None, :]).to(r.weight.device, r.weight.dtype))
+                r.bias.add_((r.weight.to(f64) @ beta.to(r.weight.device)).to(r.bias.dtype))
+            folded[id(r)] = gamma
         norm.weight.fill_(1.0)
         if beta is not None:
             norm.bias.zero_()
 
     def rotate_in(lin: nn.Linear) -> None:
-        lin.weight.copy_((lin.weight.to(f64) @ full.to(lin.weight.device)).to(lin.weight.dtype))
+        w = lin.weight.to(f64)
+        if id(lin) in folded:
+            w = w * folded[id(lin)].to(w.device)[None, :]
+        lin.weight.copy_((w @ full.to(lin.weight.device)).to(lin.weight.dtype))
 
     for emb in embeddings:
         emb.weight.copy_((emb.weight.to(f64) @ full.to(emb.weight.device)).to(emb.weight.dtype))
