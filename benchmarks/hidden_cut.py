@@ -9,7 +9,9 @@ first (`pakd_hf.prune.rotate`) than when its best coordinates are kept (largest 
 over the same calibration examples: the stream norms' outputs for a post-LN BERT, their inputs
 at unit RMS per token for a pre-norm decoder, the statistic the rotation itself reads). Both
 cuts see the first `--calibration` training examples of the recipe's split; the score is the
-recipe's metric (accuracy, or perplexity for a causal LM) on its validation split.
+recipe's metric (accuracy, or perplexity for a causal LM) on its validation split. The
+coordinate cut is compacted as the engine compacts (the norms then normalise over the kept
+coordinates, with no gain correction); the rotation scales its norms by what it kept.
 """
 
 import argparse
@@ -31,18 +33,21 @@ def best_coordinates(model, calib, keep):
     moment = torch.zeros(model.config.hidden_size, dtype=torch.float64)
 
     def add(x):
-        x = x.detach().double().reshape(-1, x.shape[-1])
+        x = x.detach().double()
+        x = x[mask["m"].bool()] if mask["m"] is not None and mask["m"].shape == x.shape[:2] else x.reshape(-1, x.shape[-1])
         if pre_norm:
             x = x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
         moment.add_((x ** 2).sum(0))
 
     norms = adapter.hidden_norms()
+    mask = {"m": None}  # padded positions do not count (nor do they for the rotation)
     if pre_norm:
         hooks = [n.register_forward_pre_hook(lambda m, args: add(args[0])) for n in norms]
     else:
         hooks = [n.register_forward_hook(lambda m, args, out: add(out)) for n in norms]
     model.eval()
     for batch in calib:
+        mask["m"] = batch.get("attention_mask")
         model(**batch)
     for h in hooks:
         h.remove()
