@@ -486,3 +486,15 @@ def test_a_stream_inside_k_directions_is_cut_to_k_without_changing_outputs(famil
     torch.testing.assert_close(logits(model, ids), before, rtol=0, atol=1e-4)
     gain = model.model.layers[0].input_layernorm.weight
     assert torch.allclose(gain, torch.full_like(gain, (32 / 12) ** 0.5), atol=1e-4)
+
+
+def test_full_width_rotation_of_a_float64_decoder_changes_no_output():
+    """In float64 the folded gains are the norms' own tensors unless copied: they must be read
+    before the norms are reset to one."""
+    model = tiny_lm("llama").double()
+    with torch.no_grad():
+        model.model.norm.weight.fill_(0.8)
+    ids = tokens(4, 12)
+    before = logits(model, ids)
+    rotate_hidden(model, [{"input_ids": tokens(4, 12, seed=9)}], 32)
+    assert (logits(model, ids) - before).abs().max().item() <= TOL

@@ -344,8 +344,8 @@ class ArchAdapter:
 
     def rotation_pre_norms(self) -> list[tuple[nn.Module, list[nn.Linear]]] | None:  # family (optional)
         """For hidden rotation of a PRE-norm family (the stream is the residual sum, each block
-        reads it through a norm): the norms inside the blocks, each with every Linear that reads
-        its output. Their gains are folded into those Linears' input weights (exact), so the
+        reads it through an RMSNorm): the norms inside the blocks, each with every Linear that
+        reads its output. Their gains are folded into those Linears' input weights (exact), so the
         norms left in the rotated model have one uniform gain, which commutes with a rotation.
         ``None`` (default): a post-LN family (the stream is its LayerNorms' outputs)."""
         return None

@@ -178,12 +178,11 @@ def rotate_hidden(
     model = adapter.model
     embeddings, norms, readers, writers, heads = _plan(adapter)
     pre_norms = adapter.rotation_pre_norms()  # None: post-LN, the stream is the norms' outputs
-    rms = [n for n in norms if not isinstance(n, nn.LayerNorm)]
-    if rms and len(rms) < len(norms):
-        raise UnsupportedArchitectureError("hidden rotation needs the stream's norms to be all LayerNorms or all RMSNorms")
-    centring = not rms  # a LayerNorm subtracts the mean: the basis keeps the mean direction
-    if rms and pre_norms is None:
-        raise UnsupportedArchitectureError("hidden rotation of an RMSNorm stream needs the family's pre-norm rule")
+    if pre_norms is not None and not all(is_rms_norm(n) for n in norms):
+        raise UnsupportedArchitectureError("hidden rotation of a pre-norm stream is written for RMSNorms")
+    if pre_norms is None and not all(isinstance(n, nn.LayerNorm) for n in norms):
+        raise UnsupportedArchitectureError("hidden rotation of a post-LN stream needs LayerNorms")
+    centring = pre_norms is None  # a LayerNorm subtracts the mean: the basis keeps the mean direction
     structure = Structure.from_model(model, adapter)
     d = len(structure.hidden)
     if not 2 <= keep <= d:
@@ -202,15 +201,13 @@ def rotate_hidden(
     acc = torch.float32 if device.type == "mps" else f64
 
     # pass 1: second moments of the stream: post-LN, every stream LayerNorm's output; pre-norm,
-    # every norm's input with each token at unit RMS (centred first under a LayerNorm)
+    # every RMSNorm's input with each token at unit RMS
     moment = torch.zeros(d, d, dtype=acc, device=device)
     count = [0]
 
     def add_moment(x, mask):
         x = _token_rows(x, mask).to(device, acc)
         if pre_norms is not None:
-            if centring:
-                x = x - x.mean(1, keepdim=True)
             x = x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
         moment.add_(x.T @ x)
         count[0] += x.shape[0]
@@ -221,8 +218,11 @@ def rotate_hidden(
         _run(model, batches, [(n, add_moment, True) for n in norms])
     moment = moment.to("cpu", f64)
     u0 = torch.full((d,), d ** -0.5, dtype=f64)
-    center = torch.eye(d, dtype=f64) - torch.outer(u0, u0) if centring else torch.eye(d, dtype=f64)
-    centred = center @ moment @ center
+    if centring:
+        center = torch.eye(d, dtype=f64) - torch.outer(u0, u0)
+        centred = center @ moment @ center
+    else:
+        centred = moment
     values, vectors = torch.linalg.eigh(centred)
     order = values.argsort(descending=True)
     if centring:
@@ -273,20 +273,11 @@ def rotate_hidden(
     folded: dict[int, torch.Tensor] = {}
     reader_ids = {id(r) for r in readers}
     for norm, norm_readers in pre_norms or []:
-        gamma = norm.weight.detach().to(f64)
-        beta = norm.bias.detach().to(f64) if getattr(norm, "bias", None) is not None else None
         for r in norm_readers:
             if id(r) not in reader_ids:
                 raise UnsupportedArchitectureError(f"hidden rotation: a {type(r).__name__} reading a norm is not a stream reader")
-            if beta is not None and beta.abs().max() > 0:
-                if r.bias is None:
-                    raise UnsupportedArchitectureError(
-                        f"hidden rotation cannot fold a norm's bias into the bias-free {type(r).__name__} reading it")
-                r.bias.add_((r.weight.to(f64) @ beta.to(r.weight.device)).to(r.bias.dtype))
-            folded[id(r)] = gamma
+            folded[id(r)] = norm.weight.detach().to(f64, copy=True)  # the gain is reset below
         norm.weight.fill_(1.0)
-        if beta is not None:
-            norm.bias.zero_()
 
     def rotate_in(lin: nn.Linear) -> None:
         w = lin.weight.to(f64)
