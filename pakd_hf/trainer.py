@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import transformers
+from accelerate.utils import DistributedType
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.optimization import get_scheduler
@@ -65,6 +66,7 @@ COMPONENTS = ("task", "kd_logits", "kd_hidden", "kd_attn")
 TRAINER_PRIVATE_OVERRIDES = {
     "_set_signature_columns_if_needed": "keeps the teacher_logits column through Trainer's column filter",
     "_push_from_checkpoint": "stops Trainer from pushing masked checkpoints (and training_args.bin)",
+    "_clip_grad_norm": "max_grad_norm bounds the student's and the hidden-distillation projections' gradients together",
 }
 
 
@@ -270,7 +272,8 @@ class _PaKDCallback(TrainerCallback):
         self.trainer._announce_stage()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._sync_projection_grads()
+        if args.max_grad_norm is None or args.max_grad_norm <= 0:
+            self.trainer._sync_projection_grads()  # otherwise _clip_grad_norm did, before the norm
         self.trainer._before_optimizer_step(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -727,6 +730,22 @@ class PaKDTrainer(Trainer):
                 self._component_sums[i] += float(sums[name].detach())
                 self._component_counts[i] += n
         return total / (self._window_samples or n), outputs
+
+    def _clip_grad_norm(self, model):
+        """Trainer clips the model's gradients alone; the hidden-distillation projections are
+        trained by the same optimizer beside the model, so ``max_grad_norm`` bounds the norm of
+        both as one vector (what it would do if they were part of the model), and the logged
+        ``grad_norm`` is that norm. Sharded engines (FSDP, DeepSpeed, XLA) clip their model
+        themselves: there the projections are clipped on their own to the same bound."""
+        proj = self.distill_projections
+        if proj is None:
+            return super()._clip_grad_norm(model)
+        self._sync_projection_grads()  # every process clips the same averaged gradients
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA):
+            norm = super()._clip_grad_norm(model)
+            torch.nn.utils.clip_grad_norm_(list(proj.parameters()), self.args.max_grad_norm)
+            return norm
+        return self.accelerator.clip_grad_norm_([*model.parameters(), *proj.parameters()], self.args.max_grad_norm)
 
     def _sync_projection_grads(self) -> None:
         """Average the projections' gradients across processes (DDP only syncs the student)."""

@@ -164,6 +164,32 @@ def test_gradient_accumulation_matches_one_big_batch(toy_data, teacher, tmp_path
         torch.testing.assert_close(accumulated[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_max_grad_norm_bounds_the_student_and_its_projections_together(toy_data, teacher, tmp_path):
+    """The projections are trained by the same optimizer as the student: the first step's
+    gradients, clipped to a small max_grad_norm, are the unclipped ones scaled by one factor
+    (bound / norm of all of them), and the logged grad_norm is that joint norm."""
+    runs = {}
+    for bound in (0.0, 1.0e-3):
+        student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
+        args = targs(tmp_path / f"clip{bound}", per_device_train_batch_size=8, max_grad_norm=bound, logging_steps=1)
+        trainer = PaKDTrainer(model=student, teacher_model=copy.deepcopy(teacher), args=args, train_dataset=toy_data,
+                              recipe=distil_recipe(steps=1))
+        capture = GradCapture(trainer)
+        trainer.add_callback(capture)
+        trainer.train()
+        logged = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+        runs[bound] = (capture.grads, logged)
+    raw, clipped = runs[0.0][0], runs[1.0e-3][0]
+    assert raw.keys() == clipped.keys() and any(k.startswith("proj.") for k in raw)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in raw.values()]))
+    projections = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for k, g in raw.items() if k.startswith("proj.")]))
+    assert projections > 1.0e-3  # the projections alone would be clipped: the bound matters for them
+    scale = 1.0e-3 / (total + 1.0e-6)  # torch's clip_grad_norm_ factor
+    for name, grad in raw.items():
+        torch.testing.assert_close(clipped[name], grad * scale, rtol=1e-4, atol=1e-9, msg=name)
+    assert runs[1.0e-3][1][0] == pytest.approx(float(total), rel=1e-4)
+
+
 def test_cached_teacher_logits_replace_the_teachers_pass(toy_data, teacher, tmp_path):
     """A `teacher_logits` column gives the same training with no teacher pass where only
     logits are distilled; stages that distil hidden states still run the teacher."""
