@@ -37,6 +37,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.optimization import get_scheduler
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
+from transformers.utils import is_sagemaker_mp_enabled
 
 from .arch import get_adapter
 from .arch.structure import Structure
@@ -272,8 +273,6 @@ class _PaKDCallback(TrainerCallback):
         self.trainer._announce_stage()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if args.max_grad_norm is None or args.max_grad_norm <= 0:
-            self.trainer._sync_projection_grads()  # otherwise _clip_grad_norm did, before the norm
         self.trainer._before_optimizer_step(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -657,7 +656,13 @@ class PaKDTrainer(Trainer):
         # After a compaction under DDP, Trainer's loop still holds the old wrapper.
         if model is not self.model_wrapped and self.model_wrapped is not self.model:
             model = self.model_wrapped
-        return super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            # the last micro-batch before an optimizer step, where DDP averaged the student's
+            # gradients: the projections' too, before anything reads them (norm, clipping,
+            # fp16's overflow check)
+            self._sync_projection_grads()
+        return loss
 
     def rebuild_optimizer(self) -> None:
         """Build a new optimizer and LR scheduler for the current stage and hand them to the loop.
@@ -736,12 +741,13 @@ class PaKDTrainer(Trainer):
         trained by the same optimizer beside the model, so ``max_grad_norm`` bounds the norm of
         both as one vector (what it would do if they were part of the model), and the logged
         ``grad_norm`` is that norm. Sharded engines (FSDP, DeepSpeed, XLA) clip their model
-        themselves: there the projections are clipped on their own to the same bound."""
+        themselves (FSDP; DeepSpeed steps inside backward, so nothing here reaches it): there
+        the projections are clipped on their own to the same bound. With ``max_grad_norm`` 0 the
+        logged ``grad_norm`` is the student's alone, as Trainer computes it."""
         proj = self.distill_projections
-        if proj is None:
+        if proj is None or is_sagemaker_mp_enabled():
             return super()._clip_grad_norm(model)
-        self._sync_projection_grads()  # every process clips the same averaged gradients
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA):
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             norm = super()._clip_grad_norm(model)
             torch.nn.utils.clip_grad_norm_(list(proj.parameters()), self.args.max_grad_norm)
             return norm
