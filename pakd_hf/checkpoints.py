@@ -172,8 +172,11 @@ def read_state(folder: str | os.PathLike) -> dict:
     return json.loads(state_file.read_text()) if state_file.is_file() else {}
 
 
-def read_projections(folder: str | os.PathLike, projections, device: str = "cpu") -> None:
-    """Load the projections' tensors :func:`write_state` wrote into ``projections`` (when both are there)."""
+def read_projections(folder: str | os.PathLike, projections) -> None:
+    """Load the projections' tensors :func:`write_state` wrote into ``projections`` (when both are there).
+
+    Read on the CPU: ``load_state_dict`` copies them onto the device the projections live on
+    (safetensors refuses a device string such as ``cpu:0``, which a distributed CPU run has)."""
     proj_file = Path(folder, PROJECTIONS_FILENAME)
     if projections is not None and proj_file.is_file():
-        projections.load_state_dict(load_file(str(proj_file), device=device))
+        projections.load_state_dict(load_file(str(proj_file)))

@@ -867,7 +867,7 @@ class PaKDTrainer(Trainer):
                 f"resume with the recipe saved beside it ({Path(checkpoint, 'pakd_recipe.yaml')})"
             )
         self.pruning.restore(saved, checkpoint)  # a compacted checkpoint: the model takes its shapes first
-        read_projections(checkpoint, self.distill_projections, device=str(self.args.device))
+        read_projections(checkpoint, self.distill_projections)
 
     # ---- the Hub ---------------------------------------------------------------------
     def push_to_hub(

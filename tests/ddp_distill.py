@@ -16,6 +16,7 @@ from toy import record_writes  # noqa: E402
 
 out_dir, report_dir = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
 mode = sys.argv[3] if len(sys.argv) > 3 else "distil"
+resume = len(sys.argv) > 4 and sys.argv[4] == "resume"  # a second run in the same folder, from its newest checkpoint
 rank = int(os.environ["RANK"])
 written = record_writes(out_dir)
 
@@ -81,7 +82,7 @@ if mode == "prune":
                 masks_seen.append(trainer.pruning.mask_state.structure().to_dict())
 
     trainer.add_callback(Record())
-trainer.train()
+trainer.train(resume_from_checkpoint=True if resume else None)
 trainer.save_model()
 digest = hashlib.sha256()
 for key, value in sorted(student.state_dict().items()):

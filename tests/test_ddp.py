@@ -2,21 +2,23 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from toy import launcher_failure
 
 TESTS = Path(__file__).resolve().parent
 
 
-def torchrun(tmp_path, mode):
-    out, reports = tmp_path / "out", tmp_path / "reports"
+def torchrun(tmp_path, mode, resume=False):
+    out, reports = tmp_path / "out", tmp_path / ("reports-resumed" if resume else "reports")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(TESTS / "ddp_distill.py"), str(out), str(reports), mode,
+        str(TESTS / "ddp_distill.py"), str(out), str(reports), mode, *(["resume"] if resume else []),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, launcher_failure(proc.stderr)
@@ -58,3 +60,18 @@ def test_torchrun_rotation_gives_every_rank_the_same_rotated_student(tmp_path):
     assert r0["shapes"] == r1["shapes"] and r0["shapes"]["bert.embeddings.word_embeddings.weight"][1] == 16
     assert r0["student_sha"] == r1["student_sha"] and r0["projections_sha"] == r1["projections_sha"]
     assert json.loads((out / "pakd.json").read_text())["hidden_rotation"]["width_after"] == 16
+
+
+@pytest.mark.parametrize("mode", ["distil", "prune"])
+def test_torchrun_resume_continues_the_run_exactly(tmp_path, mode):
+    """A second torchrun in the same folder resumes from checkpoint-4 (in the hidden-state stage;
+    with pruning, after the first stage compacted the student): both ranks end with the weights
+    and projections of the uninterrupted run, restored from rank 0's PaKD state and each rank's
+    own RNG state."""
+    out, (first, _) = torchrun(tmp_path, mode)
+    shutil.rmtree(out / "checkpoint-6")  # the final step's checkpoint: as if the run had stopped after step 4's
+    _, (r0, r1) = torchrun(tmp_path, mode, resume=True)
+    assert r0["global_step"] == r1["global_step"] == 6
+    assert r0["shapes"] == first["shapes"]
+    assert r0["student_sha"] == r1["student_sha"] == first["student_sha"]
+    assert r0["projections_sha"] == r1["projections_sha"] == first["projections_sha"]

@@ -195,10 +195,11 @@ class ImportanceAccumulator:
                 want = None if expected is None else tuple(expected.shape)
                 raise ValueError(f"saved importance '{key}' {got} does not fit this model ({want}): "
                                  "resume with the model the checkpoint was made from")
+            value = value.to(device=expected.device, dtype=torch.float32, copy=True)  # saved tensors are read on the CPU
             if kind == "weights":
-                weights[name] = value.float().clone()
+                weights[name] = value
             else:
-                self._acc[kind] = value.float().clone()
+                self._acc[kind] = value
         if weights:
             self._acc["weights"] = weights
 
