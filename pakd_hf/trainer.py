@@ -42,7 +42,8 @@ from transformers.utils import is_sagemaker_mp_enabled
 from .arch import get_adapter
 from .arch.structure import Structure
 from .carried import embedding_rows, structure_record, vocabulary_record
-from .checkpoints import is_checkpoint_folder, mark_complete, read_projections, read_state, resolve, rotate, write_state
+from .checkpoints import (IncompleteCheckpointError, is_checkpoint_folder, mark_complete, read_projections, read_state, resolve,
+                          rotate, write_state)
 from .distill import TEACHER_LOGITS, HiddenProjections, add_teacher_logits, distillation_loss
 from .export import needs_custom_code, save_compact
 from .hub import push_folder, write_card
@@ -572,6 +573,26 @@ class PaKDTrainer(Trainer):
             sample = box[0]
         return sample
 
+    def _resolve_checkpoint(self, resume) -> tuple[str | None, list[str]]:
+        """:func:`~pakd_hf.checkpoints.resolve` on process 0, its answer (or its error) on every
+        process: they must resume the same step, also where the ranks do not see one shared
+        folder (process 0 alone writes the completion marker)."""
+        if self.accelerator.num_processes <= 1:
+            return resolve(resume, self.args.output_dir)
+        from accelerate.utils import broadcast_object_list
+
+        box = [None]
+        if self.accelerator.is_main_process:
+            try:
+                box = [("ok", resolve(resume, self.args.output_dir))]
+            except IncompleteCheckpointError as exc:
+                box = [("error", str(exc))]
+        broadcast_object_list(box, from_process=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise IncompleteCheckpointError(value)
+        return value
+
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.accelerator.num_processes <= 1:
             return tensor
@@ -926,7 +947,7 @@ class PaKDTrainer(Trainer):
             return super().train(
                 resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
             )
-        resume_from_checkpoint, skipped = resolve(resume_from_checkpoint, self.args.output_dir)
+        resume_from_checkpoint, skipped = self._resolve_checkpoint(resume_from_checkpoint)
         if self._pruning_involved():
             # what the compression metrics compare with: the model as given, before a resume compacts it
             self.pruning.mark_start(self._sample_inputs)

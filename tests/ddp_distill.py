@@ -82,6 +82,15 @@ if mode == "prune":
                 masks_seen.append(trainer.pruning.mask_state.structure().to_dict())
 
     trainer.add_callback(Record())
+if resume and rank == 1:
+    # A rank that cannot see the completion markers process 0 writes (storage not shared): it must
+    # resume the step process 0 resolved, not look for itself.
+    import pakd_hf.trainer
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("only process 0 resolves the checkpoint to resume")
+
+    pakd_hf.trainer.resolve = not_here
 trainer.train(resume_from_checkpoint=True if resume else None)
 trainer.save_model()
 digest = hashlib.sha256()
