@@ -17,6 +17,7 @@ or attention still run the teacher.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -669,15 +670,26 @@ class PaKDTrainer(Trainer):
             self.distill_projections.keep_inputs(structure.hidden)
         if self.model_wrapped is not self.model and self.accelerator.num_processes > 1:
             # DDP registered gradient hooks on the old parameters: wrap the compacted model anew.
+            # accelerate lists the model it prepares in `_models` (what its save_state and
+            # free_memory walk) each time: keep one entry per model.
             self.model_wrapped = self.accelerator.prepare_model(self.model)
+            models = getattr(self.accelerator, "_models", None)
+            if isinstance(models, list):
+                models[:] = [m for i, m in enumerate(models) if not any(m is n for n in models[:i])]
         counts = structure.counts()
         self._write_to_bar(message or f"[pakd] compacted: {result.params_before:,} -> {result.params_after:,} parameters ({counts})")
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        # After a compaction under DDP, Trainer's loop still holds the old wrapper.
+        sync = contextlib.nullcontext()
         if model is not self.model_wrapped and self.model_wrapped is not self.model:
+            # After a compaction under DDP, Trainer's loop still holds the old wrapper, and the
+            # `no_sync` it entered for a micro-batch before the last of an accumulation window
+            # is the old wrapper's: enter the new one's, or every micro-batch all-reduces.
             model = self.model_wrapped
-        loss = super().training_step(model, inputs, num_items_in_batch)
+            if not self.accelerator.sync_gradients and self._loop_defers_sync():
+                sync = self.accelerator.no_sync(model)
+        with sync:
+            loss = super().training_step(model, inputs, num_items_in_batch)
         if self.accelerator.sync_gradients:
             # the last micro-batch before an optimizer step, where DDP averaged the student's
             # gradients: the projections' too, before anything reads them (norm, clipping,
@@ -773,6 +785,12 @@ class PaKDTrainer(Trainer):
             torch.nn.utils.clip_grad_norm_(list(proj.parameters()), self.args.max_grad_norm)
             return norm
         return self.accelerator.clip_grad_norm_([*model.parameters(), *proj.parameters()], self.args.max_grad_norm)
+
+    def _loop_defers_sync(self) -> bool:
+        """Whether Trainer's loop runs a micro-batch that is not the window's last under
+        `accelerator.no_sync` (its rule: not with `sync_each_batch`, not under DeepSpeed)."""
+        plugin = getattr(self.accelerator.gradient_state, "plugin_kwargs", {}) or {}
+        return not plugin.get("sync_each_batch", False) and self.accelerator.distributed_type != DistributedType.DEEPSPEED
 
     def _sync_projection_grads(self) -> None:
         """Average the projections' gradients across processes (DDP only syncs the student)."""

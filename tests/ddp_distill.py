@@ -44,10 +44,12 @@ args = PaKDTrainingArguments(
     save_steps=4,
     logging_steps=1,
     seed=0,
+    # prune-ga: two micro-batches per optimizer step, the first under DDP's no_sync
+    gradient_accumulation_steps=2 if mode == "prune-ga" else 1,
 )
 teacher = tiny_bert(seed=0)
 student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
-if mode == "prune":
+if mode in ("prune", "prune-ga"):
     # Each rank starts from a differently initialised student: DDP broadcasts rank 0's weights,
     # and the pruning decisions must still agree (scores are summed across ranks).
     student = tiny_bert(seed=1)
@@ -74,14 +76,26 @@ class LateProcessZero(TrainerCallback):
 
 
 trainer.add_callback(LateProcessZero())
-masks_seen = []
-if mode == "prune":
+masks_seen, syncs = [], []
+if mode in ("prune", "prune-ga"):
     class Record(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if trainer.pruning.mask_state is not None:
                 masks_seen.append(trainer.pruning.mask_state.structure().to_dict())
 
     trainer.add_callback(Record())
+if mode == "prune-ga":
+    # For every micro-batch: whether it ends the accumulation window, and whether the wrapper that
+    # runs it will all-reduce its gradients (DDP's no_sync clears require_backward_grad_sync).
+    compute_loss = trainer.compute_loss
+
+    def recording_compute_loss(model, inputs, *args, **kwargs):
+        syncs.append({"step": trainer.state.global_step, "last": trainer.accelerator.sync_gradients,
+                      "all_reduces": bool(getattr(model, "require_backward_grad_sync", True)),
+                      "current_wrapper": model is trainer.model_wrapped})
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording_compute_loss
 if resume and rank == 1:
     # A rank that cannot see the completion markers process 0 writes (storage not shared): it must
     # resume the step process 0 resolved, not look for itself.
@@ -112,6 +126,8 @@ report = {
     "masks": masks_seen,
     "shapes": {k: list(v.shape) for k, v in student.state_dict().items()},
     "rotation": trainer.pruning.rotation_record,
+    "syncs": syncs,
+    "models_listed": [m is student for m in trainer.accelerator._models],  # what accelerate's save_state walks
 }
 report_dir.mkdir(parents=True, exist_ok=True)
 (report_dir / f"rank-{rank}.json").write_text(json.dumps(report))

@@ -44,13 +44,21 @@ def test_torchrun_two_processes_identical_students_and_one_writer(tmp_path):
 
 
 def test_torchrun_pruning_takes_the_same_decisions_on_every_rank(tmp_path):
-    out, (r0, r1) = torchrun(tmp_path, "prune")
+    """With two micro-batches per step: the first of each window skips DDP's all-reduce, also
+    after a compaction replaced the DDP wrapper, and accelerate lists the student once."""
+    out, (r0, r1) = torchrun(tmp_path, "prune-ga")
     assert r0["masks"] and r0["masks"] == r1["masks"]
     assert len(r0["masks"][-1]["layers"]) == 2 and len(r0["masks"][-1]["hidden"]) == 16
     assert r0["shapes"] == r1["shapes"]
     assert r0["shapes"]["bert.embeddings.word_embeddings.weight"][1] == 16
     assert r0["student_sha"] == r1["student_sha"] and r0["projections_sha"] == r1["projections_sha"]
     assert (out / "pakd.json").is_file()
+    for report in (r0, r1):
+        syncs = report["syncs"]
+        assert len(syncs) == 2 * 6 and [s["last"] for s in syncs] == [False, True] * 6
+        assert all(s["all_reduces"] == s["last"] for s in syncs), syncs
+        assert all(s["current_wrapper"] for s in syncs)
+        assert report["models_listed"] == [True]
 
 
 def test_torchrun_rotation_gives_every_rank_the_same_rotated_student(tmp_path):
