@@ -670,9 +670,14 @@ class PaKDTrainer(Trainer):
             self.distill_projections.keep_inputs(structure.hidden)
         if self.model_wrapped is not self.model and self.accelerator.num_processes > 1:
             # DDP registered gradient hooks on the old parameters: wrap the compacted model anew.
+            # Under fp16/bf16, preparing wraps the model's forward in autocast again: give it
+            # back its own forward first, or every compaction adds a layer.
+            original = self.model.__dict__.pop("_original_forward", None)
+            if original is not None:
+                self.model.forward = original
+            self.model_wrapped = self.accelerator.prepare_model(self.model)
             # accelerate lists the model it prepares in `_models` (what its save_state and
             # free_memory walk) each time: keep one entry per model.
-            self.model_wrapped = self.accelerator.prepare_model(self.model)
             models = getattr(self.accelerator, "_models", None)
             if isinstance(models, list):
                 models[:] = [m for i, m in enumerate(models) if not any(m is n for n in models[:i])]
@@ -788,7 +793,8 @@ class PaKDTrainer(Trainer):
 
     def _loop_defers_sync(self) -> bool:
         """Whether Trainer's loop runs a micro-batch that is not the window's last under
-        `accelerator.no_sync` (its rule: not with `sync_each_batch`, not under DeepSpeed)."""
+        `accelerator.no_sync` (its rule: not with `sync_each_batch`, not under DeepSpeed; its
+        branch for a model sharded at load time is FSDP, where the model is never re-wrapped)."""
         plugin = getattr(self.accelerator.gradient_state, "plugin_kwargs", {}) or {}
         return not plugin.get("sync_each_batch", False) and self.accelerator.distributed_type != DistributedType.DEEPSPEED
 

@@ -46,6 +46,7 @@ args = PaKDTrainingArguments(
     seed=0,
     # prune-ga: two micro-batches per optimizer step, the first under DDP's no_sync
     gradient_accumulation_steps=2 if mode == "prune-ga" else 1,
+    bf16=mode == "prune-ga",  # accelerate wraps the student's forward in autocast at each prepare
 )
 teacher = tiny_bert(seed=0)
 student = tiny_bert(hidden=16, layers=2, heads=2, ffn=32, seed=1)
@@ -89,10 +90,17 @@ if mode == "prune-ga":
     # runs it will all-reduce its gradients (DDP's no_sync clears require_backward_grad_sync).
     compute_loss = trainer.compute_loss
 
+    def forward_layers(module):
+        f, n = module.forward, 0
+        while hasattr(f, "__wrapped__"):
+            f, n = f.__wrapped__, n + 1
+        return n
+
     def recording_compute_loss(model, inputs, *args, **kwargs):
         syncs.append({"step": trainer.state.global_step, "last": trainer.accelerator.sync_gradients,
                       "all_reduces": bool(getattr(model, "require_backward_grad_sync", True)),
-                      "current_wrapper": model is trainer.model_wrapped})
+                      "wrapper": id(model), "current_wrapper": model is trainer.model_wrapped,
+                      "forward_layers": forward_layers(student)})
         return compute_loss(model, inputs, *args, **kwargs)
 
     trainer.compute_loss = recording_compute_loss

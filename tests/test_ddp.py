@@ -44,8 +44,9 @@ def test_torchrun_two_processes_identical_students_and_one_writer(tmp_path):
 
 
 def test_torchrun_pruning_takes_the_same_decisions_on_every_rank(tmp_path):
-    """With two micro-batches per step: the first of each window skips DDP's all-reduce, also
-    after a compaction replaced the DDP wrapper, and accelerate lists the student once."""
+    """With two micro-batches per step (bf16): the first of each window skips DDP's all-reduce,
+    also after a compaction replaced the DDP wrapper; accelerate lists the student once and its
+    forward is wrapped in autocast once."""
     out, (r0, r1) = torchrun(tmp_path, "prune-ga")
     assert r0["masks"] and r0["masks"] == r1["masks"]
     assert len(r0["masks"][-1]["layers"]) == 2 and len(r0["masks"][-1]["hidden"]) == 16
@@ -58,6 +59,12 @@ def test_torchrun_pruning_takes_the_same_decisions_on_every_rank(tmp_path):
         assert len(syncs) == 2 * 6 and [s["last"] for s in syncs] == [False, True] * 6
         assert all(s["all_reduces"] == s["last"] for s in syncs), syncs
         assert all(s["current_wrapper"] for s in syncs)
+        # the first stage's compaction (after step 3) re-wrapped the student: the micro-batches
+        # after it ran on the new wrapper, its first ones under no_sync too, and the student's
+        # forward kept the one autocast layer it had before (bf16)
+        first, second = syncs[0]["wrapper"], syncs[-1]["wrapper"]
+        assert first != second and [s["wrapper"] == second for s in syncs] == [False] * 6 + [True] * 6
+        assert syncs[0]["forward_layers"] > 0 and len({s["forward_layers"] for s in syncs}) == 1, syncs
         assert report["models_listed"] == [True]
 
 
