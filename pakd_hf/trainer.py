@@ -70,6 +70,7 @@ TRAINER_PRIVATE_OVERRIDES = {
     "_set_signature_columns_if_needed": "keeps the teacher_logits column through Trainer's column filter",
     "_push_from_checkpoint": "stops Trainer from pushing masked checkpoints (and training_args.bin)",
     "_clip_grad_norm": "max_grad_norm bounds the student's and the hidden-distillation projections' gradients together",
+    "_get_grad_norm": "with max_grad_norm 0 the logged grad_norm still covers the projections, as when it clips",
 }
 
 
@@ -780,8 +781,8 @@ class PaKDTrainer(Trainer):
         both as one vector (what it would do if they were part of the model), and the logged
         ``grad_norm`` is that norm. Sharded engines (FSDP, DeepSpeed, XLA) clip their model
         themselves (FSDP; DeepSpeed steps inside backward, so nothing here reaches it): there
-        the projections are clipped on their own to the same bound. With ``max_grad_norm`` 0 the
-        logged ``grad_norm`` is the student's alone, as Trainer computes it."""
+        the projections are clipped on their own to the same bound. With ``max_grad_norm`` 0
+        nothing is clipped and :meth:`_get_grad_norm` logs the same joint norm."""
         proj = self.distill_projections
         if proj is None or is_sagemaker_mp_enabled():
             return super()._clip_grad_norm(model)
@@ -790,6 +791,17 @@ class PaKDTrainer(Trainer):
             torch.nn.utils.clip_grad_norm_(list(proj.parameters()), self.args.max_grad_norm)
             return norm
         return self.accelerator.clip_grad_norm_([*model.parameters(), *proj.parameters()], self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Trainer's norm to log when it did not clip (``max_grad_norm`` 0): the student's and the
+        projections' gradients as one vector, the norm :meth:`_clip_grad_norm` logs when it clips,
+        so the curve means one thing whatever the bound. Sharded engines keep Trainer's (the
+        student's)."""
+        proj = self.distill_projections
+        if (grad_norm is None and proj is not None and not is_sagemaker_mp_enabled()
+                and self.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)):
+            grad_norm = self.accelerator.clip_grad_norm_([*model.parameters(), *proj.parameters()], float("inf"))
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
 
     def _loop_defers_sync(self) -> bool:
         """Whether Trainer's loop runs a micro-batch that is not the window's last under

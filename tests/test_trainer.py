@@ -188,6 +188,7 @@ def test_max_grad_norm_bounds_the_student_and_its_projections_together(toy_data,
     for name, grad in raw.items():
         torch.testing.assert_close(clipped[name], grad * scale, rtol=1e-4, atol=1e-9, msg=name)
     assert runs[1.0e-3][1][0] == pytest.approx(float(total), rel=1e-4)
+    assert runs[0.0][1][0] == pytest.approx(float(total), rel=1e-4)  # unclipped, the same joint norm is logged
 
 
 def test_cached_teacher_logits_replace_the_teachers_pass(toy_data, teacher, tmp_path):
