@@ -1065,6 +1065,12 @@ def _build(cls: type, raw: Any, path: str) -> Any:
                    for name, key in (given.items() if aliases and given else ())}
         if exc.field in written:
             raise RecipeError(written[exc.field], exc.problem) from None
+        # A check across the mapping's fields (``needs exactly one of keep and keep_fraction``)
+        # failed where the recipe wrote a key as null: the null key is what to fix, so it is named.
+        nulls = [key for key, value in raw.items() if value is None]
+        if exc.field == path and nulls:
+            key = given.get(nulls[0], nulls[0])
+            raise RecipeError(f"{path}.{key}" if path else key, f"is null, and the mapping {exc.problem}") from None
         raise
     return obj
 

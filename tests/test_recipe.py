@@ -66,6 +66,10 @@ def _error(mutate) -> RecipeError:
         (lambda r: r.update(modality="audio"), "modality", "is text"),
         (lambda r: r["stages"][0].update(epochs=1), "stages[0]", "exactly one duration"),
         (lambda r: r["stages"][1].pop("epochs"), "stages[1]", "exactly one duration"),
+        # a key written as null, where a check across the mapping's keys fails: the null key is named
+        (lambda r: r["stages"][1].update(epochs=None), "stages[1].epochs", "exactly one duration"),
+        (lambda r: r["stages"][0].update(pruning={"heads": {"keep": None}}), "stages[0].pruning.heads.keep", "exactly one of 'keep'"),
+        (lambda r: r["stages"][0].update(pruning={"ffn": {"keep_fraction": None}}), "stages[0].pruning.ffn.keep_fraction", "exactly one of 'keep'"),
         (lambda r: r["stages"][0].update(steps=2.5), "stages[0].steps", "must be an integer"),
         (lambda r: r["stages"][0].update(steps=True), "stages[0].steps", "must be an integer"),
         (lambda r: r["stages"][1].update(name="a"), "stages[1].name", "unique"),
