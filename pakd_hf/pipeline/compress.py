@@ -39,7 +39,7 @@ from typing import Any
 
 from .compare import LATENCY_EXAMPLES, LATENCY_MIN_SECONDS, LATENCY_PROCESSES, measure_folders, print_summary
 from .data import hub_id
-from .preflight import preflight
+from .preflight import options_need_offline_set, preflight
 from .processes import Processes, is_main
 from ..recipe import Recipe, RecipeError, load_recipe
 
@@ -147,7 +147,7 @@ def load_data(recipe: Recipe, quick: bool):
             raise RecipeError("data.options", f"the '{spec.dataset}' loader refuses them: {exc}") from None
     else:
         if spec.options:
-            raise RecipeError("data.options", f"options are for the offline data sets ({', '.join(DATASETS)}); remove them")
+            raise options_need_offline_set(spec.dataset, spec.options)
         import datasets
 
         raw = datasets.load_dataset(spec.dataset, spec.config)

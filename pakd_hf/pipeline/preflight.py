@@ -16,6 +16,8 @@ only when that data set or a Hub id is checked.
 
 from __future__ import annotations
 
+import difflib
+
 import json
 from pathlib import Path
 
@@ -101,6 +103,19 @@ def _check_dataset(name: str, notes: list[str] | None) -> None:
             raise RecipeError(field, _hub_problem(exc, name, "data set")) from None
 
 
+def options_need_offline_set(name: str, options: dict) -> RecipeError:
+    """``data.options`` beside a data set that is not one of the offline ones: the options say an
+    offline set was meant, so the data set is named (with the offline name it may be a slip
+    for), and both ways out are given."""
+    from .data import DATASETS
+
+    close = difflib.get_close_matches(str(name), DATASETS, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f": {', '.join(DATASETS)}"
+    return RecipeError("data.dataset", f"'{name}' is not an offline data set{hint}; its data.options "
+                       f"({', '.join(map(str, options))}) are for those only: name an offline set, or remove "
+                       "the options to load it from the Hub")
+
+
 def _check_options(name: str, options: dict | None) -> None:
     """``data.options`` against the offline loader's table (:data:`~pakd_hf.pipeline.data.OPTIONS`)."""
     from .data import DATASETS, NULLABLE_OPTIONS, OPTIONS
@@ -108,7 +123,7 @@ def _check_options(name: str, options: dict | None) -> None:
     if not options:
         return
     if name not in DATASETS:
-        raise RecipeError("data.options", f"options are for the offline data sets ({', '.join(DATASETS)}); remove them")
+        raise options_need_offline_set(name, options)
     allowed = OPTIONS.get(name, {})
     for key, value in options.items():
         field = f"data.options.{key}"
