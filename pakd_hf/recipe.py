@@ -167,9 +167,14 @@ def _read_yaml(path: Path) -> Any:
 LayerMap = Union[Literal["auto"], list[list[int]]]
 
 
-def _check(cond: bool, path: str, problem: str) -> None:
+def _check(cond: bool, path: str, problem: str, keys: tuple[str, ...] = ()) -> None:
+    """Refuse ``path`` with ``problem`` unless ``cond``. ``keys``: for a check across a mapping's
+    keys that fails when they are absent (exactly one of, at least one of), the keys it asks
+    for; one of them written as null is then named instead of the mapping (see ``_build``)."""
     if not cond:
-        raise RecipeError(path, problem)
+        error = RecipeError(path, problem)
+        error.keys = keys
+        raise error
 
 
 # Upper bounds. A value past one is no training anyone means, and would hang a run (epochs,
@@ -270,6 +275,7 @@ class Distillation:
             self.logits or self.hidden is not None or self.attention is not None,
             path,
             "enables no loss: set logits: true or add a hidden or attention block",
+            keys=("hidden", "attention"),
         )
 
 
@@ -286,6 +292,7 @@ class Keep:
             (self.keep is None) != (self.keep_fraction is None),
             path,
             "needs exactly one of 'keep' (a count) and 'keep_fraction' (a share of the original size)",
+            keys=("keep", "keep_fraction"),
         )
         if self.keep is not None:
             _check(self.keep >= 1, f"{path}.keep", f"must keep at least 1, got {self.keep}")
@@ -364,6 +371,7 @@ class Budget:
             (self.params is None) != (self.macs is None),
             path,
             "needs exactly one of 'params' and 'macs' (the share of the original to keep)",
+            keys=("params", "macs"),
         )
         _check(0.0 < self.keep <= 1.0, f"{path}.{self.metric}", f"must be in (0, 1], got {self.keep}")
         _check(bool(self.kinds), f"{path}.kinds", "must list at least one of heads, ffn, layers, hidden")
@@ -409,6 +417,7 @@ class Pruning:
             or self.n_m is not None,
             path,
             "prunes nothing: add heads, ffn, layers, hidden, budget, unstructured or n_m",
+            keys=(*self.STRUCTURED, "budget", "unstructured", "n_m"),
         )
         if self.budget is not None:
             both = [k for k in self.budget.kinds if getattr(self, k) is not None]
@@ -456,6 +465,7 @@ class Stage:
             (self.epochs is None) != (self.steps is None),
             path,
             "needs exactly one duration: set either 'epochs' or 'steps'",
+            keys=("epochs", "steps"),
         )
         if self.epochs is not None:
             _check(self.epochs > 0, f"{path}.epochs", f"must be > 0, got {self.epochs}")
@@ -1065,9 +1075,10 @@ def _build(cls: type, raw: Any, path: str) -> Any:
                    for name, key in (given.items() if aliases and given else ())}
         if exc.field in written:
             raise RecipeError(written[exc.field], exc.problem) from None
-        # A check across the mapping's fields (``needs exactly one of keep and keep_fraction``)
-        # failed where the recipe wrote a key as null: the null key is what to fix, so it is named.
-        nulls = [key for key, value in raw.items() if value is None]
+        # A check across the mapping's keys (``needs exactly one of keep and keep_fraction``)
+        # failed where the recipe wrote one of the keys it asks for as null: that key is what to
+        # fix, so it is named (a null elsewhere in the mapping is not the check's business).
+        nulls = [key for key in getattr(exc, "keys", ()) if key in raw and raw[key] is None]
         if exc.field == path and nulls:
             key = given.get(nulls[0], nulls[0])
             raise RecipeError(f"{path}.{key}" if path else key, f"is null, and the mapping {exc.problem}") from None

@@ -143,7 +143,7 @@ def _changed(source: Path, path: str, value):
     (SPEECH, "data.options.voices_per_variant", "all", "data.options.voices_per_variant", "an integer"),
     # options beside a data set that is not an offline one: the data set is named (a slip, or a Hub id)
     (SPEECH, "data.dataset", "speech-comands-synth", "data.dataset", "did you mean 'speech-commands-synth'"),
-    (SPEECH, "data.dataset", "abc", "data.dataset", "remove the options to load it from the Hub"),
+    (SPEECH, "data.dataset", "abc", "data.dataset", "remove the options to load it with datasets.load_dataset"),
 ])
 def test_what_a_recipe_builds_is_checked_before_any_work(tmp_path, capsys, source, path, value, field, fragment):
     recipe = _changed(source, path, value)

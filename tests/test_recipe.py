@@ -70,6 +70,10 @@ def _error(mutate) -> RecipeError:
         (lambda r: r["stages"][1].update(epochs=None), "stages[1].epochs", "exactly one duration"),
         (lambda r: r["stages"][0].update(pruning={"heads": {"keep": None}}), "stages[0].pruning.heads.keep", "exactly one of 'keep'"),
         (lambda r: r["stages"][0].update(pruning={"ffn": {"keep_fraction": None}}), "stages[0].pruning.ffn.keep_fraction", "exactly one of 'keep'"),
+        (lambda r: r["stages"][0].update(pruning={"heads": None}), "stages[0].pruning.heads", "prunes nothing"),
+        # ... and a null the failing check does not ask for leaves the mapping named
+        (lambda r: r["stages"][1].update(steps=3, warmup_ratio=None), "stages[1]", "exactly one duration"),
+        (lambda r: r["stages"][1].update(learning_rate=None, epochs=None), "stages[1].epochs", "exactly one duration"),
         (lambda r: r["stages"][0].update(steps=2.5), "stages[0].steps", "must be an integer"),
         (lambda r: r["stages"][0].update(steps=True), "stages[0].steps", "must be an integer"),
         (lambda r: r["stages"][1].update(name="a"), "stages[1].name", "unique"),

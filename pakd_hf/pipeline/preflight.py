@@ -17,11 +17,10 @@ only when that data set or a Hub id is checked.
 from __future__ import annotations
 
 import difflib
-
 import json
 from pathlib import Path
 
-from ..errors import describe
+from ..errors import describe, one_line
 from ..recipe import AudioAugment, Recipe, RecipeError, check_layer_maps
 
 __all__ = ["preflight"]
@@ -109,11 +108,12 @@ def options_need_offline_set(name: str, options: dict) -> RecipeError:
     for), and both ways out are given."""
     from .data import DATASETS
 
-    close = difflib.get_close_matches(str(name), DATASETS, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else f": {', '.join(DATASETS)}"
-    return RecipeError("data.dataset", f"'{name}' is not an offline data set{hint}; its data.options "
-                       f"({', '.join(map(str, options))}) are for those only: name an offline set, or remove "
-                       "the options to load it from the Hub")
+    close = difflib.get_close_matches(str(name).lower(), DATASETS, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" ({', '.join(DATASETS)})"
+    given = one_line(", ".join(map(str, options)), 60)
+    return RecipeError("data.dataset", f"'{one_line(str(name), 80)}' is not an offline data set{hint}, and "
+                       f"data.options ({given}) are for those only: name an offline set, or remove the options "
+                       "to load it with datasets.load_dataset (a Hub id or a local folder)")
 
 
 def _check_options(name: str, options: dict | None) -> None:
