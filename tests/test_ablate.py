@@ -50,6 +50,7 @@ def test_every_arm_and_seed_is_written_with_the_same_shape(ablation):
     assert len({r["steps"] for a in ARMS for r in summary["arms"][a]["runs"]}) == 1
     assert len({r["train_examples"] for a in ARMS for r in summary["arms"][a]["runs"]}) == 1
     assert summary["claim"]["best_other_arm"] in ARMS[:-1] and summary["quick"] is True
+    assert summary["command"].endswith("--seeds 0,1 --quick")  # the default arms: no --arms
     table = (out / "ablation.md").read_text()
     assert all(f"| {arm} |" in table for arm in ARMS) and "smoke run" in table
     assert summary["transfer_set"] is True and "perturbed copy of the transfer set" in table
@@ -109,6 +110,7 @@ def test_a_rerun_skips_finished_runs_and_retrains_stale_ones(ablation, capsys):
     summary = json.loads((out / "ablation.json").read_text())
     assert all(summary["arms"][arm]["validation"]["n"] == 2 for arm in ARMS)
     assert list(summary["arms"]) == ["scratch", "kd", "kd@3", "prune-once-kd", "prune-only", "pakd"]
+    assert summary["command"].endswith("--seeds 0,1 --arms scratch,kd,kd@3,prune-once-kd,prune-only,pakd --quick")
     assert summary["arms"]["kd@3"]["validation"]["n"] == 1 and (out / "kd@3" / "seed-1" / "student").is_dir()
     best = max((a for a in summary["arms"] if a != "pakd"), key=lambda a: summary["arms"][a]["validation"]["mean"])
     assert summary["claim"]["best_other_arm"] == best

@@ -332,8 +332,12 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
             report = _finished(folder)
             if report is not None and report.get("key") == run_key(p, arm, report.get("seed", -1)):
                 runs.append(report)
+    # The command that makes the summary's table: the arms it holds are named when they are not
+    # the default set (a plain --seeds would also train scratch and kd, which the table may lack).
+    found = list(dict.fromkeys(r["arm"] for r in runs))
     command = (f"pakd ablate {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} "
                f"--output-dir {out} --seeds {','.join(map(str, sorted({r['seed'] for r in runs})))}"
+               + (f" --arms {','.join(found)}" if found and set(found) != set(ARMS) else "")
                + (" --quick" if quick else ""))
     teacher_validation = p.teacher_info.get(f"{p.adapter.metric}_validation")
     teacher_test = p.evaluate(p.teacher, p.preprocessor, test)
