@@ -187,7 +187,11 @@ def test_summary_statistics_and_claim():
 
     runs = [run("scratch", 0, 0.70), run("scratch", 1, 0.72), run("pakd", 0, 0.80), run("pakd", 1, 0.78)]
     summary = summarise(runs, "r", "cmd", {"validation": 0.85, "test": 0.84}, quick=False)
-    assert summary["arms"]["pakd"]["validation"] == {"mean": 0.79, "sd": pytest.approx(0.01414, abs=1e-5), "worst": 0.78, "n": 2}
+    assert summary["arms"]["pakd"]["validation"] == {"mean": pytest.approx(0.79), "sd": pytest.approx(0.01414, abs=1e-5),
+                                                     "worst": 0.78, "n": 2}
+    # Rounded once, in the table: an sd of 0.0077505 reads 0.0078 (it read 0.0077 when stored rounded to 5 places).
+    from pakd_hf.pipeline.ablate import _fmt, _stats
+    assert "± 0.0078 " in _fmt(_stats([0.80, 0.80 + 0.0077505 * 2 ** 0.5]))
     assert summary["claim"] == {"best_other_arm": "scratch", "pakd_minus_best_validation": pytest.approx(0.08),
                                 "sd": pytest.approx(0.02, abs=1e-5), "target": 0.01, "met": True, "at_the_line": False}
     # A margin within one sd of the line is "at the line", on either side of it.

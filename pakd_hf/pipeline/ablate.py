@@ -332,8 +332,9 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
             report = _finished(folder)
             if report is not None and report.get("key") == run_key(p, arm, report.get("seed", -1)):
                 runs.append(report)
-    # The command that makes the summary's table: the arms it holds are named when they are not
-    # the default set (a plain --seeds would also train scratch and kd, which the table may lack).
+    # The arms and seeds the summary holds: the arms are named when they are not the default set
+    # (a plain --seeds would also train scratch and kd, which the table may lack). The seeds are
+    # the union over the arms, so where arms have different seeds a rerun adds the missing runs.
     found = list(dict.fromkeys(r["arm"] for r in runs))
     command = (f"pakd ablate {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} "
                f"--output-dir {out} --seeds {','.join(map(str, sorted({r['seed'] for r in runs})))}"
@@ -349,8 +350,9 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
 
 
 def _stats(values: list[float], higher_is_better: bool = True) -> dict[str, Any]:
-    return {"mean": round(statistics.mean(values), 5),
-            "sd": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
+    # Unrounded: the table rounds once, to 4 places (rounding here first made 0.007751 print as 0.0077).
+    return {"mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
             "worst": min(values) if higher_is_better else max(values), "n": len(values)}
 
 
@@ -389,7 +391,7 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
         gain = margin if up else -margin
         # a tie is not a win: perplexity must be strictly below the best baseline's
         met = gain >= target if up else gain > target
-        claim = {"best_other_arm": best, "pakd_minus_best_validation": round(margin, 5), "sd": round(sd, 5),
+        claim = {"best_other_arm": best, "pakd_minus_best_validation": margin, "sd": sd,
                  "target": target, "met": met, "at_the_line": abs(gain - target) <= sd}
     return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick, "metric": metric,
             "transfer_set": transfer_set,
