@@ -21,11 +21,12 @@ def recipe(teacher: Path, per_process_batch: int) -> dict:
     """The main NLP recipe's shape on a tiny teacher, without what cannot match across process
     counts: no dropout (each process draws its own masks), no length-grouped batches (their
     grouping depends on the per-process batch), hidden cut by coordinates (a rotation is
-    calibrated on each process's own batches), and no step taken where the student still is
+    calibrated on each process's own batches), and no step that moves a student which still is
     its teacher. There the transfer set's loss (distillation only, no labels) is zero and its
     gradients are round-off, which differs with the per-process batch on some CPUs (another
     GEMM blocking): Adam turns it into steps of a tenth of the learning rate or more, and Taylor
-    scores into arbitrary picks. So the first stage's first step has learning rate 0 (warmup)
+    scores into arbitrary picks. So the first stage's first step has learning rate 0 (warmup;
+    its round-off still enters AdamW's moments, negligible beside the real gradients after it)
     and cuts once after it by magnitude; the second stage ranks by Taylor on real gradients."""
     spec = tiny_rt_recipe(teacher, copies=1)
     spec["teacher"]["fine_tune"]["batch_size"] = per_process_batch
