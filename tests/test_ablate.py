@@ -8,7 +8,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from pakd_hf.pipeline.ablate import ARMS, AblationError, arm_name, arm_recipe, summarise
+from pakd_hf.pipeline.ablate import ARMS, AblationError, _fmt, _stats, arm_name, arm_recipe, summarise
 from pakd_hf.cli import main
 from pakd_hf.recipe import RecipeError, load_recipe
 from toy import require, stock_result, tiny_rt_recipe, tiny_text_teacher
@@ -190,7 +190,6 @@ def test_summary_statistics_and_claim():
     assert summary["arms"]["pakd"]["validation"] == {"mean": pytest.approx(0.79), "sd": pytest.approx(0.01414, abs=1e-5),
                                                      "worst": 0.78, "n": 2}
     # Rounded once, in the table: an sd of 0.0077505 reads 0.0078 (it read 0.0077 when stored rounded to 5 places).
-    from pakd_hf.pipeline.ablate import _fmt, _stats
     assert "± 0.0078 " in _fmt(_stats([0.80, 0.80 + 0.0077505 * 2 ** 0.5]))
     assert summary["claim"] == {"best_other_arm": "scratch", "pakd_minus_best_validation": pytest.approx(0.08),
                                 "sd": pytest.approx(0.02, abs=1e-5), "target": 0.01, "met": True, "at_the_line": False}
