@@ -147,7 +147,8 @@ def test_use_cpu_is_honoured_where_an_accelerator_would_be_picked(tiny_teacher, 
     from pakd_hf.pipeline.compress import _training_args, student_arguments
 
     recipe = load_recipe(tiny_rt_recipe(tiny_teacher))
-    assert _training_args(tmp_path, recipe).use_cpu and student_arguments(tmp_path, recipe).use_cpu  # no accelerator here
+    monkeypatch.setattr(arguments, "default_device_flags", lambda: ["--use_cpu", "true"])  # as on a machine without
+    assert _training_args(tmp_path, recipe).use_cpu and student_arguments(tmp_path, recipe).use_cpu
     monkeypatch.setattr(arguments, "default_device_flags", lambda: [])  # as on a machine with CUDA or MPS
     assert not _training_args(tmp_path, recipe).use_cpu and not student_arguments(tmp_path, recipe).use_cpu
     flags = training_overrides(["--use_cpu", "true"])
