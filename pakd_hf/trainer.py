@@ -109,6 +109,18 @@ def check_trainer_private_state(trainer: Trainer) -> None:
             _refuse(f"Trainer attribute {name}", why)
 
 
+def wait_for_everyone(accelerator) -> None:
+    """Every process gets here before any goes on. accelerate's ``wait_for_everyone`` passes
+    ``device_ids=[local rank]`` to the barrier also for gloo, and torch then puts the barrier's
+    tensor on the machine's accelerator: CPU processes (``--use_cpu``) on a machine with fewer GPUs
+    than processes failed there ("CUDA error: invalid device ordinal", rank 1 of 2 on one H200).
+    A gloo group's barrier without device ids runs on the CPU (what Trainer's own barriers do)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        dist.barrier()
+    else:
+        accelerator.wait_for_everyone()
+
+
 @dataclass(frozen=True)
 class StageSpan:
     """Where a stage sits on the global optimizer-step axis: steps [start, end)."""
@@ -292,7 +304,7 @@ class _PaKDCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         # Every rank has written its files (its RNG state) before process 0 marks the checkpoint complete.
-        self.trainer.accelerator.wait_for_everyone()
+        wait_for_everyone(self.trainer.accelerator)
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if args.should_save and os.path.isdir(checkpoint):
             self.trainer._complete_checkpoint(checkpoint)
@@ -861,7 +873,7 @@ class PaKDTrainer(Trainer):
             # Every rank waits until it is cleared: the others write their RNG state into this folder
             # (Trainer._save_rng_state makes it), and the clearing must not delete a folder another
             # rank has just made (it did, under torchrun: "Parent directory ... does not exist").
-            self.accelerator.wait_for_everyone()
+            wait_for_everyone(self.accelerator)
         if self._pruning_involved() and self._needs_custom_code():
             if self.args.should_save:
                 save_compact(self.model, output_dir, extra_pakd=self._pakd_extra())

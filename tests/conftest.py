@@ -41,7 +41,7 @@ def pytest_sessionfinish(session, exitstatus):
 # The repository's top level before the tests: a test (or the code it runs) that leaves a file
 # there writes into its caller's working directory, as users would find it in theirs.
 _TOP_LEVEL = {p.name for p in ROOT.iterdir()}
-_CACHES = {".pytest_cache", "__pycache__", "pakd_hf.egg-info"}
+_CACHES = {".pytest_cache", "__pycache__", "pakd_hf.egg-info", ".benchmarks"}  # .benchmarks: pytest-benchmark, if installed
 
 
 @pytest.fixture(scope="session", autouse=True)

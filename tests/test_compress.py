@@ -10,7 +10,7 @@ import yaml
 
 from pakd_hf.benchmark import REPORT_KEYS
 from pakd_hf.cli import main
-from toy import require, run_stock, tiny_rt_recipe, tiny_text_teacher
+from toy import require, run_stock, tiny_rt_recipe, tiny_text_teacher, with_repo_on_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -431,7 +431,6 @@ def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_p
     """SIGKILL a real `pakd compress --quick` in its second stage (after the first compaction),
     run the same command again: it resumes from the newest complete checkpoint and ends at the
     student of the uninterrupted run (quick_run: same recipe, seed and teacher)."""
-    import os
     import shutil
     import signal
     import subprocess
@@ -448,7 +447,7 @@ def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_p
                "--threads", "1", "--seed", "3", "--training-threads", "1", "--save_steps", "12", "--weight_decay", "0.01"]
     # One checkpoint mid-run (step 12, mid-stage after the first compaction), so the resume point
     # does not depend on when the kill lands on a loaded machine.
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = with_repo_on_path()
     run_dir = out / ".student-run"
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

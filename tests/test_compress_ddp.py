@@ -2,7 +2,6 @@
 process with the same global batch: the same student, one writer."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from toy import launcher_failure, tiny_rt_recipe, tiny_text_teacher
+from toy import launcher_failure, tiny_rt_recipe, tiny_text_teacher, with_repo_on_path
 
 TESTS = Path(__file__).resolve().parent
 
@@ -41,8 +40,9 @@ def run(tmp_path: Path, name: str, teacher: Path, processes: int):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe(teacher, 16 // processes)))
     out, reports = tmp_path / name, tmp_path / f"{name}-ranks"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
-    command = ["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1"]
+    env = {**with_repo_on_path(), "OMP_NUM_THREADS": "1"}
+    command = ["compress", str(path), "--output-dir", str(out), "--quick", "--threads", "1",
+               "--use_cpu", "true"]  # gloo processes, also on a machine with one GPU
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     if processes == 1:
         launcher = [sys.executable]
@@ -98,3 +98,15 @@ def test_only_the_main_process_writes_and_speaks(runs):
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert log.count("[pakd] teacher saved in") == 1 and log.count("[pakd] transfer set:") >= 1
     assert "[pakd] 2 processes: every one trains" in log
+
+
+def test_more_processes_than_gpus_is_one_line():
+    """Seen on a one-GPU machine: the second of two CUDA processes failed deep in accelerate
+    ("invalid device ordinal"). `Processes.start` checks first, where CUDA is there."""
+    from pakd_hf.errors import RecipeError
+    from pakd_hf.pipeline.processes import check_devices_fit
+
+    check_devices_fit(1, 1)
+    check_devices_fit(2, 8)
+    with pytest.raises(RecipeError, match=r"'--nproc_per_node': 2 processes on this machine but 1 GPU\(s\).*--use_cpu true"):
+        check_devices_fit(2, 1)

@@ -161,6 +161,17 @@ def save_tiny_whisper(folder: Path, **kw) -> Path:
     return folder
 
 
+def with_repo_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment (or ``env``) for a child that imports the checkout's pakd_hf:
+    the repository first on PYTHONPATH, whatever was there kept after it."""
+    import os
+
+    env = dict(os.environ if env is None else env)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    return env
+
+
 # A fresh interpreter with stock packages only: offline, no PYTHONPATH (pakd_hf is not put on
 # its path; the check below catches an installed copy being imported anyway).
 STOCK_ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
