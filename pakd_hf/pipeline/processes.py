@@ -45,6 +45,17 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def check_devices_fit(processes_here: int, gpus: int) -> None:
+    """Trainer gives process N of a machine its GPU N: with more processes on a machine than it
+    has GPUs, the first one past the last GPU failed deep in accelerate ("CUDA error: invalid
+    device ordinal"). One line instead, before any work."""
+    if processes_here > gpus:
+        from ..errors import RecipeError
+
+        raise RecipeError("--nproc_per_node", f"{processes_here} processes on this machine but {gpus} GPU(s): start "
+                                              f"at most one process per GPU, or add --use_cpu true to train them on the CPU")
+
+
 class Processes:
     """The processes of one `pakd compress` (one, unless launched by torchrun or accelerate).
 
@@ -69,10 +80,14 @@ class Processes:
         if not launched():
             return cls()
 
+        import torch
+
         from ..arguments import PaKDTrainingArguments, default_device_flags
 
-        args = PaKDTrainingArguments(**{"output_dir": tempfile.gettempdir(), "report_to": [],
-                                        "use_cpu": bool(default_device_flags()), **(overrides or {})})
+        settings = {"use_cpu": bool(default_device_flags()), **(overrides or {})}
+        if not settings["use_cpu"] and torch.cuda.is_available():
+            check_devices_fit(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
+        args = PaKDTrainingArguments(**{"output_dir": tempfile.gettempdir(), "report_to": [], **settings})
         args.device  # noqa: B018 - sets up the process group (accelerate's PartialState)
         return cls(distributed=True)
 
