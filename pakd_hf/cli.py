@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _run_pipeline(recipe: str, call) -> int:
     """Run a pipeline command: a bad recipe or a missing file is one line and exit 2; an export
     that fails (or its missing packages) one line and exit 1."""
-    from .errors import DeployError  # not from pipeline.deploy, which imports torch
+    from .errors import DeployError, LaunchError  # not from pipeline.deploy, which imports torch
 
     try:
         call()
@@ -176,6 +177,10 @@ def _run_pipeline(recipe: str, call) -> int:
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except LaunchError as exc:
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # every process of the machine finds the same
+            print(f"error: {exc} (nothing was run)", file=sys.stderr)
+        return 2
     return 0
 
 

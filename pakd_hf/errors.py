@@ -8,7 +8,7 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-__all__ = ["RecipeError", "DeployError", "MAX_MESSAGE", "one_line", "describe"]
+__all__ = ["RecipeError", "DeployError", "LaunchError", "MAX_MESSAGE", "one_line", "describe"]
 
 MAX_MESSAGE = 400
 
@@ -41,6 +41,11 @@ class RecipeError(ValueError):
         self.problem = one_line(problem, MAX_MESSAGE)
         where = f"recipe field '{self.field}'" if self.field else "recipe"
         super().__init__(f"{where}: {self.problem}")
+
+
+class LaunchError(ValueError):
+    """A launch that cannot work on this machine (more processes than GPUs): one line, before any
+    work; the CLI prints it once a machine and exits 2."""
 
 
 class DeployError(ValueError):

@@ -114,8 +114,9 @@ def wait_for_everyone(accelerator) -> None:
     ``device_ids=[local rank]`` to the barrier also for gloo, and torch then puts the barrier's
     tensor on the machine's accelerator: CPU processes (``--use_cpu``) on a machine with fewer GPUs
     than processes failed there ("CUDA error: invalid device ordinal", rank 1 of 2 on one H200).
-    A gloo group's barrier without device ids runs on the CPU (what Trainer's own barriers do)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+    A barrier without device ids runs on the CPU for gloo (what Trainer's own barriers do)."""
+    if dist.is_available() and dist.is_initialized() and (dist.get_backend() == "gloo"
+                                                           or accelerator.device.type == "cpu"):
         dist.barrier()
     else:
         accelerator.wait_for_everyone()

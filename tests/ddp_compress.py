@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy import record_writes  # noqa: E402
+from toy import record_writes, refuse_device_barriers  # noqa: E402
 
 report_dir, argv = Path(sys.argv[1]), sys.argv[sys.argv.index("--") + 1:]
 out_dir = Path(argv[argv.index("--output-dir") + 1]).resolve()
 written = record_writes(out_dir)
+refuse_device_barriers()
 
 from pakd_hf.cli import main  # noqa: E402
 

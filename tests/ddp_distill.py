@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy import record_writes  # noqa: E402
+from toy import record_writes, refuse_device_barriers  # noqa: E402
 
 out_dir, report_dir = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
 mode = sys.argv[3] if len(sys.argv) > 3 else "distil"
 resume = len(sys.argv) > 4 and sys.argv[4] == "resume"  # a second run in the same folder, from its newest checkpoint
 rank = int(os.environ["RANK"])
 written = record_writes(out_dir)
+refuse_device_barriers()
 
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402

@@ -178,6 +178,7 @@ def test_outputs_and_report(quick_run):
     assert 0 <= report["accuracy_student"] <= 1 and 0 < report["accuracy_teacher"] <= 1
     assert report["accuracy_kept"] == pytest.approx(report["accuracy_student"] / report["accuracy_teacher"], rel=1e-3)
     assert report["threads"] == 1 and report["split"] == "test" and report["n_eval"] == 128 and report["quick"] is True
+    assert report["training_device"] == "cpu"  # Trainer's pick on a machine without an accelerator (CI)
     assert report["train_examples"] == 320 * 3  # the transfer set: the texts and two perturbed copies of each
     # Validation beside test: choices are made on validation.
     assert report["n_validation"] == 64 and 0 <= report["accuracy_student_validation"] <= 1

@@ -100,13 +100,32 @@ def test_only_the_main_process_writes_and_speaks(runs):
     assert "[pakd] 2 processes: every one trains" in log
 
 
-def test_more_processes_than_gpus_is_one_line():
+
+def test_more_cuda_processes_than_gpus_is_one_line(tmp_path, monkeypatch, capsys):
     """Seen on a one-GPU machine: the second of two CUDA processes failed deep in accelerate
-    ("invalid device ordinal"). `Processes.start` checks first, where CUDA is there."""
-    from pakd_hf.errors import RecipeError
+    ("invalid device ordinal"). `pakd compress` says so in one line before any work, as process
+    1 of 2 on a machine whose CUDA has one GPU would; CPU processes are not refused."""
+    import pakd_hf.arguments as arguments
+    from pakd_hf.cli import main
+    from pakd_hf.errors import LaunchError
     from pakd_hf.pipeline.processes import check_devices_fit
 
-    check_devices_fit(1, 1)
-    check_devices_fit(2, 8)
-    with pytest.raises(RecipeError, match=r"'--nproc_per_node': 2 processes on this machine but 1 GPU\(s\).*--use_cpu true"):
-        check_devices_fit(2, 1)
+    for name, value in {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(arguments, "default_device_flags", lambda: [])  # what a machine with CUDA gives
+    out = tmp_path / "out"
+    assert main(["compress", str(TESTS.parent / "recipes/nlp/minilm-rotten-tomatoes.yaml"), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 processes on this machine but 1 GPU(s)" in err[0] and "--use_cpu true" in err[0], err
+    assert not out.exists()
+    check_devices_fit({"use_cpu": True})  # CPU processes (gloo) need no GPU
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    check_devices_fit({})
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_devices_fit({})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(LaunchError):
+        check_devices_fit({"use_cpu": False})

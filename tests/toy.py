@@ -161,6 +161,24 @@ def save_tiny_whisper(folder: Path, **kw) -> Path:
     return folder
 
 
+def refuse_device_barriers() -> None:
+    """In a gloo run: fail on accelerate's ``wait_for_everyone``, which names ``device_ids=[local
+    rank]``; torch then puts the barrier on ``cuda:N`` where the machine has a GPU, and process 1
+    of 2 CPU processes on a one-GPU machine died there ("invalid device ordinal"). PaKD's own waits
+    go through ``pakd_hf.trainer.wait_for_everyone``."""
+    import accelerate.state
+
+    def refuse(self):
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # one process (the reference run): accelerate waits for nobody
+            return
+        raise AssertionError("accelerate's wait_for_everyone in a gloo run: its barrier names a GPU where one is "
+                             "(use pakd_hf.trainer.wait_for_everyone)")
+
+    accelerate.state.PartialState.wait_for_everyone = refuse
+
+
 def with_repo_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment (or ``env``) for a child that imports the checkout's pakd_hf:
     the repository first on PYTHONPATH, whatever was there kept after it."""

@@ -906,6 +906,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
     flags = {k: (v if isinstance(v, (bool, int, float, str, list, type(None))) else str(v))
              for k, v in (training_overrides or {}).items()}
     report["training_overrides"] = flags
+    report["training_device"] = str(trainer.args.device)  # where the stages trained (Trainer's pick)
     pakd_json = tmp / "pakd.json"
     if pakd_json.is_file():
         record = {**json.loads(pakd_json.read_text()), "run_id": report["run_id"]}

@@ -45,15 +45,28 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def check_devices_fit(processes_here: int, gpus: int) -> None:
-    """Trainer gives process N of a machine its GPU N: with more processes on a machine than it
-    has GPUs, the first one past the last GPU failed deep in accelerate ("CUDA error: invalid
-    device ordinal"). One line instead, before any work."""
-    if processes_here > gpus:
-        from ..errors import RecipeError
+_TRUE = {"1", "true", "yes", "y", "on"}
 
-        raise RecipeError("--nproc_per_node", f"{processes_here} processes on this machine but {gpus} GPU(s): start "
-                                              f"at most one process per GPU, or add --use_cpu true to train them on the CPU")
+
+def check_devices_fit(overrides: dict[str, Any] | None) -> None:
+    """Several CUDA processes need a GPU each (Trainer wraps the model in DDP with its process's
+    GPU): with more processes on a machine than GPUs, a process failed deep in accelerate or torch
+    ("CUDA error: invalid device ordinal", seen with two processes on one GPU). One line instead,
+    before any work. Processes that train on the CPU (``--use_cpu``, accelerate's
+    ``ACCELERATE_USE_CPU``, or a machine without CUDA) need none."""
+    import torch
+
+    from ..arguments import default_device_flags
+    from ..errors import LaunchError
+
+    use_cpu = (overrides or {}).get("use_cpu", bool(default_device_flags()))
+    if use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in _TRUE or not torch.cuda.is_available():
+        return
+    here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if here > gpus:
+        raise LaunchError(f"{here} processes on this machine but {gpus} GPU(s): start at most one process per GPU "
+                          "(torchrun --nproc_per_node, accelerate launch --num_processes), or add --use_cpu true to "
+                          "train them on the CPU")
 
 
 class Processes:
@@ -80,14 +93,11 @@ class Processes:
         if not launched():
             return cls()
 
-        import torch
-
         from ..arguments import PaKDTrainingArguments, default_device_flags
 
-        settings = {"use_cpu": bool(default_device_flags()), **(overrides or {})}
-        if not settings["use_cpu"] and torch.cuda.is_available():
-            check_devices_fit(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
-        args = PaKDTrainingArguments(**{"output_dir": tempfile.gettempdir(), "report_to": [], **settings})
+        check_devices_fit(overrides)
+        args = PaKDTrainingArguments(**{"output_dir": tempfile.gettempdir(), "report_to": [],
+                                        "use_cpu": bool(default_device_flags()), **(overrides or {})})
         args.device  # noqa: B018 - sets up the process group (accelerate's PartialState)
         return cls(distributed=True)
 
