@@ -332,14 +332,7 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
             report = _finished(folder)
             if report is not None and report.get("key") == run_key(p, arm, report.get("seed", -1)):
                 runs.append(report)
-    # The arms and seeds the summary holds: the arms are named when they are not the default set
-    # (a plain --seeds would also train scratch and kd, which the table may lack). The seeds are
-    # the union over the arms, so where arms have different seeds a rerun adds the missing runs.
-    found = list(dict.fromkeys(r["arm"] for r in runs))
-    command = (f"pakd ablate {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} "
-               f"--output-dir {out} --seeds {','.join(map(str, sorted({r['seed'] for r in runs})))}"
-               + (f" --arms {','.join(found)}" if found and set(found) != set(ARMS) else "")
-               + (" --quick" if quick else ""))
+    command = _command(recipe_source, out, runs or [{"arm": a, "seed": s} for a in arms for s in seed_list], quick)
     teacher_validation = p.teacher_info.get(f"{p.adapter.metric}_validation")
     teacher_test = p.evaluate(p.teacher, p.preprocessor, test)
     summary = summarise(runs, p.recipe.name, command, {"validation": teacher_validation, "test": teacher_test,
@@ -347,6 +340,21 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
                         transfer_set=transfer is not None)
     write_outputs(out, summary)
     return summary
+
+
+def _command(recipe_source, out: Path, runs: list[dict[str, Any]], quick: bool) -> str:
+    """The command(s) that make exactly the runs the summary holds: one per set of seeds (arms
+    with more seeds than others, e.g. the two a claim compares, get their own), the arms named
+    unless they are the default set with one set of seeds (a plain --seeds also trains scratch
+    and kd). Seeds as a list, one seed with a trailing comma (``--seeds 0`` is a count of none)."""
+    recipe = recipe_source if isinstance(recipe_source, (str, Path)) else "recipe.yaml"
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        groups.setdefault(tuple(sorted({r["seed"] for r in runs if r["arm"] == arm})), []).append(arm)
+    default = len(groups) == 1 and set(next(iter(groups.values()))) == set(ARMS)
+    return " && ".join(f"pakd ablate {recipe} --output-dir {out} --seeds {','.join(map(str, seeds))}"
+                       + ("," if len(seeds) == 1 else "") + ("" if default else f" --arms {','.join(arms)}")
+                       + (" --quick" if quick else "") for seeds, arms in groups.items())
 
 
 def _stats(values: list[float], higher_is_better: bool = True) -> dict[str, Any]:
