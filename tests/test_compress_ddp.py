@@ -100,7 +100,6 @@ def test_only_the_main_process_writes_and_speaks(runs):
     assert "[pakd] 2 processes: every one trains" in log
 
 
-
 def test_more_cuda_processes_than_gpus_is_one_line(tmp_path, monkeypatch, capsys):
     """Seen on a one-GPU machine: the second of two CUDA processes failed deep in accelerate
     ("invalid device ordinal"). `pakd compress` says so in one line before any work, as process
@@ -120,12 +119,12 @@ def test_more_cuda_processes_than_gpus_is_one_line(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "2 processes on this machine but 1 GPU(s)" in err[0] and "--use_cpu true" in err[0], err
     assert not out.exists()
-    check_devices_fit({"use_cpu": True})  # CPU processes (gloo) need no GPU
+    check_devices_fit(True)  # CPU processes (gloo) need no GPU
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    check_devices_fit({})
+    check_devices_fit(False)
     monkeypatch.delenv("ACCELERATE_USE_CPU")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    check_devices_fit({})
+    check_devices_fit(False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(LaunchError):
-        check_devices_fit({"use_cpu": False})
+        check_devices_fit(False)

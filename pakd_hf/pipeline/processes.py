@@ -45,22 +45,23 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-_TRUE = {"1", "true", "yes", "y", "on"}
-
-
-def check_devices_fit(overrides: dict[str, Any] | None) -> None:
+def check_devices_fit(use_cpu: bool) -> None:
     """Several CUDA processes need a GPU each (Trainer wraps the model in DDP with its process's
     GPU): with more processes on a machine than GPUs, a process failed deep in accelerate or torch
     ("CUDA error: invalid device ordinal", seen with two processes on one GPU). One line instead,
     before any work. Processes that train on the CPU (``--use_cpu``, accelerate's
     ``ACCELERATE_USE_CPU``, or a machine without CUDA) need none."""
     import torch
+    from accelerate.utils import parse_flag_from_env
 
-    from ..arguments import default_device_flags
     from ..errors import LaunchError
 
-    use_cpu = (overrides or {}).get("use_cpu", bool(default_device_flags()))
-    if use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in _TRUE or not torch.cuda.is_available():
+    try:  # read as Trainer reads it
+        use_cpu = use_cpu or parse_flag_from_env("ACCELERATE_USE_CPU")
+    except ValueError:
+        raise LaunchError(f"ACCELERATE_USE_CPU={os.environ['ACCELERATE_USE_CPU'][:20]!r} is not a truth value "
+                          "(true or false)") from None
+    if use_cpu or not torch.cuda.is_available():
         return
     here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
     if here > gpus:
@@ -95,9 +96,9 @@ class Processes:
 
         from ..arguments import PaKDTrainingArguments, default_device_flags
 
-        check_devices_fit(overrides)
-        args = PaKDTrainingArguments(**{"output_dir": tempfile.gettempdir(), "report_to": [],
-                                        "use_cpu": bool(default_device_flags()), **(overrides or {})})
+        settings = {"use_cpu": bool(default_device_flags()), **(overrides or {})}
+        check_devices_fit(settings["use_cpu"])
+        args = PaKDTrainingArguments(**{"output_dir": tempfile.gettempdir(), "report_to": [], **settings})
         args.device  # noqa: B018 - sets up the process group (accelerate's PartialState)
         return cls(distributed=True)
 
