@@ -379,6 +379,7 @@ class PaKDTrainer(Trainer):
         )
         self._component_sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)
         self._component_counts = torch.zeros(len(COMPONENTS), dtype=torch.float64)
+        self._signal_checked: set[int] = set()  # stages whose first distilled batch was checked
         if self.recipe is not None or teacher_model is not None:
             self.add_callback(_PaKDCallback(self))
 
@@ -786,7 +787,28 @@ class PaKDTrainer(Trainer):
             if name in sums:
                 self._component_sums[i] += float(sums[name].detach())
                 self._component_counts[i] += n
+        self._check_gradient_signal(total, n)
         return total / (self._window_samples or n), outputs
+
+    def _check_gradient_signal(self, total: torch.Tensor, n: int) -> None:
+        """Say it when a stage that ranks by gradients (``taylor``, ``movement``) starts from a
+        zero loss: a student that still computes exactly what its teacher does (no dropout, no
+        label term) has round-off gradients, so its scores rank noise (docs/pruning.md). Checked
+        once per stage, on its first distilled micro-batch, on the main process."""
+        if self._stage_idx in self._signal_checked:
+            return
+        self._signal_checked.add(self._stage_idx)
+        pruning = self.current_stage.pruning
+        if pruning is None or pruning.importance not in ("taylor", "movement") or not self.is_world_process_zero():
+            return
+        per_sample = float(total.detach()) / max(n, 1)
+        if per_sample < 1e-6:
+            stage = self.current_stage
+            logger.warning(
+                "stage '%s': the loss of its first batch is %.1e per sample (the student still computes what "
+                "its teacher does), so importance '%s' ranks round-off gradients; give that stage a label term "
+                "(distillation.alpha < 1 with labels) or dropout, or cut it with importance: magnitude, "
+                "schedule: one-shot (docs/pruning.md)", stage.name, per_sample, pruning.importance)
 
     def _clip_grad_norm(self, model):
         """Trainer clips the model's gradients alone; the hidden-distillation projections are

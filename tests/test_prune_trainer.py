@@ -315,3 +315,23 @@ def test_model_init_the_pruning_follows_the_model_trainer_builds_in_train(tmp_pa
     trainer.save_model(str(tmp_path / "student"))
     record = json.loads((tmp_path / "student" / "pakd.json").read_text())
     assert len(record["structure"]["layers"]) == 2
+
+
+@pytest.mark.parametrize("alpha, warned", [(1.0, True), (0.5, False)])
+def test_a_zero_loss_start_under_taylor_is_said(tmp_path, caplog, alpha, warned):
+    """A student equal to its teacher, without dropout, distilled on logits alone starts at loss
+    0: Taylor scores are round-off there, and the trainer says so once, naming the stage. With a
+    label term the loss is real and nothing is said."""
+    teacher = tiny_bert(seed=0)
+    student = copy.deepcopy(teacher)
+    recipe = {"name": "z", "task": "text-classification", "stages": [
+        {"name": "cut", "steps": 4, "distillation": {"alpha": alpha},
+         "pruning": {"ffn": {"keep_fraction": 0.5}, "importance": "taylor", "frequency": 2}}]}
+    trainer = PaKDTrainer(model=student, teacher_model=teacher, args=targs(tmp_path / "run"),
+                          train_dataset=toy_dataset(64), recipe=recipe)
+    with caplog.at_level("WARNING", logger="pakd_hf.trainer"):
+        trainer.train()
+    said = [r.getMessage() for r in caplog.records if "ranks round-off" in r.getMessage()]
+    assert len(said) == (1 if warned else 0), said
+    if warned:
+        assert said[0].startswith("stage 'cut': the loss of its first batch is") and "importance 'taylor'" in said[0]
