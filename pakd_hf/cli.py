@@ -219,7 +219,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
     try:
         code = _run_pipeline(args.recipe, lambda: ablate(args.recipe, args.output_dir, seeds=_seed_list(args.seeds),
-                                                         arms=arms, quick=args.quick))
+                                                         arms=arms, quick=args.quick, save_steps=args.save_steps))
     except AblationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--arms", help="comma-separated subset of scratch,kd,prune-once-kd,prune-only,pakd (default: all); "
                      "ARM@SCALE runs an arm with every learning rate times SCALE (kd@5), to tune a baseline on validation")
     abl.add_argument("--quick", action="store_true", help="same path on a small slice and a few steps (smoke check)")
+    abl.add_argument("--save_steps", type=int, default=SAVE_STEPS, metavar="N",
+                     help=f"checkpoint each run every N steps (default {SAVE_STEPS}; 0: never). The same command on the "
+                     "same OUT resumes a run cut off mid-way from its newest complete checkpoint")
     abl.set_defaults(func=_cmd_ablate)
 
     bench = sub.add_parser("benchmark", help="measure a teacher and a student side by side (size, MACs, latency, accuracy)",

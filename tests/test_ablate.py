@@ -277,3 +277,52 @@ def test_a_teacher_with_other_weights_under_the_same_recipe_retrains_the_runs(ab
     assert list(summary["arms"]) == ["kd"] and summary["arms"]["kd"]["validation"]["n"] == 1
     assert summary["teacher"]["weights"] == summary["arms"]["kd"]["runs"][0]["teacher_weights"] != \
         json.loads((out / "ablation.json").read_text())["teacher"]["weights"]
+
+
+def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_student(ablation, tmp_path):
+    """SIGKILL a real `pakd ablate --arms pakd` in its second stage (after the first compaction),
+    run the same command again: that run resumes from its newest complete checkpoint (not from
+    step 0) and ends at the student the uninterrupted run of the fixture made (same recipe, seed
+    and teacher); its report says it resumed, and the checkpoints are gone once it is written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from toy import with_repo_on_path
+
+    _, path, out = ablation
+    want = load_file(out / "pakd" / "seed-1" / "student" / "model.safetensors")
+    copy = tmp_path / "out"
+    copy.mkdir()
+    for cached in ("teacher", "transfer"):  # the same teacher and transfer set: straight to the run
+        shutil.copytree(out / cached, copy / cached)
+    command = [sys.executable, "-m", "pakd_hf", "ablate", str(path), "--output-dir", str(copy), "--quick",
+               "--seeds", "1,", "--arms", "pakd", "--save_steps", "12"]
+    run_dir = copy / "pakd" / "seed-1" / ".run"
+    env = with_repo_on_path()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (run_dir / "checkpoint-12" / "pakd_checkpoint.json").is_file():
+            assert proc.poll() is None, "the run ended before its checkpoint at step 12"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert json.loads((run_dir / "checkpoint-12" / "pakd_state.json").read_text())["stage_index"] == 1
+    assert not (copy / "pakd" / "seed-1" / "report.json").exists()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming pakd seed 1 from checkpoint-12 of an interrupted run" in done.stderr, done.stderr[-3000:]
+    assert not run_dir.exists()
+    report = json.loads((copy / "pakd" / "seed-1" / "report.json").read_text())
+    assert report["resumed"] is True and report["steps"] == json.loads(
+        (out / "pakd" / "seed-1" / "report.json").read_text())["steps"]
+    got = load_file(copy / "pakd" / "seed-1" / "student" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        assert (got[name] - want[name]).abs().max() <= 5e-3, name

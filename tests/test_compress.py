@@ -500,19 +500,19 @@ def test_a_rerun_with_the_same_training_threads_gives_the_same_student(quick_run
 
 def test_resume_point_resumes_only_its_own_run_and_restart_drops_it(tmp_path, capsys):
     from pakd_hf.checkpoints import MARKER
-    from pakd_hf.pipeline.compress import _resume_point
+    from pakd_hf.pipeline.compress import resume_point
 
     run_dir = tmp_path / ".student-run"
-    assert _resume_point(run_dir, "key-a", restart=False) is None  # nothing yet: a fresh run
+    assert resume_point(run_dir, "key-a", restart=False) is None  # nothing yet: a fresh run
     (run_dir / "checkpoint-4").mkdir()
     (run_dir / "checkpoint-4" / MARKER).write_text(json.dumps({"files": {}}))  # complete (and empty)
-    assert _resume_point(run_dir, "key-a", restart=False) is True
+    assert resume_point(run_dir, "key-a", restart=False) is True
     assert "resuming the PaKD stages from checkpoint-4" in capsys.readouterr().err
-    assert _resume_point(run_dir, "key-b", restart=False) is None  # another run's checkpoints: dropped
+    assert resume_point(run_dir, "key-b", restart=False) is None  # another run's checkpoints: dropped
     assert "are of another run" in capsys.readouterr().err and not (run_dir / "checkpoint-4").exists()
     (run_dir / "checkpoint-4").mkdir()
     (run_dir / "checkpoint-4" / MARKER).write_text(json.dumps({"files": {}}))
-    assert _resume_point(run_dir, "key-b", restart=True) is None and not (run_dir / "checkpoint-4").exists()
+    assert resume_point(run_dir, "key-b", restart=True) is None and not (run_dir / "checkpoint-4").exists()
     assert json.loads((run_dir / "pakd_run.json").read_text()) == {"key": "key-b"}
 
 

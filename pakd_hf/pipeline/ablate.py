@@ -16,7 +16,8 @@ vocabulary) as the recipe's, for the same number of optimizer steps, on the same
 
 Output (each arm x seed written as soon as it ends, and skipped when the command is run
 again while its key matches: the arm's recipe and seed, ``--quick`` and the teacher; so an
-ablation can span several sittings, and a changed recipe retrains)::
+ablation can span several sittings, and a changed recipe retrains; a run cut off mid-way resumes
+from its newest checkpoint, every ``--save_steps`` steps in ``OUT/<arm>/seed-<n>/.run/``)::
 
     OUT/teacher/               the teacher (as `pakd compress`; shared by every arm and seed)
     OUT/transfer/              the transfer set with the teacher's logits (shared)
@@ -43,8 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .compress import (Prepared, fingerprint, prepare, save_student, say, student_arguments, student_start, teacher_identity,
-                       transfer_set)
+from .compress import (SAVE_STEPS, Prepared, fingerprint, prepare, resume_point, save_student, say, student_arguments,
+                       student_start, teacher_identity, transfer_set)
 from .preflight import preflight
 from ..carried import set_vocabulary_record, vocabulary_record
 from ..recipe import Recipe, RecipeError, check_layer_maps, load_recipe
@@ -202,9 +203,13 @@ def _source_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> dict[str, Any]:
+def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test,
+            save_steps: int | None = SAVE_STEPS) -> dict[str, Any]:
     """Train one arm at one seed into ``folder`` (student/ then report.json, written last);
-    ``test`` (the test split) is evaluated once, after the training."""
+    ``test`` (the test split) is evaluated once, after the training. With ``save_steps``, a
+    checkpoint every that many steps in ``folder/.run`` (as `pakd compress` does): a run cut off
+    mid-way resumes from its newest complete checkpoint when the command is run again, if its
+    key (arm recipe, seed, teacher, data) is the same; otherwise it starts over."""
     from transformers import set_seed
 
     from ..measure import safetensors_bytes
@@ -227,14 +232,16 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
     recipe = load_recipe({**arm_recipe(p.recipe, arm, steps_per_epoch).to_dict(), "seed": seed})
     key = run_key(p, arm, seed)
     run_dir = folder / ".run"
+    resume = resume_point(run_dir, key, restart=False, what=f"{arm} seed {seed}", hint="")
     started = time.perf_counter()
     trainer = PaKDTrainer(
-        model=student, teacher_model=p.teacher if uses_teacher else None, args=student_arguments(run_dir, recipe),
+        model=student, teacher_model=p.teacher if uses_teacher else None,
+        args=student_arguments(run_dir, recipe, save_steps=save_steps),
         train_dataset=train, eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=student_encoded["train"] if transfer is not None else None,
         data_collator=p.adapter.data_collator(student_pre, recipe.data),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     seconds = round(time.perf_counter() - started, 1)
     save_student(trainer, folder / "student")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -253,6 +260,8 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test) -> d
         "train_seconds": seconds, "key": key, "quick": p.quick, "commit": _source_commit(),
         "teacher_weights": p.teacher_info.get("weights"),
     }
+    if resume:  # train_seconds then counts this sitting only
+        report["resumed"] = True
     tmp = folder / ".report.json"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(folder / "report.json")
@@ -283,14 +292,17 @@ def _finished(folder: Path) -> dict[str, Any] | None:
 
 # ---- the command ------------------------------------------------------------------------
 def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[str] | None = None,
-           quick: bool = False) -> dict[str, Any]:
+           quick: bool = False, save_steps: int | None = SAVE_STEPS) -> dict[str, Any]:
     """Run the arms (see the module docs); returns the summary written to ``OUT/ablation.json``:
     every finished run under OUT whose key matches, so a rerun for one more seed or one arm
-    adds to the table rather than replacing it."""
+    adds to the table rather than replacing it. Each run checkpoints every ``save_steps`` steps
+    (0 or None: never), so a run cut off mid-way resumes rather than starting over."""
     arms = list(dict.fromkeys(arm_name(arm) for arm in (arms or ARMS)))
     seed_list = list(dict.fromkeys(range(seeds) if isinstance(seeds, int) else seeds))
     if not seed_list or any(s < 0 for s in seed_list):
         raise RecipeError("--seeds", f"needs at least one seed >= 0, got {seeds}")
+    if save_steps is not None and save_steps < 0:
+        raise RecipeError("--save_steps", f"must be >= 0 (0: no checkpoints), got {save_steps}")
     recipe = load_recipe(recipe_source)
     final = _final_targets(recipe).layers  # a recipe with no one final shape fails before any work
     teacher_layers = preflight(recipe)
@@ -321,7 +333,7 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
                      "training it again")
             folder.mkdir(parents=True, exist_ok=True)
             say(f"{arm} seed {seed}: training")
-            report = run_arm(p, arm, seed, transfer, folder, test)
+            report = run_arm(p, arm, seed, transfer, folder, test, save_steps=save_steps)
             if report["shape"] != expected:
                 raise AblationError(f"{arm} seed {seed} ended at {report['shape']}, not the recipe's final shape "
                                     f"{expected}: the comparison would be void")

@@ -270,10 +270,12 @@ SAVE_STEPS = 500
 RUN_RECORD = "pakd_run.json"
 
 
-def _resume_point(run_dir: Path, key: str, restart: bool) -> bool | None:
-    """Whether the PaKD stages resume (``True``: from the newest complete checkpoint in
-    ``run_dir``) or start over. Checkpoints of another run (recipe, seed, teacher, data) are
-    removed with the folder that holds them (pakd's own ``OUT/.student-run``)."""
+def resume_point(run_dir: Path, key: str, restart: bool, what: str = "the PaKD stages",
+                 hint: str = " (--restart starts over)") -> bool | None:
+    """Whether a training run resumes (``True``: from the newest complete checkpoint in
+    ``run_dir``) or starts over. Checkpoints of another run (recipe, seed, teacher, data) are
+    removed with the folder that holds them (pakd's own: `pakd compress`'s ``OUT/.student-run``,
+    `pakd ablate`'s ``OUT/<arm>/seed-<n>/.run``). ``what`` and ``hint`` word the message."""
     from ..checkpoints import complete_checkpoints
 
     record = run_dir / RUN_RECORD
@@ -284,7 +286,7 @@ def _resume_point(run_dir: Path, key: str, restart: bool) -> bool | None:
             same = False
         complete = complete_checkpoints(run_dir) if same else []
         if complete and not restart:
-            say(f"resuming the PaKD stages from {complete[-1].name} of an interrupted run (--restart starts over)")
+            say(f"resuming {what} from {complete[-1].name} of an interrupted run{hint}")
             return True
         if not same and any(run_dir.iterdir()) and not restart:
             say(f"the checkpoints in {run_dir} are of another run (recipe, seed, teacher or data): starting over")
@@ -782,7 +784,7 @@ def _compress(recipe_source, output_dir, *, quick: bool, push_to_hub: str | None
     run_key = fingerprint({k: v for k, v in recipe.to_dict().items() if k != "export"}, quick,
                            teacher_identity(p.teacher_info), len(train_dataset), *([flags] if flags else []),
                            *([{"processes": procs.count}] if procs.count > 1 else []))
-    resume = procs.share(_resume_point(run_dir, run_key, restart) if procs.is_main else None)
+    resume = procs.share(resume_point(run_dir, run_key, restart) if procs.is_main else None)
     # Classification: validation after every stage (the card's compression curve), and the batch-mean
     # loss of a label-only stage not scaled by the process count (see _prepare_teacher). A causal
     # LM's evaluation would gather whole-vocabulary logits: its curve has the parameters only.
