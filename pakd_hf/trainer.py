@@ -1027,6 +1027,7 @@ class PaKDTrainer(Trainer):
         if resume_from_checkpoint is not None:
             self._restore_pakd_state(resume_from_checkpoint)
         self._stage_idx = 0
+        self._signal_checked.clear()  # a second train() checks its stages' first batches again
         # Trainer rotates old checkpoints as soon as it has written its own files, before PaKD's
         # state and the completion marker (on_save): a kill in between would leave no complete
         # checkpoint. So Trainer sees no limit, and _complete_checkpoint rotates with the user's.

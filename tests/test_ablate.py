@@ -283,7 +283,8 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_student(ab
     """SIGKILL a real `pakd ablate --arms pakd` in its second stage (after the first compaction),
     run the same command again: that run resumes from its newest complete checkpoint (not from
     step 0) and ends at the student the uninterrupted run of the fixture made (same recipe, seed
-    and teacher); its report says it resumed, and the checkpoints are gone once it is written."""
+    and teacher); its report says it resumed and adds the first sitting's time, and the
+    checkpoints are gone once it is written."""
     import signal
     import subprocess
     import sys
@@ -313,12 +314,15 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_student(ab
         proc.kill()
         proc.wait()
     assert json.loads((run_dir / "checkpoint-12" / "pakd_state.json").read_text())["stage_index"] == 1
+    first_sitting = json.loads((run_dir / "checkpoint-12" / "pakd_ablate_time.json").read_text())["train_seconds"]
     assert not (copy / "pakd" / "seed-1" / "report.json").exists()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming pakd seed 1 from checkpoint-12 of an interrupted run" in done.stderr, done.stderr[-3000:]
+    assert "stage 1/3" not in done.stderr and "stage 2/3" not in done.stderr  # not trained again from step 0
     assert not run_dir.exists()
     report = json.loads((copy / "pakd" / "seed-1" / "report.json").read_text())
+    assert report["train_seconds"] >= first_sitting > 0 and "train_seconds_last_sitting_only" not in report
     assert report["resumed"] is True and report["steps"] == json.loads(
         (out / "pakd" / "seed-1" / "report.json").read_text())["steps"]
     got = load_file(copy / "pakd" / "seed-1" / "student" / "model.safetensors")

@@ -209,9 +209,12 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test,
     ``test`` (the test split) is evaluated once, after the training. With ``save_steps``, a
     checkpoint every that many steps in ``folder/.run`` (as `pakd compress` does): a run cut off
     mid-way resumes from its newest complete checkpoint when the command is run again, if its
-    key (arm recipe, seed, teacher, data) is the same; otherwise it starts over."""
+    key (arm recipe, seed, teacher, data) and the examples it trains on (the recipe's ``augment``,
+    their count) are the same; otherwise it starts over. ``train_seconds`` sums the sittings, up to
+    the checkpoint a run resumed from (each checkpoint records the time so far)."""
     from transformers import set_seed
 
+    from ..checkpoints import complete_checkpoints
     from ..measure import safetensors_bytes
     from ..trainer import TEACHER_LOGITS, PaKDTrainer
 
@@ -232,7 +235,11 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test,
     recipe = load_recipe({**arm_recipe(p.recipe, arm, steps_per_epoch).to_dict(), "seed": seed})
     key = run_key(p, arm, seed)
     run_dir = folder / ".run"
-    resume = resume_point(run_dir, key, restart=False, what=f"{arm} seed {seed}", hint="")
+    # A checkpoint must also match the examples it was trained on: the run key leaves out the
+    # recipe's augment block (finished runs of record keep their keys), so the checkpoints' key adds it.
+    resume = resume_point(run_dir, fingerprint(key, _plain(p.recipe.augment) if p.recipe.augment else None, len(train)),
+                          restart=False, what=f"{arm} seed {seed}", hint=f" (delete {run_dir} to start over)")
+    before = _elapsed_at(complete_checkpoints(run_dir)[-1]) if resume else 0.0
     started = time.perf_counter()
     trainer = PaKDTrainer(
         model=student, teacher_model=p.teacher if uses_teacher else None,
@@ -240,9 +247,10 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test,
         train_dataset=train, eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=student_encoded["train"] if transfer is not None else None,
         data_collator=p.adapter.data_collator(student_pre, recipe.data),
+        callbacks=[_record_elapsed(before or 0.0, started)],
     )
     trainer.train(resume_from_checkpoint=resume)
-    seconds = round(time.perf_counter() - started, 1)
+    seconds = round((before or 0.0) + time.perf_counter() - started, 1)
     save_student(trainer, folder / "student")
     shutil.rmtree(run_dir, ignore_errors=True)
     # Evaluate what a user loads: the saved folder, stock classes, its own preprocessor.
@@ -260,13 +268,41 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test,
         "train_seconds": seconds, "key": key, "quick": p.quick, "commit": _source_commit(),
         "teacher_weights": p.teacher_info.get("weights"),
     }
-    if resume:  # train_seconds then counts this sitting only
+    if resume:
         report["resumed"] = True
+        if before is None:  # its checkpoint had no time: train_seconds counts the last sitting only
+            report["train_seconds_last_sitting_only"] = True
     tmp = folder / ".report.json"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(folder / "report.json")
     say(f"{arm} seed {seed}: validation {validation:.4f}, test {test:.4f} ({seconds:.0f} s, {report['steps']} steps)")
     return report
+
+
+ELAPSED_FILE = "pakd_ablate_time.json"
+
+
+def _record_elapsed(before: float, started: float):
+    """A callback that writes the training time so far into each checkpoint PaKDTrainer
+    completes, so a resumed run's ``train_seconds`` adds the sittings before it."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class RecordElapsed(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                seconds = before + time.perf_counter() - started
+                (folder / ELAPSED_FILE).write_text(json.dumps({"train_seconds": round(seconds, 1)}) + "\n")
+
+    return RecordElapsed()
+
+
+def _elapsed_at(checkpoint: Path) -> float | None:
+    try:
+        return float(json.loads((checkpoint / ELAPSED_FILE).read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_key(p: Prepared, arm: str, seed: int) -> str:
