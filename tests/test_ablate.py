@@ -330,3 +330,42 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_student(ab
     for name in want:
         assert got[name].shape == want[name].shape, name
         assert (got[name] - want[name]).abs().max() <= 5e-3, name
+
+
+def test_a_changed_transfer_set_retrains_the_runs_made_on_the_old_one(ablation, tmp_path, capsys):
+    """The run key leaves the recipe's `augment` block out (the runs of record keep their keys):
+    a finished run is reused only if it trained on the same examples. A report from before
+    `examples_key` is matched by its example count; a newer one by the block itself, so a
+    changed perturbation with the same number of copies retrains too."""
+    root, path, out = ablation
+    copy = tmp_path / "out"
+    copy.mkdir()
+    shutil.copytree(out / "teacher", copy / "teacher")
+    shutil.copytree(out / "kd" / "seed-0", copy / "kd" / "seed-0")
+    old = copy / "kd" / "seed-0" / "report.json"
+    report = json.loads(old.read_text())
+    assert report["examples_key"] and report["train_examples"] > 0
+    old.write_text(json.dumps({k: v for k, v in report.items() if k != "examples_key"}))  # an older report
+    again = ["ablate", None, "--output-dir", str(copy), "--seeds", "0,", "--arms", "kd", "--quick"]
+
+    recipe = yaml.safe_load(path.read_text())
+    assert main([*again[:1], str(path), *again[2:]]) == 0  # same block, same count: the old report stands
+    assert "kd seed 0: done earlier, skipped" in capsys.readouterr().err
+    more = tmp_path / "more.yaml"
+    more.write_text(yaml.safe_dump({**recipe, "augment": {**recipe["augment"], "copies": 2}}))
+    assert main([*again[:1], str(more), *again[2:]]) == 0
+    err = capsys.readouterr().err
+    assert "kd seed 0: the run in" in err and "training it again" in err
+    retrained = json.loads(old.read_text())
+    assert retrained["train_examples"] > report["train_examples"] and retrained["examples_key"]
+    summary = json.loads((copy / "ablation.json").read_text())
+    assert summary["arms"]["kd"]["runs"][0]["train_examples"] == retrained["train_examples"]
+
+    masked = tmp_path / "masked.yaml"  # same copies, other perturbation: only examples_key tells
+    masked.write_text(yaml.safe_dump({**recipe, "augment": {**recipe["augment"], "copies": 2, "mask": 0.3}}))
+    assert main([*again[:1], str(masked), *again[2:]]) == 0
+    err = capsys.readouterr().err
+    assert "kd seed 0: the run in" in err and "training it again" in err
+    assert json.loads(old.read_text())["train_examples"] == retrained["train_examples"]
+    assert main([*again[:1], str(masked), *again[2:]]) == 0
+    assert "kd seed 0: done earlier, skipped" in capsys.readouterr().err

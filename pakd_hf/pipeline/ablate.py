@@ -15,8 +15,9 @@ vocabulary) as the recipe's, for the same number of optimizer steps, on the same
 - ``pakd``: the recipe itself.
 
 Output (each arm x seed written as soon as it ends, and skipped when the command is run
-again while its key matches: the arm's recipe and seed, ``--quick`` and the teacher; so an
-ablation can span several sittings, and a changed recipe retrains; a run cut off mid-way resumes
+again while its key matches: the arm's recipe and seed, ``--quick``, the teacher and the
+examples it trains on (the ``augment`` block, their count); so an ablation can span several
+sittings, and a changed recipe or transfer set retrains; a run cut off mid-way resumes
 from its newest checkpoint, every ``--save_steps`` steps in ``OUT/<arm>/seed-<n>/.run/``)::
 
     OUT/teacher/               the teacher (as `pakd compress`; shared by every arm and seed)
@@ -237,7 +238,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test,
     run_dir = folder / ".run"
     # A checkpoint must also match the examples it was trained on: the run key leaves out the
     # recipe's augment block (finished runs of record keep their keys), so the checkpoints' key adds it.
-    resume = resume_point(run_dir, fingerprint(key, _plain(p.recipe.augment) if p.recipe.augment else None, len(train)),
+    resume = resume_point(run_dir, fingerprint(key, *_examples(p, len(train))),
                           restart=False, what=f"{arm} seed {seed}", hint=f" (delete {run_dir} to start over)")
     before = _elapsed_at(complete_checkpoints(run_dir)[-1]) if resume else 0.0
     started = time.perf_counter()
@@ -265,7 +266,8 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test,
         f"{metric}_test": round(test, 5),
         "params": sum(t.numel() for t in model.parameters()), "bytes": safetensors_bytes(folder / "student"),
         "shape": _shape(config), "steps": trainer.state.global_step, "train_examples": len(train),
-        "train_seconds": seconds, "key": key, "quick": p.quick, "commit": _source_commit(),
+        "train_seconds": seconds, "key": key, "examples_key": fingerprint(*_examples(p, len(train))),
+        "quick": p.quick, "commit": _source_commit(),
         "teacher_weights": p.teacher_info.get("weights"),
     }
     if resume:
@@ -313,6 +315,32 @@ def run_key(p: Prepared, arm: str, seed: int) -> str:
                         len(p.data["train"]))
 
 
+def _examples(p: Prepared, count: int) -> tuple[Any, int]:
+    """What a run trained on beyond its run key: the recipe's ``augment`` block and the number of
+    examples (the run key predates both; keeping it unchanged keeps the finished runs of record)."""
+    return (_plain(p.recipe.augment) if p.recipe.augment else None), count
+
+
+def train_count(p: Prepared, transfer, student_encoded) -> int:
+    """How many examples every run trains on: the transfer set when the recipe has one (each arm
+    trains on it), else the student's training split as the task's adapter makes it."""
+    if transfer is not None:
+        return len(transfer)
+    return len(p.adapter.training_split(student_encoded["train"], p.recipe.data))
+
+
+def reusable(report: dict[str, Any] | None, p: Prepared, arm: str, seed: int, count: int) -> bool:
+    """Whether a finished run's report stands for this arm and seed now: the same run key, and
+    the same examples (``examples_key``: the augment block and their count; a report written
+    before it existed is checked by its ``train_examples`` alone, so an augment block changed
+    without changing the count is not seen there)."""
+    if report is None or report.get("key") != run_key(p, arm, seed):
+        return False
+    if "examples_key" in report:
+        return report["examples_key"] == fingerprint(*_examples(p, count))
+    return report.get("train_examples") == count
+
+
 def _finished(folder: Path) -> dict[str, Any] | None:
     """A run's report when the run finished, else None. The report is written last, after the
     student, and is the run's record: removing ``student/`` afterwards (to save disk) or putting
@@ -354,19 +382,20 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
     # Each run evaluates the test split once, after its own training: the split is handed to
     # the runs' final evaluations and to nothing else.
     test = p.test.read("the runs' final evaluations")
-    start, student_pre, _ = student_start(p)
+    start, student_pre, student_encoded = student_start(p)
     expected = _shape(_final_shape_config(p, start).to_dict())
     transfer = transfer_set(p, student_pre) if p.recipe.augment is not None else None
+    count = train_count(p, transfer, student_encoded)
     for seed in seed_list:
         for arm in arms:
             folder = out / arm / f"seed-{seed}"
             report = _finished(folder)
-            if report is not None and report.get("key") == run_key(p, arm, seed):
+            if reusable(report, p, arm, seed, count):
                 say(f"{arm} seed {seed}: done earlier, skipped ({folder / 'report.json'})")
                 continue
             if report is not None:
-                say(f"{arm} seed {seed}: the run in {folder} was made with another recipe, teacher or --quick: "
-                     "training it again")
+                say(f"{arm} seed {seed}: the run in {folder} was made with another recipe, teacher, transfer set "
+                    "or --quick: training it again")
             folder.mkdir(parents=True, exist_ok=True)
             say(f"{arm} seed {seed}: training")
             report = run_arm(p, arm, seed, transfer, folder, test, save_steps=save_steps)
@@ -378,7 +407,7 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
         folders = [f for f in (out / arm).glob("seed-*") if f.name.removeprefix("seed-").isdigit()]
         for folder in sorted(folders, key=lambda f: int(f.name.removeprefix("seed-"))):
             report = _finished(folder)
-            if report is not None and report.get("key") == run_key(p, arm, report.get("seed", -1)):
+            if report is not None and reusable(report, p, arm, report.get("seed", -1), count):
                 runs.append(report)
     command = _command(recipe_source, out, runs or [{"arm": a, "seed": s} for a in arms for s in seed_list], quick)
     teacher_validation = p.teacher_info.get(f"{p.adapter.metric}_validation")
