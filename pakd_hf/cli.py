@@ -85,6 +85,12 @@ def _cmd_card(args: argparse.Namespace) -> int:
             differ.append(f"recipe ('{ablation.get('recipe')}', the report's is '{report['recipe']}')")
         if bool(ablation.get("quick")) != bool(report.get("quick", ablation.get("quick"))):
             differ.append("--quick")
+        # The same recipe with another `augment` block trains on other examples: their count tells.
+        counts = sorted({run.get("train_examples") for arm in (arms or {}).values() if isinstance(arm, dict)
+                         for run in arm.get("runs", []) if isinstance(run, dict)} - {None})
+        if report.get("train_examples") is not None and counts and counts != [report["train_examples"]]:
+            differ.append(f"the examples trained on ({', '.join(f'{n:,}' for n in counts)}; "
+                          f"the report's {report['train_examples']:,})")
         if differ or not arms:
             print(f"error: --ablation {args.ablation}: it differs from {student} in {', '.join(differ) or 'arms'}; "
                   "pass the ablation of this recipe", file=sys.stderr)

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from pakd_hf.pipeline.ablate import ARMS, AblationError, _fmt, _stats, arm_name, arm_recipe, summarise
 from pakd_hf.cli import main
-from pakd_hf.recipe import RecipeError, load_recipe
+from pakd_hf.pipeline.compress import RUN_RECORD, fingerprint
+from pakd_hf.recipe import RecipeError, load_recipe, to_plain
 from toy import require, stock_result, tiny_rt_recipe, tiny_text_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,6 +257,17 @@ def test_the_card_reports_seeds_and_same_size_baselines(ablation, tmp_path, caps
     assert main(["card", str(run), "--ablation", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert "differs from" in err and "hidden_size" in err and "not an ablation.json" in err and "Traceback" not in err
+    # The same recipe and shape trained on another transfer set (another `augment` block) is refused.
+    other = json.loads((out / "ablation.json").read_text())
+    for arm in other["arms"].values():
+        for r in arm["runs"]:
+            r["train_examples"] += 7
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    report = json.loads((run / "report.json").read_text())
+    assert report["train_examples"] == summary["arms"]["pakd"]["runs"][0]["train_examples"]
+    assert main(["card", str(run), "--ablation", str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err
+    assert "the examples trained on" in err and f"the report's {report['train_examples']:,}" in err
 
 
 def test_a_teacher_with_other_weights_under_the_same_recipe_retrains_the_runs(ablation, tmp_path, capsys):
@@ -314,6 +326,7 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_student(ab
         proc.kill()
         proc.wait()
     assert json.loads((run_dir / "checkpoint-12" / "pakd_state.json").read_text())["stage_index"] == 1
+    checkpoint_key = json.loads((run_dir / RUN_RECORD).read_text())["key"]
     first_sitting = json.loads((run_dir / "checkpoint-12" / "pakd_ablate_time.json").read_text())["train_seconds"]
     assert not (copy / "pakd" / "seed-1" / "report.json").exists()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
@@ -323,6 +336,9 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_student(ab
     assert not run_dir.exists()
     report = json.loads((copy / "pakd" / "seed-1" / "report.json").read_text())
     assert report["train_seconds"] >= first_sitting > 0 and "train_seconds_last_sitting_only" not in report
+    # The checkpoints' key is the run key with the augment block and the example count, as since
+    # checkpoints began: a change of formula would make every interrupted run start over.
+    assert checkpoint_key == fingerprint(report["key"], to_plain(load_recipe(path).augment), report["train_examples"])
     assert report["resumed"] is True and report["steps"] == json.loads(
         (out / "pakd" / "seed-1" / "report.json").read_text())["steps"]
     got = load_file(copy / "pakd" / "seed-1" / "student" / "model.safetensors")
@@ -341,7 +357,8 @@ def test_a_changed_transfer_set_retrains_the_runs_made_on_the_old_one(ablation, 
     copy = tmp_path / "out"
     copy.mkdir()
     shutil.copytree(out / "teacher", copy / "teacher")
-    shutil.copytree(out / "kd" / "seed-0", copy / "kd" / "seed-0")
+    for arm in ("kd", "scratch"):
+        shutil.copytree(out / arm / "seed-0", copy / arm / "seed-0")
     old = copy / "kd" / "seed-0" / "report.json"
     report = json.loads(old.read_text())
     assert report["examples_key"] and report["train_examples"] > 0
@@ -360,6 +377,7 @@ def test_a_changed_transfer_set_retrains_the_runs_made_on_the_old_one(ablation, 
     assert retrained["train_examples"] > report["train_examples"] and retrained["examples_key"]
     summary = json.loads((copy / "ablation.json").read_text())
     assert summary["arms"]["kd"]["runs"][0]["train_examples"] == retrained["train_examples"]
+    assert "scratch" not in summary["arms"]  # nor is a run on the old examples left in the table
 
     masked = tmp_path / "masked.yaml"  # same copies, other perturbation: only examples_key tells
     masked.write_text(yaml.safe_dump({**recipe, "augment": {**recipe["augment"], "copies": 2, "mask": 0.3}}))

@@ -15,9 +15,11 @@ vocabulary) as the recipe's, for the same number of optimizer steps, on the same
 - ``pakd``: the recipe itself.
 
 Output (each arm x seed written as soon as it ends, and skipped when the command is run
-again while its key matches: the arm's recipe and seed, ``--quick``, the teacher and the
-examples it trains on (the ``augment`` block, their count); so an ablation can span several
-sittings, and a changed recipe or transfer set retrains; a run cut off mid-way resumes
+again while it matches: its key (the arm's recipe and seed, ``--quick``, the teacher) and the
+examples it trained on (the ``augment`` block and their count, ``examples_key``; a report from
+before that field is matched by its count alone, so an ``augment`` change that keeps the count
+goes unseen there); so an ablation can span several sittings, and a changed recipe or transfer
+set retrains; a run cut off mid-way resumes
 from its newest checkpoint, every ``--save_steps`` steps in ``OUT/<arm>/seed-<n>/.run/``)::
 
     OUT/teacher/               the teacher (as `pakd compress`; shared by every arm and seed)
@@ -358,7 +360,7 @@ def _finished(folder: Path) -> dict[str, Any] | None:
 def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[str] | None = None,
            quick: bool = False, save_steps: int | None = SAVE_STEPS) -> dict[str, Any]:
     """Run the arms (see the module docs); returns the summary written to ``OUT/ablation.json``:
-    every finished run under OUT whose key matches, so a rerun for one more seed or one arm
+    every finished run under OUT that matches (``reusable``), so a rerun for one more seed or one arm
     adds to the table rather than replacing it. Each run checkpoints every ``save_steps`` steps
     (0 or None: never), so a run cut off mid-way resumes rather than starting over."""
     arms = list(dict.fromkeys(arm_name(arm) for arm in (arms or ARMS)))
