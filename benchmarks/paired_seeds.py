@@ -1,0 +1,122 @@
+"""Two or more recipes or arms side by side, seed by seed, and their paired differences.
+
+    python benchmarks/paired_seeds.py \\
+        "long pakd=runs/nlp-long/pakd/seed-*/report.json" \\
+        "main pakd=runs/nlp-main/pakd/seed-*/report.json" \\
+        "long prune-once-kd=runs/nlp-long/prune-once-kd/seed-*/report.json" \\
+        --diff "long pakd - main pakd" --diff "long pakd - long prune-once-kd" \\
+        --json results/ablation-nlp-long-amd/comparison.json
+
+Each group is NAME=GLOB over `pakd ablate` run reports (OUT/<arm>/seed-<n>/report.json, or the
+copies kept under results/<folder>/runs/). Groups are compared on the seeds they share: a
+difference is paired by seed (the same seed gives both runs the same data order and, for the
+arms that start from the teacher, the same start), so its sd is that of the per-seed
+differences, smaller than the two arms' spreads combined when the seeds move both alike. All
+reports must have learned from one teacher (their `teacher_weights` agree: checked). Validation
+is what a choice is made on; test is printed beside it and picks nothing. The sd is the sample
+standard deviation; "worst" is the lowest accuracy (the highest perplexity).
+
+`pakd ablate`'s own summary compares the arms of one recipe; this compares runs of several
+recipes (e.g. a variant against the shipped recipe) trained against the same teacher, which is
+why it is a script beside the library rather than part of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def _load(pattern: str) -> dict[int, dict]:
+    runs = {}
+    for path in sorted(glob.glob(pattern)):
+        r = json.loads(Path(path).read_text())
+        metric = r.get("metric", "accuracy")
+        runs[int(r["seed"])] = {"validation": r[f"{metric}_validation"], "test": r[f"{metric}_test"],
+                                "metric": metric, "teacher_weights": r.get("teacher_weights"), "source": path,
+                                "commit": r.get("commit")}
+    return runs
+
+
+def _stats(values: list[float], lower_is_better: bool) -> dict:
+    return {"n": len(values), "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "worst": max(values) if lower_is_better else min(values)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("groups", nargs="+", help="NAME=GLOB of run reports")
+    ap.add_argument("--diff", action="append", default=[], help="'A - B': paired difference of two groups")
+    ap.add_argument("--json", help="write the table and differences here")
+    args = ap.parse_args(argv)
+    groups: dict[str, dict[int, dict]] = {}
+    for spec in args.groups:
+        name, sep, pattern = spec.partition("=")
+        if not sep or not name.strip():
+            print(f"error: group {spec!r}: write NAME=GLOB", file=sys.stderr)
+            return 2
+        runs = _load(pattern)
+        if not runs:
+            print(f"error: group {name!r}: no report matches {pattern}", file=sys.stderr)
+            return 2
+        groups[name.strip()] = runs
+    teachers = {r["teacher_weights"] for runs in groups.values() for r in runs.values()}
+    metrics = {r["metric"] for runs in groups.values() for r in runs.values()}
+    if len(teachers) != 1 or len(metrics) != 1:
+        print(f"error: the runs learned from {len(teachers)} teachers ({sorted(map(str, teachers))}) or report "
+              f"{len(metrics)} metrics: pair runs of one teacher and one metric", file=sys.stderr)
+        return 2
+    metric = metrics.pop()
+    lower = metric == "perplexity"
+    seeds = sorted(set.intersection(*(set(runs) for runs in groups.values())))
+    out = {"metric": metric, "teacher_weights": teachers.pop(), "seeds_in_common": seeds, "groups": {},
+           "differences": {}}
+    print(f"{metric}; seeds in common: {seeds}")
+    for split in ("validation", "test"):
+        print(f"\n{split}:\n| seed | " + " | ".join(groups) + " |\n|---|" + "---:|" * len(groups))
+        for seed in sorted(set().union(*groups.values())):
+            cells = [f"{groups[g][seed][split]:.4f}" if seed in groups[g] else "" for g in groups]
+            print(f"| {seed} | " + " | ".join(cells) + " |")
+        row = []
+        for name, runs in groups.items():
+            st = _stats([r[split] for r in runs.values()], lower)
+            out["groups"].setdefault(name, {"seeds": sorted(runs), "commits": sorted({str(r["commit"])
+                                                                                      for r in runs.values()})})
+            out["groups"][name][split] = st
+            row.append(f"{st['mean']:.4f} ± {st['sd']:.4f} (worst {st['worst']:.4f}, n={st['n']})")
+        print("| all | " + " | ".join(row) + " |")
+    for spec in args.diff:
+        a, sep, b = (part.strip() for part in spec.partition(" - "))
+        if not sep or a not in groups or b not in groups:
+            print(f"error: --diff {spec!r}: write 'A - B' with two of {list(groups)}", file=sys.stderr)
+            return 2
+        common = sorted(set(groups[a]) & set(groups[b]))
+        if not common:
+            print(f"error: --diff {spec!r}: no seed in common", file=sys.stderr)
+            return 2
+        out["differences"][spec] = {"seeds": common}
+        for split in ("validation", "test"):
+            d = [groups[a][s][split] - groups[b][s][split] for s in common]
+            st = _stats(d, False)
+            ahead = sum((x < 0) if lower else (x > 0) for x in d)
+            out["differences"][spec][split] = {"mean": st["mean"], "sd": st["sd"], "n": st["n"], "a_ahead": ahead,
+                                               "per_seed": d}
+            print(f"{spec} ({split}, seeds {common}): {100 * st['mean']:+.2f} points, sd {100 * st['sd']:.2f}, "
+                  f"A ahead on {ahead} of {len(d)}" if metric == "accuracy" else
+                  f"{spec} ({split}, seeds {common}): {st['mean']:+.3f}, sd {st['sd']:.3f}, A ahead on {ahead} of {len(d)}")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(out, indent=1) + "\n")
+        tmp.replace(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""benchmarks/paired_seeds.py on the runs of record: pairs by seed, one teacher only."""
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("paired_seeds", ROOT / "benchmarks" / "paired_seeds.py")
+paired_seeds = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(paired_seeds)
+
+
+def test_differences_are_paired_by_seed_and_written_atomically(tmp_path, capsys):
+    runs = ROOT / "results" / "ablation-nlp3" / "runs"
+    out = tmp_path / "cmp" / "comparison.json"
+    assert paired_seeds.main([f"pakd={runs}/pakd-seed-*.json", f"poke={runs}/prune-once-kd-seed-*.json",
+                              f"kd={runs}/kd@5-seed-*.json", "--diff", "pakd - poke", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["seeds_in_common"] == [0, 1, 2] and not list(out.parent.glob(".*"))
+    a = {json.loads(p.read_text())["seed"]: json.loads(p.read_text()) for p in runs.glob("pakd-seed-*.json")}
+    b = {json.loads(p.read_text())["seed"]: json.loads(p.read_text()) for p in runs.glob("prune-once-kd-seed-*.json")}
+    d = [a[s]["accuracy_validation"] - b[s]["accuracy_validation"] for s in sorted(a)]
+    diff = got["differences"]["pakd - poke"]
+    assert diff["seeds"] == sorted(a) and len(d) == 9  # the two arms share nine seeds, beyond kd's three
+    assert abs(diff["validation"]["mean"] - statistics.fmean(d)) < 1e-12
+    assert abs(diff["validation"]["sd"] - statistics.stdev(d)) < 1e-12
+    assert diff["validation"]["a_ahead"] == sum(x > 0 for x in d)
+    assert got["groups"]["kd"]["validation"]["n"] == 3
+    assert "pakd - poke (validation, seeds [0, 1, 2, 3, 4, 5, 6, 7, 8])" in capsys.readouterr().out
+
+
+def test_runs_of_two_teachers_or_no_runs_are_refused_in_one_line(tmp_path, capsys):
+    nlp2, nlp3 = ROOT / "results" / "ablation-nlp2" / "runs", ROOT / "results" / "ablation-nlp3" / "runs"
+    assert paired_seeds.main([f"a={nlp2}/pakd-seed-*.json", f"b={nlp3}/pakd-seed-*.json"]) == 2
+    assert paired_seeds.main([f"a={tmp_path}/none-*.json"]) == 2
+    assert paired_seeds.main([f"a={nlp3}/pakd-seed-*.json", "--diff", "a - c"]) == 2
+    err = capsys.readouterr().err
+    assert "2 teachers" in err and "no report matches" in err and "--diff 'a - c'" in err
+    assert len(err.strip().splitlines()) == 3
