@@ -297,12 +297,10 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_student(ab
     step 0) and ends at the student the uninterrupted run of the fixture made (same recipe, seed
     and teacher); its report says it resumed and adds the first sitting's time, and the
     checkpoints are gone once it is written."""
-    import signal
     import subprocess
     import sys
-    import time
 
-    from toy import with_repo_on_path
+    from toy import kill_at_checkpoint, with_repo_on_path
 
     _, path, out = ablation
     want = load_file(out / "pakd" / "seed-1" / "student" / "model.safetensors")
@@ -314,17 +312,7 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_student(ab
                "--seeds", "1,", "--arms", "pakd", "--save_steps", "12"]
     run_dir = copy / "pakd" / "seed-1" / ".run"
     env = with_repo_on_path()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
-        while not (run_dir / "checkpoint-12" / "pakd_checkpoint.json").is_file():
-            assert proc.poll() is None, "the run ended before its checkpoint at step 12"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_at_checkpoint(command, run_dir)
     assert json.loads((run_dir / "checkpoint-12" / "pakd_state.json").read_text())["stage_index"] == 1
     checkpoint_key = json.loads((run_dir / RUN_RECORD).read_text())["key"]
     first_sitting = json.loads((run_dir / "checkpoint-12" / "pakd_ablate_time.json").read_text())["train_seconds"]

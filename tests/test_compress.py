@@ -10,7 +10,7 @@ import yaml
 
 from pakd_hf.benchmark import REPORT_KEYS
 from pakd_hf.cli import main
-from toy import require, run_stock, tiny_rt_recipe, tiny_text_teacher, with_repo_on_path
+from toy import kill_at_checkpoint, require, run_stock, tiny_rt_recipe, tiny_text_teacher, with_repo_on_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -433,7 +433,6 @@ def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_p
     run the same command again: it resumes from the newest complete checkpoint and ends at the
     student of the uninterrupted run (quick_run: same recipe, seed and teacher)."""
     import shutil
-    import signal
     import subprocess
     import sys
 
@@ -450,17 +449,7 @@ def test_a_killed_compress_resumes_to_the_uninterrupted_student(quick_run, tmp_p
     # does not depend on when the kill lands on a loaded machine.
     env = with_repo_on_path()
     run_dir = out / ".student-run"
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
-        while not (run_dir / "checkpoint-12" / "pakd_checkpoint.json").is_file():
-            assert proc.poll() is None, "the run ended before its checkpoint at step 12"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_at_checkpoint(command, run_dir)
     state = json.loads((run_dir / "checkpoint-12" / "pakd_state.json").read_text())
     assert state["stage_index"] == 1 and len(state["structure"]["layers"]) == 2  # compacted at step 8
     assert not (out / "student").exists() and not (out / "report.json").exists()

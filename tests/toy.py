@@ -190,6 +190,25 @@ def with_repo_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def kill_at_checkpoint(command: list[str], run_dir: Path, step: int = 12) -> None:
+    """Run ``command`` (a pakd command that checkpoints into ``run_dir``) with the checkout on its
+    path and SIGKILL it once ``checkpoint-<step>`` is complete: a run cut off mid-way."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(command, env=with_repo_on_path(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (run_dir / f"checkpoint-{step}" / "pakd_checkpoint.json").is_file():
+            assert proc.poll() is None, f"the run ended before its checkpoint at step {step}"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # A fresh interpreter with stock packages only: offline, no PYTHONPATH (pakd_hf is not put on
 # its path; the check below catches an installed copy being imported anyway).
 STOCK_ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
