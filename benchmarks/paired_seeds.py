@@ -18,7 +18,8 @@ standard deviation; "worst" is the lowest accuracy (the highest perplexity).
 
 `pakd ablate`'s own summary compares the arms of one recipe; this compares runs of several
 recipes (e.g. a variant against the shipped recipe) trained against the same teacher, which is
-why it is a script beside the library rather than part of it.
+why it is a script beside the library rather than part of it; the pairing itself is the
+library's (`pakd_hf.pipeline.ablate.paired`), the one `pakd ablate`'s claim uses.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+from pakd_hf.pipeline.ablate import paired
 
 
 def _load(pattern: str) -> dict[int, dict]:
@@ -101,11 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         out["differences"][spec] = {"seeds": common}
         for split in ("validation", "test"):
-            d = [groups[a][s][split] - groups[b][s][split] for s in common]
-            st = _stats(d, False)
-            ahead = sum((x < 0) if lower else (x > 0) for x in d)
-            out["differences"][spec][split] = {"mean": st["mean"], "sd": st["sd"], "n": st["n"], "a_ahead": ahead,
-                                               "per_seed": d}
+            st = paired({s: r[split] for s, r in groups[a].items()}, {s: r[split] for s, r in groups[b].items()}, lower)
+            ahead, d = st["a_ahead"], st["per_seed"]
+            out["differences"][spec][split] = {k: st[k] for k in ("mean", "sd", "n", "a_ahead", "per_seed")}
             print(f"{spec} ({split}, seeds {common}): {100 * st['mean']:+.2f} points, sd {100 * st['sd']:.2f}, "
                   f"A ahead on {ahead} of {len(d)}" if metric == "accuracy" else
                   f"{spec} ({split}, seeds {common}): {st['mean']:+.3f}, sd {st['sd']:.3f}, A ahead on {ahead} of {len(d)}")

@@ -1,6 +1,7 @@
 """`pakd ablate --quick` on a tiny BERT: every arm, same-shape students, resumable, seeded."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -195,8 +196,17 @@ def test_summary_statistics_and_claim():
                                                      "worst": 0.78, "n": 2}
     # Rounded once, in the table: an sd of 0.0077505 reads 0.0078 (it read 0.0077 when stored rounded to 5 places).
     assert "± 0.0078 " in _fmt(_stats([0.80, 0.80 + 0.0077505 * 2 ** 0.5]))
+    # Both arms ran seeds 0 and 1: the sd is that of the per-seed differences (0.10, 0.06), the
+    # unpaired hypot of the two arms' sds kept beside it.
     assert summary["claim"] == {"best_other_arm": "scratch", "pakd_minus_best_validation": pytest.approx(0.08),
-                                "sd": pytest.approx(0.02, abs=1e-5), "target": 0.01, "met": True, "at_the_line": False}
+                                "sd": pytest.approx(0.02828, abs=1e-5), "sd_paired": True,
+                                "sd_unpaired": pytest.approx(0.02, abs=1e-5), "pakd_ahead": 2, "seeds": 2,
+                                "target": 0.01, "met": True, "at_the_line": False}
+    # Arms over different seeds cannot be paired: the sd is the two spreads combined.
+    apart = summarise([*runs, run("scratch", 2, 0.71)], "r", "cmd", {"validation": 0.85, "test": 0.84},
+                      quick=False)["claim"]
+    assert apart["sd_paired"] is False and apart["sd"] == apart["sd_unpaired"] == pytest.approx(
+        math.hypot(0.01414, 0.01), abs=1e-4) and apart["pakd_ahead"] is None
     # A margin within one sd of the line is "at the line", on either side of it.
     close = summarise([run("scratch", 0, 0.70), run("scratch", 1, 0.72), run("pakd", 0, 0.73), run("pakd", 1, 0.69)],
                       "r", "cmd", {"validation": 0.85, "test": 0.84}, quick=False)["claim"]
@@ -249,6 +259,11 @@ def test_the_card_reports_seeds_and_same_size_baselines(ablation, tmp_path, caps
         stats = summary["arms"][arm]["validation"]
         assert f"{stats['mean']:.4f} ± {stats['sd']:.4f} (worst {stats['worst']:.4f})" in section
     assert "random init, labels only" in section and "Smoke run" in section
+    # The claim's spread: every arm ran seeds 0 and 1, so it is paired by seed, as ablation.md says.
+    claim = summary["claim"]
+    assert claim["sd_paired"] and f"The sd of that difference over seeds is {claim['sd'] * 100:.2f} (paired by seed; " \
+        f"this recipe ahead on {claim['pakd_ahead']} of 2)" in section
+    assert "paired by seed, PaKD ahead on" in (out / "ablation.md").read_text()
     # An ablation of another shape, or a file that is not one, is refused in one line.
     other = json.loads((out / "ablation.json").read_text())
     other["shape"] = {**other["shape"], "hidden_size": 999}

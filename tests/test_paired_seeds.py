@@ -38,3 +38,23 @@ def test_runs_of_two_teachers_or_no_runs_are_refused_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert "2 teachers" in err and "no report matches" in err and "--diff 'a - c'" in err
     assert len(err.strip().splitlines()) == 3
+
+
+def test_the_ablation_claim_pairs_like_the_script_on_the_runs_of_record(tmp_path):
+    """`pakd ablate`'s claim on the nine-seed NLP ablation: the sd of PaKD minus its best baseline is the
+    paired one, the number this script gives, and ablation.md says so."""
+    from pakd_hf.pipeline.ablate import summarise, write_outputs
+
+    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "results" / "ablation-nlp3" / "runs").glob("*.json"))]
+    summary = summarise(runs, "r", "cmd", {"validation": 0.848, "test": 0.8415}, quick=False)
+    claim = summary["claim"]
+    by = {arm: {r["seed"]: r["accuracy_validation"] for r in runs if r["arm"] == arm}
+          for arm in ("pakd", claim["best_other_arm"])}
+    d = [by["pakd"][s] - by[claim["best_other_arm"]][s] for s in sorted(by["pakd"])]
+    assert claim["best_other_arm"] == "prune-once-kd" and claim["sd_paired"] and claim["seeds"] == 9
+    assert abs(claim["sd"] - statistics.stdev(d)) < 1e-12 and claim["pakd_ahead"] == sum(x > 0 for x in d)
+    assert abs(claim["pakd_minus_best_validation"] - statistics.fmean(d)) < 1e-12
+    assert claim["sd"] != claim["sd_unpaired"]
+    write_outputs(tmp_path, summary)
+    assert (f"sd of the difference {100 * claim['sd']:.2f} paired by seed, PaKD ahead on {claim['pakd_ahead']} of 9"
+            in (tmp_path / "ablation.md").read_text())

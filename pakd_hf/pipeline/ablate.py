@@ -443,6 +443,18 @@ def _stats(values: list[float], higher_is_better: bool = True) -> dict[str, Any]
             "worst": min(values) if higher_is_better else max(values), "n": len(values)}
 
 
+def paired(a: dict[int, float], b: dict[int, float], lower_is_better: bool = False) -> dict[str, Any] | None:
+    """A minus B over the seeds both ran: the mean and sample sd of the per-seed differences, and on
+    how many seeds A is ahead (above B for accuracy, below for perplexity). None without a shared seed."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    d = [a[s] - b[s] for s in common]
+    return {"seeds": common, "n": len(d), "mean": statistics.fmean(d),
+            "sd": statistics.stdev(d) if len(d) > 1 else 0.0,
+            "a_ahead": sum((x < 0) if lower_is_better else (x > 0) for x in d), "per_seed": d}
+
+
 def _metric(runs: list[dict[str, Any]]) -> str:
     """The runs' metric: ``accuracy`` (reports written before the key existed) or ``perplexity``."""
     return (runs[0].get("metric") if runs else None) or "accuracy"
@@ -471,14 +483,22 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
         pick = max if up else min
         best = pick(others, key=lambda a: arms[a]["validation"]["mean"])
         margin = arms["pakd"]["validation"]["mean"] - arms[best]["validation"]["mean"]
-        # The spread of a difference of two means over seeds: within it of the line is "at the line".
-        sd = math.hypot(arms["pakd"]["validation"]["sd"], arms[best]["validation"]["sd"])
+        # The spread of the difference over seeds: within it of the line is "at the line". When both
+        # arms ran the same seeds it is the sd of the per-seed differences (a seed gives both arms one
+        # data order, and the arms that start from the teacher one start, so seeds move them alike);
+        # otherwise the two arms' spreads combined, as if independent.
+        unpaired = math.hypot(arms["pakd"]["validation"]["sd"], arms[best]["validation"]["sd"])
+        by_seed = [{r["seed"]: r[f"{metric}_validation"] for r in arms[a]["runs"]} for a in ("pakd", best)]
+        pair = paired(*by_seed, lower_is_better=not up) if set(by_seed[0]) == set(by_seed[1]) else None
+        sd = pair["sd"] if pair and pair["n"] > 1 else unpaired
         # accuracy: PaKD at least a point above the best baseline; perplexity: below it at all
         target = 0.01 if up else 0.0
         gain = margin if up else -margin
         # a tie is not a win: perplexity must be strictly below the best baseline's
         met = gain >= target if up else gain > target
         claim = {"best_other_arm": best, "pakd_minus_best_validation": margin, "sd": sd,
+                 "sd_paired": bool(pair and pair["n"] > 1), "sd_unpaired": unpaired,
+                 "pakd_ahead": pair["a_ahead"] if pair else None, "seeds": pair["n"] if pair else None,
                  "target": target, "met": met, "at_the_line": abs(gain - target) <= sd}
     return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick, "metric": metric,
             "transfer_set": transfer_set,
@@ -539,15 +559,16 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         lines.append(f"| {arm} | {_fmt(entry['validation'])} | {_fmt(entry['test'])} | {entry['params']:,} | "
                      f"{entry['bytes']:,} | {entry['runs'][0]['steps']} | {minutes:.1f} |")
     claim = summary.get("claim")
-    if claim and metric == "perplexity":
-        lines += ["", f"PaKD minus the best other arm ({claim['best_other_arm']}) on validation perplexity: "
-                      f"{claim['pakd_minus_best_validation']:+.3f} (sd of the difference {claim.get('sd', 0):.3f}; "
-                      "target: below 0, lower is better): "
-                      + ("met" if claim["met"] else "not met") + (", at the line." if claim.get("at_the_line") else ".")]
-    elif claim:
-        lines += ["", f"PaKD minus the best other arm ({claim['best_other_arm']}) on validation: "
-                      f"{claim['pakd_minus_best_validation'] * 100:+.2f} points (sd of the difference "
-                      f"{claim.get('sd', 0) * 100:.2f}; target: +1.00): "
+    if claim:
+        scale, places = (1, 3) if metric == "perplexity" else (100, 2)
+        spread = f"sd of the difference {claim.get('sd', 0) * scale:.{places}f}"
+        if claim.get("sd_paired"):
+            spread = (f"{spread} paired by seed, PaKD ahead on {claim['pakd_ahead']} of {claim['seeds']} seeds; "
+                      f"{claim['sd_unpaired'] * scale:.{places}f} unpaired")
+        lines += ["", f"PaKD minus the best other arm ({claim['best_other_arm']}) on validation"
+                      + (f" perplexity: {claim['pakd_minus_best_validation']:+.3f} ({spread}; "
+                         "target: below 0, lower is better): " if metric == "perplexity" else
+                         f": {claim['pakd_minus_best_validation'] * 100:+.2f} points ({spread}; target: +1.00): ")
                       + ("met" if claim["met"] else "not met") + (", at the line." if claim.get("at_the_line") else ".")]
     lines += ["", f"Command: `{summary['command']}`" + (f" at commit {summary['commit']}" if summary.get("commit") else ""), ""]
     atomic("ablation.md", "\n".join(lines))
