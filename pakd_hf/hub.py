@@ -356,11 +356,13 @@ def _ablation_section(summary: dict[str, Any] | None) -> dict[str, Any]:
     elif claim:
         text = (f"On validation this recipe is {claim['pakd_minus_best_validation'] * 100:+.2f} points from the best "
                 f"other route ({arm_name(claim['best_other_arm'])}).")
-    if claim and "sd" in claim:
+    seeds = [summary["arms"].get(a, {}).get("validation", {}).get("n", 0) for a in ("pakd", claim.get("best_other_arm"))]
+    if claim and "sd" in claim and min(seeds) > 1:  # over one seed an sd says nothing
         scale, places = (1, 3) if metric == "perplexity" else (100, 2)
-        text += (f" The sd of that difference over seeds is {claim['sd'] * scale:.{places}f}"
-                 + (f" (paired by seed; this recipe ahead on {claim['pakd_ahead']} of {claim['seeds']})"
-                    if claim.get("sd_paired") else "") + ".")
+        text += (f" The sd of that difference over seeds is {claim['sd'] * scale:.{places}f} "
+                 + (f"(paired by seed; this recipe ahead on {claim['pakd_ahead']} of {claim['n_seeds']})"
+                    if claim.get("sd_paired") else "(the two routes' sds combined, as if their seeds were independent)")
+                 + ".")
     if summary.get("quick"):
         text += f" Smoke run (`--quick`): these {metric} figures mean nothing."
     return {"ablation_rows": rows, "ablation_intro": intro, "ablation_claim": text.strip(),

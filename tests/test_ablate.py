@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from pakd_hf.pipeline.ablate import ARMS, AblationError, _fmt, _stats, arm_name, arm_recipe, summarise
 from pakd_hf.cli import main
+from pakd_hf.hub import _ablation_section
 from pakd_hf.pipeline.compress import RUN_RECORD, fingerprint
 from pakd_hf.recipe import RecipeError, load_recipe, to_plain
 from toy import require, stock_result, tiny_rt_recipe, tiny_text_teacher
@@ -200,7 +201,7 @@ def test_summary_statistics_and_claim():
     # unpaired hypot of the two arms' sds kept beside it.
     assert summary["claim"] == {"best_other_arm": "scratch", "pakd_minus_best_validation": pytest.approx(0.08),
                                 "sd": pytest.approx(0.02828, abs=1e-5), "sd_paired": True,
-                                "sd_unpaired": pytest.approx(0.02, abs=1e-5), "pakd_ahead": 2, "seeds": 2,
+                                "sd_unpaired": pytest.approx(0.02, abs=1e-5), "pakd_ahead": 2, "n_seeds": 2,
                                 "target": 0.01, "met": True, "at_the_line": False}
     # Arms over different seeds cannot be paired: the sd is the two spreads combined.
     apart = summarise([*runs, run("scratch", 2, 0.71)], "r", "cmd", {"validation": 0.85, "test": 0.84},
@@ -237,6 +238,20 @@ def test_perplexity_summary_prefers_lower_and_writes_its_table(tmp_path):
     claim = summary["claim"]
     assert claim["best_other_arm"] == "kd" and claim["pakd_minus_best_validation"] == pytest.approx(-9.0)
     assert claim["target"] == 0.0 and claim["met"] is True and claim["at_the_line"] is False
+    # Paired by seed, lower is ahead: differences -10 and -8 (sd sqrt 2); unpaired hypot(2.83, 1.41).
+    assert claim["sd_paired"] and claim["pakd_ahead"] == 2 and claim["n_seeds"] == 2
+    assert claim["sd"] == pytest.approx(2 ** 0.5) and claim["sd_unpaired"] == pytest.approx(math.hypot(8 ** 0.5, 2 ** 0.5))
+    # One seed each: nothing to pair, and the card states no spread.
+    one = summarise([run("kd", 0, 50.0), run("pakd", 0, 45.0)], "lm", "cmd", {"validation": 30.0, "test": 31.0},
+                    quick=False)
+    assert one["claim"]["sd_paired"] is False and one["claim"]["pakd_ahead"] is None and one["claim"]["sd"] == 0.0
+    assert "sd of that difference" not in _ablation_section(one)["ablation_claim"]
+    card = _ablation_section(summary)["ablation_claim"]
+    assert "perplexity is -9.000" in card and "is 1.414 (paired by seed; this recipe ahead on 2 of 2)" in card
+    # A summary written before the pairing (no sd_paired key) is labelled unpaired on the card.
+    old = {**summary, "claim": {k: v for k, v in claim.items() if k not in ("sd_paired", "sd_unpaired", "pakd_ahead",
+                                                                             "n_seeds")}}
+    assert "as if their seeds were independent" in _ablation_section(old)["ablation_claim"]
     worse = summarise([run("kd", 0, 40.0), run("kd", 1, 41.0), run("pakd", 0, 45.0), run("pakd", 1, 46.0)], "lm", "cmd",
                       {"validation": 30.0, "test": 31.0}, quick=False)["claim"]
     assert worse["met"] is False
@@ -259,11 +274,17 @@ def test_the_card_reports_seeds_and_same_size_baselines(ablation, tmp_path, caps
         stats = summary["arms"][arm]["validation"]
         assert f"{stats['mean']:.4f} ± {stats['sd']:.4f} (worst {stats['worst']:.4f})" in section
     assert "random init, labels only" in section and "Smoke run" in section
-    # The claim's spread: every arm ran seeds 0 and 1, so it is paired by seed, as ablation.md says.
+    # The claim's spread: paired by seed when the best baseline ran pakd's seeds 0 and 1 (other tests
+    # add one-seed arms to this ablation), and the card and ablation.md say which.
     claim = summary["claim"]
-    assert claim["sd_paired"] and f"The sd of that difference over seeds is {claim['sd'] * 100:.2f} (paired by seed; " \
-        f"this recipe ahead on {claim['pakd_ahead']} of 2)" in section
-    assert "paired by seed, PaKD ahead on" in (out / "ablation.md").read_text()
+    best = summary["arms"][claim["best_other_arm"]]
+    assert claim["sd_paired"] is ({r["seed"] for r in best["runs"]} == {0, 1})
+    if claim["sd_paired"]:
+        assert f"The sd of that difference over seeds is {claim['sd'] * 100:.2f} (paired by seed; " \
+            f"this recipe ahead on {claim['pakd_ahead']} of 2)" in section
+        assert "paired by seed, PaKD ahead on" in (out / "ablation.md").read_text()
+    else:
+        assert "The sd of that difference over seeds is" not in section  # the best baseline has one seed
     # An ablation of another shape, or a file that is not one, is refused in one line.
     other = json.loads((out / "ablation.json").read_text())
     other["shape"] = {**other["shape"], "hidden_size": 999}

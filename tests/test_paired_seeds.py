@@ -51,7 +51,7 @@ def test_the_ablation_claim_pairs_like_the_script_on_the_runs_of_record(tmp_path
     by = {arm: {r["seed"]: r["accuracy_validation"] for r in runs if r["arm"] == arm}
           for arm in ("pakd", claim["best_other_arm"])}
     d = [by["pakd"][s] - by[claim["best_other_arm"]][s] for s in sorted(by["pakd"])]
-    assert claim["best_other_arm"] == "prune-once-kd" and claim["sd_paired"] and claim["seeds"] == 9
+    assert claim["best_other_arm"] == "prune-once-kd" and claim["sd_paired"] and claim["n_seeds"] == 9
     assert abs(claim["sd"] - statistics.stdev(d)) < 1e-12 and claim["pakd_ahead"] == sum(x > 0 for x in d)
     assert abs(claim["pakd_minus_best_validation"] - statistics.fmean(d)) < 1e-12
     assert claim["sd"] != claim["sd_unpaired"]

@@ -489,16 +489,17 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
         # otherwise the two arms' spreads combined, as if independent.
         unpaired = math.hypot(arms["pakd"]["validation"]["sd"], arms[best]["validation"]["sd"])
         by_seed = [{r["seed"]: r[f"{metric}_validation"] for r in arms[a]["runs"]} for a in ("pakd", best)]
-        pair = paired(*by_seed, lower_is_better=not up) if set(by_seed[0]) == set(by_seed[1]) else None
-        sd = pair["sd"] if pair and pair["n"] > 1 else unpaired
+        same = set(by_seed[0]) == set(by_seed[1]) and len(by_seed[0]) > 1  # one seed has no spread to pair
+        pair = paired(*by_seed, lower_is_better=not up) if same else None
+        sd = pair["sd"] if pair else unpaired
         # accuracy: PaKD at least a point above the best baseline; perplexity: below it at all
         target = 0.01 if up else 0.0
         gain = margin if up else -margin
         # a tie is not a win: perplexity must be strictly below the best baseline's
         met = gain >= target if up else gain > target
         claim = {"best_other_arm": best, "pakd_minus_best_validation": margin, "sd": sd,
-                 "sd_paired": bool(pair and pair["n"] > 1), "sd_unpaired": unpaired,
-                 "pakd_ahead": pair["a_ahead"] if pair else None, "seeds": pair["n"] if pair else None,
+                 "sd_paired": pair is not None, "sd_unpaired": unpaired,
+                 "pakd_ahead": pair["a_ahead"] if pair else None, "n_seeds": pair["n"] if pair else None,
                  "target": target, "met": met, "at_the_line": abs(gain - target) <= sd}
     return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick, "metric": metric,
             "transfer_set": transfer_set,
@@ -563,7 +564,7 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         scale, places = (1, 3) if metric == "perplexity" else (100, 2)
         spread = f"sd of the difference {claim.get('sd', 0) * scale:.{places}f}"
         if claim.get("sd_paired"):
-            spread = (f"{spread} paired by seed, PaKD ahead on {claim['pakd_ahead']} of {claim['seeds']} seeds; "
+            spread = (f"{spread} paired by seed, PaKD ahead on {claim['pakd_ahead']} of {claim['n_seeds']} seeds; "
                       f"{claim['sd_unpaired'] * scale:.{places}f} unpaired")
         lines += ["", f"PaKD minus the best other arm ({claim['best_other_arm']}) on validation"
                       + (f" perplexity: {claim['pakd_minus_best_validation']:+.3f} ({spread}; "
