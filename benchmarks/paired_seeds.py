@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import statistics
 import sys
 from pathlib import Path
 
-from pakd_hf.pipeline.ablate import paired
+from pakd_hf.pipeline.ablate import _stats, paired
 
 
 def _load(pattern: str) -> dict[int, dict]:
@@ -43,12 +42,6 @@ def _load(pattern: str) -> dict[int, dict]:
                                 "metric": metric, "teacher_weights": r.get("teacher_weights"), "source": path,
                                 "commit": r.get("commit")}
     return runs
-
-
-def _stats(values: list[float], lower_is_better: bool) -> dict:
-    return {"n": len(values), "mean": statistics.fmean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "worst": max(values) if lower_is_better else min(values)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {seed} | " + " | ".join(cells) + " |")
         row = []
         for name, runs in groups.items():
-            st = _stats([r[split] for r in runs.values()], lower)
+            st = _stats([r[split] for r in runs.values()], higher_is_better=not lower)
             out["groups"].setdefault(name, {"seeds": sorted(runs), "commits": sorted({str(r["commit"])
                                                                                       for r in runs.values()})})
             out["groups"][name][split] = st
