@@ -32,6 +32,23 @@ def test_python_dash_m_runs_the_command():
     assert proc.returncode == 0 and "ok: 'tiny-bert-prune'" in proc.stdout
 
 
+def test_help_and_validate_do_not_import_torch():
+    # `pakd --help` and `pakd validate` answer in a fraction of a second: importing torch (about
+    # a second, more on a cold disk) is left to the commands that load a model.
+    code = ("import sys\n"
+            "from pakd_hf.cli import main\n"
+            "for argv in (['--help'], ['compress', '--help'], ['validate', sys.argv[1]]):\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit as exc:\n"
+            "        assert exc.code == 0, (argv, exc.code)\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_push_to_hub_without_an_id_fails_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["compress", str(ROOT / "recipes" / "nlp" / "minilm-rotten-tomatoes.yaml"), "--output-dir", str(out),

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..measure import prefill_kwargs
 from ..recipe import Data, Recipe, RecipeError, load_recipe
 
 __all__ = ["benchmark_folders", "benchmark_onnx_folders", "measure_folders", "print_summary", "LATENCY_MIN_SECONDS",
@@ -185,6 +184,7 @@ def measure_folders(
     :func:`pakd_hf.benchmark.compare_models`). Module-level so that ``pakd compress`` can run
     it in a fresh process (:func:`pakd_hf.benchmark.in_fresh_process`)."""
     from ..benchmark import compare_models
+    from ..measure import prefill_kwargs
     from .tasks import ADAPTERS
 
     adapter = ADAPTERS[task]
