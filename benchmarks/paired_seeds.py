@@ -30,7 +30,7 @@ import json
 import sys
 from pathlib import Path
 
-from pakd_hf.pipeline.ablate import _stats, paired
+from pakd_hf.pipeline.ablate import paired, seed_stats
 
 
 def _load(pattern: str) -> dict[int, dict]:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {seed} | " + " | ".join(cells) + " |")
         row = []
         for name, runs in groups.items():
-            st = _stats([r[split] for r in runs.values()], higher_is_better=not lower)
+            st = seed_stats([r[split] for r in runs.values()], higher_is_better=not lower)
             out["groups"].setdefault(name, {"seeds": sorted(runs), "commits": sorted({str(r["commit"])
                                                                                       for r in runs.values()})})
             out["groups"][name][split] = st

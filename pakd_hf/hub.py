@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,19 @@ def _template_path() -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"model-card template not found (looked at {PACKAGED_TEMPLATE} and {TEMPLATE})")
+
+
+def public_command(command: str) -> str:
+    """`command` as a public card shows it: an absolute path (``/home/me/runs/x``, ``~/x``,
+    ``C:\\x``, also after ``--flag=``) becomes its last part, so a card pushed to the Hub does
+    not publish the machine's folders; relative paths and everything else stay as typed."""
+    def short(token: str) -> str:
+        flag, eq, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        if re.match(r"^(/|~[/\\]|[A-Za-z]:[/\\])", value) and value.rstrip("/\\"):
+            value = re.split(r"[/\\]", value.rstrip("/\\"))[-1]
+        return flag + eq + value
+
+    return re.sub(r"\S+", lambda m: short(m.group(0)), command)
 
 
 def _fmt_int(n: float) -> str:
@@ -347,7 +361,7 @@ def _ablation_section(summary: dict[str, Any] | None) -> dict[str, Any]:
              "test": cell(entry["test"])} for arm, entry in summary["arms"].items()]
     intro = ("Students of this model's exact shape made by other routes, each for the same number of steps on the "
              "same examples from the same teacher, over seeds (mean ± standard deviation, worst seed), from "
-             f"`{summary.get('command', 'pakd ablate')}`:")
+             f"`{public_command(summary.get('command', 'pakd ablate'))}`:")
     claim = summary.get("claim") or {}
     text = ""
     if claim and metric == "perplexity":
@@ -456,8 +470,14 @@ def build_card(
     structure = pakd.get("structure")
     teacher = teacher or (pakd.get("teacher") or {}).get("name_or_path") or None
     # base_model names a Hub model; a teacher trained from scratch by the recipe has none, and
-    # the card then describes it (e.g. "vit trained from scratch").
-    base_model = teacher
+    # the card then describes it (e.g. "vit trained from scratch"). Nor has a local folder: the
+    # card names it by its last part (a Hub page must not publish the machine's folders, and
+    # base_model must be a Hub id).
+    local = bool(teacher) and (Path(teacher).expanduser().is_absolute() or teacher.startswith(".")
+                               or Path(teacher).exists())
+    base_model = None if local else teacher
+    if local:
+        teacher = f"a local model ({public_command(str(Path(teacher).expanduser().resolve()))})"
     teacher = teacher or report.get("teacher_description") or "the teacher"
     architecture = (config.get("architectures") or [pakd.get("architecture", "the model")])[0]
     custom_code = bool(pakd.get("custom_code") or config.get("auto_map"))
@@ -573,7 +593,7 @@ def build_card(
         teacher_name=teacher,
         teacher_link=f"https://huggingface.co/{teacher}" if base_model and "/" in teacher and not Path(teacher).exists() else teacher,
         recipe_yaml=recipe_text,
-        reproduce=reproduce,
+        reproduce=public_command(reproduce) if reproduce else None,
         limitations=limitations,
         data_note=data_note,
         **_ablation_section(ablation),

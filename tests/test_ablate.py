@@ -9,7 +9,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from pakd_hf.pipeline.ablate import ARMS, AblationError, _fmt, _stats, arm_name, arm_recipe, summarise
+from pakd_hf.pipeline.ablate import ARMS, AblationError, _fmt, arm_name, arm_recipe, seed_stats, summarise
 from pakd_hf.cli import main
 from pakd_hf.hub import _ablation_section
 from pakd_hf.pipeline.compress import RUN_RECORD, fingerprint
@@ -196,7 +196,7 @@ def test_summary_statistics_and_claim():
     assert summary["arms"]["pakd"]["validation"] == {"mean": pytest.approx(0.79), "sd": pytest.approx(0.01414, abs=1e-5),
                                                      "worst": 0.78, "n": 2}
     # Rounded once, in the table: an sd of 0.0077505 reads 0.0078 (it read 0.0077 when stored rounded to 5 places).
-    assert "± 0.0078 " in _fmt(_stats([0.80, 0.80 + 0.0077505 * 2 ** 0.5]))
+    assert "± 0.0078 " in _fmt(seed_stats([0.80, 0.80 + 0.0077505 * 2 ** 0.5]))
     # Both arms ran seeds 0 and 1: the sd is that of the per-seed differences (0.10, 0.06), the
     # unpaired hypot of the two arms' sds kept beside it.
     assert summary["claim"] == {"best_other_arm": "scratch", "pakd_minus_best_validation": pytest.approx(0.08),

@@ -127,6 +127,29 @@ def test_card_lists_validation_and_test_results_and_names_a_placeholder_without_
     assert "model-index" not in text.split("---")[1]
 
 
+def test_card_publishes_no_local_folder(compressed, tmp_path):
+    """A report's command and a teacher loaded from a folder are typed with this machine's paths;
+    the card (a public Hub page) shows their last parts, and base_model stays a Hub id or absent."""
+    import shutil
+
+    folder = tmp_path / "student"
+    shutil.copytree(compressed["folder"], folder)
+    teacher_dir = tmp_path / "private" / "my-teacher"
+    teacher_dir.mkdir(parents=True)
+    r = {**compressed["report"], "reproduce": f"pakd compress {tmp_path}/private/r.yaml --output-dir {tmp_path}/private/out --seed 1"}
+    write_card(folder, r, teacher=str(teacher_dir))
+    text = (folder / "README.md").read_text()
+    assert "private" not in text and str(tmp_path) not in text
+    assert "pakd compress r.yaml --output-dir out --seed 1" in text and "a local model (my-teacher)" in text
+    assert "base_model" not in text.split("---")[1]
+    # A Hub id stays the base model, linked; relative paths in the command stay as typed.
+    write_card(folder, {**r, "reproduce": "pakd compress recipes/x.yaml --output-dir runs/x"}, teacher="pakd/tiny-bert-teacher")
+    text = (folder / "README.md").read_text()
+    assert yaml.safe_load(text.split("---")[1])["base_model"] == "pakd/tiny-bert-teacher"
+    assert "pakd compress recipes/x.yaml --output-dir runs/x" in text
+    assert "[pakd/tiny-bert-teacher](https://huggingface.co/pakd/tiny-bert-teacher)" in text
+
+
 def _tree_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 

@@ -436,7 +436,8 @@ def _command(recipe_source, out: Path, runs: list[dict[str, Any]], quick: bool) 
                        + (" --quick" if quick else "") for seeds, arms in groups.items())
 
 
-def _stats(values: list[float], higher_is_better: bool = True) -> dict[str, Any]:
+def seed_stats(values: list[float], higher_is_better: bool = True) -> dict[str, Any]:
+    """Mean, sample sd (0 for one value), worst value and count of one arm's per-seed figures."""
     # Unrounded: the table rounds once, to 4 places (rounding here first made 0.007751 print as 0.0077).
     return {"mean": statistics.mean(values),
             "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -473,8 +474,8 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
     for run in runs:
         arms.setdefault(run["arm"], {"runs": []})["runs"].append(run)
     for arm, entry in arms.items():
-        entry["validation"] = _stats([r[f"{metric}_validation"] for r in entry["runs"]], up)
-        entry["test"] = _stats([r[f"{metric}_test"] for r in entry["runs"]], up)
+        entry["validation"] = seed_stats([r[f"{metric}_validation"] for r in entry["runs"]], up)
+        entry["test"] = seed_stats([r[f"{metric}_test"] for r in entry["runs"]], up)
         entry["params"] = entry["runs"][0]["params"]
         entry["bytes"] = entry["runs"][0]["bytes"]
     claim = None
