@@ -86,17 +86,72 @@ def _template_path() -> Path:
     raise FileNotFoundError(f"model-card template not found (looked at {PACKAGED_TEMPLATE} and {TEMPLATE})")
 
 
-def public_command(command: str) -> str:
-    """`command` as a public card shows it: an absolute path (``/home/me/runs/x``, ``~/x``,
-    ``C:\\x``, also after ``--flag=``) becomes its last part, so a card pushed to the Hub does
-    not publish the machine's folders; relative paths and everything else stay as typed."""
-    def short(token: str) -> str:
-        flag, eq, value = token.partition("=") if token.startswith("--") else ("", "", token)
-        if re.match(r"^(/|~[/\\]|[A-Za-z]:[/\\])", value) and value.rstrip("/\\"):
-            value = re.split(r"[/\\]", value.rstrip("/\\"))[-1]
-        return flag + eq + value
+# A path that names this machine's folders: absolute (POSIX, Windows drive or UNC), or from a home.
+_ABSOLUTE = re.compile(r"^(?:/|~|[A-Za-z]:[/\\]|\\\\|\$HOME\b|\$\{HOME\})")
+# A command token: unquoted characters and quoted strings run together (``--out="/a b/c"``).
+_TOKEN = re.compile(r"""(?:[^\s'"]+|'[^']*'|"[^"]*")+""")
 
-    return re.sub(r"\S+", lambda m: short(m.group(0)), command)
+
+def _last_part(path: str) -> str:
+    parts = [p for p in re.split(r"[/\\]", path) if p]
+    return parts[-1] if parts else path
+
+
+def public_command(command: str) -> str:
+    """`command` as a public card shows it: a path that names this machine's folders (absolute,
+    Windows, UNC, ``~/x``, ``$HOME/x``; also the value of ``--flag=``, ``-f=`` or ``VAR=``)
+    becomes its last part, quoted as the shell needs, so a card pushed to the Hub does not
+    publish them; relative paths and everything else stay as typed. Commands are recorded with
+    their paths shell-quoted (``pakd compress``, ``pakd ablate``), so a path with spaces is one token."""
+    import shlex
+
+    def short(token: str) -> str:
+        head, eq, value = token.partition("=")
+        if not eq or not re.fullmatch(r"-{0,2}[A-Za-z_][\w-]*", head):
+            head, eq, value = "", "", token
+        try:
+            words = shlex.split(value)
+        except ValueError:  # an unbalanced quote: leave it as typed
+            return token
+        if len(words) != 1 or not _ABSOLUTE.match(words[0]):
+            return token
+        return head + eq + shlex.quote(_last_part(words[0]))
+
+    return _TOKEN.sub(lambda m: short(m.group(0)), command)
+
+
+def _public_recipe(text: str) -> str:
+    """The recipe's YAML as a public card shows it: a scalar value that is a path on this
+    machine (``teacher.model: /home/me/teacher``, ``data.dataset: ~/data``) becomes its last
+    part, as in :func:`public_command`; comments and everything else stay."""
+    def line(m: re.Match) -> str:
+        key, value, comment = m.group(1), m.group(2), m.group(3) or ""
+        quote = value[:1] if value[:1] in "'\"" and value.endswith(value[:1]) and len(value) > 1 else ""
+        bare = value[1:-1] if quote else value
+        if not _ABSOLUTE.match(bare):
+            return m.group(0)
+        return key + quote + _last_part(bare) + quote + comment
+
+    return re.sub(r"(?m)^(\s*(?:-\s+)?[^\s:#'\"][^:#\n]*:[ \t]+)([^#\n]*?)([ \t]+#[^\n]*)?[ \t]*$", line, text)
+
+
+def _is_local(name: str) -> bool:
+    """Whether a model or data set name is a folder of this machine rather than a Hub id."""
+    if _ABSOLUTE.match(name) or name.startswith(("./", "../", ".\\", "..\\")):
+        return True
+    try:
+        return Path(name).exists()
+    except (OSError, ValueError):  # a name too long or odd to be a path
+        return False
+
+
+def _hub_cache_id(path: str) -> str | None:
+    """The Hub id of a folder in the Hub's cache (``.../models--org--name/snapshots/<sha>``)."""
+    for part in reversed(re.split(r"[/\\]", path)):
+        m = re.fullmatch(r"(?:models|datasets)--(.+)", part)
+        if m:
+            return m.group(1).replace("--", "/")
+    return None
 
 
 def _fmt_int(n: float) -> str:
@@ -456,6 +511,13 @@ def build_card(
     teacher = teacher or report.get("teacher")
     license = license or report.get("license")
     dataset = dataset or report.get("dataset")
+    dataset_on_hub = True  # a local data set folder is named by its last part, and is no Hub id
+    if dataset and _is_local(str(dataset.get("id", ""))):
+        cached = _hub_cache_id(dataset["id"])
+        short = cached or _last_part(str(Path(dataset["id"]).expanduser().absolute()))
+        name_ = dataset.get("name")
+        dataset = {**dataset, "id": short, "name": short if not name_ or _is_local(name_) else name_}
+        dataset_on_hub = bool(cached)
     reproduce = reproduce or report.get("reproduce")
     folder = Path(student_dir)
     config = json.loads((folder / "config.json").read_text())
@@ -473,11 +535,11 @@ def build_card(
     # the card then describes it (e.g. "vit trained from scratch"). Nor has a local folder: the
     # card names it by its last part (a Hub page must not publish the machine's folders, and
     # base_model must be a Hub id).
-    local = bool(teacher) and (Path(teacher).expanduser().is_absolute() or teacher.startswith(".")
-                               or Path(teacher).exists())
-    base_model = None if local else teacher
-    if local:
-        teacher = f"a local model ({public_command(str(Path(teacher).expanduser().resolve()))})"
+    # A folder of the Hub's cache is its Hub id.
+    base_model = teacher
+    if teacher and _is_local(teacher):
+        base_model = _hub_cache_id(teacher)
+        teacher = base_model or f"a local model ({_last_part(str(Path(teacher).expanduser().absolute()))})"
     teacher = teacher or report.get("teacher_description") or "the teacher"
     architecture = (config.get("architectures") or [pakd.get("architecture", "the model")])[0]
     custom_code = bool(pakd.get("custom_code") or config.get("auto_map"))
@@ -501,7 +563,7 @@ def build_card(
         base_model=base_model,
         pipeline_tag=PIPELINE_TAGS[task],
         tags=tags,
-        datasets=[dataset["id"]] if dataset else None,
+        datasets=[dataset["id"]] if dataset and dataset_on_hub else None,
         metrics=[metric] if eval_results else None,
         license=license,
         model_name=name,
@@ -591,8 +653,8 @@ def build_card(
         custom_code=custom_code,
         architecture=architecture,
         teacher_name=teacher,
-        teacher_link=f"https://huggingface.co/{teacher}" if base_model and "/" in teacher and not Path(teacher).exists() else teacher,
-        recipe_yaml=recipe_text,
+        teacher_link=f"https://huggingface.co/{teacher}" if base_model and "/" in teacher else teacher,
+        recipe_yaml=_public_recipe(recipe_text),
         reproduce=public_command(reproduce) if reproduce else None,
         limitations=limitations,
         data_note=data_note,

@@ -3,6 +3,7 @@
 import copy
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -128,26 +129,41 @@ def test_card_lists_validation_and_test_results_and_names_a_placeholder_without_
 
 
 def test_card_publishes_no_local_folder(compressed, tmp_path):
-    """A report's command and a teacher loaded from a folder are typed with this machine's paths;
-    the card (a public Hub page) shows their last parts, and base_model stays a Hub id or absent."""
+    """Commands, a teacher or data set loaded from a folder and the recipe's paths are typed with
+    this machine's folders; the card (a public Hub page) shows their last parts, and its metadata
+    names Hub ids only."""
     import shutil
 
     folder = tmp_path / "student"
     shutil.copytree(compressed["folder"], folder)
-    teacher_dir = tmp_path / "private" / "my-teacher"
-    teacher_dir.mkdir(parents=True)
-    r = {**compressed["report"], "reproduce": f"pakd compress {tmp_path}/private/r.yaml --output-dir {tmp_path}/private/out --seed 1"}
-    write_card(folder, r, teacher=str(teacher_dir))
+    private = tmp_path / "private space"
+    (private / "my-teacher").mkdir(parents=True)
+    (private / "my-data").mkdir()
+    recipe = folder / "pakd_recipe.yaml"
+    recipe.write_text(recipe.read_text() + f"# the teacher was\nnote: '{private}/my-teacher'  # kept\n")
+    r = {**compressed["report"], "accuracy_student_validation": 0.9,
+         "reproduce": f"pakd compress {shlex.quote(str(private / 'r.yaml'))} --output-dir={shlex.quote(str(private / 'out'))} --seed 1"}
+    stats = {"mean": 0.9, "sd": 0.0, "worst": 0.9, "n": 1}
+    summary = {"command": f"pakd ablate r.yaml --output-dir {shlex.quote(str(private / 'abl'))} --seeds 0,",
+               "arms": {"pakd": {"validation": stats, "test": stats}}}
+    write_card(folder, r, teacher=str(private / "my-teacher"), dataset={"id": str(private / "my-data")}, ablation=summary)
     text = (folder / "README.md").read_text()
     assert "private" not in text and str(tmp_path) not in text
-    assert "pakd compress r.yaml --output-dir out --seed 1" in text and "a local model (my-teacher)" in text
-    assert "base_model" not in text.split("---")[1]
-    # A Hub id stays the base model, linked; relative paths in the command stay as typed.
-    write_card(folder, {**r, "reproduce": "pakd compress recipes/x.yaml --output-dir runs/x"}, teacher="pakd/tiny-bert-teacher")
-    text = (folder / "README.md").read_text()
-    assert yaml.safe_load(text.split("---")[1])["base_model"] == "pakd/tiny-bert-teacher"
-    assert "pakd compress recipes/x.yaml --output-dir runs/x" in text
-    assert "[pakd/tiny-bert-teacher](https://huggingface.co/pakd/tiny-bert-teacher)" in text
+    assert "pakd compress r.yaml --output-dir=out --seed 1" in text and "a local model (my-teacher)" in text
+    assert "--output-dir abl --seeds 0," in text and "note: 'my-teacher'  # kept" in text
+    meta = yaml.safe_load(text.split("---")[1])
+    assert "base_model" not in meta and "datasets" not in meta
+    assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "my-data"
+    # A Hub id stays the base model, linked, and so does a folder of the Hub's cache;
+    # relative paths in the command stay as typed.
+    cached = private / "hub" / "models--pakd--tiny-bert-teacher" / "snapshots" / "0123abc"
+    cached.mkdir(parents=True)
+    for teacher in ("pakd/tiny-bert-teacher", str(cached)):
+        write_card(folder, {**r, "reproduce": "pakd compress recipes/x.yaml --output-dir runs/x"}, teacher=teacher)
+        text = (folder / "README.md").read_text()
+        assert yaml.safe_load(text.split("---")[1])["base_model"] == "pakd/tiny-bert-teacher"
+        assert "pakd compress recipes/x.yaml --output-dir runs/x" in text and "private" not in text
+        assert "[pakd/tiny-bert-teacher](https://huggingface.co/pakd/tiny-bert-teacher)" in text
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:

@@ -40,6 +40,7 @@ import copy
 import dataclasses
 import json
 import math
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -426,12 +427,12 @@ def _command(recipe_source, out: Path, runs: list[dict[str, Any]], quick: bool) 
     with more seeds than others, e.g. the two a claim compares, get their own), the arms named
     unless they are the default set with one set of seeds (a plain --seeds also trains scratch
     and kd). Seeds as a list, one seed with a trailing comma (``--seeds 0`` is a count of none)."""
-    recipe = recipe_source if isinstance(recipe_source, (str, Path)) else "recipe.yaml"
+    recipe = shlex.quote(str(recipe_source)) if isinstance(recipe_source, (str, Path)) else "recipe.yaml"
     groups: dict[tuple[int, ...], list[str]] = {}
     for arm in dict.fromkeys(r["arm"] for r in runs):
         groups.setdefault(tuple(sorted({r["seed"] for r in runs if r["arm"] == arm})), []).append(arm)
     default = len(groups) == 1 and set(next(iter(groups.values()))) == set(ARMS)
-    return " && ".join(f"pakd ablate {recipe} --output-dir {out} --seeds {','.join(map(str, seeds))}"
+    return " && ".join(f"pakd ablate {recipe} --output-dir {shlex.quote(str(out))} --seeds {','.join(map(str, seeds))}"
                        + ("," if len(seeds) == 1 else "") + ("" if default else f" --arms {','.join(arms)}")
                        + (" --quick" if quick else "") for seeds, arms in groups.items())
 

@@ -28,6 +28,7 @@ import copy
 import hashlib
 import json
 import math
+import shlex
 import shutil
 import sys
 import time
@@ -874,7 +875,8 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
             export_error = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             report["export_error"] = export_error
             say(f"export stage failed: {export_error}")
-    command = f"pakd compress {recipe_source if isinstance(recipe_source, (str, Path)) else 'recipe.yaml'} --output-dir {out}"
+    recipe_arg = shlex.quote(str(recipe_source)) if isinstance(recipe_source, (str, Path)) else "recipe.yaml"
+    command = f"pakd compress {recipe_arg} --output-dir {shlex.quote(str(out))}"
     if training_processes > 1:
         command = (f"torchrun --nproc_per_node {training_processes} $(which pakd) compress"
                    + command[len("pakd compress"):])
