@@ -2,12 +2,14 @@
 
     python benchmarks/hidden_cut.py runs/minilm-rt/teacher --keep 128
     python benchmarks/hidden_cut.py runs/llm-best/teacher --recipe recipes/llm/llama-rotten-tomatoes.yaml --keep 128
+    python benchmarks/hidden_cut.py runs/speech/teacher --recipe recipes/speech/commands-whisper-tiny.yaml --keep 128
 
 Measures the claims in docs/pruning.md: a trained model cut to a narrower hidden width keeps
 far more of its validation score when its stream is rotated onto its principal directions
 first (`pakd_hf.prune.rotate`) than when its best coordinates are kept (largest second moment
 over the same calibration examples: the stream norms' outputs for a post-LN BERT, their inputs
-at unit RMS per token for a pre-norm decoder, the statistic the rotation itself reads). Both
+at unit RMS per token for a pre-norm decoder, centred first for pre-LayerNorm Whisper: the
+statistic the rotation itself reads). Both
 cuts see the first `--calibration` training examples of the recipe's split; the score is the
 recipe's metric (accuracy, or perplexity for a causal LM) on its validation split. The
 coordinate cut is compacted as the engine compacts (the norms then normalise over the kept
@@ -36,10 +38,13 @@ def best_coordinates(model, calib, keep):
         x = x.detach().double()
         x = x[mask["m"].bool()] if mask["m"] is not None and mask["m"].shape == x.shape[:2] else x.reshape(-1, x.shape[-1])
         if pre_norm:
+            if centre:  # a pre-LayerNorm (Whisper) normalises the centred stream
+                x = x - x.mean(1, keepdim=True)
             x = x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
         moment.add_((x ** 2).sum(0))
 
     norms = adapter.hidden_norms()
+    centre = all(isinstance(n, torch.nn.LayerNorm) for n in norms)
     mask = {"m": None}  # padded positions do not count (nor do they for the rotation)
     if pre_norm:
         hooks = [n.register_forward_pre_hook(lambda m, args: add(args[0])) for n in norms]
@@ -87,6 +92,8 @@ def main():
     print(f"{'rotated':<18} {score(rotated):.4f}")
     print(f"{'best coordinates':<18} {score(best_coordinates(model, calib, a.keep)):.4f}")
     print(f"stream energy kept: rotated {result.energy_kept:.1%}, best coordinates {result.energy_kept_coordinates:.1%}")
+    if result.front_error:
+        print(f"front end refitted: relative squared error {result.front_error[0]:.3f} -> {result.front_error[1]:.3f}")
 
 
 if __name__ == "__main__":

@@ -196,3 +196,126 @@ def test_rotate_is_refused_for_pre_ln_families_before_training(tmp_path):
         PaKDTrainer(model=tiny_vit(seed=0), teacher_model=tiny_vit(seed=5), train_dataset=toy_images(16),
                     recipe=recipe(task="image-classification"), args=targs(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def _whisper(seed=0):
+    """A 2-layer Whisper classifier (d_model 32, 4 heads of 8) whose norms' gains and biases and
+    all biases are away from their init, so that every fold matters."""
+    from toy import tiny_whisper
+
+    model = tiny_whisper(seed=seed, layers=2).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _whisper_batches(n=4, size=8):
+    g = torch.Generator().manual_seed(3)
+    return [{"input_features": torch.randn(size, 80, 100, generator=g)} for _ in range(n)]
+
+
+def _first_values(model, batches):
+    seen = []
+    handle = model.encoder.layers[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    logits(model, batches)
+    handle.remove()
+    return seen
+
+
+def test_whisper_rotation_is_exact_behind_its_front_end():
+    """Pre-LayerNorm Whisper: gains and biases fold into the readers (k_proj has no bias: a key
+    shift the softmax ignores), the stream is rotated with the mean direction kept. Fed the
+    original first value of the stream, rotated, the full-width model computes what it did; its
+    own non-linear front end (gelu after conv2) cannot take the rotation and is refitted."""
+    model = _whisper()
+    with torch.no_grad():
+        model.encoder.layer_norm.weight.fill_(0.7)  # the final norm's diagonal rule is exact for a uniform gain
+    batches = _whisper_batches()
+    before, firsts = logits(model, batches), _first_values(model, batches)
+    k_bias_shift = model.encoder.layers[0].self_attn.k_proj.weight @ model.encoder.layers[0].self_attn_layer_norm.bias
+    assert k_bias_shift.abs().max() > 0.05  # the dropped key shift is not zero
+    result = rotate_hidden(model, batches, 32)
+    assert result.width_after == 32 and result.energy_kept == pytest.approx(1.0)
+    q = result.rotation
+    got = []
+    for batch, first in zip(batches, firsts):
+        handle = model.encoder.layers[0].register_forward_pre_hook(
+            lambda m, args, kw, first=first: ((first @ q,) + args[1:], kw), with_kwargs=True)
+        got.append(logits(model, [batch]))
+        handle.remove()
+    torch.testing.assert_close(torch.cat(got), before, rtol=0, atol=1e-4)
+    assert not torch.allclose(q, torch.eye(32), atol=0.1)  # really rotated
+    error_before, error_after = result.front_error
+    assert error_after < 0.5 * error_before
+    assert result.record()["front_refit_error"] == [float(f"{error_before:.3g}"), float(f"{error_after:.3g}")]
+    assert all(not p.requires_grad for p in [model.encoder.embed_positions.weight])  # left as it was
+
+
+def test_whisper_rotated_and_cut_is_a_stock_model(tmp_path):
+    """Heads 4 -> 2 and the stream 32 -> 16 (2 x 8, a stock shape): saved, reloaded in a fresh
+    process without pakd_hf, same logits; the cut keeps more energy than the best coordinates."""
+    model = _whisper()
+    current = Structure.from_model(model)
+    compact(model, Structure.from_dict({**current.to_dict(), "heads": [[0, 1], [1, 3]]}), check_export=False)
+    batches = _whisper_batches()
+    result = rotate_hidden(model, batches, 16)
+    assert result.energy_kept > result.energy_kept_coordinates
+    assert result.front_error[1] < result.front_error[0]
+    assert (model.config.d_model, model.config.encoder_attention_heads) == (16, 2)
+    model.save_pretrained(tmp_path / "student")
+    torch.save({"inputs": batches[0], "logits": logits(model, batches[:1])}, tmp_path / "expected.pt")
+    run_stock(
+        "import sys, torch\n"
+        "from transformers import AutoModelForAudioClassification\n"
+        f"model = AutoModelForAudioClassification.from_pretrained({str(tmp_path / 'student')!r}).eval()\n"
+        "assert type(model).__name__ == 'WhisperForAudioClassification'\n"
+        f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    got = model(**exp['inputs']).logits\n"
+        "assert (got - exp['logits']).abs().max().item() <= 1e-5, (got - exp['logits']).abs().max().item()\n"
+    )
+
+
+def test_a_stage_rotates_a_whisper_students_stream_while_distilling(tmp_path):
+    """`hidden: {method: rotate}` on a Whisper classifier inside PaKDTrainer: the stream is
+    rotated (front end refitted) and cut when the stage starts, heads are pruned on the stage's
+    schedule, the hidden-state projections follow, and the saved student is a stock Whisper."""
+    from datasets import Dataset
+
+    from toy import tiny_whisper
+
+    g = torch.Generator().manual_seed(0)
+    data = Dataset.from_dict({"input_features": (torch.randn(32, 80, 100, generator=g) * 0.5).tolist(),
+                              "labels": torch.randint(0, 2, (32,), generator=g).tolist()}).with_format("torch")
+    dist = {"alpha": 0.5, "hidden": {"weight": 1.0}}
+    pruning = {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "calibration": 16}, "frequency": 2,
+               "importance": "taylor"}
+    recipe = {"name": "rot-audio", "task": "audio-classification", "stages": [
+        {"name": "prune", "steps": 6, "distillation": dist, "pruning": pruning},
+        {"name": "recover", "steps": 2, "distillation": dist},
+    ]}
+    # init_std 0.2: the front end's convolutions reach gelu's curve (at 0.02 it is nearly linear)
+    student = tiny_whisper(seed=0, layers=2, num_labels=2, init_std=0.2)
+    trainer = PaKDTrainer(model=student, teacher_model=tiny_whisper(seed=5, layers=2, num_labels=2, init_std=0.2), train_dataset=data,
+                          recipe=recipe, args=targs(tmp_path / "run"))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "student"))
+    assert (student.config.d_model, student.config.encoder_attention_heads) == (16, 2)
+    assert all(m.in_features == 16 for m in trainer.distill_projections.maps.values())
+    rotation = json.loads((tmp_path / "student" / "pakd.json").read_text())["hidden_rotation"]
+    assert rotation["width_after"] == 16 and rotation["energy_kept"] > rotation["energy_kept_best_coordinates"]
+    assert rotation["front_refit_error"][1] < rotation["front_refit_error"][0]
+    inputs = {"input_features": data[:3]["input_features"]}
+    torch.save({"inputs": inputs, "logits": logits(student, [inputs])}, tmp_path / "expected.pt")
+    run_stock(
+        "import torch\n"
+        "from transformers import AutoModelForAudioClassification\n"
+        f"model = AutoModelForAudioClassification.from_pretrained({str(tmp_path / 'student')!r}).eval()\n"
+        f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    got = model(**exp['inputs']).logits\n"
+        "assert (got - exp['logits']).abs().max().item() <= 1e-5, (got - exp['logits']).abs().max().item()\n"
+    )

@@ -192,6 +192,24 @@ def weighted_layer_sum_keep(kept: list[int], num_layers: int) -> list[int]:
 
 
 @dataclass
+class RotationFront:
+    """For hidden rotation of a stream that starts with a non-linear front end (Whisper:
+    ``gelu(conv2(gelu(conv1(mel)))) + positions``): no Linear follows the last non-linearity,
+    so no weight can take the rotation exactly.
+
+    ``inner``: ``(module, reader)``: a same-width module before a non-linearity whose outputs
+    are SELECTED (mean square activation x squared weight of the reader; Whisper's conv1, read
+    by conv2). ``writer``: the module whose outputs, after the non-linearity, ARE the stream's
+    first value; its outputs are rotated before the non-linearity, which is only a start.
+    ``refit``: the parameters then fitted so that the front end's output matches the rotated
+    first value of the stream measured before the cut (conv1, conv2 and the positions)."""
+
+    inner: tuple[nn.Module, nn.Module]
+    writer: nn.Module
+    refit: list[nn.Parameter]
+
+
+@dataclass
 class AttentionParts:
     """One self-attention block: ``module`` carries the per-module head attributes."""
 
@@ -337,8 +355,9 @@ class ArchAdapter:
         Families with a rotation rule define it (BERT/RoBERTa: the pooler; pre-RMSNorm decoders:
         none, ``[]``); the default raises :class:`UnsupportedArchitectureError`."""
         raise UnsupportedArchitectureError(
-            f"hidden rotation (pruning.hidden.method: rotate) supports post-LayerNorm BERT/RoBERTa models and "
-            f"pre-RMSNorm Llama/Qwen/Mistral models, not {self.description or type(self.model).__name__}: "
+            f"hidden rotation (pruning.hidden.method: rotate) supports post-LayerNorm BERT/RoBERTa models, "
+            f"pre-RMSNorm Llama/Qwen/Mistral models and the pre-LayerNorm Whisper encoder, not "
+            f"{self.description or type(self.model).__name__}: "
             "use method: select"
         )
 
@@ -347,7 +366,21 @@ class ArchAdapter:
         reads it through an RMSNorm): the norms inside the blocks, each with every Linear that
         reads its output. Their gains are folded into those Linears' input weights (exact), so the
         norms left in the rotated model have one uniform gain, which commutes with a rotation.
-        ``None`` (default): a post-LN family (the stream is its LayerNorms' outputs)."""
+        ``None`` (default): a post-LN family (the stream is its LayerNorms' outputs).
+
+        Pre-LayerNorm families (Whisper) list LayerNorms: their biases move into the readers'
+        biases too; a reader without a bias must be in :meth:`rotation_shift_free`."""
+        return None
+
+    def rotation_shift_free(self) -> list[nn.Linear]:  # family (optional)
+        """Linears reading a pre-norm whose output may drop a constant shift: attention KEYS
+        (a vector added to every key adds the same number to every score of a query, which the
+        softmax ignores). A pre-LayerNorm's bias then needs no bias on them. Default: none."""
+        return []
+
+    def rotation_front(self) -> RotationFront | None:  # family (optional)
+        """The stream's non-linear front end, for hidden rotation (see :class:`RotationFront`);
+        ``None`` (default): every write to the stream is linear (embeddings, Linears)."""
         return None
 
     def check_kinds(self, kinds: list[str]) -> None:

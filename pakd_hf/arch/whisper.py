@@ -42,6 +42,7 @@ from .base import (
     AttentionParts,
     Cut,
     LayerParts,
+    RotationFront,
     UnsupportedArchitectureError,
     check_layer_tensors,
     check_stock_attention_shape,
@@ -130,6 +131,29 @@ class WhisperAdapter(ArchAdapter):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [self.backbone().embed_positions.weight]
+
+    # ---------------------------------------------------------- hidden rotation
+    def rotation_heads(self) -> list[tuple[nn.Linear, list[nn.Linear]]]:
+        return []  # the classifier's projector reads the stream (after the final norm) directly
+
+    def rotation_pre_norms(self) -> list[tuple[nn.Module, list[nn.Linear]]]:
+        # The final layer_norm is left out, as for decoders: its output is the last hidden state
+        # (a distillation target). It keeps the diagonal rule.
+        out = []
+        for layer in self.layer_list():
+            a = layer.self_attn
+            out.append((layer.self_attn_layer_norm, [a.q_proj, a.k_proj, a.v_proj]))
+            out.append((layer.final_layer_norm, [layer.fc1]))
+        return out
+
+    def rotation_shift_free(self) -> list[nn.Linear]:
+        return [layer.self_attn.k_proj for layer in self.layer_list()]  # k_proj has no bias
+
+    def rotation_front(self) -> RotationFront:
+        enc = self.backbone()
+        return RotationFront(inner=(enc.conv1, enc.conv2), writer=enc.conv2,
+                             refit=[enc.conv1.weight, enc.conv1.bias, enc.conv2.weight, enc.conv2.bias,
+                                    enc.embed_positions.weight])
 
     def set_num_heads(self, attn: AttentionParts, num_heads: int) -> None:
         # keys/values reshape with self.num_heads: forward fails (or mixes heads) without this

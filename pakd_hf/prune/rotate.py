@@ -20,6 +20,20 @@ student normalises by the norm of what it kept). The final norm keeps the diagon
 (its output is the last hidden state, and a tied LM head cannot take its gain). One Q for the
 whole stream: the rotated model is a stock config (SliceGPT's per-layer rotations are not).
 
+Pre-LayerNorm encoders (Whisper): as for pre-RMSNorm decoders, and a LayerNorm also subtracts
+the mean, so the basis keeps the mean direction as for BERT below (the student's norm then removes
+exactly what the original removed). The moments are the norms' inputs centred, then at unit RMS.
+The norms' biases move into their readers' biases (exact); the keys have none, and a constant
+added to every key changes no softmax, so theirs is dropped (the adapter's ``rotation_shift_free``).
+Whisper's stream starts as ``gelu(conv2(gelu(conv1(mel)))) + positions``: no Linear follows the
+last GELU, so no stock weight can take the rotation there. Its front end (the adapter's
+``rotation_front``) is handled apart: conv1's outputs are SELECTED like a square head's, conv2's
+outputs are rotated before the GELU (a start only), and after the cut conv1, conv2 and the
+positions are fitted (Adam, :data:`FRONT_REFIT_STEPS`) to the rotated first value of the stream
+measured before the cut. Everything after the first layer's input is exact at full width (tested);
+the speech recipe's teacher cut 384 -> 128 without training keeps 0.444 validation accuracy
+rotated against 0.099 with the best coordinates (0.77 if its front end took the rotation exactly).
+
 BERT is post-LN, and a LayerNorm's per-dimension gain does not commute with a rotation, so this
 module rotates approximately, with these choices:
 
@@ -72,9 +86,12 @@ class RotationResult:
     energy_kept_coordinates: float
     tokens: int
     rotation: torch.Tensor  # [width_before, width_after], float32
+    #: a non-linear front end's refit: its relative squared error (before, after) on the calibration
+    front_error: tuple[float, float] | None = None
 
     def record(self) -> dict[str, Any]:
         return {
+            **({"front_refit_error": [float(f"{e:.3g}") for e in self.front_error]} if self.front_error else {}),
             "method": "rotate",
             "width_before": self.width_before,
             "width_after": self.width_after,
@@ -88,11 +105,15 @@ def _plan(adapter: ArchAdapter):
     """Sort the adapter's hidden-width cuts into stream embeddings, norms, readers, writers and
     the non-linear square heads (with their readers)."""
     heads = adapter.rotation_heads()
+    front = adapter.rotation_front()
+    front_ids = {id(front.inner[0]), id(front.inner[1]), id(front.writer)} if front is not None else set()
     square_ids = {id(lin) for lin, _ in heads}
     head_reader_ids = {id(r) for _, readers in heads for r in readers}
     embeddings, norms, readers, writers = [], [], [], []
     for cut in adapter.hidden_cuts():
         m = cut.module
+        if id(m) in front_ids:
+            continue  # the front end's own rule (rotate_hidden)
         if cut.name is not None or cut.conv_groups > 1:
             raise UnsupportedArchitectureError(
                 f"hidden rotation cannot rotate raw parameter {type(m).__name__}.{cut.name or 'weight'}"
@@ -111,7 +132,7 @@ def _plan(adapter: ArchAdapter):
             (readers if cut.axis == 1 else writers).append(m)
         else:
             raise UnsupportedArchitectureError(f"hidden rotation has no rule for {type(m).__name__}")
-    return embeddings, norms, readers, writers, heads
+    return embeddings, norms, readers, writers, heads, front
 
 
 def _token_rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -170,19 +191,20 @@ def rotate_hidden(
     ``projections``: a :class:`~pakd_hf.distill.HiddenProjections` whose inputs are this
     model's hidden states; their weights are rotated so they keep mapping to the teacher.
     Raises :class:`UnsupportedArchitectureError` for families without a rule (BERT/RoBERTa:
-    post-LN; Llama/Qwen/Mistral: pre-RMSNorm) and ``ValueError`` for a ``keep`` outside
+    post-LN; Llama/Qwen/Mistral: pre-RMSNorm; Whisper: pre-LayerNorm with a refitted front end) and ``ValueError`` for a ``keep`` outside
     ``[2, width]``.
     REBUILD THE OPTIMIZER AFTERWARDS.
     """
     adapter = adapter or get_adapter(model)
     model = adapter.model
-    embeddings, norms, readers, writers, heads = _plan(adapter)
+    embeddings, norms, readers, writers, heads, front = _plan(adapter)
     pre_norms = adapter.rotation_pre_norms()  # None: post-LN, the stream is the norms' outputs
-    if pre_norms is not None and not all(is_rms_norm(n) for n in norms):
-        raise UnsupportedArchitectureError("hidden rotation of a pre-norm stream is written for RMSNorms")
-    if pre_norms is None and not all(isinstance(n, nn.LayerNorm) for n in norms):
+    layer_norms = all(isinstance(n, nn.LayerNorm) for n in norms)
+    if pre_norms is not None and not (layer_norms or all(is_rms_norm(n) for n in norms)):
+        raise UnsupportedArchitectureError("hidden rotation of a pre-norm stream needs RMSNorms or LayerNorms, not both")
+    if pre_norms is None and not layer_norms:
         raise UnsupportedArchitectureError("hidden rotation of a post-LN stream needs LayerNorms")
-    centring = pre_norms is None  # a LayerNorm subtracts the mean: the basis keeps the mean direction
+    centring = layer_norms  # a LayerNorm subtracts the mean: the basis keeps the mean direction
     structure = Structure.from_model(model, adapter)
     d = len(structure.hidden)
     if not 2 <= keep <= d:
@@ -208,10 +230,13 @@ def rotate_hidden(
     def add_moment(x, mask):
         x = _token_rows(x, mask).to(device, acc)
         if pre_norms is not None:
+            if centring:
+                x = x - x.mean(1, keepdim=True)  # what a pre-LayerNorm normalises
             x = x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
         moment.add_(x.T @ x)
         count[0] += x.shape[0]
 
+    first_values = [_first_value(adapter, model, b) for b in batches] if front is not None else None
     if pre_norms is None:
         _run(model, batches, [(n, lambda io, mask: add_moment(io[1], mask), False) for n in norms])
     else:
@@ -266,18 +291,37 @@ def rotate_hidden(
             hooks.append((head_readers[0], fn, True))  # what the readers see: after the non-linearity
         else:
             hooks.append((square, lambda io, mask, fn=fn: fn(io[1], mask), False))
+    inner_stats = {"sum": None, "sq": None, "n": 0}
+    if front is not None:
+        def add_inner(a, mask):  # the inner module's activations as its reader sees them: [B, C, T]
+            a = a.transpose(1, -1).reshape(-1, a.shape[1]).to("cpu", f64)
+            inner_stats["sum"] = a.sum(0) + (0 if inner_stats["sum"] is None else inner_stats["sum"])
+            inner_stats["sq"] = (a * a).sum(0) + (0 if inner_stats["sq"] is None else inner_stats["sq"])
+            inner_stats["n"] += a.shape[0]
+        hooks.append((front.inner[1], add_inner, True))
     _run(model, batches, hooks)
 
     # The pre-norms' gains move into their readers (exact), multiplied in with the rotation below
     # so that a bf16 weight is rounded once.
+    # A pre-LayerNorm's bias moves into their biases (exact); a reader without one must be free to
+    # drop a constant (attention keys: the adapter's rotation_shift_free).
     folded: dict[int, torch.Tensor] = {}
     reader_ids = {id(r) for r in readers}
+    shift_free = {id(r) for r in adapter.rotation_shift_free()}
     for norm, norm_readers in pre_norms or []:
+        beta = getattr(norm, "bias", None)
         for r in norm_readers:
             if id(r) not in reader_ids:
                 raise UnsupportedArchitectureError(f"hidden rotation: a {type(r).__name__} reading a norm is not a stream reader")
             folded[id(r)] = norm.weight.detach().to(f64, copy=True)  # the gain is reset below
+            if beta is not None and r.bias is not None:
+                r.bias.add_((r.weight.to(f64) @ beta.to(r.weight.device, f64)).to(r.bias.dtype))
+            elif beta is not None and id(r) not in shift_free and beta.abs().max().item() > 0:
+                raise UnsupportedArchitectureError(
+                    f"hidden rotation: a {type(r).__name__} without a bias reads a norm with a bias")
         norm.weight.fill_(1.0)
+        if beta is not None:
+            beta.zero_()
 
     def rotate_in(lin: nn.Linear) -> None:
         w = lin.weight.to(f64)
@@ -329,8 +373,14 @@ def rotate_hidden(
             if proj.weight.shape[1] == d:
                 proj.weight.copy_((proj.weight.to(f64) @ full.to(proj.weight.device)).to(proj.weight.dtype))
 
+    if front is not None:
+        _rotate_front(front, full, keep, inner_stats)
+
     target = Structure.from_dict({**structure.to_dict(), "hidden": list(structure.hidden[:keep])})
     result = compact(model, target, adapter=adapter, check_export=False)
+    front_error = None
+    if front is not None:  # compaction made new parameters: the adapter names them again
+        front_error = _refit_front(adapter, model, batches, [v @ q.to(v.device, v.dtype) for v in first_values])
     model.train(was_training)
     return RotationResult(
         compact=result,
@@ -340,7 +390,107 @@ def rotate_hidden(
         energy_kept_coordinates=energy_coords,
         tokens=count[0] // max(len(norms), 1),
         rotation=q.float(),
+        front_error=front_error,
     )
+
+
+# The front end's refit (see rotate_hidden): Adam on the front end's own parameters, its relative
+# squared error to the rotated first value of the stream. On the speech recipe's Whisper teacher cut
+# 384 -> 128 (512 clips), 2,000 steps at 3e-3 bring the error from 0.30 to 0.014 in seconds.
+FRONT_REFIT_STEPS = 2000
+FRONT_REFIT_LR = 3e-3
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the first layer's input is seen."""
+
+
+def _first_value(adapter: ArchAdapter, model: nn.Module, batch: dict) -> torch.Tensor:
+    """The stream's first value (the first layer's input) for ``batch``; the layers do not run."""
+    seen: list[torch.Tensor] = []
+
+    def grab(module, args):
+        seen.append(args[0])
+        raise _Stop
+
+    handle = adapter.layer_list()[0].register_forward_pre_hook(grab)
+    device = next(model.parameters()).device
+    try:
+        model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise UnsupportedArchitectureError("hidden rotation: the model's forward never reached its first layer")
+    return seen[0].float()
+
+
+def _rotate_front(front, full: torch.Tensor, keep: int, stats: dict[str, Any]) -> None:
+    """Before the cut: the inner module's outputs SELECTED (mean square activation x squared
+    weight of its reader; the reader's bias takes the mean of the dropped ones), the writer's
+    outputs rotated BEFORE its non-linearity (a start for :func:`_refit_front`)."""
+    f64 = torch.float64
+    inner, reader = front.inner
+    n = max(stats["n"], 1)
+    w = reader.weight.to("cpu", f64)  # [out, in, *kernel]
+    taps = w.reshape(w.shape[0], w.shape[1], -1)
+    score = stats["sq"] / n * (taps ** 2).sum((0, 2))
+    order = score.argsort(descending=True)
+    kept, dropped = order[:keep].sort().values, order[keep:]
+    perm = torch.cat([kept, dropped])
+    if reader.bias is not None and len(dropped):  # every tap sees the channel's mean (away from the edges)
+        shift = taps.sum(2)[:, dropped] @ (stats["sum"][dropped] / n)
+        reader.bias.add_(shift.to(reader.bias.device, reader.bias.dtype))
+    reader.weight.copy_(reader.weight[:, perm.to(reader.weight.device)])
+    inner.weight.copy_(inner.weight[perm.to(inner.weight.device)])
+    if inner.bias is not None:
+        inner.bias.copy_(inner.bias[perm.to(inner.bias.device)])
+    writer = front.writer
+    r = full.T.to(writer.weight.device)
+    shape = writer.weight.shape
+    writer.weight.copy_((r @ writer.weight.to(f64).reshape(shape[0], -1)).reshape(shape).to(writer.weight.dtype))
+    if writer.bias is not None:
+        writer.bias.copy_((r @ writer.bias.to(f64)).to(writer.bias.dtype))
+
+
+def _refit_front(adapter: ArchAdapter, model: nn.Module, batches: list[dict],
+                 targets: list[torch.Tensor]) -> tuple[float, float]:
+    """Fit the cut model's front end (the adapter's ``rotation_front().refit``) so that the
+    stream's first value matches ``targets`` (the uncut model's, rotated and cut); returns the
+    mean relative squared error before and after. Keeps the start if the fit made it worse."""
+    params = adapter.rotation_front().refit
+    start = [p.detach().clone() for p in params]
+    flags = [p.requires_grad for p in params]
+
+    def error(i: int) -> torch.Tensor:
+        t = targets[i]
+        return (_first_value(adapter, model, batches[i]) - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12)
+
+    def mean_error() -> float:
+        return sum(error(i).item() for i in range(len(batches))) / len(batches)
+
+    before = mean_error()
+    with torch.enable_grad():
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=FRONT_REFIT_LR)
+        try:
+            for step in range(FRONT_REFIT_STEPS):
+                loss = error(step % len(batches))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+                p.grad = None
+    after = mean_error()
+    if not after < before:
+        for p, value in zip(params, start):
+            p.copy_(value)
+        after = before
+    return before, after
 
 
 def _complement(q: torch.Tensor) -> torch.Tensor:
