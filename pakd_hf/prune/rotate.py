@@ -31,8 +31,8 @@ last GELU, so no stock weight can take the rotation there. Its front end (the ad
 outputs are rotated before the GELU (a start only), and after the cut conv1, conv2 and the
 positions are fitted (Adam, :data:`FRONT_REFIT_STEPS`) to the rotated first value of the stream
 measured before the cut. Everything after the first layer's input is exact at full width (tested);
-the speech recipe's teacher cut 384 -> 128 without training keeps 0.444 validation accuracy
-rotated against 0.099 with the best coordinates (0.77 if its front end took the rotation exactly).
+the speech recipe's teacher cut 384 -> 128 without training keeps 0.265 validation accuracy
+rotated against 0.083 with the best coordinates (uncut 0.935; results/speech-rotation).
 
 BERT is post-LN, and a LayerNorm's per-dimension gain does not commute with a rotation, so this
 module rotates approximately, with these choices:
