@@ -13,7 +13,8 @@ statistic the rotation itself reads). Both
 cuts see the first `--calibration` training examples of the recipe's split; the score is the
 recipe's metric (accuracy, or perplexity for a causal LM) on its validation split. The
 coordinate cut is compacted as the engine compacts (the norms then normalise over the kept
-coordinates, with no gain correction); the rotation scales its norms by what it kept.
+coordinates, with no gain correction); the rotation scales its norms by what it kept. A
+non-linear front end (Whisper) is refitted after either cut (both are also scored without it).
 """
 
 import argparse
@@ -23,13 +24,25 @@ import torch
 
 from pakd_hf import load_recipe
 from pakd_hf.prune import Structure, compact, get_adapter
-from pakd_hf.prune.rotate import rotate_hidden
+from pakd_hf.prune.rotate import FRONT_REFIT_STEPS, refit_front, rotate_hidden
 from pakd_hf.pipeline.compress import load_data
 from pakd_hf.pipeline.tasks import ADAPTERS
 
 
 @torch.no_grad()
-def best_coordinates(model, calib, keep):
+def first_values(model, calib):
+    """The stream's first value (the first layer's input) on each calibration batch."""
+    seen = []
+    handle = get_adapter(model).layer_list()[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].float()))
+    model.eval()
+    for batch in calib:
+        model(**batch)
+    handle.remove()
+    return seen
+
+
+@torch.no_grad()
+def best_coordinates(model, calib, keep, refit=True):
     adapter = get_adapter(model)
     pre_norm = adapter.rotation_pre_norms() is not None
     moment = torch.zeros(model.config.hidden_size, dtype=torch.float64)
@@ -59,7 +72,14 @@ def best_coordinates(model, calib, keep):
     cut = copy.deepcopy(model)
     base = Structure.from_model(cut)
     kept = sorted(moment.argsort(descending=True)[:keep].tolist())
+    firsts = first_values(model, calib) if adapter.rotation_front() is not None else None
     compact(cut, Structure.from_dict({**base.to_dict(), "hidden": kept}), check_export=False)
+    if firsts is not None:
+        # A non-linear front end (Whisper's conv1 feeds conv2 at the stream's width, so cutting
+        # its channels changes conv2's output) is refitted to the kept coordinates, as the
+        # rotation's is refitted to the rotated stream: both cuts get the same help.
+        refit_front(get_adapter(cut), cut, calib, [x[..., kept] for x in firsts],
+                    steps=FRONT_REFIT_STEPS if refit else 0)
     return cut
 
 
@@ -91,6 +111,11 @@ def main():
     print(f"{'uncut':<18} {score(model):.4f}")
     print(f"{'rotated':<18} {score(rotated):.4f}")
     print(f"{'best coordinates':<18} {score(best_coordinates(model, calib, a.keep)):.4f}")
+    if result.front_error:  # both cuts again without the front end's refit
+        bare = copy.deepcopy(model)
+        rotate_hidden(bare, calib, a.keep, front_steps=0)
+        print(f"{'rotated, front end not refitted':<18} {score(bare):.4f}")
+        print(f"{'best coordinates, front end not refitted':<18} {score(best_coordinates(model, calib, a.keep, refit=False)):.4f}")
     print(f"stream energy kept: rotated {result.energy_kept:.1%}, best coordinates {result.energy_kept_coordinates:.1%}")
     if result.front_error:
         print(f"front end refitted: relative squared error {result.front_error[0]:.3f} -> {result.front_error[1]:.3f}")

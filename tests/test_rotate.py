@@ -199,11 +199,12 @@ def test_rotate_is_refused_for_pre_ln_families_before_training(tmp_path):
 
 
 def _whisper(seed=0):
-    """A 2-layer Whisper classifier (d_model 32, 4 heads of 8) whose norms' gains and biases and
-    all biases are away from their init, so that every fold matters."""
+    """A 2-layer Whisper classifier (d_model 32, 4 heads of 8), weights at std 0.2 so that every
+    block writes into the stream, norms' gains and biases and all biases away from their init, so
+    that every fold matters."""
     from toy import tiny_whisper
 
-    model = tiny_whisper(seed=seed, layers=2).eval()
+    model = tiny_whisper(seed=seed, layers=2, init_std=0.2).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -217,41 +218,78 @@ def _whisper_batches(n=4, size=8):
     return [{"input_features": torch.randn(size, 80, 100, generator=g)} for _ in range(n)]
 
 
-def _first_values(model, batches):
-    seen = []
-    handle = model.encoder.layers[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
-    logits(model, batches)
-    handle.remove()
-    return seen
+def _stream(model, batches, first=None):
+    """Each layer's output (the stream) and the logits; ``first``: a first value per batch to
+    feed the first layer instead of the model's own front end's."""
+    outs, logit = [], []
+    for i, batch in enumerate(batches):
+        seen = []
+        handles = [layer.register_forward_hook(lambda m, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+                   for layer in model.encoder.layers]
+        if first is not None:
+            handles.append(model.encoder.layers[0].register_forward_pre_hook(
+                lambda m, args, kw, x=first[i]: ((x,) + args[1:], kw), with_kwargs=True))
+        logit.append(logits(model, [batch]))
+        for h in handles:
+            h.remove()
+        outs.append(seen)
+    return [torch.cat(layer) for layer in zip(*outs)], torch.cat(logit)
 
 
 def test_whisper_rotation_is_exact_behind_its_front_end():
     """Pre-LayerNorm Whisper: gains and biases fold into the readers (k_proj has no bias: a key
     shift the softmax ignores), the stream is rotated with the mean direction kept. Fed the
-    original first value of the stream, rotated, the full-width model computes what it did; its
-    own non-linear front end (gelu after conv2) cannot take the rotation and is refitted."""
+    original first value of the stream, rotated, the full-width model's stream is the original's
+    rotated, layer by layer, and so are its logits (with a uniform final gain, whose diagonal rule
+    is then exact); its own non-linear front end cannot take the rotation and is refitted."""
     model = _whisper()
     with torch.no_grad():
-        model.encoder.layer_norm.weight.fill_(0.7)  # the final norm's diagonal rule is exact for a uniform gain
+        model.encoder.layer_norm.weight.fill_(0.7)
     batches = _whisper_batches()
-    before, firsts = logits(model, batches), _first_values(model, batches)
-    k_bias_shift = model.encoder.layers[0].self_attn.k_proj.weight @ model.encoder.layers[0].self_attn_layer_norm.bias
-    assert k_bias_shift.abs().max() > 0.05  # the dropped key shift is not zero
+    firsts = []
+    handle = model.encoder.layers[0].register_forward_pre_hook(lambda m, args: firsts.append(args[0].detach().clone()))
+    layers_before, before = _stream(model, batches)
+    handle.remove()
+    attn = model.encoder.layers[0].self_attn
+    assert (attn.k_proj.weight @ model.encoder.layers[0].self_attn_layer_norm.bias).abs().max() > 0.1  # a real key shift
     result = rotate_hidden(model, batches, 32)
     assert result.width_after == 32 and result.energy_kept == pytest.approx(1.0)
     q = result.rotation
-    got = []
-    for batch, first in zip(batches, firsts):
-        handle = model.encoder.layers[0].register_forward_pre_hook(
-            lambda m, args, kw, first=first: ((first @ q,) + args[1:], kw), with_kwargs=True)
-        got.append(logits(model, [batch]))
-        handle.remove()
-    torch.testing.assert_close(torch.cat(got), before, rtol=0, atol=1e-4)
     assert not torch.allclose(q, torch.eye(32), atol=0.1)  # really rotated
+    layers_after, after = _stream(model, batches, first=[x @ q for x in firsts])
+    for was, now in zip(layers_before, layers_after):
+        assert (now - was @ q).norm() <= 1e-5 * was.norm()
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+    assert before.abs().max() > 0.5  # logits that a wrong fold would move
     error_before, error_after = result.front_error
     assert error_after < 0.5 * error_before
     assert result.record()["front_refit_error"] == [float(f"{error_before:.3g}"), float(f"{error_after:.3g}")]
-    assert all(not p.requires_grad for p in [model.encoder.embed_positions.weight])  # left as it was
+    assert not model.encoder.embed_positions.weight.requires_grad  # left as it was
+
+
+def test_whisper_front_refit_keeps_its_start_when_it_gets_worse(monkeypatch):
+    import pakd_hf.prune.rotate as rotate
+
+    monkeypatch.setattr(rotate, "FRONT_REFIT_LR", 1e4)  # diverges
+    model = _whisper()
+    result = rotate_hidden(model, _whisper_batches(), 16, front_steps=20)
+    assert result.front_error[1] == result.front_error[0]
+    start = _whisper()
+    rotate_hidden(start, _whisper_batches(), 16, front_steps=0)
+    for (name, p), (_, p0) in zip(model.named_parameters(), start.named_parameters()):
+        torch.testing.assert_close(p, p0, rtol=0, atol=0, msg=name)
+
+
+def test_whisper_reader_without_bias_is_refused_before_anything_changes():
+    from pakd_hf.arch import UnsupportedArchitectureError
+
+    model = _whisper()
+    model.encoder.layers[1].self_attn.q_proj.bias = None  # a query without a bias cannot take the norm's bias
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(UnsupportedArchitectureError, match="without a bias reads a norm with a bias"):
+        rotate_hidden(model, _whisper_batches(), 16)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
 
 
 def test_whisper_rotated_and_cut_is_a_stock_model(tmp_path):

@@ -30,7 +30,8 @@ last GELU, so no stock weight can take the rotation there. Its front end (the ad
 ``rotation_front``) is handled apart: conv1's outputs are SELECTED like a square head's, conv2's
 outputs are rotated before the GELU (a start only), and after the cut conv1, conv2 and the
 positions are fitted (Adam, :data:`FRONT_REFIT_STEPS`) to the rotated first value of the stream
-measured before the cut. Everything after the first layer's input is exact at full width (tested);
+measured before the cut. At full width everything after the first layer's input is exact up to the
+final norm's diagonal gain rule (as for decoders; tested with a uniform final gain);
 the speech recipe's teacher cut 384 -> 128 without training keeps 0.265 validation accuracy
 rotated against 0.083 with the best coordinates (uncut 0.935; results/speech-rotation).
 
@@ -72,6 +73,14 @@ from ..arch import ArchAdapter, UnsupportedArchitectureError, get_adapter
 from ..arch.base import is_rms_norm
 from ..arch.structure import Structure
 from .compact import CompactResult, compact
+
+
+# The front end's refit (see rotate_hidden): Adam on the front end's own parameters, its relative
+# squared error to the rotated first value of the stream. On the speech recipe's Whisper teacher cut
+# 384 -> 128 (512 clips), 2,000 steps at 3e-3 bring the error from 0.348 to 0.024 in under a
+# minute (results/speech-rotation).
+FRONT_REFIT_STEPS = 2000
+FRONT_REFIT_LR = 3e-3
 
 
 @dataclass
@@ -184,12 +193,15 @@ def rotate_hidden(
     *,
     adapter: ArchAdapter | None = None,
     projections: Any = None,
+    front_steps: int = FRONT_REFIT_STEPS,
 ) -> RotationResult:
     """Rotate ``model``'s hidden stream onto its principal directions (measured on ``batches``,
     dicts of model inputs) and cut it to ``keep``; returns a :class:`RotationResult`.
 
     ``projections``: a :class:`~pakd_hf.distill.HiddenProjections` whose inputs are this
     model's hidden states; their weights are rotated so they keep mapping to the teacher.
+    ``front_steps``: the Adam steps of a non-linear front end's refit (:func:`refit_front`;
+    0: the rotated start only).
     Raises :class:`UnsupportedArchitectureError` for families without a rule (BERT/RoBERTa:
     post-LN; Llama/Qwen/Mistral: pre-RMSNorm; Whisper: pre-LayerNorm with a refitted front end) and ``ValueError`` for a ``keep`` outside
     ``[2, width]``.
@@ -205,6 +217,7 @@ def rotate_hidden(
     if pre_norms is None and not layer_norms:
         raise UnsupportedArchitectureError("hidden rotation of a post-LN stream needs LayerNorms")
     centring = layer_norms  # a LayerNorm subtracts the mean: the basis keeps the mean direction
+    _check_pre_norms(pre_norms or [], readers, adapter.rotation_shift_free())
     structure = Structure.from_model(model, adapter)
     d = len(structure.hidden)
     if not 2 <= keep <= d:
@@ -236,7 +249,8 @@ def rotate_hidden(
         moment.add_(x.T @ x)
         count[0] += x.shape[0]
 
-    first_values = [_first_value(adapter, model, b) for b in batches] if front is not None else None
+    # on the host: a 30 s Whisper window's 1,500 frames x 512 clips would crowd a GPU
+    first_values = [_first_value(adapter, model, b).cpu() for b in batches] if front is not None else None
     if pre_norms is None:
         _run(model, batches, [(n, lambda io, mask: add_moment(io[1], mask), False) for n in norms])
     else:
@@ -306,19 +320,12 @@ def rotate_hidden(
     # A pre-LayerNorm's bias moves into their biases (exact); a reader without one must be free to
     # drop a constant (attention keys: the adapter's rotation_shift_free).
     folded: dict[int, torch.Tensor] = {}
-    reader_ids = {id(r) for r in readers}
-    shift_free = {id(r) for r in adapter.rotation_shift_free()}
     for norm, norm_readers in pre_norms or []:
         beta = getattr(norm, "bias", None)
-        for r in norm_readers:
-            if id(r) not in reader_ids:
-                raise UnsupportedArchitectureError(f"hidden rotation: a {type(r).__name__} reading a norm is not a stream reader")
+        for r in norm_readers:  # checked by _check_pre_norms before anything changed
             folded[id(r)] = norm.weight.detach().to(f64, copy=True)  # the gain is reset below
             if beta is not None and r.bias is not None:
                 r.bias.add_((r.weight.to(f64) @ beta.to(r.weight.device, f64)).to(r.bias.dtype))
-            elif beta is not None and id(r) not in shift_free and beta.abs().max().item() > 0:
-                raise UnsupportedArchitectureError(
-                    f"hidden rotation: a {type(r).__name__} without a bias reads a norm with a bias")
         norm.weight.fill_(1.0)
         if beta is not None:
             beta.zero_()
@@ -380,7 +387,7 @@ def rotate_hidden(
     result = compact(model, target, adapter=adapter, check_export=False)
     front_error = None
     if front is not None:  # compaction made new parameters: the adapter names them again
-        front_error = _refit_front(adapter, model, batches, [v @ q.to(v.device, v.dtype) for v in first_values])
+        front_error = refit_front(adapter, model, batches, [v @ q.to(v.dtype) for v in first_values], steps=front_steps)
     model.train(was_training)
     return RotationResult(
         compact=result,
@@ -394,11 +401,19 @@ def rotate_hidden(
     )
 
 
-# The front end's refit (see rotate_hidden): Adam on the front end's own parameters, its relative
-# squared error to the rotated first value of the stream. On the speech recipe's Whisper teacher cut
-# 384 -> 128 (512 clips), 2,000 steps at 3e-3 bring the error from 0.30 to 0.014 in seconds.
-FRONT_REFIT_STEPS = 2000
-FRONT_REFIT_LR = 3e-3
+def _check_pre_norms(pre_norms, readers: list[nn.Linear], shift_free: list[nn.Linear]) -> None:
+    """Before anything changes: every Linear reading a pre-norm is a stream reader, and one without
+    a bias reads a norm without one, or may drop a constant (``rotation_shift_free``)."""
+    reader_ids, free = {id(r) for r in readers}, {id(r) for r in shift_free}
+    for norm, norm_readers in pre_norms:
+        beta = getattr(norm, "bias", None)
+        for r in norm_readers:
+            if id(r) not in reader_ids:
+                raise UnsupportedArchitectureError(f"hidden rotation: a {type(r).__name__} reading a norm is not a stream reader")
+            if r.bias is None and beta is not None and id(r) not in free and beta.abs().max().item() > 0:
+                raise UnsupportedArchitectureError(
+                    f"hidden rotation: a {type(r).__name__} without a bias reads a norm with a bias, and its output "
+                    "cannot drop a constant")
 
 
 class _Stop(Exception):
@@ -429,7 +444,7 @@ def _first_value(adapter: ArchAdapter, model: nn.Module, batch: dict) -> torch.T
 def _rotate_front(front, full: torch.Tensor, keep: int, stats: dict[str, Any]) -> None:
     """Before the cut: the inner module's outputs SELECTED (mean square activation x squared
     weight of its reader; the reader's bias takes the mean of the dropped ones), the writer's
-    outputs rotated BEFORE its non-linearity (a start for :func:`_refit_front`)."""
+    outputs rotated BEFORE its non-linearity (a start for :func:`refit_front`)."""
     f64 = torch.float64
     inner, reader = front.inner
     n = max(stats["n"], 1)
@@ -454,12 +469,15 @@ def _rotate_front(front, full: torch.Tensor, keep: int, stats: dict[str, Any]) -
         writer.bias.copy_((r @ writer.bias.to(f64)).to(writer.bias.dtype))
 
 
-def _refit_front(adapter: ArchAdapter, model: nn.Module, batches: list[dict],
-                 targets: list[torch.Tensor]) -> tuple[float, float]:
-    """Fit the cut model's front end (the adapter's ``rotation_front().refit``) so that the
-    stream's first value matches ``targets`` (the uncut model's, rotated and cut); returns the
-    mean relative squared error before and after. Keeps the start if the fit made it worse."""
+def refit_front(adapter: ArchAdapter, model: nn.Module, batches: list[dict],
+                targets: list[torch.Tensor], steps: int = FRONT_REFIT_STEPS) -> tuple[float, float]:
+    """Fit a cut model's front end (the adapter's ``rotation_front().refit``) so that the
+    stream's first value on each of ``batches`` matches ``targets`` (the uncut model's, rotated
+    and cut, or its kept coordinates: ``benchmarks/hidden_cut.py`` refits both cuts); returns
+    the mean relative squared error before and after. Keeps the start if the fit made it worse."""
     params = adapter.rotation_front().refit
+    device = params[0].device
+    targets = [t.to(device) for t in targets]
     start = [p.detach().clone() for p in params]
     flags = [p.requires_grad for p in params]
 
@@ -470,13 +488,14 @@ def _refit_front(adapter: ArchAdapter, model: nn.Module, batches: list[dict],
     def mean_error() -> float:
         return sum(error(i).item() for i in range(len(batches))) / len(batches)
 
-    before = mean_error()
+    with torch.no_grad():
+        before = mean_error()
     with torch.enable_grad():
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(params, lr=FRONT_REFIT_LR)
         try:
-            for step in range(FRONT_REFIT_STEPS):
+            for step in range(steps):
                 loss = error(step % len(batches))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -485,11 +504,12 @@ def _refit_front(adapter: ArchAdapter, model: nn.Module, batches: list[dict],
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
                 p.grad = None
-    after = mean_error()
-    if not after < before:
-        for p, value in zip(params, start):
-            p.copy_(value)
-        after = before
+    with torch.no_grad():
+        after = mean_error()
+        if not after < before:
+            for p, value in zip(params, start):
+                p.copy_(value)
+            after = before
     return before, after
 
 
