@@ -431,7 +431,10 @@ def _prepare_teacher(recipe: Recipe, out: Path, data, labels, adapter, quick: bo
             step = trainer.state.best_global_step
             info["best_epoch"] = next((round(float(e["epoch"]), 3) for e in trainer.state.log_history
                                        if e.get("step") == step and f"eval_{best['metric_for_best_model']}" in e), None)
-            procs.wait()  # every process has loaded the best checkpoint before its folder goes
+        # Every process has left its Trainer (and loaded the best checkpoint) before the main one
+        # removes the run folder: without keep_best nothing made the others wait here, so a process
+        # still ending its train() could find the folder gone.
+        procs.wait()
         if procs.is_main:
             _keep_logs(out / ".teacher-run", out / "runs" / "teacher")
             shutil.rmtree(out / ".teacher-run", ignore_errors=True)
