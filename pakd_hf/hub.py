@@ -692,6 +692,28 @@ ONNX_PUSH_PATTERNS = [
 ]
 
 
+def _public_file(path: Path) -> str | bytes:
+    """What the Hub receives for a file to push: its path, or for the run's own records
+    (``pakd_recipe.yaml``, ``pakd.json``) their text with this machine's folders shortened to their
+    last part as the card shows them (a local teacher or data set folder; a folder of the Hub's
+    cache becomes its Hub id). The local files stay as they are: a rerun on this machine needs them."""
+    if path.name == "pakd_recipe.yaml":
+        text = path.read_text()
+        public = _public_recipe(text)
+        return public.encode() if public != text else str(path)
+    if path.name == "pakd.json":
+        try:
+            info = json.loads(path.read_text())
+        except ValueError:
+            return str(path)
+        teacher = info.get("teacher") if isinstance(info, dict) else None
+        name = teacher.get("name_or_path") if isinstance(teacher, dict) else None
+        if isinstance(name, str) and _is_local(name):
+            teacher["name_or_path"] = _hub_cache_id(name) or _last_part(name)
+            return (json.dumps(info, indent=2) + "\n").encode()
+    return str(path)
+
+
 def _files_to_push(folder: Path) -> list[str]:
     def listed(where: Path, patterns: list[str]) -> list[Path]:
         return [p for p in where.iterdir()
@@ -764,7 +786,7 @@ def push_folder(
     Raises :class:`PushError` with one message naming what happened and what to do. The local
     folder is only read.
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(student_dir)
@@ -788,9 +810,9 @@ def push_folder(
             try:
                 if revision and revision != "main":
                     api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
-                info = api.upload_folder(
-                    repo_id=repo_id, folder_path=str(folder), allow_patterns=files, revision=revision,
-                    commit_message=commit_message, token=token,
+                info = api.create_commit(
+                    repo_id, operations=[CommitOperationAdd(f, _public_file(folder / f)) for f in files],
+                    revision=revision, commit_message=commit_message, token=token,
                 )
             except BaseException as exc:
                 if created:  # the repository this call made, still empty: remove it again

@@ -331,3 +331,40 @@ def test_pakd_internal_files_are_never_pushed(compressed, hub_server, monkeypatc
     push_folder(folder, "pakd/checkpoint-like", token=TOKEN)
     stored = set(hub_server.files("pakd/checkpoint-like", "main"))
     assert not stored & INTERNAL_FILES and "model.safetensors" in stored
+
+
+def test_push_publishes_no_local_folder(compressed, hub_server, monkeypatch, tmp_path):
+    """The pushed pakd_recipe.yaml and pakd.json name a local teacher and data set by their last
+    part, as the card does; the files on disk keep the run's paths; files without a path go up
+    byte for byte."""
+    import shutil
+
+    folder = tmp_path / "student"
+    shutil.copytree(compressed["folder"], folder)
+    private = tmp_path / "private space"
+    (private / "my-teacher").mkdir(parents=True)
+    recipe = folder / "pakd_recipe.yaml"
+    recipe.write_text(recipe.read_text() + f"teacher:\n  model: '{private}/my-teacher'  # kept\n"
+                      f"data:\n  dataset: {private}/my-data\n")
+    info = json.loads((folder / "pakd.json").read_text())
+    info["teacher"]["name_or_path"] = str(private / "my-teacher")
+    (folder / "pakd.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_card(folder, compressed["report"], repo_id="pakd/private-paths", dataset={"id": "toy"})
+    before = _tree_digest(folder)
+    hub_server.add_user("pakd", TOKEN)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    push_folder(folder, "pakd/private-paths", token=TOKEN)
+    assert _tree_digest(folder) == before
+    stored = hub_server.files("pakd/private-paths", "main")
+    assert set(stored) - {".gitattributes"} == EXPECTED_FILES
+    for name in ("pakd_recipe.yaml", "pakd.json"):
+        assert b"private" not in stored[name] and str(tmp_path).encode() not in stored[name]
+        assert str(private).encode() in (folder / name).read_bytes()
+    pushed = yaml.safe_load(stored["pakd_recipe.yaml"])
+    assert pushed["teacher"]["model"] == "my-teacher" and pushed["data"]["dataset"] == "my-data"
+    assert b"# kept" in stored["pakd_recipe.yaml"]
+    assert json.loads(stored["pakd.json"])["teacher"]["name_or_path"] == "my-teacher"
+    assert {k: v for k, v in json.loads(stored["pakd.json"]).items() if k != "teacher"} == \
+        {k: v for k, v in info.items() if k != "teacher"}
+    for name in ("config.json", "README.md"):
+        assert stored[name] == (folder / name).read_bytes()
