@@ -280,6 +280,28 @@ def test_whisper_front_refit_keeps_its_start_when_it_gets_worse(monkeypatch):
         torch.testing.assert_close(p, p0, rtol=0, atol=0, msg=name)
 
 
+def test_rotation_gives_back_the_callers_mode_also_when_it_fails(monkeypatch):
+    """The statistics are measured in eval mode; a model handed over in train mode is in train
+    mode afterwards, also when the front end's refit raises half way."""
+    import pakd_hf.prune.rotate as rotate
+
+    model = _whisper().train()
+    rotate_hidden(model, _whisper_batches(), 16, front_steps=2)
+    assert model.training and all(m.training for m in model.modules())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("refit failed")
+
+    monkeypatch.setattr(rotate, "refit_front", broken)
+    model = _whisper().train()
+    with pytest.raises(RuntimeError, match="refit failed"):
+        rotate_hidden(model, _whisper_batches(), 16)
+    assert model.training
+    model = _whisper().eval()
+    rotate_hidden(model, _whisper_batches(), 16, front_steps=0)
+    assert not model.training
+
+
 def test_whisper_reader_without_bias_is_refused_before_anything_changes():
     from pakd_hf.arch import UnsupportedArchitectureError
 

@@ -207,6 +207,16 @@ def rotate_hidden(
     ``[2, width]``.
     REBUILD THE OPTIMIZER AFTERWARDS.
     """
+    was_training = model.training
+    try:
+        return _rotate_hidden(model, batches, keep, adapter=adapter, projections=projections, front_steps=front_steps)
+    finally:  # also when a check refuses the model or the refit fails: the caller's mode comes back
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _rotate_hidden(model: nn.Module, batches: Iterable[dict], keep: int, *, adapter: ArchAdapter | None,
+                   projections: Any, front_steps: int) -> RotationResult:
     adapter = adapter or get_adapter(model)
     model = adapter.model
     embeddings, norms, readers, writers, heads, front = _plan(adapter)
@@ -227,7 +237,6 @@ def rotate_hidden(
     batches = list(batches)
     if not batches:
         raise ValueError("hidden rotation needs calibration batches")
-    was_training = model.training
     model.eval()
     f64 = torch.float64
     # The statistics add up where the model runs (a decoder has 2 norms a layer, each d x d per
@@ -388,7 +397,6 @@ def rotate_hidden(
     front_error = None
     if front is not None:  # compaction made new parameters: the adapter names them again
         front_error = refit_front(adapter, model, batches, [v @ q.to(v.dtype) for v in first_values], steps=front_steps)
-    model.train(was_training)
     return RotationResult(
         compact=result,
         width_before=d,
