@@ -120,19 +120,49 @@ def public_command(command: str) -> str:
     return _TOKEN.sub(lambda m: short(m.group(0)), command)
 
 
+def _public_path(value: str) -> str:
+    """A path on this machine as a public page shows it: a folder of the Hub's cache as its Hub id,
+    any other by its last part."""
+    return _hub_cache_id(value) or _last_part(value)
+
+
 def _public_recipe(text: str) -> str:
-    """The recipe's YAML as a public card shows it: a scalar value that is a path on this
-    machine (``teacher.model: /home/me/teacher``, ``data.dataset: ~/data``) becomes its last
-    part, as in :func:`public_command`; comments and everything else stay."""
+    """The recipe's YAML as a public card and push show it: a string value that is a path on this
+    machine (``teacher.model: /home/me/teacher``, ``data.dataset: ~/data``) becomes
+    :func:`_public_path`, as in :func:`public_command`. A recipe with no such value comes back as
+    it is. Otherwise it is parsed and written again: ``Recipe.save`` (the writer of
+    ``pakd_recipe.yaml``) wraps a long plain scalar at a space onto the next line, where a
+    line-by-line rewrite would miss the rest of the path, and it writes no comments to lose. Text
+    that is not YAML falls back to shortening each line's scalar."""
+    def shorten(node):
+        if isinstance(node, dict):
+            return {k: shorten(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [shorten(v) for v in node]
+        if isinstance(node, str) and _ABSOLUTE.match(node):
+            return _public_path(node)
+        return node
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return _public_recipe_lines(text)
+    public = shorten(data)
+    if public == data:
+        return text
+    return yaml.safe_dump(public, sort_keys=False, allow_unicode=True, width=float("inf"))
+
+
+def _public_recipe_lines(text: str) -> str:
     def line(m: re.Match) -> str:
         key, value, comment = m.group(1), m.group(2), m.group(3) or ""
         quote = value[:1] if value[:1] in "'\"" and value.endswith(value[:1]) and len(value) > 1 else ""
         bare = value[1:-1] if quote else value
         if not _ABSOLUTE.match(bare):
             return m.group(0)
-        return key + quote + _last_part(bare) + quote + comment
+        return key + quote + _public_path(bare) + quote + comment
 
-    return re.sub(r"(?m)^(\s*(?:-\s+)?[^\s:#'\"][^:#\n]*:[ \t]+)([^#\n]*?)([ \t]+#[^\n]*)?[ \t]*$", line, text)
+    return re.sub(r"(?m)^(\s*(?:-\s+)?[^\s:#'\"][^:#\n]*:[ \t]+|\s*-[ \t]+)([^#\n]*?)([ \t]+#[^\n]*)?[ \t]*$", line, text)
 
 
 def _is_local(name: str) -> bool:
@@ -694,23 +724,23 @@ ONNX_PUSH_PATTERNS = [
 
 def _public_file(path: Path) -> str | bytes:
     """What the Hub receives for a file to push: its path, or for the run's own records
-    (``pakd_recipe.yaml``, ``pakd.json``) their text with this machine's folders shortened to their
-    last part as the card shows them (a local teacher or data set folder; a folder of the Hub's
-    cache becomes its Hub id). The local files stay as they are: a rerun on this machine needs them."""
+    (``pakd_recipe.yaml``, ``pakd.json``) their text with this machine's folders shortened as the
+    card shows them (:func:`_public_recipe`; the teacher's ``name_or_path`` by :func:`_public_path`).
+    The local files stay as they are: a rerun on this machine needs them."""
     if path.name == "pakd_recipe.yaml":
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         public = _public_recipe(text)
-        return public.encode() if public != text else str(path)
+        return public.encode("utf-8") if public != text else str(path)
     if path.name == "pakd.json":
         try:
-            info = json.loads(path.read_text())
+            info = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             return str(path)
         teacher = info.get("teacher") if isinstance(info, dict) else None
         name = teacher.get("name_or_path") if isinstance(teacher, dict) else None
         if isinstance(name, str) and _is_local(name):
-            teacher["name_or_path"] = _hub_cache_id(name) or _last_part(name)
-            return (json.dumps(info, indent=2) + "\n").encode()
+            teacher["name_or_path"] = _public_path(name)
+            return (json.dumps(info, indent=1) + "\n").encode("utf-8")
     return str(path)
 
 
@@ -792,7 +822,10 @@ def push_folder(
     folder = Path(student_dir)
     if not (folder / "config.json").is_file():
         raise PushError(f"{folder} is not a saved model folder (no config.json): nothing to push")
-    files = _files_to_push(folder)
+    try:  # read before the Hub is asked anything: a file that cannot be read creates no repository
+        operations = [CommitOperationAdd(f, _public_file(folder / f)) for f in _files_to_push(folder)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PushError(f"cannot read {folder} ({type(exc).__name__}: {exc}): nothing was pushed") from None
     api = HfApi()
     token = token or api.token or None
     if not token:
@@ -811,7 +844,7 @@ def push_folder(
                 if revision and revision != "main":
                     api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
                 info = api.create_commit(
-                    repo_id, operations=[CommitOperationAdd(f, _public_file(folder / f)) for f in files],
+                    repo_id, operations=operations,
                     revision=revision, commit_message=commit_message, token=token,
                 )
             except BaseException as exc:

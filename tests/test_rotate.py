@@ -286,8 +286,13 @@ def test_rotation_gives_back_the_callers_mode_also_when_it_fails(monkeypatch):
     import pakd_hf.prune.rotate as rotate
 
     model = _whisper().train()
+    model.encoder.layers[0].eval()  # a part the caller froze on purpose stays so
     rotate_hidden(model, _whisper_batches(), 16, front_steps=2)
-    assert model.training and all(m.training for m in model.modules())
+    frozen = set(model.encoder.layers[0].modules())  # those the cut made new included
+    assert all(m.training == (m not in frozen) for m in model.modules())
+    model = _whisper().eval()
+    rotate_hidden(model, _whisper_batches(), 16, front_steps=0)
+    assert not any(m.training for m in model.modules())
 
     def broken(*args, **kwargs):
         raise RuntimeError("refit failed")
@@ -296,10 +301,7 @@ def test_rotation_gives_back_the_callers_mode_also_when_it_fails(monkeypatch):
     model = _whisper().train()
     with pytest.raises(RuntimeError, match="refit failed"):
         rotate_hidden(model, _whisper_batches(), 16)
-    assert model.training
-    model = _whisper().eval()
-    rotate_hidden(model, _whisper_batches(), 16, front_steps=0)
-    assert not model.training
+    assert all(m.training for m in model.modules())
 
 
 def test_whisper_reader_without_bias_is_refused_before_anything_changes():

@@ -207,11 +207,16 @@ def rotate_hidden(
     ``[2, width]``.
     REBUILD THE OPTIMIZER AFTERWARDS.
     """
-    was_training = model.training
+    # Every module's own mode comes back afterwards, also when a check refuses the model or the
+    # refit fails; a module the cut made new takes its parent's (named_modules: parents first).
+    modes = {m: m.training for m in model.modules()}
     try:
         return _rotate_hidden(model, batches, keep, adapter=adapter, projections=projections, front_steps=front_steps)
-    finally:  # also when a check refuses the model or the refit fails: the caller's mode comes back
-        model.train(was_training)
+    finally:
+        restored: dict[str, bool] = {}
+        for name, m in model.named_modules():
+            parent = restored.get(name.rpartition(".")[0], modes[model])
+            m.training = restored[name] = modes.get(m, parent)
 
 
 @torch.no_grad()
