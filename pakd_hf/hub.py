@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -760,6 +761,28 @@ def _files_to_push(folder: Path) -> list[str]:
 # huggingface_hub's own client waits forever, so a Hub that stalls would hang the push. Generous
 # for a commit of a few hundred MB; the environment variable PAKD_PUSH_TIMEOUT overrides it.
 PUSH_TIMEOUT = float(os.environ.get("PAKD_PUSH_TIMEOUT", 300))
+# `HfApi.create_commit` posts the commit once (only `upload_folder`'s Xet pipeline retries it), so
+# a Hub that answers 5xx for a moment would fail the push: try the commit this many times, waiting
+# 1, 2, 4 ... s between. A retry cannot commit twice: the client first asks the Hub which files
+# changed and skips those already there, so a commit that landed behind a 5xx makes the retry empty.
+COMMIT_TRIES = 4
+
+
+def _commit(api, repo_id: str, **kwargs):
+    """`api.create_commit` with :data:`COMMIT_TRIES` tries on a 5xx answer (nothing else is retried:
+    a timeout already waited :data:`PUSH_TIMEOUT`)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for attempt in range(COMMIT_TRIES):
+        try:
+            return api.create_commit(repo_id, **kwargs)
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status is None or status < 500 or attempt == COMMIT_TRIES - 1:
+                if status is not None and status >= 500:
+                    exc.add_note(f" after {COMMIT_TRIES} tries")
+                raise
+            time.sleep(2 ** attempt)
 
 
 @contextlib.contextmanager
@@ -843,8 +866,8 @@ def push_folder(
             try:
                 if revision and revision != "main":
                     api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
-                info = api.create_commit(
-                    repo_id, operations=operations,
+                info = _commit(
+                    api, repo_id, operations=operations,
                     revision=revision, commit_message=commit_message, token=token,
                 )
             except BaseException as exc:

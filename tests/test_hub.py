@@ -232,11 +232,12 @@ def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypa
     elif case == "403":
         token = OTHER  # someone else's namespace
     elif case in ("500", "500-preupload"):  # the Hub fails the commit, or the upload before it
-        hub_server.fail_next("500-commit" if case == "500" else "500-preupload", times=10)
+        hub_server.fail_next("500-commit" if case == "500" else "500-preupload", times=1000)
         import huggingface_hub.utils._http as http
 
-        # The client retries 5xx with 1-8 s back-off: skip the waiting, keep the retries.
+        # The client retries 5xx with 1-8 s back-off, and the push its commit: skip the waiting, keep the retries.
         monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+        monkeypatch.setattr(hub.time, "sleep", lambda seconds: None)
     elif case == "stall":  # the commit request is read and never answered
         hub_server.fail_next("stall-commit", times=10)
         monkeypatch.setattr(hub, "PUSH_TIMEOUT", 1.0)
@@ -263,10 +264,30 @@ def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypa
     assert _tree_digest(folder) == before
     assert len(uploads()) == commits == 0
     if case in ("500", "500-preupload"):  # the injected failures were met (the client retried into them)
-        assert hub_server._fail.get("500-commit" if case == "500" else "500-preupload", 0) < 10
+        assert hub_server._fail.get("500-commit" if case == "500" else "500-preupload", 0) < 1000
+    if case == "500":  # the commit was tried COMMIT_TRIES times, then given up
+        assert hub_server._fail["500-commit"] == 1000 - hub.COMMIT_TRIES
+        assert f"after {hub.COMMIT_TRIES} tries" in str(info.value)
     if case in ("500", "500-preupload", "stall"):  # the repository was created by this push, then the upload failed
         assert "it created was deleted again" in str(info.value) and repo not in hub_server.repos
     assert get_session().event_hooks["request"] == hooks  # the push's timeout left the user's client as it was
+
+
+def test_push_tries_the_commit_again_when_the_hub_fails_for_a_moment(compressed, hub_server, monkeypatch):
+    """create_commit posts once; two 500s on the commit cost two waits (1 s, 2 s), not the push."""
+    hub_server.add_user("pakd", TOKEN)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    waits = []
+    monkeypatch.setattr(hub.time, "sleep", waits.append)
+    repo = "pakd/flaky"
+    hub_server.fail_next("500-commit", times=2)
+    push_folder(compressed["folder"], repo, token=TOKEN)
+    assert waits == [1, 2] and "500-commit" not in hub_server._fail
+    uploads = [c for c in hub_server.commits(repo) if c.files]
+    assert len(uploads) == 1 and "config.json" in uploads[0].files
+    # A commit the Hub stored behind a 5xx makes the retry find nothing new: still one commit.
+    push_folder(compressed["folder"], repo, token=TOKEN)
+    assert len([c for c in hub_server.commits(repo) if c.files]) == 1
 
 
 def test_failed_push_keeps_a_repository_it_did_not_create(compressed, hub_server, monkeypatch):
@@ -279,6 +300,7 @@ def test_failed_push_keeps_a_repository_it_did_not_create(compressed, hub_server
     HfApi().create_repo(repo, token=TOKEN)
     hub_server.fail_next("500-commit", times=10)
     monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(hub.time, "sleep", lambda seconds: None)
     with pytest.raises(PushError, match=r"failed \(500\)") as info:
         push_folder(compressed["folder"], repo, token=TOKEN)
     assert "deleted" not in str(info.value) and repo in hub_server.repos
