@@ -310,7 +310,7 @@ class HiddenKeep(Keep):
 
     ``method: select`` (default) masks and then removes coordinates of the stream, ranked by
     ``importance`` on the stage's schedule, like the other kinds. ``method: rotate`` (BERT /
-    RoBERTa, Llama / Qwen2 / Qwen3 / Mistral, the Whisper encoder) rotates the stream onto its principal directions, measured on ``calibration``
+    RoBERTa, Llama / Qwen2 / Qwen3 / Mistral, the Whisper encoder, ViT) rotates the stream onto its principal directions, measured on ``calibration``
     training examples when the stage starts, and cuts it to ``keep`` there in one step
     (:mod:`pakd_hf.prune.rotate`); the rest of the stage then trains (and prunes the other
     kinds) at the new width."""

@@ -191,11 +191,134 @@ def test_resume_in_the_middle_of_a_rotating_stage(rotated_run):
         torch.testing.assert_close(student.state_dict()[name], value, rtol=0, atol=2e-3, msg=name)
 
 
-def test_rotate_is_refused_for_pre_ln_families_before_training(tmp_path):
-    with pytest.raises(RecipeError, match=r"stages\[1\]\.pruning\.hidden\.method.*BERT/RoBERTa.*method: select"):
-        PaKDTrainer(model=tiny_vit(seed=0), teacher_model=tiny_vit(seed=5), train_dataset=toy_images(16),
-                    recipe=recipe(task="image-classification"), args=targs(tmp_path / "run"))
+def test_rotate_is_refused_for_a_family_without_a_rule_before_training(tmp_path):
+    """wav2vec2: its feature encoder reaches the stream through a GELU, its positions through a
+    grouped convolution: one line naming the field and `method: select`, nothing written."""
+    from datasets import Dataset
+
+    from toy import tiny_wav2vec2
+
+    g = torch.Generator().manual_seed(0)
+    data = Dataset.from_dict({"input_values": torch.randn(16, 1600, generator=g).tolist(),
+                              "labels": torch.randint(0, 3, (16,), generator=g).tolist()}).with_format("torch")
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.pruning\.hidden\.method.*BERT/RoBERTa.*ViT.*method: select"):
+        PaKDTrainer(model=tiny_wav2vec2(seed=0), teacher_model=tiny_wav2vec2(seed=5), train_dataset=data,
+                    recipe=recipe(task="audio-classification"), args=targs(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def _vit(seed=0, **kw):
+    """A 2-layer ViT classifier (hidden 32, 4 heads of 8, 4 patches + the class token), weights at
+    std 0.2, norms' gains and biases and all biases moved off their init, so that every fold matters."""
+    model = tiny_vit(seed=seed, layers=2, initializer_range=0.2, **kw).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _vit_batches(n=4, size=8):
+    g = torch.Generator().manual_seed(3)
+    return [{"pixel_values": torch.randn(size, 3, 8, 8, generator=g)} for _ in range(n)]
+
+
+def _vit_stream(model, batches):
+    """Each layer's output (the stream), the tokens of all batches stacked."""
+    seen = []
+    handles = [layer.register_forward_hook(lambda m, args, out: seen.append((m, out[0] if isinstance(out, tuple) else out)))
+               for layer in model.vit.layers]
+    try:
+        logits(model, batches)
+    finally:
+        for h in handles:
+            h.remove()
+    return [torch.cat([out for m, out in seen if m is layer]) for layer in model.vit.layers]
+
+
+def test_vit_rotation_is_exact_at_full_width():
+    """Pre-LayerNorm ViT: the in-block norms' gains and biases fold into their readers, and the
+    patch projection (a convolution), the class token and the positions are rotated: nothing to
+    refit. The full-width model's stream is the original's rotated, layer by layer, and its logits
+    are the same (with a uniform final gain, whose diagonal rule is then exact)."""
+    model = _vit()
+    with torch.no_grad():
+        model.vit.layernorm.weight.fill_(0.7)
+    batches = _vit_batches()
+    layers_before, before = _vit_stream(model, batches), logits(model, batches)
+    result = rotate_hidden(model, batches, 32)
+    assert result.width_after == 32 and result.energy_kept == pytest.approx(1.0) and result.front_error is None
+    q = result.rotation
+    assert not torch.allclose(q, torch.eye(32), atol=0.1)  # really rotated
+    for was, now in zip(layers_before, _vit_stream(model, batches)):
+        assert (now - was @ q).norm() <= 1e-5 * was.norm()
+    after = logits(model, batches)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+    assert before.abs().max() > 0.5  # logits that a wrong fold would move
+
+
+def test_vit_without_qkv_biases_is_refused_before_anything_changes():
+    from pakd_hf.arch import UnsupportedArchitectureError
+
+    model = _vit(qkv_bias=False)  # queries and values cannot take the norm's bias
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(UnsupportedArchitectureError, match="without a bias reads a norm with a bias"):
+        rotate_hidden(model, _vit_batches(), 16)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_vit_rotated_and_cut_is_a_stock_model(tmp_path):
+    """Heads 4 -> 2 and the stream 32 -> 16 (2 x 8): saved, reloaded in a fresh process without
+    pakd_hf, same logits; the rotation keeps more of the stream than the best 16 coordinates."""
+    model = _vit()
+    current = Structure.from_model(model)
+    compact(model, Structure.from_dict({**current.to_dict(), "heads": [[0, 1], [1, 3]]}), check_export=False)
+    batches = _vit_batches()
+    result = rotate_hidden(model, batches, 16)
+    assert result.energy_kept > result.energy_kept_coordinates
+    assert (model.config.hidden_size, model.config.num_attention_heads) == (16, 2)
+    assert model.vit.embeddings.cls_token.shape[-1] == model.vit.embeddings.position_embeddings.shape[-1] == 16
+    model.save_pretrained(tmp_path / "student")
+    torch.save({"inputs": batches[0], "logits": logits(model, batches[:1])}, tmp_path / "expected.pt")
+    run_stock(
+        "import torch\n"
+        "from transformers import AutoModelForImageClassification\n"
+        f"model = AutoModelForImageClassification.from_pretrained({str(tmp_path / 'student')!r}).eval()\n"
+        "assert type(model).__name__ == 'ViTForImageClassification'\n"
+        f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    got = model(**exp['inputs']).logits\n"
+        "assert (got - exp['logits']).abs().max().item() <= 1e-5, (got - exp['logits']).abs().max().item()\n"
+    )
+
+
+def test_a_stage_rotates_a_vit_students_stream_while_distilling(tmp_path):
+    """`hidden: {method: rotate}` on a ViT inside PaKDTrainer, as the recipe's stage 2: the stream
+    is rotated and cut when the stage starts, heads pruned on its schedule, the hidden-state
+    projections follow, and the saved student reloads as a stock ViT."""
+    data = toy_images(32)
+    trainer = PaKDTrainer(model=tiny_vit(seed=0), teacher_model=tiny_vit(seed=5), train_dataset=data,
+                          recipe=recipe(task="image-classification"), args=targs(tmp_path / "run"))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "student"))
+    student = trainer.model
+    assert (student.config.hidden_size, student.config.num_attention_heads, student.config.num_hidden_layers) == (16, 2, 2)
+    assert all(m.in_features == 16 for m in trainer.distill_projections.maps.values())
+    rotation = json.loads((tmp_path / "student" / "pakd.json").read_text())["hidden_rotation"]
+    assert rotation["width_after"] == 16 and rotation["energy_kept"] > rotation["energy_kept_best_coordinates"]
+    inputs = {"pixel_values": data[:3]["pixel_values"]}
+    torch.save({"inputs": inputs, "logits": logits(student, [inputs])}, tmp_path / "expected.pt")
+    run_stock(
+        "import torch\n"
+        "from transformers import AutoModelForImageClassification\n"
+        f"model = AutoModelForImageClassification.from_pretrained({str(tmp_path / 'student')!r}).eval()\n"
+        f"exp = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    got = model(**exp['inputs']).logits\n"
+        "assert (got - exp['logits']).abs().max().item() <= 1e-5, (got - exp['logits']).abs().max().item()\n"
+    )
 
 
 def _whisper(seed=0):

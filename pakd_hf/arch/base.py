@@ -356,7 +356,7 @@ class ArchAdapter:
         none, ``[]``); the default raises :class:`UnsupportedArchitectureError`."""
         raise UnsupportedArchitectureError(
             f"hidden rotation (pruning.hidden.method: rotate) supports post-LayerNorm BERT/RoBERTa models, "
-            f"pre-RMSNorm Llama/Qwen/Mistral models and the pre-LayerNorm Whisper encoder, not "
+            f"pre-RMSNorm Llama/Qwen/Mistral models and the pre-LayerNorm Whisper encoder and ViT, not "
             f"{self.description or type(self.model).__name__}: "
             "use method: select"
         )

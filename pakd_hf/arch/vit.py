@@ -107,6 +107,23 @@ class ViTAdapter(ArchAdapter):
         emb = self.backbone().embeddings
         return [p for p in (emb.cls_token, emb.position_embeddings, getattr(emb, "mask_token", None)) if p is not None]
 
+    # ---------------------------------------------------------- hidden rotation
+    # Pre-LayerNorm like Whisper, and every write to the stream is linear: the patch embedding
+    # (a convolution), the class token and the positions are rotated exactly, no front end to refit.
+    def rotation_heads(self) -> list[tuple[nn.Linear, list[nn.Linear]]]:
+        return []  # the pooler's width is its own (pooler_output_size): only its input is rotated
+
+    def rotation_pre_norms(self) -> list[tuple[nn.Module, list[nn.Linear]]]:
+        # The final layernorm is left out, as for Whisper: its output is the last hidden state
+        # (a distillation target). It keeps the diagonal rule. The in-block norms' biases move into
+        # q/k/v and fc1's biases: a ViT without them (qkv_bias: false) is refused in one line.
+        out = []
+        for layer in self.layer_list():
+            a = layer.attention
+            out.append((layer.layernorm_before, [a.q_proj, a.k_proj, a.v_proj]))
+            out.append((layer.layernorm_after, [layer.mlp.fc1]))
+        return out
+
     def set_num_heads(self, attn: AttentionParts, num_heads: int) -> None:
         attn.module.num_attention_heads = num_heads
 

@@ -35,6 +35,11 @@ final norm's diagonal gain rule (as for decoders; tested with a uniform final ga
 the speech recipe's teacher cut 384 -> 128 without training keeps 0.265 validation accuracy
 rotated against 0.083 with the best coordinates (uncut 0.935; results/speech-rotation).
 
+ViT is pre-LayerNorm like Whisper and every write to its stream is linear: the patch projection
+(a convolution: its output channels are stream coordinates, ``Q^T W`` as for a Linear writer),
+the class token, the positions and the mask token (raw parameters, rotated like embedding rows).
+Nothing to refit; exact at full width up to the final norm's diagonal rule.
+
 BERT is post-LN, and a LayerNorm's per-dimension gain does not commute with a rotation, so this
 module rotates approximately, with these choices:
 
@@ -118,15 +123,18 @@ def _plan(adapter: ArchAdapter):
     front_ids = {id(front.inner[0]), id(front.inner[1]), id(front.writer)} if front is not None else set()
     square_ids = {id(lin) for lin, _ in heads}
     head_reader_ids = {id(r) for _, readers in heads for r in readers}
-    embeddings, norms, readers, writers = [], [], [], []
+    embeddings, norms, readers, writers, tensors = [], [], [], [], []
     for cut in adapter.hidden_cuts():
         m = cut.module
         if id(m) in front_ids:
             continue  # the front end's own rule (rotate_hidden)
-        if cut.name is not None or cut.conv_groups > 1:
+        if cut.conv_groups > 1:
             raise UnsupportedArchitectureError(
-                f"hidden rotation cannot rotate raw parameter {type(m).__name__}.{cut.name or 'weight'}"
+                f"hidden rotation cannot rotate grouped convolution {type(m).__name__}.{cut.name or 'weight'}"
             )
+        if cut.name is not None:  # a parameter added to the stream as it is (ViT's class token, positions)
+            tensors.append((getattr(m, cut.name), cut.axis))
+            continue
         if id(m) in square_ids:
             if cut.axis == 1:
                 readers.append(m)
@@ -139,9 +147,11 @@ def _plan(adapter: ArchAdapter):
             norms.append(m)
         elif isinstance(m, nn.Linear):
             (readers if cut.axis == 1 else writers).append(m)
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d)) and cut.axis == 0:  # ViT's patch embedding writes the stream
+            writers.append(m)
         else:
             raise UnsupportedArchitectureError(f"hidden rotation has no rule for {type(m).__name__}")
-    return embeddings, norms, readers, writers, heads, front
+    return embeddings, norms, readers, writers, tensors, heads, front
 
 
 def _token_rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -203,7 +213,8 @@ def rotate_hidden(
     ``front_steps``: the Adam steps of a non-linear front end's refit (:func:`refit_front`;
     0: the rotated start only).
     Raises :class:`UnsupportedArchitectureError` for families without a rule (BERT/RoBERTa:
-    post-LN; Llama/Qwen/Mistral: pre-RMSNorm; Whisper: pre-LayerNorm with a refitted front end) and ``ValueError`` for a ``keep`` outside
+    post-LN; Llama/Qwen/Mistral: pre-RMSNorm; Whisper: pre-LayerNorm with a refitted front end;
+    ViT: pre-LayerNorm) and ``ValueError`` for a ``keep`` outside
     ``[2, width]``.
     REBUILD THE OPTIMIZER AFTERWARDS.
     """
@@ -224,7 +235,7 @@ def _rotate_hidden(model: nn.Module, batches: Iterable[dict], keep: int, *, adap
                    projections: Any, front_steps: int) -> RotationResult:
     adapter = adapter or get_adapter(model)
     model = adapter.model
-    embeddings, norms, readers, writers, heads, front = _plan(adapter)
+    embeddings, norms, readers, writers, tensors, heads, front = _plan(adapter)
     pre_norms = adapter.rotation_pre_norms()  # None: post-LN, the stream is the norms' outputs
     layer_norms = all(isinstance(n, nn.LayerNorm) for n in norms)
     if pre_norms is not None and not (layer_norms or all(is_rms_norm(n) for n in norms)):
@@ -354,9 +365,13 @@ def _rotate_hidden(model: nn.Module, batches: Iterable[dict], keep: int, *, adap
         emb.weight.copy_((emb.weight.to(f64) @ full.to(emb.weight.device)).to(emb.weight.dtype))
     for lin in readers:
         rotate_in(lin)
-    for lin in writers:
+    for param, axis in tensors:  # its entries along `axis` are a stream vector, as an embedding row
+        rotated = param.to(f64).movedim(axis, -1) @ full.to(param.device)
+        param.copy_(rotated.movedim(-1, axis).to(param.dtype))
+    for lin in writers:  # a Linear or a convolution: output channels are stream coordinates
         r = full.T.to(lin.weight.device)
-        lin.weight.copy_((r @ lin.weight.to(f64)).to(lin.weight.dtype))
+        w = lin.weight.to(f64)
+        lin.weight.copy_((r @ w.reshape(w.shape[0], -1)).reshape(w.shape).to(lin.weight.dtype))
         if lin.bias is not None:
             lin.bias.copy_((r @ lin.bias.to(f64)).to(lin.bias.dtype))
     for n in norms:
