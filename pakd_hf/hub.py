@@ -763,26 +763,31 @@ def _files_to_push(folder: Path) -> list[str]:
 PUSH_TIMEOUT = float(os.environ.get("PAKD_PUSH_TIMEOUT", 300))
 # `HfApi.create_commit` posts the commit once (only `upload_folder`'s Xet pipeline retries it), so
 # a Hub that answers 5xx for a moment would fail the push: try the commit this many times, waiting
-# 1, 2, 4 ... s between. A retry cannot commit twice: the client first asks the Hub which files
-# changed and skips those already there, so a commit that landed behind a 5xx makes the retry empty.
+# 1, 2, 4 ... s between. Each try starts from new operations, so the client asks the Hub again which
+# files it holds and skips those equal to ours: a commit that landed behind a 5xx (a gateway timing
+# out after the Hub stored it) leaves the next try nothing to commit, not a second commit. (The same
+# operation objects would keep the answer of the first try, and commit everything again.)
 COMMIT_TRIES = 4
+_wait = time.sleep  # between tries; tests replace it
 
 
-def _commit(api, repo_id: str, **kwargs):
-    """`api.create_commit` with :data:`COMMIT_TRIES` tries on a 5xx answer (nothing else is retried:
-    a timeout already waited :data:`PUSH_TIMEOUT`)."""
+def _commit(api, repo_id: str, files: dict[str, str | bytes], **kwargs):
+    """`api.create_commit` of ``files`` (path in the repository -> a local path or the bytes) with :data:`COMMIT_TRIES`
+    tries on a 5xx answer (nothing else is retried: a timeout already waited :data:`PUSH_TIMEOUT`)."""
+    from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import HfHubHTTPError
 
     for attempt in range(COMMIT_TRIES):
         try:
-            return api.create_commit(repo_id, **kwargs)
+            operations = [CommitOperationAdd(path, data) for path, data in files.items()]
+            return api.create_commit(repo_id, operations=operations, **kwargs)
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
             if status is None or status < 500 or attempt == COMMIT_TRIES - 1:
                 if status is not None and status >= 500:
                     exc.add_note(f" after {COMMIT_TRIES} tries")
                 raise
-            time.sleep(2 ** attempt)
+            _wait(2 ** attempt)
 
 
 @contextlib.contextmanager
@@ -839,14 +844,14 @@ def push_folder(
     Raises :class:`PushError` with one message naming what happened and what to do. The local
     folder is only read.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
+    from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(student_dir)
     if not (folder / "config.json").is_file():
         raise PushError(f"{folder} is not a saved model folder (no config.json): nothing to push")
     try:  # read before the Hub is asked anything: a file that cannot be read creates no repository
-        operations = [CommitOperationAdd(f, _public_file(folder / f)) for f in _files_to_push(folder)]
+        files = {f: _public_file(folder / f) for f in _files_to_push(folder)}
     except (OSError, UnicodeDecodeError) as exc:
         raise PushError(f"cannot read {folder} ({type(exc).__name__}: {exc}): nothing was pushed") from None
     api = HfApi()
@@ -867,7 +872,7 @@ def push_folder(
                 if revision and revision != "main":
                     api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
                 info = _commit(
-                    api, repo_id, operations=operations,
+                    api, repo_id, files,
                     revision=revision, commit_message=commit_message, token=token,
                 )
             except BaseException as exc:
@@ -884,8 +889,8 @@ def push_folder(
             ) from None
         if status is not None and status >= 500:
             raise PushError(
-                f"the Hub at {endpoint} failed ({status}) while pushing '{repo_id}'; nothing was committed"
-                f"{_left(exc)}, retry later"
+                f"the Hub at {endpoint} failed ({status}) while pushing '{repo_id}'{_left(exc)}; no commit was "
+                "confirmed: retry later (a push of the same files commits only what the Hub does not hold)"
             ) from None
         raise PushError(f"push of '{repo_id}' failed: {str(exc).splitlines()[0]}{_left(exc)}") from None
     except (OSError, ConnectionError) as exc:

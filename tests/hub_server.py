@@ -79,7 +79,8 @@ repos are visible to the owner and members of the owning org only; others get 40
 
 Failure injection: ``fail_next(kind, times=1)`` or ``with failing(kind):`` for kind in ``"401"`` (the
 next request that carries a token or needs one), ``"403"`` (next write), ``"500-commit"``,
-``"500-preupload"``, ``"stall-commit"`` (the commit request is read, then not answered for 30 s or
+``"500-preupload"``, ``"500-after-commit"`` (the commit is stored, then answered 500: a gateway that
+timed out after the Hub stored it), ``"stall-commit"`` (the commit request is read, then not answered for 30 s or
 until the server stops: a Hub that hangs). Note that the client retries 5xx with backoff (1, 2, 4, 8, 8 s) on preupload,
 LFS batch/PUT/verify and, in the Xet pipelined ``upload_folder`` path, on the commit too: one injected
 500 is absorbed there. ``create_commit``/``upload_file`` (and ``upload_folder`` with Xet disabled)
@@ -127,7 +128,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 __all__ = ["HubServer", "assert_loopback", "patch_hub_endpoint", "FAIL_KINDS"]
 
-FAIL_KINDS = ("401", "403", "500-commit", "500-preupload", "stall-commit")
+FAIL_KINDS = ("401", "403", "500-commit", "500-preupload", "500-after-commit", "stall-commit")
 
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -906,6 +907,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HttpError(422, f"Unsupported commit operation {key!r}")
         commit = self.hub._new_commit(repo, files, header.get("summary") or "", header.get("description") or "",
                                       user.name)
+        if self.hub._take_failure("500-after-commit"):  # stored, and the answer lost (a gateway timing out)
+            raise _HttpError(500, "Internal Error (injected: 500-after-commit)")
         self._send_json(200, {"success": True, "commitOid": commit.oid, "pullRequestUrl": None,
                               "commitUrl": f"{self.hub.endpoint}/{repo_id}/commit/{commit.oid}", "hookOutput": ""})
 

@@ -237,7 +237,7 @@ def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypa
 
         # The client retries 5xx with 1-8 s back-off, and the push its commit: skip the waiting, keep the retries.
         monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
-        monkeypatch.setattr(hub.time, "sleep", lambda seconds: None)
+        monkeypatch.setattr(hub, "_wait", lambda seconds: None)
     elif case == "stall":  # the commit request is read and never answered
         hub_server.fail_next("stall-commit", times=10)
         monkeypatch.setattr(hub, "PUSH_TIMEOUT", 1.0)
@@ -274,20 +274,27 @@ def test_push_errors_are_clear_and_lose_nothing(compressed, hub_server, monkeypa
 
 
 def test_push_tries_the_commit_again_when_the_hub_fails_for_a_moment(compressed, hub_server, monkeypatch):
-    """create_commit posts once; two 500s on the commit cost two waits (1 s, 2 s), not the push."""
+    """create_commit posts once; two 500s on the commit cost two waits (1 s, 2 s), not the push.
+    A commit the Hub stored behind a 500 leaves the next try nothing to commit: one commit."""
     hub_server.add_user("pakd", TOKEN)
     patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
     waits = []
-    monkeypatch.setattr(hub.time, "sleep", waits.append)
-    repo = "pakd/flaky"
+    monkeypatch.setattr(hub, "_wait", waits.append)
+
+    def uploads(repo):
+        return [c for c in hub_server.commits(repo) if c.files]
+
     hub_server.fail_next("500-commit", times=2)
-    push_folder(compressed["folder"], repo, token=TOKEN)
+    push_folder(compressed["folder"], "pakd/flaky", token=TOKEN)
     assert waits == [1, 2] and "500-commit" not in hub_server._fail
-    uploads = [c for c in hub_server.commits(repo) if c.files]
-    assert len(uploads) == 1 and "config.json" in uploads[0].files
-    # A commit the Hub stored behind a 5xx makes the retry find nothing new: still one commit.
-    push_folder(compressed["folder"], repo, token=TOKEN)
-    assert len([c for c in hub_server.commits(repo) if c.files]) == 1
+    assert len(uploads("pakd/flaky")) == 1 and "config.json" in uploads("pakd/flaky")[0].files
+    waits.clear()
+    hub_server.fail_next("500-after-commit", times=1)
+    url = push_folder(compressed["folder"], "pakd/stored-then-failed", token=TOKEN)
+    assert waits == [1] and "500-after-commit" not in hub_server._fail
+    (stored,) = uploads("pakd/stored-then-failed")  # not a second commit of the same files
+    assert stored.oid in url
+    assert hub_server.files("pakd/stored-then-failed") == hub_server.files("pakd/flaky")
 
 
 def test_failed_push_keeps_a_repository_it_did_not_create(compressed, hub_server, monkeypatch):
@@ -300,7 +307,7 @@ def test_failed_push_keeps_a_repository_it_did_not_create(compressed, hub_server
     HfApi().create_repo(repo, token=TOKEN)
     hub_server.fail_next("500-commit", times=10)
     monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
-    monkeypatch.setattr(hub.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(hub, "_wait", lambda seconds: None)
     with pytest.raises(PushError, match=r"failed \(500\)") as info:
         push_folder(compressed["folder"], repo, token=TOKEN)
     assert "deleted" not in str(info.value) and repo in hub_server.repos

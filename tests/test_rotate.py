@@ -269,6 +269,47 @@ def test_vit_without_qkv_biases_is_refused_before_anything_changes():
         assert torch.equal(value, state[name]), name
 
 
+def test_vit_without_qkv_biases_is_refused_when_the_recipe_is_checked(tmp_path):
+    """Its norms' biases are zero at init and move in the first stage: the refusal comes before
+    any stage trains, not when the rotating stage starts."""
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.pruning\.hidden\.method.*without a bias reads a norm"):
+        PaKDTrainer(model=tiny_vit(seed=0, qkv_bias=False), teacher_model=tiny_vit(seed=5), train_dataset=toy_images(16),
+                    recipe=recipe(task="image-classification"), args=targs(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_vit_model_rotation_keeps_its_pooler_mask_token_and_interpolated_positions():
+    """A bare ViTModel (pooler: a reader of the final norm with its own width) with a mask token:
+    at full width, the last hidden state is the original's rotated and the pooled output is the
+    same, also with masked patches and with positions interpolated to a larger image."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    model = ViTModel(ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=4, intermediate_size=64, initializer_range=0.2,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), use_mask_token=True).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias") or name.endswith("mask_token"):
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+        model.layernorm.weight.fill_(0.7)
+    batches = _vit_batches()
+    masked = {"pixel_values": batches[0]["pixel_values"], "bool_masked_pos": torch.rand(8, 4, generator=g) < 0.5}
+    larger = {"pixel_values": torch.randn(8, 3, 12, 12, generator=g), "interpolate_pos_encoding": True}
+
+    @torch.no_grad()
+    def outputs():
+        return [model(**b) for b in (*batches, masked, larger)]
+
+    before = outputs()
+    q = rotate_hidden(model, batches, 32).rotation
+    for was, now in zip(before, outputs()):
+        torch.testing.assert_close(now.last_hidden_state, was.last_hidden_state @ q, rtol=0, atol=1e-4)
+        torch.testing.assert_close(now.pooler_output, was.pooler_output, rtol=0, atol=1e-4)
+    assert before[-2].last_hidden_state.abs().max() > 0.5
+
+
 def test_vit_rotated_and_cut_is_a_stock_model(tmp_path):
     """Heads 4 -> 2 and the stream 32 -> 16 (2 x 8): saved, reloaded in a fresh process without
     pakd_hf, same logits; the rotation keeps more of the stream than the best 16 coordinates."""

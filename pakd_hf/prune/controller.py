@@ -35,6 +35,7 @@ from .budget import counts_for_budget
 from .compact import CompactResult, compact
 from .importance import ImportanceAccumulator
 from .masks import MaskState, nm_masks, unstructured_masks, weight_scores
+from .rotate import check_rotatable
 from .schedule import is_update_step, sparsity_at
 from .select import select_structure
 
@@ -115,7 +116,7 @@ def dry_run(model: nn.Module, stages, path: str = "stages") -> None:
         check_targets(spec, current, where)
         if spec.hidden is not None and getattr(spec.hidden, "method", "select") == "rotate":
             try:
-                adapter.rotation_heads()
+                check_rotatable(adapter)
             except UnsupportedArchitectureError as exc:
                 raise RecipeError(f"{where}.hidden.method", str(exc)) from None
         counts = {kind: target_count(keep, current, kind) for kind, keep in spec.structured_targets().items()}

@@ -212,10 +212,10 @@ def rotate_hidden(
     model's hidden states; their weights are rotated so they keep mapping to the teacher.
     ``front_steps``: the Adam steps of a non-linear front end's refit (:func:`refit_front`;
     0: the rotated start only).
-    Raises :class:`UnsupportedArchitectureError` for families without a rule (BERT/RoBERTa:
-    post-LN; Llama/Qwen/Mistral: pre-RMSNorm; Whisper: pre-LayerNorm with a refitted front end;
-    ViT: pre-LayerNorm) and ``ValueError`` for a ``keep`` outside
-    ``[2, width]``.
+    Raises :class:`UnsupportedArchitectureError` for a family without a rule (the families with
+    one: BERT/RoBERTa, post-LN; Llama/Qwen/Mistral, pre-RMSNorm; Whisper, pre-LayerNorm with a
+    refitted front end; ViT, pre-LayerNorm) or a reader that cannot take a norm's bias, and
+    ``ValueError`` for a ``keep`` outside ``[2, width]``.
     REBUILD THE OPTIMIZER AFTERWARDS.
     """
     # Every module's own mode comes back afterwards, also when a check refuses the model or the
@@ -429,16 +429,27 @@ def _rotate_hidden(model: nn.Module, batches: Iterable[dict], keep: int, *, adap
     )
 
 
-def _check_pre_norms(pre_norms, readers: list[nn.Linear], shift_free: list[nn.Linear]) -> None:
+def check_rotatable(adapter: ArchAdapter) -> None:
+    """Raise :class:`UnsupportedArchitectureError` when ``adapter``'s model cannot be rotated
+    whatever its weights will be (a family or a cut without a rule; a Linear without a bias
+    reading a pre-norm that has one, e.g. a ViT with ``qkv_bias: false``). Changes nothing: a
+    recipe check runs it before any stage trains."""
+    readers = _plan(adapter)[2]
+    _check_pre_norms(adapter.rotation_pre_norms() or [], readers, adapter.rotation_shift_free(), any_bias=True)
+
+
+def _check_pre_norms(pre_norms, readers: list[nn.Linear], shift_free: list[nn.Linear], any_bias: bool = False) -> None:
     """Before anything changes: every Linear reading a pre-norm is a stream reader, and one without
-    a bias reads a norm without one, or may drop a constant (``rotation_shift_free``)."""
+    a bias reads a norm without one, or may drop a constant (``rotation_shift_free``).
+    ``any_bias``: a norm's bias counts even while it is zero (training will move it)."""
     reader_ids, free = {id(r) for r in readers}, {id(r) for r in shift_free}
     for norm, norm_readers in pre_norms:
         beta = getattr(norm, "bias", None)
         for r in norm_readers:
             if id(r) not in reader_ids:
                 raise UnsupportedArchitectureError(f"hidden rotation: a {type(r).__name__} reading a norm is not a stream reader")
-            if r.bias is None and beta is not None and id(r) not in free and beta.abs().max().item() > 0:
+            if (r.bias is None and beta is not None and id(r) not in free
+                    and (any_bias or beta.abs().max().item() > 0)):
                 raise UnsupportedArchitectureError(
                     f"hidden rotation: a {type(r).__name__} without a bias reads a norm with a bias, and its output "
                     "cannot drop a constant")
