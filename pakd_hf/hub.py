@@ -765,8 +765,9 @@ PUSH_TIMEOUT = float(os.environ.get("PAKD_PUSH_TIMEOUT", 300))
 # a Hub that answers 5xx for a moment would fail the push: try the commit this many times, waiting
 # 1, 2, 4 ... s between. Each try starts from new operations, so the client asks the Hub again which
 # files it holds and skips those equal to ours: a commit that landed behind a 5xx (a gateway timing
-# out after the Hub stored it) leaves the next try nothing to commit, not a second commit. (The same
-# operation objects would keep the answer of the first try, and commit everything again.)
+# out after the Hub stored it) leaves the next try nothing to commit, not a second commit (unless the
+# Hub had not stored it yet when the next try asked: then a second commit of the same tree). The
+# same operation objects would keep the answer of the first try, and commit everything again.
 COMMIT_TRIES = 4
 _wait = time.sleep  # between tries; tests replace it
 
@@ -844,7 +845,7 @@ def push_folder(
     Raises :class:`PushError` with one message naming what happened and what to do. The local
     folder is only read.
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(student_dir)
@@ -852,7 +853,8 @@ def push_folder(
         raise PushError(f"{folder} is not a saved model folder (no config.json): nothing to push")
     try:  # read before the Hub is asked anything: a file that cannot be read creates no repository
         files = {f: _public_file(folder / f) for f in _files_to_push(folder)}
-    except (OSError, UnicodeDecodeError) as exc:
+        [CommitOperationAdd(f, data) for f, data in files.items()]  # opens each file (built anew per try)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a file gone since it was listed
         raise PushError(f"cannot read {folder} ({type(exc).__name__}: {exc}): nothing was pushed") from None
     api = HfApi()
     token = token or api.token or None

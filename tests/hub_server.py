@@ -94,7 +94,8 @@ What the client raises (huggingface_hub 2.4, measured against this server)
   ``RepositoryNotFoundError`` (transformers wraps it in ``OSError``). Missing file:
   ``RemoteEntryNotFoundError``; unknown revision: ``RevisionNotFoundError``.
 * 403: ``HfHubHTTPError`` (status 403). 409 on ``create_repo`` without ``exist_ok``: ``HfHubHTTPError``.
-* 500 on the commit: ``HfHubHTTPError`` (status 500), no commit stored.
+* 500 on the commit: ``HfHubHTTPError`` (status 500), no commit stored (``500-commit``; ``500-after-commit``
+  stores it first).
 * Server unreachable: ``create_repo`` -> ``httpx2.ConnectError`` at once; uploads -> ``httpx2.ConnectError``
   after ~23 s of backoff; ``hf_hub_download`` -> ``LocalEntryNotFoundError`` after ~23 s.
 

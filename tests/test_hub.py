@@ -297,6 +297,16 @@ def test_push_tries_the_commit_again_when_the_hub_fails_for_a_moment(compressed,
     assert hub_server.files("pakd/stored-then-failed") == hub_server.files("pakd/flaky")
 
 
+def test_a_file_gone_before_the_push_reads_it_creates_no_repository(compressed, hub_server, monkeypatch):
+    hub_server.add_user("pakd", TOKEN)
+    patch_hub_endpoint(monkeypatch, hub_server.endpoint, disable_xet=True)
+    listed = hub._files_to_push(compressed["folder"])
+    monkeypatch.setattr(hub, "_files_to_push", lambda folder: listed + ["gone.json"])
+    with pytest.raises(PushError, match=r"cannot read .*nothing was pushed") as info:
+        push_folder(compressed["folder"], "pakd/never", token=TOKEN)
+    assert "\n" not in str(info.value) and "pakd/never" not in hub_server.repos
+
+
 def test_failed_push_keeps_a_repository_it_did_not_create(compressed, hub_server, monkeypatch):
     import huggingface_hub.utils._http as http
     from huggingface_hub import HfApi

@@ -308,6 +308,7 @@ def test_vit_model_rotation_keeps_its_pooler_mask_token_and_interpolated_positio
         torch.testing.assert_close(now.last_hidden_state, was.last_hidden_state @ q, rtol=0, atol=1e-4)
         torch.testing.assert_close(now.pooler_output, was.pooler_output, rtol=0, atol=1e-4)
     assert before[-2].last_hidden_state.abs().max() > 0.5
+    assert (before[-2].last_hidden_state - before[0].last_hidden_state).abs().max() > 0.1  # the mask token is read
 
 
 def test_vit_rotated_and_cut_is_a_stock_model(tmp_path):
