@@ -207,16 +207,22 @@ def test_rotate_is_refused_for_a_family_without_a_rule_before_training(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def _off_init(model, also: tuple[str, ...] = ()):
+    """Moves norms' gains and biases, every bias and the parameters named ``also`` off their init
+    (seeded), so that every fold of a rotation matters."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias") or name.endswith(also):
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
 def _vit(seed=0, **kw):
     """A 2-layer ViT classifier (hidden 32, 4 heads of 8, 4 patches + the class token), weights at
     std 0.2, norms' gains and biases and all biases moved off their init, so that every fold matters."""
     model = tiny_vit(seed=seed, layers=2, initializer_range=0.2, **kw).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith(".bias"):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model
+    return _off_init(model)
 
 
 def _vit_batches(n=4, size=8):
@@ -288,12 +294,10 @@ def test_vit_model_rotation_keeps_its_pooler_mask_token_and_interpolated_positio
     model = ViTModel(ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
                                num_attention_heads=4, intermediate_size=64, initializer_range=0.2,
                                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), use_mask_token=True).eval()
-    g = torch.Generator().manual_seed(1)
+    _off_init(model, also=("mask_token",))
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith(".bias") or name.endswith("mask_token"):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
         model.layernorm.weight.fill_(0.7)
+    g = torch.Generator().manual_seed(2)
     batches = _vit_batches()
     masked = {"pixel_values": batches[0]["pixel_values"], "bool_masked_pos": torch.rand(8, 4, generator=g) < 0.5}
     larger = {"pixel_values": torch.randn(8, 3, 12, 12, generator=g), "interpolate_pos_encoding": True}
@@ -370,12 +374,7 @@ def _whisper(seed=0):
     from toy import tiny_whisper
 
     model = tiny_whisper(seed=seed, layers=2, init_std=0.2).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith(".bias"):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model
+    return _off_init(model)
 
 
 def _whisper_batches(n=4, size=8):
