@@ -29,6 +29,9 @@ __all__ = [
     "HiddenProjections",
     "TEACHER_LOGITS",
     "add_teacher_logits",
+    "MIX_COLUMNS",
+    "mix_batch",
+    "mixed_task_per_sample",
     "distillation_loss",
 ]
 
@@ -384,6 +387,63 @@ def add_teacher_logits(dataset, teacher: nn.Module, tokenizer, batch_size: int =
     return dataset.add_column(TEACHER_LOGITS, out)
 
 
+#: the continuous inputs mixup can blend, in the order they are looked for: images, spectrogram
+#: features (Whisper and other speech encoders), raw samples (wav2vec2-style)
+MIX_COLUMNS = ("pixel_values", "input_features", "input_values")
+
+
+def mix_batch(inputs: dict, alpha: float, seed: int | None = None) -> tuple[dict, Tensor, Tensor]:
+    """mixup (Zhang et al., 2018, "mixup: Beyond Empirical Risk Minimization") of one batch:
+    every example blended with another of the same batch, ``lam * x + (1 - lam) * x[perm]``,
+    ``lam`` drawn per example from Beta(``alpha``, ``alpha``). Returns the new inputs (the
+    labels untouched), ``perm`` and ``lam`` (``[batch]``), so the task term can weigh both
+    labels.
+
+    Why it serves distillation: the teacher reads the blended batch too, so its outputs are
+    targets between the classes that no label gives, and the student matches the teacher's
+    function over a wider set of inputs than the training examples (Beyer et al., 2022,
+    "Knowledge distillation: A good teacher is patient and consistent"). The blend is linear in
+    the features the models read (log-mel for Whisper, as the mixup paper's speech-command
+    experiment); an ``attention_mask`` becomes the union of both examples'. ``seed``: the draw
+    comes from it alone and torch's global random state is left as it was, so a run's
+    augmentation and dropout are those of the same run without mixup (the trainer derives one
+    per micro-batch from its seed, step and process); None: torch's global state. Written here rather than taken from a library: timm's
+    ``Mixup`` (not a dependency) returns blended one-hot targets rather than the partners the
+    task term and its logged value need, and a few tensor lines do the blend."""
+    key = next((k for k in MIX_COLUMNS if torch.is_tensor(inputs.get(k)) and inputs[k].is_floating_point()), None)
+    if key is None:
+        present = ", ".join(sorted(k for k in inputs if torch.is_tensor(inputs[k]))) or "none"
+        raise ValueError(f"distillation.mixup blends {' / '.join(MIX_COLUMNS)}, which this batch lacks "
+                         f"(its tensors: {present}): remove mixup for this model")
+    x = inputs[key]
+    b = x.shape[0]
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        lam = torch.distributions.Beta(float(alpha), float(alpha)).sample((b,)).to(x.device)
+        perm = torch.randperm(b).to(x.device)
+    w = lam.to(x.dtype).view(b, *([1] * (x.dim() - 1)))
+    mixed = {**inputs, key: w * x + (1 - w) * x[perm]}
+    mask = inputs.get("attention_mask")
+    if torch.is_tensor(mask) and mask.shape[0] == b:
+        mixed["attention_mask"] = torch.maximum(mask, mask[perm])
+    return mixed, perm, lam
+
+
+def mixed_task_per_sample(logits: Tensor, labels: Tensor, perm: Tensor, lam: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """The task term of a mixed batch, per sample: ``lam * CE(y) + (1 - lam) * CE(y[perm])``
+    (single-label classification: logits ``[B, C]``, integer labels ``[B]``)."""
+    if logits.dim() != 2 or labels.dim() != 1 or labels.is_floating_point():
+        raise ValueError(
+            f"distillation.mixup weighs two labels per example, which needs single-label classification "
+            f"(logits [batch, classes], integer labels [batch]); got logits {tuple(logits.shape)} and labels "
+            f"{tuple(labels.shape)} {labels.dtype}: remove mixup"
+        )
+    labels, perm, lam = labels.to(logits.device), perm.to(logits.device), lam.to(logits.device, torch.float32)
+    ce = lambda y: F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=label_smoothing)  # noqa: E731
+    return lam * ce(labels) + (1 - lam) * ce(labels[perm])
+
+
 def distillation_loss(
     model: nn.Module,
     teacher: nn.Module,
@@ -398,6 +458,7 @@ def distillation_loss(
     project: "HiddenProjections | None" = None,
     unwrapped: nn.Module | None = None,
     checked_heads: set | None = None,
+    mix_seed: int | None = None,
 ):
     """A stage's distillation loss on one micro-batch: ``alpha * kd_logits + (1 - alpha) * task
     + w_h * kd_hidden + w_a * kd_attn`` (``dist``: the stage's ``distillation`` block), each term
@@ -411,7 +472,8 @@ def distillation_loss(
     student's pruned vocabulary mapped to the teacher's ids; ``label_smoother`` /
     ``compute_loss_func``: Trainer's, for the task term; ``project``: hidden-state projections
     (student width -> teacher width); ``checked_heads``: ids of models whose LM head was already
-    checked (:func:`check_plain_head`).
+    checked (:func:`check_plain_head`); ``mix_seed``: the seed of this micro-batch's blend
+    when the stage has ``mixup`` (:func:`mix_batch`).
 
     Causal LMs with a token-level loss (kl / reverse_kl / jsd): the LM heads run on chunks of
     the last hidden states (:func:`token_kd_per_sample`), so the models compute the logits of
@@ -420,6 +482,12 @@ def distillation_loss(
     full-logit path.
     """
     has_labels = bool(label_names) and all(inputs.get(n) is not None for n in label_names)
+    mix = None
+    if dist.mixup:  # both models read the blended batch; the task term weighs both labels
+        if has_labels and (compute_loss_func is not None or len(label_names) != 1):
+            raise ValueError("distillation.mixup weighs the two labels of each blended example itself, which a "
+                             "custom compute_loss_func or several label columns would not see: remove one of them")
+        inputs, *mix = mix_batch(inputs, dist.mixup, mix_seed)
     flags = {}
     if dist.hidden is not None:
         flags["output_hidden_states"] = True
@@ -442,12 +510,14 @@ def distillation_loss(
         inputs = {k: v for k, v in inputs.items() if k != "labels"}
     student_inputs = {**inputs, **flags}
     labels = None
-    if has_labels and not causal and (label_smoother is not None or compute_loss_func is not None):
+    if has_labels and mix is not None:
+        labels = student_inputs.pop(label_names[0])
+    elif has_labels and not causal and (label_smoother is not None or compute_loss_func is not None):
         labels = student_inputs.pop("labels")
     with last_hidden_state(unwrapped if causal else None) as s_last:
         outputs = model(**student_inputs)
     s_logits = outputs["logits"]
-    if cached_logits is not None and not flags:
+    if cached_logits is not None and not flags and mix is None:
         # Logits only, and the data carries them (add_teacher_logits): no teacher pass.
         t_logits = cached_logits.to(s_logits.device)
     else:
@@ -479,6 +549,9 @@ def distillation_loss(
     if causal:
         sums["task"] = token_kd[1].sum()  # next-token cross-entropy, per sample
         has_labels = True
+    elif has_labels and mix is not None:
+        smoothing = float(getattr(label_smoother, "epsilon", 0.0)) if label_smoother is not None else 0.0
+        sums["task"] = mixed_task_per_sample(s_logits, labels, *mix, label_smoothing=smoothing).sum()
     elif has_labels:
         if labels is not None and compute_loss_func is not None:
             task = compute_loss_func(outputs, labels, num_items_in_batch=None)

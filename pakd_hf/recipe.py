@@ -186,6 +186,7 @@ MAX_BATCH = 65_536
 MAX_LEARNING_RATE = 10.0
 MAX_WEIGHT_DECAY = 10.0
 MAX_TEMPERATURE = 1_000.0
+MAX_MIXUP = 100.0  # Beta(a, a): past a few tens every weight is about 0.5
 MAX_LOSS_WEIGHT = 1_000_000.0
 MAX_SEED = 2**32 - 1
 MAX_COPIES = 1_000
@@ -250,7 +251,8 @@ class Distillation:
            + attention.weight * kd_attn
     where kd_logits = T^2 * KL(softmax(t/T) || softmax(s/T)) (``loss: kl``) or the mean squared
     difference of the raw logits (``loss: mse``; no temperature). Without labels in a batch the
-    task term is absent and kd_logits gets weight 1 (pure distillation).
+    task term is absent and kd_logits gets weight 1 (pure distillation). With ``mixup`` (images
+    and clips) both models read blends of two examples and the task term weighs both labels.
     """
 
     temperature: float = 2.0
@@ -263,9 +265,16 @@ class Distillation:
     chunk_size: int = 1024
     hidden: HiddenDistillation | None = None
     attention: AttentionDistillation | None = None
+    # mixup for images and clips: each training example blended with another of its batch,
+    # its weight drawn from Beta(mixup, mixup); teacher and student read the blend and the task
+    # term weighs both labels (pakd_hf.distill.mix_batch). None: off (out of to_dict, so the
+    # fingerprints and run keys of recipes without it stand).
+    mixup: float | None = None
 
     def _validate(self, path: str) -> None:
         _check(self.temperature > 0, f"{path}.temperature", f"must be > 0, got {self.temperature}")
+        _check(self.mixup is None or 0.0 < self.mixup <= MAX_MIXUP, f"{path}.mixup",
+               f"must be in (0, {MAX_MIXUP:g}] (leave it out for none), got {self.mixup}")
         _at_most(self.temperature, MAX_TEMPERATURE, f"{path}.temperature")
         _check(0.0 <= self.alpha <= 1.0, f"{path}.alpha", f"must be in [0, 1], got {self.alpha}")
         _check(0.0 < self.beta < 1.0, f"{path}.beta", f"must be in (0, 1), got {self.beta}")
@@ -826,6 +835,12 @@ class Recipe:
                 f"'{d.loss}' is not offered for {self.task}: use "
                 + (" / ".join(token_losses) if generation else "kl / mse (reverse_kl and jsd are token-level losses for "
                                                                    "text-generation)"),
+            )
+            _check(
+                d.mixup is None or self.task in ("image-classification", "audio-classification"),
+                f"stages[{i}].distillation.mixup",
+                f"blends images or clips (image-/audio-classification), but the task is {self.task}: remove it"
+                + (" (for texts, 'augment' makes a transfer set)" if self.task == "text-classification" else ""),
             )
             _check(
                 d.attention is None or not generation,

@@ -12,12 +12,13 @@ With no teacher and no recipe it is exactly `Trainer`.
 A training set may carry the teacher's logits in a `teacher_logits` column (see
 `add_teacher_logits`): a stage that distils logits only then reads them instead of running
 the teacher, which is most of a small student's step time. Stages that distil hidden states
-or attention still run the teacher.
+or attention, or blend examples (``mixup``), still run the teacher.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import logging
 import math
@@ -245,6 +246,18 @@ def check_inputs(recipe: Recipe | None, model, teacher, kwargs: dict) -> None:
         )
     if model is not None and any(s.pruning is not None for s in recipe.stages):
         dry_run(model, recipe.stages)  # unsupported architecture, impossible targets, head_dim
+    mixing = next((i for i, s in enumerate(recipe.stages) if s.distillation is not None and s.distillation.mixup), None)
+    if mixing is not None:
+        config = getattr(model, "config", None)
+        kind = getattr(config, "problem_type", None)
+        if kind in ("regression", "multi_label_classification") or getattr(config, "num_labels", 2) < 2:
+            raise RecipeError(f"stages[{mixing}].distillation.mixup",
+                              f"weighs two class labels per blended example, but the model's problem is "
+                              f"{kind or 'regression (num_labels 1)'}: remove it")
+        if kwargs.get("compute_loss_func") is not None:
+            raise RecipeError(f"stages[{mixing}].distillation.mixup",
+                              "weighs the two labels of each blended example itself, which compute_loss_func would "
+                              "not see: remove one of them")
     if model is None or teacher is None:
         return
     n_s, n_t = _num_layers(model), _num_layers(teacher)
@@ -380,6 +393,7 @@ class PaKDTrainer(Trainer):
         self._component_sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)
         self._component_counts = torch.zeros(len(COMPONENTS), dtype=torch.float64)
         self._signal_checked: set[int] = set()  # stages whose first distilled batch was checked
+        self._mix_draw = (-1, 0)  # (optimizer step, micro-batch within it) of the last mixup blend
         if self.recipe is not None or teacher_model is not None:
             self.add_callback(_PaKDCallback(self))
 
@@ -782,6 +796,7 @@ class PaKDTrainer(Trainer):
             teacher_token_ids=self.pruning.teacher_token_ids, label_smoother=self.label_smoother,
             compute_loss_func=self.compute_loss_func, project=self.distill_projections,
             unwrapped=self.accelerator.unwrap_model(model), checked_heads=self.__dict__.setdefault("_plain_heads", set()),
+            mix_seed=self._mix_seed(),
         )
         for i, name in enumerate(COMPONENTS):
             if name in sums:
@@ -789,6 +804,18 @@ class PaKDTrainer(Trainer):
                 self._component_counts[i] += n
         self._check_gradient_signal(total, n)
         return total / (self._window_samples or n), outputs
+
+    def _mix_seed(self) -> int | None:
+        """The seed of this micro-batch's mixup blend, from the run's seed, the optimizer step,
+        the micro-batch within it and the process: a resumed run blends as the uninterrupted one
+        did, processes blend differently, and torch's global random state (augmentation,
+        dropout) is not drawn from (:func:`pakd_hf.distill.mix_batch`)."""
+        if not self.current_stage.distillation.mixup:
+            return None
+        step = self.state.global_step
+        self._mix_draw = (step, self._mix_draw[1] + 1 if self._mix_draw[0] == step else 0)
+        key = f"{self.args.seed}:{step}:{self._mix_draw[1]}:{self.args.process_index}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
     def _check_gradient_signal(self, total: torch.Tensor, n: int) -> None:
         """Say it when a stage that ranks by gradients (``taylor``, ``movement``) starts from a
