@@ -759,6 +759,11 @@ class Training:
     # The PaKD stages draw batches of similar length (Trainer's group_by_length sampling), so
     # little of each step is padding. Student stages only: not part of the teacher's cache key.
     group_by_length: bool = field(default=False, repr=False)
+    # The PaKD stages draw each value of this column of the training split equally often (with
+    # replacement; an epoch keeps its length): e.g. `engine`, when most clips come from one
+    # synthesiser. Student stages only: not part of the teacher's cache key (out of the repr),
+    # nor, when unset, of the recipe's fingerprint.
+    balance_by: str | None = field(default=None, repr=False)
     #: TrainingArguments' names for the same fields (either spelling is accepted; one is stored)
     ALIASES: ClassVar[dict[str, str]] = {"per_device_train_batch_size": "batch_size",
                                          "per_device_eval_batch_size": "eval_batch_size"}
@@ -769,6 +774,10 @@ class Training:
             _check(value >= 1, f"{path}.{name}", f"must be >= 1, got {value}")
             _at_most(value, MAX_STEPS if name == "logging_steps" else MAX_BATCH, f"{path}.{name}")
         _seed(self.seed, f"{path}.seed")
+        _check(self.balance_by is None or (isinstance(self.balance_by, str) and bool(self.balance_by.strip())),
+               f"{path}.balance_by", f"must name a column of the training split, got {self.balance_by!r}")
+        _check(not (self.balance_by and self.group_by_length), f"{path}.balance_by",
+               "draws the examples itself, and so does group_by_length: set one of them")
 
 
 @dataclass
@@ -863,6 +872,14 @@ class Recipe:
             self.augment is None or self.task == "text-classification",
             "augment",
             f"augmentation perturbs whole texts (text-classification), but the task is {self.task}; remove the block",
+        )
+        balance_by = None if self.training is None else self.training.balance_by
+        _check(
+            balance_by is None or (self.augment is None and not generation),
+            "training.balance_by",
+            "weighs the rows of the training split, but the student trains on "
+            + ("a transfer set made by 'augment' (other rows): remove one of them" if self.augment is not None
+               else "packed blocks of tokens (text-generation), not its rows: remove it"),
         )
         seen: dict[str, int] = {}
         for i, stage in enumerate(self.stages):

@@ -7,7 +7,7 @@ LR schedule per stage, with the stage's overrides), `get_batch_samples` (the siz
 gradient-accumulation window), `compute_loss` (distillation), `log` (loss components) and a
 callback (stage switches, checkpoint extras). The training loop itself is Trainer's.
 
-With no teacher and no recipe it is exactly `Trainer`.
+With no teacher, no recipe and no `train_sample_weights` it is exactly `Trainer`.
 
 A training set may carry the teacher's logits in a `teacher_logits` column (see
 `add_teacher_logits`): a stage that distils logits only then reads them instead of running
@@ -54,6 +54,7 @@ from .prune.session import PruningSession
 from .prune.structure import write_pakd_json
 from .prune.vocab import prune_vocabulary_by_counts
 from .recipe import Recipe, RecipeError, Stage, check_layer_maps, load_recipe
+from .sampling import EpochWeightedSampler, check_sample_weights
 
 __all__ = ["PaKDTrainer", "add_teacher_logits", "TEACHER_LOGITS"]
 
@@ -72,6 +73,7 @@ TRAINER_PRIVATE_OVERRIDES = {
     "_push_from_checkpoint": "stops Trainer from pushing masked checkpoints (and training_args.bin)",
     "_clip_grad_norm": "max_grad_norm bounds the student's and the hidden-distillation projections' gradients together",
     "_get_grad_norm": "with max_grad_norm 0 the logged grad_norm still covers the projections, as when it clips",
+    "_get_train_sampler": "draws the training examples by train_sample_weights",
 }
 
 
@@ -193,6 +195,20 @@ def check_label_spaces(student: nn.Module, teacher: nn.Module) -> None:
             f"teacher_model labels {t_map} differ from the student's {s_map}: distillation needs the same "
             "labels in the same order; align config.id2label of both models"
         )
+
+
+def _sample_weights(weights, train_dataset, args) -> torch.Tensor | None:
+    """``train_sample_weights`` checked against the training set and the sampling TrainingArguments
+    asks for (one clear ValueError each), as a tensor; None when not given."""
+    if weights is None:
+        return None
+    if train_dataset is None:
+        raise ValueError("train_sample_weights: no train_dataset to weigh: pass train_dataset as well")
+    strategy = getattr(args, "train_sampling_strategy", "random")
+    if strategy != "random":
+        raise ValueError(f"train_sample_weights: draws the examples itself, but train_sampling_strategy is "
+                         f"'{strategy}': leave it at 'random' or drop the weights")
+    return check_sample_weights(weights, len(train_dataset) if has_length(train_dataset) else None)
 
 
 def check_inputs(recipe: Recipe | None, model, teacher, kwargs: dict) -> None:
@@ -335,6 +351,12 @@ class PaKDTrainer(Trainer):
         vocabulary_dataset: the tokenized data whose tokens vocabulary pruning keeps (default:
             `train_dataset`). Pass the real training set when training on a transfer set of
             perturbed copies, so the copies do not lift rare tokens over `min_count`.
+        train_sample_weights: one weight per example of `train_dataset`: every epoch draws
+            `len(train_dataset)` examples with replacement, each in proportion to its weight
+            (`pakd_hf.sampling.balanced_weights(train_dataset["engine"])` draws every engine
+            equally often). The draw of an epoch depends on the seed (`data_seed`, else `seed`)
+            and the epoch alone, so a resumed run and every DDP process draw the same. Default:
+            Trainer's uniform shuffle.
         **kwargs: every other `Trainer` argument, unchanged.
 
     The class holds Trainer overrides only (about 600 lines, each of them a hook that has to
@@ -353,6 +375,7 @@ class PaKDTrainer(Trainer):
         args=None,
         recipe: "str | os.PathLike | dict | Recipe | None" = None,
         vocabulary_dataset: Any = None,
+        train_sample_weights: Any = None,
         **kwargs: Any,
     ):
         check_trainer_private_methods()
@@ -362,6 +385,7 @@ class PaKDTrainer(Trainer):
         # touches output_dir or the models.
         self.recipe: Recipe | None = load_recipe(recipe) if recipe is not None else None
         check_inputs(self.recipe, model, teacher_model, {**kwargs, "vocabulary_dataset": vocabulary_dataset})
+        self.train_sample_weights = _sample_weights(train_sample_weights, kwargs.get("train_dataset"), args)
         self.teacher_model = teacher_model
         self.vocabulary_dataset = vocabulary_dataset
         self._spans: list[StageSpan] | None = None
@@ -678,6 +702,17 @@ class PaKDTrainer(Trainer):
                 if description is not None:
                     bar.set_description(description)
                 bar.write(message)
+
+    def _get_train_sampler(self, train_dataset=None):
+        weights = self.train_sample_weights
+        if weights is None:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if len(dataset) != len(weights):  # the training set was replaced after __init__
+            raise ValueError(f"train_sample_weights: {len(weights):,} weights for {len(dataset):,} training examples: "
+                             "the training set changed after PaKDTrainer was made: give it weights of its own")
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return EpochWeightedSampler(weights, seed=seed)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

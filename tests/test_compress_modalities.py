@@ -229,7 +229,8 @@ def speech_run(tiny_whisper, tmp_path_factory):
         # keep_best: a smoke run scores validation every half of its teacher steps and keeps the best
         "teacher": {"model": str(tiny_whisper), "fine_tune": {"epochs": 1, "learning_rate": 2e-3, "batch_size": 16,
                                                               "keep_best": True}},
-        "training": {"batch_size": 16, "eval_batch_size": 32, "logging_steps": 4},
+        # the PaKD stages draw every training voice equally often (its rows are the encoded set's)
+        "training": {"batch_size": 16, "eval_batch_size": 32, "logging_steps": 4, "balance_by": "voice"},
         "stages": [
             {"name": "prune", "epochs": 1, "learning_rate": 1e-3, "distillation": {"alpha": 0.5, "hidden": {}},
              "pruning": {"ffn": {"keep": 32}, "layers": {"keep": 2}, "heads": {"keep": 2}, "hidden": {"keep": 16}}},
@@ -253,6 +254,10 @@ def test_speech_outputs_report_and_shapes(speech_run):
     assert not (out / ".teacher-run").exists()  # its checkpoints go with the run folder
     report = _check_outputs(out, "preprocessor_config.json")
     assert report["task"] == "audio-classification" and report["n_eval"] > 0
+    balance = report["balance_by"]
+    assert balance["column"] == "voice" and len(balance["examples"]) > 1
+    assert sum(balance["examples"].values()) == report["train_examples"]
+    assert yaml.safe_load((out / "student" / "pakd_recipe.yaml").read_text())["training"]["balance_by"] == "voice"
     config = json.loads((out / "student" / "config.json").read_text())
     assert (config["encoder_layers"], config["d_model"], config["encoder_attention_heads"], config["encoder_ffn_dim"]) == (2, 16, 2, 32)
     assert config["id2label"]["0"] == "yes" and config["max_source_positions"] == 50

@@ -48,8 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .compress import (SAVE_STEPS, Prepared, fingerprint, prepare, resume_point, save_student, say, student_arguments,
-                       student_start, teacher_identity, transfer_set)
+from .compress import (SAVE_STEPS, Prepared, fingerprint, prepare, resume_point, sample_weights, save_student, say,
+                       student_arguments, student_start, teacher_identity, transfer_set)
 from .preflight import preflight
 from ..carried import set_vocabulary_record, vocabulary_record
 from ..recipe import Recipe, RecipeError, check_layer_maps, load_recipe
@@ -251,6 +251,7 @@ def run_arm(p: Prepared, arm: str, seed: int, transfer, folder: Path, test,
         train_dataset=train, eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=student_encoded["train"] if transfer is not None else None,
         data_collator=p.adapter.data_collator(student_pre, recipe.data),
+        train_sample_weights=sample_weights(recipe, p.data),
         callbacks=[_record_elapsed(before or 0.0, started)],
     )
     trainer.train(resume_from_checkpoint=resume)

@@ -33,6 +33,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,10 @@ def load_data(recipe: Recipe, quick: bool):
         for name_field, name in checks:
             if name not in split.column_names:
                 raise RecipeError(name_field, f"the data set has no column '{name}' (it has {', '.join(split.column_names)})")
+    balance_by = recipe.training.balance_by if recipe.training is not None else None
+    if balance_by and balance_by not in data["train"].column_names:
+        raise RecipeError("training.balance_by", f"the training split has no column '{balance_by}' "
+                                                 f"(it has {', '.join(data['train'].column_names)})")
     if quick:
         sizes = {"train": QUICK.train, "validation": QUICK.validation, "test": QUICK.test}
         data = DatasetDict({k: v.shuffle(seed=spec.seed).select(range(min(len(v), sizes[k]))) for k, v in data.items()})
@@ -206,6 +211,17 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, see
         **kw,
         **(overrides or {}),
     })
+
+
+def sample_weights(recipe: Recipe, data) -> list[float] | None:
+    """The PaKD stages' per-example weights: every value of ``training.balance_by`` (a column of
+    the training split, whose rows are the encoded training set's, in order) drawn equally often."""
+    column = recipe.training.balance_by if recipe.training is not None else None
+    if not column:
+        return None
+    from ..sampling import balanced_weights
+
+    return balanced_weights(data["train"][column])
 
 
 def student_arguments(out: Path, recipe: Recipe, save_steps: int | None = None, overrides: dict[str, Any] | None = None,
@@ -798,6 +814,7 @@ def _compress(recipe_source, output_dir, *, quick: bool, push_to_hub: str | None
         model=student, teacher_model=p.teacher, args=args, train_dataset=train_dataset,
         eval_dataset=student_encoded["validation"], processing_class=student_pre, recipe=recipe,
         vocabulary_dataset=vocabulary_dataset, data_collator=adapter.data_collator(student_pre, recipe.data),
+        train_sample_weights=sample_weights(recipe, p.data),
         **(stage_metrics() if adapter.labelled else {}),
     )
     trainer.train(resume_from_checkpoint=resume)
@@ -914,6 +931,10 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
              for k, v in (training_overrides or {}).items()}
     report["training_overrides"] = flags
     report["training_device"] = str(trainer.args.device)  # where the stages trained (Trainer's pick)
+    balance_by = recipe.training.balance_by
+    if balance_by:  # what the equal draws corrected: the training split's examples per group
+        groups = Counter(p.data["train"][balance_by])
+        report["balance_by"] = {"column": balance_by, "examples": {str(k): n for k, n in sorted(groups.items(), key=lambda kv: str(kv[0]))}}
     pakd_json = tmp / "pakd.json"
     if pakd_json.is_file():
         record = {**json.loads(pakd_json.read_text()), "run_id": report["run_id"]}
