@@ -65,7 +65,26 @@ elif mode == "rotate":
     student = tiny_bert(seed=1)
     recipe["stages"][0]["pruning"] = {"heads": {"keep": 2}, "hidden": {"keep": 16, "method": "rotate", "calibration": 16},
                                       "frequency": 1, "importance": "taylor"}
-trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=toy_dataset(64), recipe=recipe)
+data = toy_dataset(64)
+weights = None
+if mode == "weighted":
+    # The first 8 rows drawn as often as the other 56 (balanced_weights of two groups): every
+    # process must draw from the one weighted sequence, each its own batches of it.
+    from pakd_hf.sampling import balanced_weights
+
+    weights = balanced_weights(["rare"] * 8 + ["common"] * 56)
+trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, recipe=recipe,
+                      train_sample_weights=weights)
+drawn = {}
+if mode == "weighted":
+    row_of = {tuple(r): i for i, r in enumerate(data["input_ids"])}
+    assert len(row_of) == len(data)
+
+    def record(module, args, kwargs, output):
+        if module.training:
+            drawn.setdefault(trainer.state.global_step, [row_of[tuple(r)] for r in kwargs["input_ids"].tolist()])
+
+    student.register_forward_hook(record, with_kwargs=True)
 
 
 class LateProcessZero(TrainerCallback):
@@ -136,6 +155,7 @@ report = {
     "shapes": {k: list(v.shape) for k, v in student.state_dict().items()},
     "rotation": trainer.pruning.rotation_record,
     "syncs": syncs,
+    "drawn": drawn,
     "models_listed": [m is student for m in trainer.accelerator._models],  # what accelerate's save_state walks
 }
 report_dir.mkdir(parents=True, exist_ok=True)

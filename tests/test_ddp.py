@@ -90,3 +90,24 @@ def test_torchrun_resume_continues_the_run_exactly(tmp_path, mode):
     assert r0["student_sha"] == r1["student_sha"] == first["student_sha"]
     assert r0["projections_sha"] == r1["projections_sha"] == first["projections_sha"]
 
+
+
+def test_torchrun_weighted_draws_split_one_sequence_between_the_processes(tmp_path):
+    """With train_sample_weights every process builds the same seeded sampler and accelerate
+    hands its batches out in turn: the two ranks together train on the one weighted sequence."""
+    import torch
+
+    from pakd_hf.sampling import EpochWeightedSampler, balanced_weights
+
+    _, (r0, r1) = torchrun(tmp_path, "weighted")
+    assert r0["student_sha"] == r1["student_sha"]
+    weights = torch.tensor(balanced_weights(["rare"] * 8 + ["common"] * 56), dtype=torch.float64)
+    sequence = list(EpochWeightedSampler(weights, seed=0))  # epoch 0: 16 batches of 4, 8 steps per rank
+    for rank, report in enumerate((r0, r1)):
+        drawn = {int(step): rows for step, rows in report["drawn"].items()}
+        assert sorted(drawn) == list(range(6))
+        for step, rows in drawn.items():
+            start = (2 * step + rank) * 4
+            assert rows == sequence[start : start + 4], (rank, step)
+    rare = sum(i < 8 for r in (r0, r1) for rows in r["drawn"].values() for i in rows)
+    assert rare >= 16  # the first 8 of 64 rows make about half of the 48 draws, not an eighth
