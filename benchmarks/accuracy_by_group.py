@@ -28,7 +28,8 @@ def by_group(folder: str, adapter, spec, examples: list, labels: list[str], grou
     pre = adapter.load_preprocessor(folder)
     with torch.inference_mode():
         predicted = adapter.predict(model, pre, examples, spec, batch_size)
-    names = [model.config.id2label[int(i)] for i in predicted]
+    # by class name where the data names its classes (a ClassLabel), else by id
+    names = [model.config.id2label[int(i)] if isinstance(labels[0], str) else int(i) for i in predicted]
     hits, counts = defaultdict(int), defaultdict(int)
     for name, label, group in zip(names, labels, groups):
         counts[group] += 1
@@ -58,8 +59,8 @@ def main() -> None:
     if args.by not in data.column_names:
         parser.error(f"--by: the {args.split} split has no column '{args.by}' (it has {', '.join(data.column_names)})")
     spec = recipe.data
-    names = data.features[spec.label_column].names
-    labels = [names[i] for i in data[spec.label_column]]
+    feature = data.features[spec.label_column]
+    labels = [feature.int2str(i) if hasattr(feature, "int2str") else i for i in data[spec.label_column]]
     examples = list(data[adapter.column(spec)])
     results = []
     for folder in args.models:

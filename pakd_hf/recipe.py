@@ -879,7 +879,8 @@ class Recipe:
             "training.balance_by",
             "weighs the rows of the training split, but the student trains on "
             + ("a transfer set made by 'augment' (other rows): remove one of them" if self.augment is not None
-               else "packed blocks of tokens (text-generation), not its rows: remove it"),
+               else "blocks of tokens (text-generation: packed, or without the texts that tokenize empty), "
+                    "not its rows: remove it"),
         )
         seen: dict[str, int] = {}
         for i, stage in enumerate(self.stages):

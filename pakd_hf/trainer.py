@@ -305,6 +305,22 @@ def check_inputs(recipe: Recipe | None, model, teacher, kwargs: dict) -> None:
             )
 
 
+class _EpochDraws(TrainerCallback):
+    """Gives the weighted sampler (`train_sample_weights`) the epoch about to be drawn. Trainer's
+    own `set_epoch` goes through accelerate's dataloader, which does not reach the sampler in a
+    DDP run resumed mid-epoch (three wrappers deep: the batches it skips, the process's shard, the
+    batch sampler), and that epoch would then draw epoch 0's sequence. `state.epoch` is the
+    epochs done so far (a resumed run restores it from its checkpoint)."""
+
+    def __init__(self, trainer: "PaKDTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        sampler = self.trainer._weighted_sampler
+        if sampler is not None:
+            sampler.set_epoch(math.floor(state.epoch + 1e-6))
+
+
 class _PaKDCallback(TrainerCallback):
     """Stage switches and checkpoint extras. Owned by one PaKDTrainer."""
 
@@ -420,6 +436,9 @@ class PaKDTrainer(Trainer):
         self._mix_draw = (-1, 0)  # (optimizer step, micro-batch within it) of the last mixup blend
         if self.recipe is not None or teacher_model is not None:
             self.add_callback(_PaKDCallback(self))
+        self._weighted_sampler: EpochWeightedSampler | None = None  # the one the training dataloader reads
+        if self.train_sample_weights is not None:
+            self.add_callback(_EpochDraws(self))
 
     def _build_projections(self, model, teacher) -> HiddenProjections | None:
         if self.recipe is None or teacher is None:
@@ -712,7 +731,8 @@ class PaKDTrainer(Trainer):
             raise ValueError(f"train_sample_weights: {len(weights):,} weights for {len(dataset):,} training examples: "
                              "the training set changed after PaKDTrainer was made: give it weights of its own")
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return EpochWeightedSampler(weights, seed=seed)
+        self._weighted_sampler = EpochWeightedSampler(weights, seed=seed)
+        return self._weighted_sampler
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

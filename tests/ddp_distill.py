@@ -68,11 +68,13 @@ elif mode == "rotate":
 data = toy_dataset(64)
 weights = None
 if mode == "weighted":
-    # The first 8 rows drawn as often as the other 56 (balanced_weights of two groups): every
-    # process must draw from the one weighted sequence, each its own batches of it.
+    # 24 rows, the first 3 drawn as often as the other 21 (balanced_weights of two groups): every
+    # process must draw from the one weighted sequence, each its own batches of it; 3 steps an
+    # epoch, so the 6 steps span two epochs and a resume from checkpoint-4 starts inside the second.
     from pakd_hf.sampling import balanced_weights
 
-    weights = balanced_weights(["rare"] * 8 + ["common"] * 56)
+    data = toy_dataset(24)
+    weights = balanced_weights(["rare"] * 3 + ["common"] * 21)
 trainer = PaKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, recipe=recipe,
                       train_sample_weights=weights)
 drawn = {}

@@ -154,7 +154,7 @@ def test_the_recipe_field_is_checked_and_kept_out_of_the_teachers_key():
         load_recipe(text)
     lm = {"name": "l", "task": "text-generation", "training": {"balance_by": "source"},
           "stages": [{"name": "a", "steps": 1, "distillation": {"loss": "kl"}}]}
-    with pytest.raises(RecipeError, match=r"training\.balance_by.*packed blocks"):
+    with pytest.raises(RecipeError, match=r"training\.balance_by.*blocks of tokens"):
         load_recipe(lm)
 
 
@@ -167,3 +167,39 @@ def test_a_column_the_training_split_lacks_is_named_with_the_columns_it_has():
         load_data(recipe, quick=True)
     assert err.value.field == "training.balance_by" and "no column 'source' (it has text, label)" in str(err.value)
 
+
+
+def test_a_column_that_does_not_group_the_rows_is_refused():
+    from datasets import Dataset
+
+    from pakd_hf.pipeline.compress import check_balance_column
+
+    rows = Dataset.from_dict({"engine": ["a", "a", "b", "c"], "one": ["x"] * 4, "id": ["0", "1", "2", "3"],
+                              "audio": [[0.0, 1.0]] * 4})
+    check_balance_column(rows, "engine")
+    for column, fragment in [("one", "has one value"), ("id", "a different value in every row"),
+                             ("audio", "holds List values"), ("nope", "no column 'nope'")]:
+        with pytest.raises(RecipeError) as err:
+            check_balance_column(rows, column)
+        assert err.value.field == "training.balance_by" and fragment in str(err.value), str(err.value)
+
+
+def test_a_sampling_flag_that_fights_balance_by_is_refused_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from toy import with_repo_on_path
+
+    recipe = {"name": "t", "task": "text-classification", "data": {"dataset": "rotten-tomatoes"},
+              "teacher": {"model": "all-minilm-l6-v2"}, "training": {"balance_by": "label"},
+              "stages": [{"name": "a", "steps": 1, "distillation": {}}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = subprocess.run([sys.executable, "-m", "pakd_hf.cli", "compress", str(path), "--output-dir", str(tmp_path / "out"),
+                           "--train_sampling_strategy", "group_by_length"], capture_output=True, text=True,
+                          env=with_repo_on_path(), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "training.balance_by" in proc.stderr and "--train_sampling_strategy group_by_length" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

@@ -76,12 +76,13 @@ def test_torchrun_rotation_gives_every_rank_the_same_rotated_student(tmp_path):
     assert json.loads((out / "pakd.json").read_text())["hidden_rotation"]["width_after"] == 16
 
 
-@pytest.mark.parametrize("mode", ["distil", "prune"])
+@pytest.mark.parametrize("mode", ["distil", "prune", "weighted"])
 def test_torchrun_resume_continues_the_run_exactly(tmp_path, mode):
     """A second torchrun in the same folder resumes from checkpoint-4 (in the hidden-state stage;
-    with pruning, after the first stage compacted the student): both ranks end with the weights
-    and projections of the uninterrupted run, restored from rank 0's PaKD state and each rank's
-    own RNG state."""
+    with pruning, after the first stage compacted the student; with weighted draws, inside the
+    second epoch, whose draw must be that epoch's): both ranks end with the weights and
+    projections of the uninterrupted run, restored from rank 0's PaKD state and each rank's own
+    RNG state."""
     out, (first, _) = torchrun(tmp_path, mode)
     shutil.rmtree(out / "checkpoint-6")  # the final step's checkpoint: as if the run had stopped after step 4's
     _, (r0, r1) = torchrun(tmp_path, mode, resume=True)
@@ -94,20 +95,25 @@ def test_torchrun_resume_continues_the_run_exactly(tmp_path, mode):
 
 def test_torchrun_weighted_draws_split_one_sequence_between_the_processes(tmp_path):
     """With train_sample_weights every process builds the same seeded sampler and accelerate
-    hands its batches out in turn: the two ranks together train on the one weighted sequence."""
+    hands its batches out in turn: the two ranks together train on the one weighted sequence of
+    each epoch."""
     import torch
 
     from pakd_hf.sampling import EpochWeightedSampler, balanced_weights
 
     _, (r0, r1) = torchrun(tmp_path, "weighted")
     assert r0["student_sha"] == r1["student_sha"]
-    weights = torch.tensor(balanced_weights(["rare"] * 8 + ["common"] * 56), dtype=torch.float64)
-    sequence = list(EpochWeightedSampler(weights, seed=0))  # epoch 0: 16 batches of 4, 8 steps per rank
+    sampler = EpochWeightedSampler(torch.tensor(balanced_weights(["rare"] * 3 + ["common"] * 21)), seed=0)
+    sequences = []
+    for epoch in (0, 1):  # 24 rows: 6 batches of 4 an epoch, 3 steps per rank
+        sampler.set_epoch(epoch)
+        sequences.append(list(sampler))
+    assert sequences[0] != sequences[1]
     for rank, report in enumerate((r0, r1)):
         drawn = {int(step): rows for step, rows in report["drawn"].items()}
         assert sorted(drawn) == list(range(6))
         for step, rows in drawn.items():
-            start = (2 * step + rank) * 4
-            assert rows == sequence[start : start + 4], (rank, step)
-    rare = sum(i < 8 for r in (r0, r1) for rows in r["drawn"].values() for i in rows)
-    assert rare >= 16  # the first 8 of 64 rows make about half of the 48 draws, not an eighth
+            start = (2 * (step % 3) + rank) * 4
+            assert rows == sequences[step // 3][start : start + 4], (rank, step)
+    rare = sum(i < 3 for r in (r0, r1) for rows in r["drawn"].values() for i in rows)
+    assert rare >= 14  # the first 3 of 24 rows make about half of the 48 draws, not an eighth

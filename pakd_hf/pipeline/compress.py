@@ -169,14 +169,32 @@ def load_data(recipe: Recipe, quick: bool):
         for name_field, name in checks:
             if name not in split.column_names:
                 raise RecipeError(name_field, f"the data set has no column '{name}' (it has {', '.join(split.column_names)})")
-    balance_by = recipe.training.balance_by if recipe.training is not None else None
-    if balance_by and balance_by not in data["train"].column_names:
-        raise RecipeError("training.balance_by", f"the training split has no column '{balance_by}' "
-                                                 f"(it has {', '.join(data['train'].column_names)})")
     if quick:
         sizes = {"train": QUICK.train, "validation": QUICK.validation, "test": QUICK.test}
         data = DatasetDict({k: v.shuffle(seed=spec.seed).select(range(min(len(v), sizes[k]))) for k, v in data.items()})
+    balance_by = recipe.training.balance_by if recipe.training is not None else None
+    if balance_by:
+        check_balance_column(data["train"], balance_by)
     return data
+
+
+def check_balance_column(train, column: str) -> None:
+    """``training.balance_by`` names a column of the training split that groups its rows: one
+    value per row (a string, a number or a class), at least two distinct values, fewer than rows."""
+    from datasets import ClassLabel, Value
+
+    if column not in train.column_names:
+        raise RecipeError("training.balance_by", f"the training split has no column '{column}' "
+                                                 f"(it has {', '.join(train.column_names)})")
+    feature = train.features[column]
+    if not isinstance(feature, (Value, ClassLabel)):
+        raise RecipeError("training.balance_by", f"column '{column}' holds {type(feature).__name__} values, not one "
+                                                 "name or number per row: name a column that groups the rows")
+    values = len(set(train[column]))
+    if values < 2 or values == len(train) > 2:
+        what = "one value" if values < 2 else "a different value in every row"
+        raise RecipeError("training.balance_by", f"column '{column}' has {what} in the training split, so equal draws "
+                                                 "would change nothing: name a column that groups the rows")
 
 
 def _labels(data, spec, labelled: bool = True) -> list[str]:
@@ -605,6 +623,10 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--output-dir {out} exists and is not a folder")
+    strategy = (training_overrides or {}).get("train_sampling_strategy", "random")
+    if recipe.training is not None and recipe.training.balance_by and strategy != "random":
+        raise RecipeError("training.balance_by", f"draws the examples itself, and so does --train_sampling_strategy "
+                                                 f"{strategy}: drop one of them")
     procs = procs or Processes()
     if procs.is_main:
         restore_aside(out / "student")  # a run killed inside the student's swap: its old student comes back
