@@ -636,6 +636,11 @@ def build_card(
                "run, cycling through them)." if examples else ".")
         )
     data_note = (dataset or {}).get("note", "")
+    balance = report.get("balance_by")
+    if isinstance(balance, dict) and balance.get("examples"):
+        counts = ", ".join(f"{value} {n:,}" for value, n in balance["examples"].items())
+        data_note = (data_note + f" The pruning and distillation stages drew every value of `{balance.get('column')}` "
+                     f"equally often (training examples per value: {counts}).").strip()
     if report.get("quick"):
         data_note = ("**Smoke run** (`--quick`): a few training steps on small slices of the data. The "
                      f"{metric} figures mean nothing; this card only shows that the pipeline ran. " + data_note).strip()

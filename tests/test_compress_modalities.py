@@ -258,6 +258,7 @@ def test_speech_outputs_report_and_shapes(speech_run):
     assert balance["column"] == "voice" and len(balance["examples"]) > 1
     assert sum(balance["examples"].values()) == report["train_examples"]
     assert yaml.safe_load((out / "student" / "pakd_recipe.yaml").read_text())["training"]["balance_by"] == "voice"
+    assert "drew every value of `voice` equally often" in (out / "student" / "README.md").read_text()
     config = json.loads((out / "student" / "config.json").read_text())
     assert (config["encoder_layers"], config["d_model"], config["encoder_attention_heads"], config["encoder_ffn_dim"]) == (2, 16, 2, 32)
     assert config["id2label"]["0"] == "yes" and config["max_source_positions"] == 50

@@ -121,6 +121,12 @@ def test_card_lists_validation_and_test_results_and_names_a_placeholder_without_
     assert found == {"validation": 0.9, "test": r["accuracy_student"]}
     assert "accuracy (validation, n=64)" in text and "not comparable with published figures" in text
     assert "from_pretrained('<namespace>/" in text and str(tmp_path) not in text
+    # A run that drew its training examples by a column says how, with the counts it corrected.
+    write_card(folder, {**r, "balance_by": {"column": "engine", "examples": {"espeak-ng": 8064, "festival": 1152}}},
+               dataset={"id": "speech-commands-synth", "note": "Synthesised."})
+    text = (folder / "README.md").read_text()
+    assert ("Synthesised. The pruning and distillation stages drew every value of `engine` equally often "
+            "(training examples per value: espeak-ng 8,064, festival 1,152).") in text
     # A smoke run says so, and puts no results in the model-index.
     write_card(folder, {**r, "quick": True}, dataset={"id": "rotten-tomatoes"})
     text = (folder / "README.md").read_text()
