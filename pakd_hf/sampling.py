@@ -8,7 +8,7 @@ each example a chance in proportion to its weight, with replacement; an epoch ke
 so the stages' steps, schedules and budgets stay as they were.
 
 The sampler is torch's ``WeightedRandomSampler``; what is added is its seed: the draw of an epoch
-comes from ``(seed, epoch)`` alone (Trainer calls ``set_epoch`` at the start of every epoch).
+comes from ``(seed, epoch)`` alone (PaKDTrainer calls ``set_epoch`` at the start of every epoch).
 So a run resumed from a checkpoint draws what the uninterrupted one drew, and every process of a
 DDP run draws the same sequence, which accelerate then splits into per-process batches.
 """

@@ -234,7 +234,7 @@ def _training_args(out: Path, recipe: Recipe, batch_size: int | None = None, see
 def sample_weights(recipe: Recipe, data) -> list[float] | None:
     """The PaKD stages' per-example weights: every value of ``training.balance_by`` (a column of
     the training split, whose rows are the encoded training set's, in order) drawn equally often."""
-    column = recipe.training.balance_by if recipe.training is not None else None
+    column = recipe.training.balance_by
     if not column:
         return None
     from ..sampling import balanced_weights
@@ -624,7 +624,7 @@ def prepare(recipe_source, output_dir: str | Path, *, quick: bool = False, seed:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--output-dir {out} exists and is not a folder")
     strategy = (training_overrides or {}).get("train_sampling_strategy", "random")
-    if recipe.training is not None and recipe.training.balance_by and strategy != "random":
+    if recipe.training.balance_by and strategy != "random":
         raise RecipeError("training.balance_by", f"draws the examples itself, and so does --train_sampling_strategy "
                                                  f"{strategy}: drop one of them")
     procs = procs or Processes()
@@ -956,7 +956,7 @@ def _finish(p: Prepared, trainer, train_dataset, run_dir: Path, recipe_source, p
     balance_by = recipe.training.balance_by
     if balance_by:  # what the equal draws corrected: the training split's examples per group
         groups = Counter(p.data["train"][balance_by])
-        report["balance_by"] = {"column": balance_by, "examples": {str(k): n for k, n in sorted(groups.items(), key=lambda kv: str(kv[0]))}}
+        report["balance_by"] = {"column": balance_by, "examples": {str(k): groups[k] for k in sorted(groups, key=str)}}
     pakd_json = tmp / "pakd.json"
     if pakd_json.is_file():
         record = {**json.loads(pakd_json.read_text()), "run_id": report["run_id"]}
