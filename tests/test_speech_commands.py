@@ -1,5 +1,5 @@
 """The 12-class synthesised Speech Commands set (`speech-commands-synth`): splits that share no
-voice, a test engine that training never heard, every class in every split, and clips that a
+voice, a test split whose engine and speakers training never heard, every class in every split, and clips that a
 seed repeats byte for byte. One small synthesis (one espeak-ng accent per variant, one clip per
 class and voice: 300 clips, about half a minute) shared by the module."""
 
@@ -43,6 +43,7 @@ def test_test_split_shares_no_voice_and_holds_an_unheard_engine(made):
     data, _ = made
     voices = {name: set(split["voice"]) for name, split in data.items()}
     engines = {name: set(split["engine"]) for name, split in data.items()}
+    speakers = {name: set(split["speaker"]) for name, split in data.items()}
     for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
         assert not voices[a] & voices[b], (a, b)
     assert engines["train"] == {"espeak-ng", "festival"} and engines["validation"] == {"espeak-ng", "festival"}
@@ -51,6 +52,20 @@ def test_test_split_shares_no_voice_and_holds_an_unheard_engine(made):
     variants = {name: {v.split("+")[1] for v in vs if v.startswith("espeak-ng:")} for name, vs in voices.items()}
     assert not variants["train"] & variants["validation"] and len(variants["validation"]) == 3
     assert {v.split(":")[1] for v in voices["test"]} == set(sc.ENGINES["flite"])
+    # No person recorded for a test voice is heard in training, through any engine: flite's kal
+    # and slt are festival's kal_diphone and slt_arctic_hts speakers, which validation holds.
+    assert not speakers["test"] & speakers["train"] and not speakers["validation"] & speakers["train"]
+    assert speakers["test"] == {"kal", "awb", "rms", "slt"} and speakers["test"] & speakers["validation"] == {"kal", "slt"}
+    for row in data["train"].select(range(0, len(data["train"]), 7)):  # the column says who each clip is
+        engine, voice = row["voice"].split(":", 1)
+        assert row["speaker"] == sc.speaker_of(engine, voice)
+
+
+def test_every_voice_of_a_speaker_is_named():
+    """Every festival and flite voice has its recorded speaker; a new voice without one fails here."""
+    for engine in ("festival", "flite"):
+        assert set(sc.SPEAKERS[engine]) == set(sc.ENGINES[engine]), engine
+    assert sc.speaker_of("espeak-ng", "en-us+klatt2") == "espeak-ng:klatt2"
 
 
 def test_every_class_in_every_split_and_balanced(made):

@@ -13,15 +13,25 @@ Voices come from three synthesisers in Debian's archive:
   festvox-kdlpc16k), ``cmu_us_slt_arctic_hts`` (festvox-us-slt-hts);
 - ``flite`` (Festival-lite's own voices): ``kal``, ``kal16``, ``awb``, ``rms``, ``slt``.
 
-Splits hold out voices AND whole synthesisers, so test measures generalisation rather than
+festival and flite voices are built from recordings of people, and two of those people are
+behind voices of both engines: flite's ``kal`` and ``kal16`` come from the same diphone
+recordings as festival's ``kal_diphone`` (flite's README: "basically the same diphone voice"),
+and flite's ``slt`` and festival's ``cmu_us_slt_arctic_hts`` from the same CMU ARCTIC speaker.
+The ``speaker`` column names that person (``kal``, ``ked``, ``slt``, ``awb``, ``rms``); an
+espeak-ng voice's speaker is its variant, which sets its timbre whatever the accent.
+
+Splits hold out speakers AND whole synthesisers, so test measures generalisation rather than
 memorised timbre:
 
-- train: espeak-ng voices of 14 of the 17 variants (all 8 accents each), festival's
-  ``kal_diphone`` and ``cmu_us_slt_arctic_hts``;
+- train: espeak-ng voices of 14 of the 17 variants (all 8 accents each) and festival's
+  ``ked_diphone``;
 - validation (a third condition): espeak-ng voices of the 3 other variants and festival's
-  ``ked_diphone``: voices training never heard, from engines it did;
-- test: flite's five voices: an engine, and voices, training never heard. No voice and no
-  synthesiser of the test split is in training.
+  ``kal_diphone`` and ``cmu_us_slt_arctic_hts``: speakers training never heard, from engines it
+  did;
+- test: flite's five voices: an engine, and speakers, training never heard. No speaker and no
+  synthesiser of the test split is in training. Two of test's speakers (kal, slt) are in
+  validation, through festival: choices are made on speakers test also holds, never on test's
+  engine.
 
 (espeak-ng variants are held out whole: a variant sets the timbre whatever the accent.) Every
 class has the same number of clips in a split: ``clips_per_voice`` per espeak-ng voice, and
@@ -37,7 +47,7 @@ added at an SNR drawn from 0-20 dB. The noise is sox's white, pink or brown nois
 repeatable: a 60-second bank of each, made once, and a random one-second window of it per
 clip); ``_silence_`` clips are such noise alone, at a random level. No package ships recorded
 noise, so none is used. Columns: ``audio`` (float32, 16,000 values), ``sampling_rate``,
-``label`` (the 12 classes), ``voice`` (``engine:voice``), ``engine``, ``word`` (what was
+``label`` (the 12 classes), ``voice`` (``engine:voice``), ``speaker``, ``engine``, ``word`` (what was
 said; empty for ``_silence_``). The cache: ``$HF_HOME/pakd/speech-commands-synth/<hash>/``
 (``cache_dir=X``: ``X/speech-commands-synth/<hash>/``), with ``manifest.json`` written last.
 """
@@ -70,7 +80,7 @@ from .speech_keywords import (
     write_wav,
 )
 
-__all__ = ["CLASSES", "ENGINES", "SPLIT_VOICES", "load_speech_commands", "synthesise", "split_of"]
+__all__ = ["CLASSES", "ENGINES", "SPEAKERS", "SPLIT_VOICES", "load_speech_commands", "speaker_of", "split_of", "synthesise"]
 
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
 CLASSES = [*WORDS, UNKNOWN, SILENCE]
@@ -92,9 +102,14 @@ SPLIT_VARIANTS = {
     "test": [],
 }
 SPLIT_VOICES = {
-    "train": {"festival": ["kal_diphone", "cmu_us_slt_arctic_hts"]},
-    "validation": {"festival": ["ked_diphone"]},
+    "train": {"festival": ["ked_diphone"]},
+    "validation": {"festival": ["kal_diphone", "cmu_us_slt_arctic_hts"]},
     "test": {"flite": ENGINES["flite"]},
+}
+# The person recorded for each festival and flite voice (see the module's docstring).
+SPEAKERS = {
+    "festival": {"kal_diphone": "kal", "ked_diphone": "ked", "cmu_us_slt_arctic_hts": "slt"},
+    "flite": {"kal": "kal", "kal16": "kal", "awb": "awb", "rms": "rms", "slt": "slt"},
 }
 INSTALL = "apt-get install -y espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
 TEMPO = (0.8, 1.25)
@@ -117,6 +132,13 @@ def split_of(engine: str, voice: str) -> str | None:
         if voice in SPLIT_VOICES[split].get(engine, []):
             return split
     return None
+
+
+def speaker_of(engine: str, voice: str) -> str:
+    """Who a voice sounds like: the recorded person, or an espeak-ng voice's variant."""
+    if engine == "espeak-ng":
+        return f"espeak-ng:{voice.split('+', 1)[1]}"
+    return SPEAKERS[engine][voice]
 
 
 def require_binaries() -> None:
@@ -289,7 +311,8 @@ def load_speech_commands(seed: int = 0, clips_per_voice: int = 1, voices_per_var
     folder = synthesise(seed, clips_per_voice, voices_per_variant, cache_dir, workers, progress)
     clips = json.loads((folder / "manifest.json").read_text())["clips"]
     features = Features({"audio": List(Value("float32")), "sampling_rate": Value("int32"), "label": ClassLabel(names=CLASSES),
-                         "voice": Value("string"), "engine": Value("string"), "word": Value("string")})  # fmt: skip
+                         "voice": Value("string"), "speaker": Value("string"), "engine": Value("string"),
+                         "word": Value("string")})  # fmt: skip
     splits = {}
     for name in ("train", "validation", "test"):
         rows = [c for c in clips if c["split"] == name]
@@ -298,6 +321,7 @@ def load_speech_commands(seed: int = 0, clips_per_voice: int = 1, voices_per_var
             "sampling_rate": [SAMPLE_RATE] * len(rows),
             "label": [CLASSES.index(c["class"]) for c in rows],
             "voice": [f"{c['engine']}:{c['voice']}" for c in rows],
+            "speaker": [speaker_of(c["engine"], c["voice"]) for c in rows],
             "engine": [c["engine"] for c in rows],
             "word": [c["word"] for c in rows],
         }, features=features)  # fmt: skip
