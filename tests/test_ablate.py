@@ -260,6 +260,11 @@ def test_perplexity_summary_prefers_lower_and_writes_its_table(tmp_path):
     assert "| arm | validation perplexity | test perplexity |" in table and "lower is better" in table
     # No transfer set here: the label-only arms read the data's own targets, no "perturbed copy".
     assert summary["transfer_set"] is False and "perturbed" not in table and "data's own targets" in table
+    assert summary["balance_by"] is None and "equally often" not in table
+    # A recipe that draws by a column says so, as every arm drew that way.
+    write_outputs(tmp_path, {**summary, "balance_by": "engine"})
+    assert "Every arm drew each value of `engine` equally often (`training.balance_by`)." in (
+        tmp_path / "ablation.md").read_text()
 
 
 def test_the_card_reports_seeds_and_same_size_baselines(ablation, tmp_path, capsys):

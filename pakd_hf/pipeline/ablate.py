@@ -418,7 +418,7 @@ def ablate(recipe_source, output_dir, *, seeds: int | list[int] = 3, arms: list[
     teacher_test = p.evaluate(p.teacher, p.preprocessor, test)
     summary = summarise(runs, p.recipe.name, command, {"validation": teacher_validation, "test": teacher_test,
                                                        "weights": p.teacher_info.get("weights")}, quick,
-                        transfer_set=transfer is not None)
+                        transfer_set=transfer is not None, balance_by=p.recipe.training.balance_by)
     write_outputs(out, summary)
     return summary
 
@@ -464,9 +464,10 @@ def _metric(runs: list[dict[str, Any]]) -> str:
 
 
 def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: dict[str, float], quick: bool,
-              transfer_set: bool = False) -> dict[str, Any]:
+              transfer_set: bool = False, balance_by: str | None = None) -> dict[str, Any]:
     """Per-arm statistics over seeds, the shape check, and the claim (PaKD vs the best other arm on
-    validation). ``transfer_set``: the arms trained on the recipe's perturbed copies (``augment``)."""
+    validation). ``transfer_set``: the arms trained on the recipe's perturbed copies (``augment``).
+    ``balance_by``: the column whose values every arm drew equally often (``training.balance_by``)."""
     shapes = {json.dumps(r["shape"], sort_keys=True) for r in runs}
     if len(shapes) > 1:
         raise AblationError(f"the arms' students differ in shape ({'; '.join(sorted(shapes))}): the comparison is void")
@@ -505,7 +506,7 @@ def summarise(runs: list[dict[str, Any]], recipe: str, command: str, teacher: di
                  "pakd_ahead": pair["a_ahead"] if pair else None, "n_seeds": pair["n"] if pair else None,
                  "target": target, "met": met, "at_the_line": abs(gain - target) <= sd}
     return {"recipe": recipe, "command": command, "commit": _source_commit(), "quick": quick, "metric": metric,
-            "transfer_set": transfer_set,
+            "transfer_set": transfer_set, "balance_by": balance_by,
             "shape": runs[0]["shape"] if runs else None, "teacher": teacher,
             "arms": {a: arms[a] for a in sorted(arms, key=_arm_order)}, "claim": claim}
 
@@ -550,6 +551,8 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         "(ARM@SCALE: every learning rate times SCALE, a baseline tuned on validation). The label-only arms (scratch, "
         + ("prune-only) give each perturbed copy of the transfer set its source's label. " if summary.get("transfer_set")
            else "prune-only) learn from the data's own targets, without the teacher. ")
+        + (f"Every arm drew each value of `{summary['balance_by']}` equally often (`training.balance_by`). "
+           if summary.get("balance_by") else "")
         + "Choices are made on validation; test is read once per run.",
         "",
         f"Teacher: validation {teacher['validation']:.4f}, test {teacher['test']:.4f}"
