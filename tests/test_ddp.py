@@ -24,8 +24,22 @@ def torchrun(tmp_path, mode, resume=False):
     return out, [json.loads((reports / f"rank-{i}.json").read_text()) for i in (0, 1)]
 
 
-def test_torchrun_two_processes_identical_students_and_one_writer(tmp_path):
-    out, (r0, r1) = torchrun(tmp_path, "distil")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One uninterrupted torchrun per mode, made the first time a test asks for it and shared:
+    tests only read it (a resume test works on a copy)."""
+    runs = {}
+
+    def run(mode):
+        if mode not in runs:
+            runs[mode] = torchrun(tmp_path_factory.mktemp(f"ddp-{mode}"), mode)
+        return runs[mode]
+
+    return run
+
+
+def test_torchrun_two_processes_identical_students_and_one_writer(uninterrupted):
+    out, (r0, r1) = uninterrupted("distil")
     assert r0["world_size"] == r1["world_size"] == 2 and r0["trainer_world_size"] == 2
     assert r0["backend"] == "gloo"
     assert r0["global_step"] == r1["global_step"] == 6
@@ -77,13 +91,14 @@ def test_torchrun_rotation_gives_every_rank_the_same_rotated_student(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["distil", "prune", "weighted"])
-def test_torchrun_resume_continues_the_run_exactly(tmp_path, mode):
+def test_torchrun_resume_continues_the_run_exactly(tmp_path, mode, uninterrupted):
     """A second torchrun in the same folder resumes from checkpoint-4 (in the hidden-state stage;
     with pruning, after the first stage compacted the student; with weighted draws, inside the
     second epoch, whose draw must be that epoch's): both ranks end with the weights and
     projections of the uninterrupted run, restored from rank 0's PaKD state and each rank's own
     RNG state."""
-    out, (first, _) = torchrun(tmp_path, mode)
+    done, (first, _) = uninterrupted(mode)
+    out = shutil.copytree(done, tmp_path / "out")  # torchrun(tmp_path, ...) trains in tmp_path / "out"
     shutil.rmtree(out / "checkpoint-6")  # the final step's checkpoint: as if the run had stopped after step 4's
     _, (r0, r1) = torchrun(tmp_path, mode, resume=True)
     assert r0["global_step"] == r1["global_step"] == 6
@@ -93,7 +108,7 @@ def test_torchrun_resume_continues_the_run_exactly(tmp_path, mode):
 
 
 
-def test_torchrun_weighted_draws_split_one_sequence_between_the_processes(tmp_path):
+def test_torchrun_weighted_draws_split_one_sequence_between_the_processes(uninterrupted):
     """With train_sample_weights every process builds the same seeded sampler and accelerate
     hands its batches out in turn: the two ranks together train on the one weighted sequence of
     each epoch."""
@@ -101,7 +116,7 @@ def test_torchrun_weighted_draws_split_one_sequence_between_the_processes(tmp_pa
 
     from pakd_hf.sampling import EpochWeightedSampler, balanced_weights
 
-    _, (r0, r1) = torchrun(tmp_path, "weighted")
+    _, (r0, r1) = uninterrupted("weighted")
     assert r0["student_sha"] == r1["student_sha"]
     sampler = EpochWeightedSampler(torch.tensor(balanced_weights(["rare"] * 3 + ["common"] * 21)), seed=0)
     sequences = []

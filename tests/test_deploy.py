@@ -327,8 +327,7 @@ ET_SCRIPT = r"""
 import json, sys
 import numpy as np, torch
 from executorch.runtime import Runtime
-from transformers import (AutoFeatureExtractor, AutoImageProcessor, AutoModelForAudioClassification,
-                          AutoModelForImageClassification, AutoModelForSequenceClassification, AutoTokenizer)
+from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, AutoModelForSequenceClassification, AutoTokenizer
 out = {}
 for name, folder in json.loads(sys.argv[1]).items():
     et = folder + "/executorch"
@@ -337,10 +336,6 @@ for name, folder in json.loads(sys.argv[1]).items():
     if name.startswith("bert"):
         pre, auto = AutoTokenizer.from_pretrained(et), AutoModelForSequenceClassification
         inputs = pre(["a bright cast and a dull plot in a film that goes on and on " * 2], return_tensors="pt")
-    elif name == "vit":
-        from PIL import Image
-        pre, auto = AutoImageProcessor.from_pretrained(et), AutoModelForImageClassification
-        inputs = pre(images=[Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))], return_tensors="pt")
     else:
         pre, auto = AutoFeatureExtractor.from_pretrained(et), AutoModelForAudioClassification
         clip = (0.1 * rng.standard_normal(pre.sampling_rate)).astype(np.float32)
@@ -356,8 +351,11 @@ print("RESULT" + json.dumps(out))
 
 
 def test_executorch_programs_run_in_the_executorch_runtime(exports, capsys):
+    """The non-uniform BERT (generated code, a text of any length) and wav2vec2 (audio) run in the
+    ExecuTorch runtime as in PyTorch. Two families, to keep the suite's time (each lowering takes
+    about 20 s on 2 cores): generated code with a dynamic text length, and audio."""
     require("executorch", reason="pip install -e '.[executorch]'")
-    names = ("bert", "bert-nonuniform", "vit", "wav2vec2")
+    names = ("bert-nonuniform", "wav2vec2")
     for name in names:
         assert main(["export", str(exports[name][0]), "--executorch"]) == 0
     assert "model.pte" in capsys.readouterr().out
@@ -365,8 +363,8 @@ def test_executorch_programs_run_in_the_executorch_runtime(exports, capsys):
     for name in names:
         assert res[name]["diff"] < TOLERANCE, (name, res[name])
         assert res[name]["shape"][0] == 1
-    assert res["bert"]["shape"][1] > 20  # longer than any traced text: the sequence is dynamic
-    info = json.loads((exports["bert"][0] / "executorch" / "export.json").read_text())
+    assert res["bert-nonuniform"]["shape"][1] > 20  # longer than any traced text: the sequence is dynamic
+    info = json.loads((exports["bert-nonuniform"][0] / "executorch" / "export.json").read_text())
     assert info["dynamic_axes"]["input_ids"] == ["sequence"] and info["bytes_pte"] > 0
     assert main(["export", str(exports["vit"][0]), "--executorch", "--int8"]) == 2
 
