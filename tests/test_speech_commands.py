@@ -61,6 +61,30 @@ def test_test_split_shares_no_voice_and_holds_an_unheard_engine(made):
         assert row["speaker"] == sc.speaker_of(engine, voice)
 
 
+def test_an_unheard_engine_can_validate():
+    """validation="engine": festival's three voices validate (an engine training never hears, as
+    test's flite), every espeak-ng variant trains; no test speaker trains, every class everywhere."""
+    from pakd_hf.errors import RecipeError
+    from pakd_hf.pipeline.preflight import _check_options
+
+    clips = sc.plan(0, clips_per_voice=1, voices_per_variant=1, validation="engine")
+    engines = {split: {c["engine"] for c in clips if c["split"] == split} for split in ("train", "validation", "test")}
+    assert engines == {"train": {"espeak-ng"}, "validation": {"festival"}, "test": {"flite"}}
+    speakers = {split: {sc.speaker_of(c["engine"], c["voice"]) for c in clips if c["split"] == split} for split in engines}
+    assert not speakers["train"] & speakers["test"] and not speakers["train"] & speakers["validation"]
+    assert speakers["validation"] == {"kal", "ked", "slt"}
+    assert {v.split("+")[1] for v in {c["voice"] for c in clips if c["split"] == "train"}} == set(sc.VARIANTS)
+    for split in engines:
+        assert {c["class"] for c in clips if c["split"] == split} == set(sc.CLASSES), split
+    # The default layout is the one the module's constants give, and an unknown condition is one line.
+    assert sc.layout() == (sc.SPLIT_VARIANTS, sc.SPLIT_VOICES) and sc.split_of("festival", "ked_diphone") == "train"
+    assert sc.split_of("festival", "ked_diphone", validation="engine") == "validation"
+    with pytest.raises(ValueError, match="validation must be one of 'voices', 'engine'"):
+        sc.plan(0, 1, validation="festival")
+    with pytest.raises(RecipeError, match="data.options.validation.*must be one of 'voices', 'engine'"):
+        _check_options("speech-commands-synth", {"validation": "festival"})
+
+
 def test_every_voice_of_a_speaker_is_named():
     """Every festival and flite voice has its recorded speaker; a new voice without one fails here."""
     for engine in ("festival", "flite"):

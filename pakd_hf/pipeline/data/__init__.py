@@ -52,7 +52,7 @@ def _speech_keywords(**kwargs):
 
 
 def _speech_commands(**kwargs):
-    # size: clips_per_voice, voices_per_variant; see speech_commands.py
+    # size: clips_per_voice, voices_per_variant; the validation condition: validation; see speech_commands.py
     from .speech_commands import load_speech_commands
 
     return load_speech_commands(**kwargs)
@@ -84,7 +84,8 @@ OPTIONS = {
     "speech-keywords": {"clips_per_voice": (int, 1, 100), "voices": (list,), "num_voices": (int, 3, 136),
                         "validation_fraction": (float, 0.0, 0.5), "test_fraction": (float, 0.0, 0.5),
                         "holdout": ("voice", "variant"), **_SYNTH},
-    "speech-commands-synth": {"clips_per_voice": (int, 1, 100), "voices_per_variant": (int, 1, 8), **_SYNTH},
+    "speech-commands-synth": {"clips_per_voice": (int, 1, 100), "voices_per_variant": (int, 1, 8),
+                              "validation": ("voices", "engine"), **_SYNTH},
 }
 # Options whose loader default is None (null in a recipe is that default).
 NULLABLE_OPTIONS = {"voices", "num_voices", "voices_per_variant", "cache_dir"}

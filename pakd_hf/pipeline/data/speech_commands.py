@@ -33,7 +33,10 @@ memorised timbre:
   validation, through festival: choices are made on speakers test also holds, never on test's
   engine.
 
-(espeak-ng variants are held out whole: a variant sets the timbre whatever the accent.) Every
+With ``validation="engine"`` validation is instead festival's three voices, an engine training
+never hears (as test's), and training is espeak-ng alone (all 17 variants): validation then
+measures what test measures, a synthesiser the model never heard, at the cost of the one
+recorded voice training had. (espeak-ng variants are held out whole: a variant sets the timbre whatever the accent.) Every
 class has the same number of clips in a split: ``clips_per_voice`` per espeak-ng voice, and
 as many per festival or flite voice as a whole espeak-ng variant gets (``clips_per_voice`` x
 its 8 accents), so one festival or flite voice weighs as much as one espeak-ng variant.
@@ -80,7 +83,8 @@ from .speech_keywords import (
     write_wav,
 )
 
-__all__ = ["CLASSES", "ENGINES", "SPEAKERS", "SPLIT_VOICES", "load_speech_commands", "speaker_of", "split_of", "synthesise"]
+__all__ = ["CLASSES", "ENGINES", "SPEAKERS", "SPLIT_VOICES", "VALIDATIONS", "layout", "load_speech_commands", "speaker_of",
+           "split_of", "synthesise"]
 
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
 CLASSES = [*WORDS, UNKNOWN, SILENCE]
@@ -106,6 +110,17 @@ SPLIT_VOICES = {
     "validation": {"festival": ["kal_diphone", "cmu_us_slt_arctic_hts"]},
     "test": {"flite": ENGINES["flite"]},
 }
+# validation="engine": festival's voices validate, every espeak-ng variant trains.
+ENGINE_SPLIT_VARIANTS = {"train": SPLIT_VARIANTS["train"] + SPLIT_VARIANTS["validation"], "validation": [], "test": []}
+ENGINE_SPLIT_VOICES = {"train": {}, "validation": {"festival": ENGINES["festival"]}, "test": {"flite": ENGINES["flite"]}}
+VALIDATIONS = ("voices", "engine")
+
+
+def layout(validation: str = "voices") -> tuple[dict, dict]:
+    """(espeak-ng variants, other engines' voices) per split for a ``validation`` condition."""
+    if validation not in VALIDATIONS:
+        raise ValueError(f"validation must be one of {', '.join(map(repr, VALIDATIONS))}, got {validation!r}")
+    return (SPLIT_VARIANTS, SPLIT_VOICES) if validation == "voices" else (ENGINE_SPLIT_VARIANTS, ENGINE_SPLIT_VOICES)
 # The person recorded for each festival and flite voice (see the module's docstring).
 SPEAKERS = {
     "festival": {"kal_diphone": "kal", "ked_diphone": "ked", "cmu_us_slt_arctic_hts": "slt"},
@@ -124,12 +139,13 @@ NOISE_SECONDS = 60
 FORMAT = 2  # bump when the synthesis recipe changes: a new cache folder
 
 
-def split_of(engine: str, voice: str) -> str | None:
+def split_of(engine: str, voice: str, validation: str = "voices") -> str | None:
     """The split a voice belongs to (None: in no split)."""
-    for split, variants in SPLIT_VARIANTS.items():
+    split_variants, split_voices = layout(validation)
+    for split, variants in split_variants.items():
         if engine == "espeak-ng" and voice.split("+", 1)[1] in variants:
             return split
-        if voice in SPLIT_VOICES[split].get(engine, []):
+        if voice in split_voices[split].get(engine, []):
             return split
     return None
 
@@ -237,10 +253,11 @@ def make_clip(engine: str, voice: str, params: dict, bank: dict[str, np.ndarray]
     write_wav(clip * 32767.0, path)
 
 
-def plan(seed: int, clips_per_voice: int, voices_per_variant: int | None = None) -> list[dict]:
+def plan(seed: int, clips_per_voice: int, voices_per_variant: int | None = None, validation: str = "voices") -> list[dict]:
     """Every clip to make: engine, voice, class, k, split, file and its settings."""
+    split_variants, split_voices = layout(validation)
     clips = []
-    for split, variants in SPLIT_VARIANTS.items():
+    for split, variants in split_variants.items():
         espeak = [v for v in ENGINES["espeak-ng"] if v.split("+", 1)[1] in variants]
         if voices_per_variant is not None:  # a smaller set: that many accents per variant, seeded
             rng = random.Random(f"{seed}|{split}")
@@ -248,7 +265,7 @@ def plan(seed: int, clips_per_voice: int, voices_per_variant: int | None = None)
                       for v in rng.sample([v for v in espeak if v.endswith("+" + variant)], voices_per_variant)]
         voices = [("espeak-ng", v, clips_per_voice) for v in espeak]
         per_voice = clips_per_voice * (voices_per_variant or len(ACCENTS))  # as many as one espeak-ng variant
-        for engine, members in SPLIT_VOICES[split].items():
+        for engine, members in split_voices[split].items():
             voices += [(engine, voice, per_voice) for voice in members]
         for engine, voice, count in voices:
             for cls in CLASSES:
@@ -260,20 +277,22 @@ def plan(seed: int, clips_per_voice: int, voices_per_variant: int | None = None)
 
 
 def synthesise(seed: int = 0, clips_per_voice: int = 1, voices_per_variant: int | None = None,
-               cache_dir: str | os.PathLike | None = None, workers: int = 2, progress: bool = True) -> Path:
+               cache_dir: str | os.PathLike | None = None, workers: int = 2, progress: bool = True,
+               validation: str = "voices") -> Path:
     """Make (once) every clip of :func:`plan`; the folder. A second call finds ``manifest.json``
     and makes nothing; missing clips (an interrupted run, a deleted file) are made again."""
+    split_variants, split_voices = layout(validation)
     if clips_per_voice < 1:
         raise ValueError(f"clips_per_voice must be >= 1, got {clips_per_voice}")
     if voices_per_variant is not None and not 1 <= voices_per_variant <= len(ACCENTS):
         raise ValueError(f"voices_per_variant must be in [1, {len(ACCENTS)}], got {voices_per_variant}")
     spec = {"format": FORMAT, "seed": seed, "clips_per_voice": clips_per_voice, "voices_per_variant": voices_per_variant,
-            "classes": CLASSES, "unknown_words": UNKNOWN_WORDS, "engines": ENGINES, "split_variants": SPLIT_VARIANTS,
-            "split_voices": SPLIT_VOICES, "tempo": TEMPO, "pitch_cents": PITCH_CENTS, "reverb": REVERB, "peak": PEAK,
+            "classes": CLASSES, "unknown_words": UNKNOWN_WORDS, "engines": ENGINES, "split_variants": split_variants,
+            "split_voices": split_voices, "tempo": TEMPO, "pitch_cents": PITCH_CENTS, "reverb": REVERB, "peak": PEAK,
             "noise": NOISE, "snr_db": SNR_DB, "silence_peak": SILENCE_PEAK, "noise_seconds": NOISE_SECONDS}  # fmt: skip
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root(cache_dir) / "speech-commands-synth" / key
-    clips = plan(seed, clips_per_voice, voices_per_variant)
+    clips = plan(seed, clips_per_voice, voices_per_variant, validation)
     todo = [c for c in clips if not (folder / c["file"]).is_file()]
     if not todo and (folder / "manifest.json").is_file():
         return folder
@@ -294,12 +313,15 @@ def synthesise(seed: int = 0, clips_per_voice: int = 1, voices_per_variant: int 
 
 
 def load_speech_commands(seed: int = 0, clips_per_voice: int = 1, voices_per_variant: int | None = None,
-                         cache_dir: str | os.PathLike | None = None, workers: int = 2, progress: bool = True):
+                         cache_dir: str | os.PathLike | None = None, workers: int = 2, progress: bool = True,
+                         validation: str = "voices"):
     """DatasetDict(train, validation, test) of the 12 classes; see the module's docstring.
 
     ``clips_per_voice``: clips per class by each espeak-ng voice (each festival or flite voice
     gets as many as a whole espeak-ng variant). ``voices_per_variant``: that many of the 8 accents per espeak-ng variant
-    (a seeded choice) for a smaller set; default all.
+    (a seeded choice) for a smaller set; default all. ``validation``: ``"voices"`` (default:
+    espeak-ng variants and festival speakers training never heard) or ``"engine"`` (festival's
+    voices, an engine training never heard; training is espeak-ng alone).
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
@@ -308,7 +330,7 @@ def load_speech_commands(seed: int = 0, clips_per_voice: int = 1, voices_per_var
     except ImportError:  # datasets < 4
         from datasets import Sequence as List
 
-    folder = synthesise(seed, clips_per_voice, voices_per_variant, cache_dir, workers, progress)
+    folder = synthesise(seed, clips_per_voice, voices_per_variant, cache_dir, workers, progress, validation)
     clips = json.loads((folder / "manifest.json").read_text())["clips"]
     features = Features({"audio": List(Value("float32")), "sampling_rate": Value("int32"), "label": ClassLabel(names=CLASSES),
                          "voice": Value("string"), "speaker": Value("string"), "engine": Value("string"),
