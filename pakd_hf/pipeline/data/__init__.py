@@ -119,8 +119,9 @@ DATASET_NOTES = {
         "name": "Speech Commands-style keywords (12 classes) synthesised and corrupted by pakd-hf",
         "note": "The 12 classes of Speech Commands v2 (10 keywords, _unknown_, _silence_) spoken by three Debian "
                 "synthesisers (espeak-ng, festival, flite) with tempo, pitch, reverberation, level, onset and "
-                "background noise (0-20 dB SNR) drawn per clip; generated offline by pakd-hf. Validation: voices "
-                "training never heard; test: flite's voices, an engine training never heard. "
+                "background noise (0-20 dB SNR) drawn per clip; generated offline by pakd-hf. Validation: speakers "
+                "training never heard (with the `validation: engine` option, festival's voices, an engine training "
+                "never heard); test: flite's voices, an engine and speakers training never heard. "
                 "Synthetic speech: not Speech Commands, and not comparable with its published figures.",
     },
 }
