@@ -56,9 +56,32 @@ def test_test_split_shares_no_voice_and_holds_an_unheard_engine(made):
     # and slt are festival's kal_diphone and slt_arctic_hts speakers, which validation holds.
     assert not speakers["test"] & speakers["train"] and not speakers["validation"] & speakers["train"]
     assert speakers["test"] == {"kal", "awb", "rms", "slt"} and speakers["test"] & speakers["validation"] == {"kal", "slt"}
-    for row in data["train"].select(range(0, len(data["train"]), 7)):  # the column says who each clip is
-        engine, voice = row["voice"].split(":", 1)
-        assert row["speaker"] == sc.speaker_of(engine, voice)
+    assert speakers["train"] == {"ked"} | {f"espeak-ng:{v}" for v in variants["train"]}
+
+
+@pytest.mark.parametrize("validation", ["voices", "engine"])
+def test_no_split_shares_a_speaker_with_training(validation):
+    """Without the synthesisers (the plan alone): in either layout no validation or test clip is
+    spoken by a person, or an espeak-ng variant, that training holds, test is flite alone, and
+    every split has every class."""
+    clips = sc.plan(0, clips_per_voice=1, validation=validation)
+    split = {name: [c for c in clips if c["split"] == name] for name in ("train", "validation", "test")}
+    speakers = {name: {sc.speaker_of(c["engine"], c["voice"]) for c in rows} for name, rows in split.items()}
+    assert not speakers["train"] & speakers["validation"] and not speakers["train"] & speakers["test"]
+    assert {c["engine"] for c in split["test"]} == {"flite"} and {c["voice"] for c in split["test"]} == set(sc.ENGINES["flite"])
+    assert not {c["engine"] for c in split["train"]} & {"flite"}
+    for name, rows in split.items():
+        assert {c["class"] for c in rows} == set(sc.CLASSES), name
+        assert all(sc.split_of(c["engine"], c["voice"], validation) == name for c in rows[::97]), name
+
+
+def test_each_layout_has_its_own_cache_folder():
+    """Every clip file exists in both layouts, so a layout that shared the other's cache folder
+    would read the other's splits from its manifest. The default set's key is pinned: a change
+    to it re-synthesises every user's set, which a change should do on purpose (bump FORMAT)."""
+    assert sc.cache_key(0, 6) == "d995567e4e5f74c9"  # the shipped recipe's set
+    assert sc.cache_key(0, 6, validation="engine") != sc.cache_key(0, 6)
+    assert sc.cache_key(0, 1, 1, validation="engine") != sc.cache_key(0, 1, 1)
 
 
 def test_an_unheard_engine_can_validate():

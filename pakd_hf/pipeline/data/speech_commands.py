@@ -33,11 +33,11 @@ memorised timbre:
   validation, through festival: choices are made on speakers test also holds, never on test's
   engine.
 
-With ``validation="engine"`` validation is instead festival's three voices, an engine training
-never hears (as test's), and training is espeak-ng alone (all 17 variants): validation then
-measures what test measures, a synthesiser the model never heard, at the cost of the one
-recorded voice training had. (espeak-ng variants are held out whole: a variant sets the timbre whatever the accent.) Every
-class has the same number of clips in a split: ``clips_per_voice`` per espeak-ng voice, and
+(espeak-ng variants are held out whole: a variant sets the timbre whatever the accent.) With
+``validation="engine"`` validation is instead festival's three voices, an engine training never
+hears (as test's), and training is espeak-ng alone (all 17 variants): validation then measures
+what test measures, a synthesiser the model never heard, at the cost of the one recorded voice
+training had. Every class has the same number of clips in a split: ``clips_per_voice`` per espeak-ng voice, and
 as many per festival or flite voice as a whole espeak-ng variant gets (``clips_per_voice`` x
 its 8 accents), so one festival or flite voice weighs as much as one espeak-ng variant.
 
@@ -83,7 +83,7 @@ from .speech_keywords import (
     write_wav,
 )
 
-__all__ = ["CLASSES", "ENGINES", "SPEAKERS", "SPLIT_VOICES", "VALIDATIONS", "layout", "load_speech_commands", "speaker_of",
+__all__ = ["CLASSES", "ENGINES", "SPEAKERS", "SPLIT_VOICES", "VALIDATIONS", "cache_key", "layout", "load_speech_commands", "speaker_of",
            "split_of", "synthesise"]
 
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
@@ -115,12 +115,6 @@ ENGINE_SPLIT_VARIANTS = {"train": SPLIT_VARIANTS["train"] + SPLIT_VARIANTS["vali
 ENGINE_SPLIT_VOICES = {"train": {}, "validation": {"festival": ENGINES["festival"]}, "test": {"flite": ENGINES["flite"]}}
 VALIDATIONS = ("voices", "engine")
 
-
-def layout(validation: str = "voices") -> tuple[dict, dict]:
-    """(espeak-ng variants, other engines' voices) per split for a ``validation`` condition."""
-    if validation not in VALIDATIONS:
-        raise ValueError(f"validation must be one of {', '.join(map(repr, VALIDATIONS))}, got {validation!r}")
-    return (SPLIT_VARIANTS, SPLIT_VOICES) if validation == "voices" else (ENGINE_SPLIT_VARIANTS, ENGINE_SPLIT_VOICES)
 # The person recorded for each festival and flite voice (see the module's docstring).
 SPEAKERS = {
     "festival": {"kal_diphone": "kal", "ked_diphone": "ked", "cmu_us_slt_arctic_hts": "slt"},
@@ -137,6 +131,13 @@ SILENCE_PEAK = (0.002, 0.3)
 NOISE_COLOURS = ("whitenoise", "pinknoise", "brownnoise")
 NOISE_SECONDS = 60
 FORMAT = 2  # bump when the synthesis recipe changes: a new cache folder
+
+
+def layout(validation: str = "voices") -> tuple[dict, dict]:
+    """(espeak-ng variants, other engines' voices) per split for a ``validation`` condition."""
+    if validation not in VALIDATIONS:
+        raise ValueError(f"validation must be one of {', '.join(map(repr, VALIDATIONS))}, got {validation!r}")
+    return (SPLIT_VARIANTS, SPLIT_VOICES) if validation == "voices" else (ENGINE_SPLIT_VARIANTS, ENGINE_SPLIT_VOICES)
 
 
 def split_of(engine: str, voice: str, validation: str = "voices") -> str | None:
@@ -276,6 +277,24 @@ def plan(seed: int, clips_per_voice: int, voices_per_variant: int | None = None,
     return clips
 
 
+def _spec(seed: int, clips_per_voice: int, voices_per_variant: int | None, split_variants: dict, split_voices: dict) -> dict:
+    """Everything a set's clips and splits depend on; its hash names the cache folder."""
+    return {"format": FORMAT, "seed": seed, "clips_per_voice": clips_per_voice, "voices_per_variant": voices_per_variant,
+            "classes": CLASSES, "unknown_words": UNKNOWN_WORDS, "engines": ENGINES, "split_variants": split_variants,
+            "split_voices": split_voices, "tempo": TEMPO, "pitch_cents": PITCH_CENTS, "reverb": REVERB, "peak": PEAK,
+            "noise": NOISE, "snr_db": SNR_DB, "silence_peak": SILENCE_PEAK, "noise_seconds": NOISE_SECONDS}  # fmt: skip
+
+
+def cache_key(seed: int = 0, clips_per_voice: int = 1, voices_per_variant: int | None = None,
+              validation: str = "voices") -> str:
+    """The cache folder's name for a set (:func:`synthesise`)."""
+    return _key(_spec(seed, clips_per_voice, voices_per_variant, *layout(validation)))
+
+
+def _key(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def synthesise(seed: int = 0, clips_per_voice: int = 1, voices_per_variant: int | None = None,
                cache_dir: str | os.PathLike | None = None, workers: int = 2, progress: bool = True,
                validation: str = "voices") -> Path:
@@ -286,12 +305,8 @@ def synthesise(seed: int = 0, clips_per_voice: int = 1, voices_per_variant: int 
         raise ValueError(f"clips_per_voice must be >= 1, got {clips_per_voice}")
     if voices_per_variant is not None and not 1 <= voices_per_variant <= len(ACCENTS):
         raise ValueError(f"voices_per_variant must be in [1, {len(ACCENTS)}], got {voices_per_variant}")
-    spec = {"format": FORMAT, "seed": seed, "clips_per_voice": clips_per_voice, "voices_per_variant": voices_per_variant,
-            "classes": CLASSES, "unknown_words": UNKNOWN_WORDS, "engines": ENGINES, "split_variants": split_variants,
-            "split_voices": split_voices, "tempo": TEMPO, "pitch_cents": PITCH_CENTS, "reverb": REVERB, "peak": PEAK,
-            "noise": NOISE, "snr_db": SNR_DB, "silence_peak": SILENCE_PEAK, "noise_seconds": NOISE_SECONDS}  # fmt: skip
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root(cache_dir) / "speech-commands-synth" / key
+    spec = _spec(seed, clips_per_voice, voices_per_variant, split_variants, split_voices)
+    folder = cache_root(cache_dir) / "speech-commands-synth" / _key(spec)
     clips = plan(seed, clips_per_voice, voices_per_variant, validation)
     todo = [c for c in clips if not (folder / c["file"]).is_file()]
     if not todo and (folder / "manifest.json").is_file():
