@@ -277,8 +277,9 @@ def plan(seed: int, clips_per_voice: int, voices_per_variant: int | None = None,
     return clips
 
 
-def _spec(seed: int, clips_per_voice: int, voices_per_variant: int | None, split_variants: dict, split_voices: dict) -> dict:
+def _spec(seed: int, clips_per_voice: int, voices_per_variant: int | None, validation: str) -> dict:
     """Everything a set's clips and splits depend on; its hash names the cache folder."""
+    split_variants, split_voices = layout(validation)
     return {"format": FORMAT, "seed": seed, "clips_per_voice": clips_per_voice, "voices_per_variant": voices_per_variant,
             "classes": CLASSES, "unknown_words": UNKNOWN_WORDS, "engines": ENGINES, "split_variants": split_variants,
             "split_voices": split_voices, "tempo": TEMPO, "pitch_cents": PITCH_CENTS, "reverb": REVERB, "peak": PEAK,
@@ -288,7 +289,7 @@ def _spec(seed: int, clips_per_voice: int, voices_per_variant: int | None, split
 def cache_key(seed: int = 0, clips_per_voice: int = 1, voices_per_variant: int | None = None,
               validation: str = "voices") -> str:
     """The cache folder's name for a set (:func:`synthesise`)."""
-    return _key(_spec(seed, clips_per_voice, voices_per_variant, *layout(validation)))
+    return _key(_spec(seed, clips_per_voice, voices_per_variant, validation))
 
 
 def _key(spec: dict) -> str:
@@ -300,12 +301,11 @@ def synthesise(seed: int = 0, clips_per_voice: int = 1, voices_per_variant: int 
                validation: str = "voices") -> Path:
     """Make (once) every clip of :func:`plan`; the folder. A second call finds ``manifest.json``
     and makes nothing; missing clips (an interrupted run, a deleted file) are made again."""
-    split_variants, split_voices = layout(validation)
     if clips_per_voice < 1:
         raise ValueError(f"clips_per_voice must be >= 1, got {clips_per_voice}")
     if voices_per_variant is not None and not 1 <= voices_per_variant <= len(ACCENTS):
         raise ValueError(f"voices_per_variant must be in [1, {len(ACCENTS)}], got {voices_per_variant}")
-    spec = _spec(seed, clips_per_voice, voices_per_variant, split_variants, split_voices)
+    spec = _spec(seed, clips_per_voice, voices_per_variant, validation)
     folder = cache_root(cache_dir) / "speech-commands-synth" / _key(spec)
     clips = plan(seed, clips_per_voice, voices_per_variant, validation)
     todo = [c for c in clips if not (folder / c["file"]).is_file()]
