@@ -609,8 +609,10 @@ class AudioAugment:
     included; validation and test are never changed. ``time_shift``: the largest move in time, as
     a fraction of the window (the uncovered part is silence); ``time_mask`` / ``freq_mask``: the
     widest masked band, as a fraction of the frames / frequency bins, ``time_masks`` /
-    ``freq_masks`` of them per clip (SpecAugment's time and frequency masking; frequency masks
-    need spectrogram features such as Whisper's, not raw samples). See
+    ``freq_masks`` of them per clip (SpecAugment's time and frequency masking); ``freq_warp``:
+    each clip's frequency bins warped by a factor drawn from [1 - freq_warp, 1 + freq_warp]
+    (vocal tract length perturbation). Frequency masks and warps need spectrogram
+    features such as Whisper's, not raw samples. See
     :mod:`pakd_hf.pipeline.audio_augment`."""
 
     time_shift: float = 0.0
@@ -618,6 +620,12 @@ class AudioAugment:
     time_masks: int = 2
     freq_mask: float = 0.0
     freq_masks: int = 2
+    freq_warp: float = 0.0
+
+    def frequency_changes(self) -> list[str]:
+        """The fields that change the frequency axis, which raw samples do not have."""
+        return [name for name, on in (("freq_mask", self.freq_mask > 0 and self.freq_masks > 0),
+                                      ("freq_warp", self.freq_warp > 0)) if on]
 
     def _validate(self, path: str) -> None:
         for name in ("time_shift", "time_mask", "freq_mask"):
@@ -627,8 +635,10 @@ class AudioAugment:
         for name in ("time_masks", "freq_masks"):
             value = getattr(self, name)
             _check(0 <= value <= 10, f"{path}.{name}", f"is a count of masks per clip: must be in [0, 10], got {value}")
-        _check(self.time_shift > 0 or (self.time_mask > 0 and self.time_masks > 0) or (self.freq_mask > 0 and self.freq_masks > 0),
-               path, "changes nothing: set time_shift, time_mask or freq_mask above 0, or remove the block")
+        _check(0.0 <= self.freq_warp <= 0.3, f"{path}.freq_warp",
+               f"is the largest warp of the frequency axis, as a fraction: must be in [0, 0.3], got {self.freq_warp}")
+        _check(self.time_shift > 0 or (self.time_mask > 0 and self.time_masks > 0) or bool(self.frequency_changes()),
+               path, "changes nothing: set time_shift, time_mask, freq_mask or freq_warp above 0, or remove the block")
 
 
 @dataclass

@@ -75,6 +75,46 @@ def test_masks_set_bands_of_frames_and_bins_to_the_clip_mean():
             assert torch.allclose(clip[rows], orig.mean().expand(len(idx), 100))
 
 
+def test_freq_warp_moves_content_along_the_bins_and_keeps_both_ends():
+    """Bin i of every frame holds i: after a warp by factor f, bin i holds where it read from,
+    i * f below the knee (80% of the axis, over f above 1), then a line to the last bin."""
+    from pakd_hf.pipeline.audio_augment import _warp_bins
+
+    bins, frames = 41, 6
+    ramp = torch.arange(bins, dtype=torch.float32).view(1, bins, 1).expand(3, bins, frames).clone()
+    y = _warp_bins(ramp, torch.tensor([1.0, 1.1, 0.9]))
+    assert torch.allclose(y[0], ramp[0])  # factor 1: as it was
+    for row, f in zip(y[1:], (1.1, 0.9)):
+        assert torch.equal(row, row[:, :1].expand_as(row))  # every frame warped alike
+        read = row[:, 0]
+        assert read[0] == 0 and torch.isclose(read[-1], torch.tensor(40.0))  # both ends kept
+        assert (read[1:] > read[:-1]).all()  # order kept, nothing folded back
+        knee = 0.8 * 40 / max(f, 1.0)
+        low = torch.arange(bins)[torch.arange(bins) <= knee]
+        assert torch.allclose(read[low], low.float() * f, atol=1e-5)
+    # a peak at bin 20 moves to about 20 / f: down for f > 1, up for f < 1
+    peak = torch.zeros(2, bins, frames)
+    peak[:, 20] = 1.0
+    moved = _warp_bins(peak, torch.tensor([1.25, 0.8])).sum(-1)
+    assert moved[0].argmax() == 16 and moved[1].argmax() == 25
+
+
+def test_freq_warp_draws_one_factor_per_clip_and_leaves_the_other_draws_alone():
+    x = _spectrograms(n=16, bins=40, frames=30)
+    warped = augment_clips(x, AudioAugment(freq_warp=0.2), _gen(3))
+    assert torch.equal(warped, augment_clips(x, AudioAugment(freq_warp=0.2), _gen(3)))
+    assert all(not torch.equal(w, c) for w, c in zip(warped, x))  # a factor of exactly 1 is not drawn
+    assert torch.equal(warped[:, 0], x[:, 0]) and torch.equal(warped[:, -1], x[:, -1])
+    # the time shift draws before the warp: the same moves with or without it
+    ramp = torch.arange(30, dtype=torch.float32).expand(16, 40, 30).clone()  # every bin holds its frame's index
+    moved = augment_clips(ramp, AudioAugment(time_shift=0.2), _gen(5))
+    assert torch.allclose(augment_clips(ramp, AudioAugment(time_shift=0.2, freq_warp=0.2), _gen(5)), moved)
+    # off (0), a recipe's draws are what they were before the field existed
+    spec = dict(time_shift=0.2, time_mask=0.2, freq_mask=0.2)
+    assert torch.equal(augment_clips(x, AudioAugment(**spec), _gen(4)),
+                       augment_clips(x, AudioAugment(**spec, freq_warp=0.0), _gen(4)))
+
+
 def test_raw_samples_take_time_changes_with_silence_zero():
     x = torch.ones(16, 1600)
     y = augment_clips(x, AudioAugment(time_shift=0.1), _gen(0))  # the shift alone: zeros at one end only
@@ -114,6 +154,9 @@ def test_only_the_training_split_is_wrapped_and_its_labels_stay():
     samples = Dataset.from_dict({"input_values": feats.reshape(8, -1), "labels": list(range(8))}).with_format("numpy")
     with pytest.raises(RecipeError, match="data.augment.freq_mask.*raw samples"):
         adapter_for(recipe).training_split(samples, recipe.data)
+    warped = _recipe({"time_shift": 0.1, "freq_warp": 0.1})
+    with pytest.raises(RecipeError, match="data.augment.freq_warp.*raw samples"):
+        adapter_for(warped).training_split(samples, warped.data)
     timed = _recipe({"time_shift": 0.1})
     assert adapter_for(timed).training_split(samples, timed.data).column == "input_values"
     # picklable, for DataLoader workers that a spawn start method launches
@@ -137,13 +180,16 @@ def test_frequency_masks_for_a_raw_sample_teacher_are_refused_before_any_work(tm
     with pytest.raises(RecipeError) as info:
         preflight(load_recipe(raw), build=False)
     assert info.value.field == "data.augment.freq_mask" and "raw samples" in str(info.value)
+    with pytest.raises(RecipeError) as info:
+        preflight(load_recipe({**raw, "data": {"dataset": "speech-keywords", "augment": {"freq_warp": 0.1}}}), build=False)
+    assert info.value.field == "data.augment.freq_warp" and "raw samples" in str(info.value)
     preflight(load_recipe({**raw, "data": {"dataset": "speech-keywords", "augment": {"time_mask": 0.1}}}), build=False)
 
 
 def test_the_recipe_round_trips_and_tells_image_from_audio_changes():
-    recipe = _recipe({"time_mask": 0.1, "time_masks": 3})
+    recipe = _recipe({"time_mask": 0.1, "time_masks": 3, "freq_warp": 0.1})
     again = load_recipe(recipe.to_dict())
-    assert again.data.augment == AudioAugment(time_mask=0.1, time_masks=3)
+    assert again.data.augment == AudioAugment(time_mask=0.1, time_masks=3, freq_warp=0.1)
     image = _recipe({"shift": 0.1}, task="image-classification")
     assert isinstance(load_recipe(image.to_dict()).data.augment, ImageAugment)
 
@@ -152,6 +198,8 @@ def test_the_recipe_round_trips_and_tells_image_from_audio_changes():
     ({"time_shift": 0.6}, "audio-classification", "data.augment.time_shift", "[0, 0.5]"),
     ({"time_masks": 11, "time_mask": 0.1}, "audio-classification", "data.augment.time_masks", "[0, 10]"),
     ({"time_mask": 0.1, "time_masks": 0}, "audio-classification", "data.augment", "changes nothing"),
+    ({"freq_warp": 0.0}, "audio-classification", "data.augment", "changes nothing"),
+    ({"freq_warp": 0.5}, "audio-classification", "data.augment.freq_warp", "[0, 0.3]"),
     ({}, "audio-classification", "data.augment", "is empty"),
     ({"time_shift": 0.1}, "image-classification", "data.augment", "changes training clips"),
     ({"shift": 0.1}, "audio-classification", "data.augment", "changes training images"),

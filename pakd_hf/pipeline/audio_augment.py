@@ -5,7 +5,11 @@ rather than the words. The usual remedies act on the features the model reads: a
 of the clip in time inside its window (the words of Speech Commands start anywhere in the
 second), and SpecAugment's time and frequency masking (Park et al., 2019, "SpecAugment: A
 Simple Data Augmentation Method for Automatic Speech Recognition"): a few bands of frames or
-of mel bins replaced by the clip's mean (by 0, silence, for raw samples). They matter more for distillation than for plain
+of mel bins replaced by the clip's mean (by 0, silence, for raw samples). A voice that no
+training clip has differs most in its spectral envelope (formants set by the vocal tract's
+length); vocal tract length perturbation (Jaitly and Hinton, 2013, "Vocal Tract Length
+Perturbation (VTLP) improves speech recognition") warps each clip's frequency axis by a
+random factor, here on the spectrogram's bins. They matter more for distillation than for plain
 training: the teacher reads the very batch the student reads, so its outputs on these new
 views are targets no label gives (Beyer et al., 2022, "Knowledge distillation: A good teacher
 is patient and consistent").
@@ -40,6 +44,26 @@ def _bands(b: int, k: int, length: int, widest: int, generator) -> torch.Tensor:
     return ((pos >= start.unsqueeze(-1)) & (pos < (start + width).unsqueeze(-1))).any(1)
 
 
+def _warp_bins(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each clip's frequency axis warped by its ``factor``, piecewise linearly as VTLP warps
+    frequencies: output bin ``i`` reads the input at ``i * factor`` (interpolating linearly between
+    bins; above 1 the content moves to lower bins, below 1 to higher ones) up to a knee at 80% of
+    the axis (divided by ``factor`` above 1), and from there along a straight line to the last
+    bin, so the axis keeps both ends and reads nothing outside itself."""
+    b, bins = x.shape[0], x.shape[1]
+    top = bins - 1
+    i = torch.arange(bins, dtype=torch.float32).expand(b, bins)
+    f = factor.to(torch.float32).unsqueeze(1)
+    knee = 0.8 * top / f.clamp(min=1.0)
+    low = i * f
+    high = knee * f + (i - knee) * (top - knee * f) / (top - knee)
+    pos = torch.where(i <= knee, low, high).clamp(0, top)
+    lo = pos.floor().long().clamp(max=top - 1)
+    frac = (pos - lo).to(x.dtype).unsqueeze(-1)
+    gather = lambda idx: torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # noqa: E731
+    return gather(lo) * (1 - frac) + gather(lo + 1) * frac
+
+
 def augment_clips(features: torch.Tensor, spec: AudioAugment, generator: torch.Generator | None = None) -> torch.Tensor:
     """A randomly changed copy of a batch of encoded clips (each clip drawn on its own):
     ``[B, bins, frames]`` spectrogram features or ``[B, samples]`` raw samples.
@@ -48,7 +72,12 @@ def augment_clips(features: torch.Tensor, spec: AudioAugment, generator: torch.G
       uncovered is silence (the clip's lowest feature value for a spectrogram, 0 for samples);
     - ``time_mask`` / ``time_masks``: that many bands of up to that fraction of the frames set
       to the clip's mean (0 for raw samples);
+    - ``freq_warp``: the frequency bins warped by a factor drawn from
+      [1 - freq_warp, 1 + freq_warp] (spectrograms only; :func:`_warp_bins`), before the masks;
     - ``freq_mask`` / ``freq_masks``: the same over the frequency bins (spectrograms only).
+
+    Each change draws from ``generator`` only when it is on, so turning one on leaves the draws
+    of a recipe without it as they were.
     """
     if features.dim() not in (2, 3):
         raise ValueError(f"expected [batch, bins, frames] or [batch, samples] features, got shape {tuple(features.shape)}")
@@ -63,6 +92,8 @@ def augment_clips(features: torch.Tensor, spec: AudioAugment, generator: torch.G
                 x[i] = torch.roll(x[i], move, dims=-1)
                 gap = slice(0, move) if move > 0 else slice(length + move, length)
                 x[i, ..., gap] = silence[i]
+    if spectrogram and spec.freq_warp > 0:
+        x = _warp_bins(x, 1.0 + (2 * torch.rand(b, generator=generator) - 1) * spec.freq_warp)
     mean = x.flatten(1).mean(1) if spectrogram else torch.zeros(b, dtype=x.dtype)
     fill = mean.view(b, *([1] * (x.dim() - 1))).expand_as(x)
     if spec.time_mask > 0 and spec.time_masks > 0 and (widest := round(spec.time_mask * length)) > 0:

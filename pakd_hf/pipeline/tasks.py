@@ -419,9 +419,9 @@ class AudioClassification(TaskAdapter):
         from .audio_augment import AugmentedClips
 
         column = "input_features" if "input_features" in split.column_names else "input_values"
-        if column == "input_values" and augment.freq_mask > 0 and augment.freq_masks > 0:
-            raise RecipeError("data.augment.freq_mask", "this model reads raw samples (input_values), which have no "
-                                                        "frequency bins to mask: set it to 0")
+        if column == "input_values" and augment.frequency_changes():
+            raise RecipeError(f"data.augment.{augment.frequency_changes()[0]}", "this model reads raw samples "
+                              "(input_values), which have no frequency bins to mask or warp: set it to 0")
         return AugmentedClips(split, augment, column)
 
 
