@@ -620,12 +620,17 @@ class AudioAugment:
     time_masks: int = 2
     freq_mask: float = 0.0
     freq_masks: int = 2
-    freq_warp: float = 0.0
+    freq_warp: float | None = None  # None: off (out of to_dict and the repr: earlier recipes keep their keys)
+
+    def __repr__(self) -> str:  # the teacher's cache key reads it: an unset field leaves it as it was
+        fields = (f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                  if not (f.name == "freq_warp" and not self.freq_warp))
+        return f"AudioAugment({', '.join(fields)})"
 
     def frequency_changes(self) -> list[str]:
         """The fields that change the frequency axis, which raw samples do not have."""
         return [name for name, on in (("freq_mask", self.freq_mask > 0 and self.freq_masks > 0),
-                                      ("freq_warp", self.freq_warp > 0)) if on]
+                                      ("freq_warp", bool(self.freq_warp))) if on]
 
     def _validate(self, path: str) -> None:
         for name in ("time_shift", "time_mask", "freq_mask"):
@@ -635,7 +640,7 @@ class AudioAugment:
         for name in ("time_masks", "freq_masks"):
             value = getattr(self, name)
             _check(0 <= value <= 10, f"{path}.{name}", f"is a count of masks per clip: must be in [0, 10], got {value}")
-        _check(0.0 <= self.freq_warp <= 0.3, f"{path}.freq_warp",
+        _check(self.freq_warp is None or 0.0 <= self.freq_warp <= 0.3, f"{path}.freq_warp",
                f"is the largest warp of the frequency axis, as a fraction: must be in [0, 0.3], got {self.freq_warp}")
         _check(self.time_shift > 0 or (self.time_mask > 0 and self.time_masks > 0) or bool(self.frequency_changes()),
                path, "changes nothing: set time_shift, time_mask, freq_mask or freq_warp above 0, or remove the block")

@@ -2,6 +2,7 @@
 does to a batch of spectrograms or raw samples, that a seed repeats them, that only the
 training split is wrapped, and the recipe's one-line errors."""
 
+import math
 import pickle
 
 import numpy as np
@@ -90,13 +91,19 @@ def test_freq_warp_moves_content_along_the_bins_and_keeps_both_ends():
         assert read[0] == 0 and torch.isclose(read[-1], torch.tensor(40.0))  # both ends kept
         assert (read[1:] > read[:-1]).all()  # order kept, nothing folded back
         knee = 0.8 * 40 / max(f, 1.0)
-        low = torch.arange(bins)[torch.arange(bins) <= knee]
-        assert torch.allclose(read[low], low.float() * f, atol=1e-5)
+        i = torch.arange(bins)
+        assert torch.allclose(read[i <= knee], i[i <= knee].float() * f, atol=1e-5)
+        # above the knee: the straight line from (knee, knee * f) to (40, 40), continuous at the knee
+        line = knee * f + (i[i > knee].float() - knee) * (40 - knee * f) / (40 - knee)
+        assert torch.allclose(read[i > knee], line, atol=1e-5)
+        assert read[-1] == 40.0  # exactly: the last bin reads itself, nothing of the one below
     # a peak at bin 20 moves to about 20 / f: down for f > 1, up for f < 1
     peak = torch.zeros(2, bins, frames)
     peak[:, 20] = 1.0
     moved = _warp_bins(peak, torch.tensor([1.25, 0.8])).sum(-1)
     assert moved[0].argmax() == 16 and moved[1].argmax() == 25
+    one = torch.randn(2, 1, frames)  # a single bin has no axis to warp
+    assert torch.equal(_warp_bins(one, torch.tensor([1.1, 0.9])), one)
 
 
 def test_freq_warp_draws_one_factor_per_clip_and_leaves_the_other_draws_alone():
@@ -105,14 +112,31 @@ def test_freq_warp_draws_one_factor_per_clip_and_leaves_the_other_draws_alone():
     assert torch.equal(warped, augment_clips(x, AudioAugment(freq_warp=0.2), _gen(3)))
     assert all(not torch.equal(w, c) for w, c in zip(warped, x))  # a factor of exactly 1 is not drawn
     assert torch.equal(warped[:, 0], x[:, 0]) and torch.equal(warped[:, -1], x[:, -1])
+    ramp = torch.arange(40, dtype=torch.float32).view(1, 40, 1).expand(16, 40, 30).clone()  # bin i holds i
+    read = augment_clips(ramp, AudioAugment(freq_warp=0.2), _gen(3))[:, 10, 0]  # 10 x each clip's factor
+    assert len(set(read.tolist())) == 16 and read.min() >= 8 and read.max() <= 12
     # the time shift draws before the warp: the same moves with or without it
     ramp = torch.arange(30, dtype=torch.float32).expand(16, 40, 30).clone()  # every bin holds its frame's index
     moved = augment_clips(ramp, AudioAugment(time_shift=0.2), _gen(5))
     assert torch.allclose(augment_clips(ramp, AudioAugment(time_shift=0.2, freq_warp=0.2), _gen(5)), moved)
-    # off (0), a recipe's draws are what they were before the field existed
-    spec = dict(time_shift=0.2, time_mask=0.2, freq_mask=0.2)
-    assert torch.equal(augment_clips(x, AudioAugment(**spec), _gen(4)),
-                       augment_clips(x, AudioAugment(**spec, freq_warp=0.0), _gen(4)))
+    # unset, a recipe's changes are what they were before the field existed (pinned from that code)
+    before = augment_clips(_spectrograms(), AudioAugment(time_shift=0.2, time_mask=0.2, freq_mask=0.2), _gen(4))
+    assert math.isclose(float(before.sum()), -3629.0347, rel_tol=1e-5)
+    assert math.isclose(float(before.abs().sum()), 7112.0503, rel_tol=1e-5)
+    assert torch.allclose(before[3, 5, :4], torch.tensor([0.54799271, 0.16603521, 1.81156874, 0.15735571]))
+
+
+def test_an_unset_freq_warp_keeps_every_earlier_recipe_key():
+    """The teacher's cache key reads the augment block's repr and the run keys its to_dict: with
+    freq_warp unset both are what they were before the field existed (a recipe's teacher and
+    checkpoints are found again); set, they differ."""
+    plain = _recipe({"time_shift": 0.1, "time_mask": 0.1, "time_masks": 2, "freq_mask": 0.1, "freq_masks": 2})
+    assert repr(plain.data.augment) == ("AudioAugment(time_shift=0.1, time_mask=0.1, time_masks=2, freq_mask=0.1, "
+                                        "freq_masks=2)")
+    assert "freq_warp" not in plain.to_dict()["data"]["augment"]
+    warped = _recipe({**plain.to_dict()["data"]["augment"], "freq_warp": 0.1})
+    assert repr(warped.data.augment).endswith("freq_masks=2, freq_warp=0.1)")
+    assert warped.fingerprint() != plain.fingerprint()
 
 
 def test_raw_samples_take_time_changes_with_silence_zero():
@@ -183,6 +207,9 @@ def test_frequency_masks_for_a_raw_sample_teacher_are_refused_before_any_work(tm
     with pytest.raises(RecipeError) as info:
         preflight(load_recipe({**raw, "data": {"dataset": "speech-keywords", "augment": {"freq_warp": 0.1}}}), build=False)
     assert info.value.field == "data.augment.freq_warp" and "raw samples" in str(info.value)
+    with pytest.raises(RecipeError, match="remove freq_mask and freq_warp"):  # every field that must go, at once
+        preflight(load_recipe({**raw, "data": {"dataset": "speech-keywords", "augment": {"freq_mask": 0.1, "freq_warp": 0.1}}}),
+                  build=False)
     preflight(load_recipe({**raw, "data": {"dataset": "speech-keywords", "augment": {"time_mask": 0.1}}}), build=False)
 
 

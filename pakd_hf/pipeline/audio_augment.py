@@ -20,7 +20,7 @@ once and the per-batch cost is a few tensor operations: ``input_features`` ``[B,
 ``[B, samples]`` (wav2vec2-style raw samples: time shift and time masks only). transformers'
 own SpecAugment (``mask_time_prob`` in Whisper and wav2vec2 configs) is drawn inside each model,
 so teacher and student would see different masks; here one draw serves both. torchaudio has
-masking transforms but is not a dependency (a wheel tied to one torch build), and the three
+masking transforms but is not a dependency (a wheel tied to one torch build), and the four
 operations are a few tensor lines. The randomness is torch's, which Trainer seeds (``seed``): a run is repeatable.
 """
 
@@ -51,12 +51,14 @@ def _warp_bins(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     the axis (divided by ``factor`` above 1), and from there along a straight line to the last
     bin, so the axis keeps both ends and reads nothing outside itself."""
     b, bins = x.shape[0], x.shape[1]
+    if bins < 2:
+        return x
     top = bins - 1
     i = torch.arange(bins, dtype=torch.float32).expand(b, bins)
     f = factor.to(torch.float32).unsqueeze(1)
     knee = 0.8 * top / f.clamp(min=1.0)
     low = i * f
-    high = knee * f + (i - knee) * (top - knee * f) / (top - knee)
+    high = top - (top - i) * (top - knee * f) / (top - knee)  # exactly the last bin at i = top
     pos = torch.where(i <= knee, low, high).clamp(0, top)
     lo = pos.floor().long().clamp(max=top - 1)
     frac = (pos - lo).to(x.dtype).unsqueeze(-1)
@@ -76,8 +78,8 @@ def augment_clips(features: torch.Tensor, spec: AudioAugment, generator: torch.G
       [1 - freq_warp, 1 + freq_warp] (spectrograms only; :func:`_warp_bins`), before the masks;
     - ``freq_mask`` / ``freq_masks``: the same over the frequency bins (spectrograms only).
 
-    Each change draws from ``generator`` only when it is on, so turning one on leaves the draws
-    of a recipe without it as they were.
+    The warp draws from ``generator`` only when it is on, so a recipe without it draws exactly
+    what it drew before the warp existed; with it on, the masks that follow draw other bands.
     """
     if features.dim() not in (2, 3):
         raise ValueError(f"expected [batch, bins, frames] or [batch, samples] features, got shape {tuple(features.shape)}")
@@ -92,7 +94,7 @@ def augment_clips(features: torch.Tensor, spec: AudioAugment, generator: torch.G
                 x[i] = torch.roll(x[i], move, dims=-1)
                 gap = slice(0, move) if move > 0 else slice(length + move, length)
                 x[i, ..., gap] = silence[i]
-    if spectrogram and spec.freq_warp > 0:
+    if spectrogram and spec.freq_warp:
         x = _warp_bins(x, 1.0 + (2 * torch.rand(b, generator=generator) - 1) * spec.freq_warp)
     mean = x.flatten(1).mean(1) if spectrogram else torch.zeros(b, dtype=x.dtype)
     fill = mean.view(b, *([1] * (x.dim() - 1))).expand_as(x)

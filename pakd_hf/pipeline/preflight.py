@@ -247,9 +247,10 @@ def preflight(recipe: Recipe, *, notes: list[str] | None = None, build: bool = T
     augment = recipe.data.augment if recipe.data is not None else None
     if isinstance(augment, AudioAugment) and augment.frequency_changes() and "conv_dim" in config:
         # wav2vec2, HuBERT, WavLM, data2vec-audio: a convolutional feature encoder over raw samples
-        raise RecipeError(f"data.augment.{augment.frequency_changes()[0]}",
-                          f"the teacher ({config.get('model_type', 'this model')}) reads raw "
-                          "samples, which have no frequency bins to mask or warp: set it to 0")
+        names = augment.frequency_changes()
+        raise RecipeError(f"data.augment.{names[0]}",
+                          f"the teacher ({config.get('model_type', 'this model')}) reads raw samples, which have "
+                          f"no frequency bins to mask or warp: remove {' and '.join(names)}")
     layers = next((config[k] for k in LAYER_FIELDS if isinstance(config.get(k), int)), None)
     if layers is not None:
         check_layer_maps(recipe, layers, layers)  # the student starts as a copy of the teacher

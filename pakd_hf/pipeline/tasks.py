@@ -420,8 +420,9 @@ class AudioClassification(TaskAdapter):
 
         column = "input_features" if "input_features" in split.column_names else "input_values"
         if column == "input_values" and augment.frequency_changes():
-            raise RecipeError(f"data.augment.{augment.frequency_changes()[0]}", "this model reads raw samples "
-                              "(input_values), which have no frequency bins to mask or warp: set it to 0")
+            names = augment.frequency_changes()
+            raise RecipeError(f"data.augment.{names[0]}", "this model reads raw samples (input_values), which "
+                              f"have no frequency bins to mask or warp: remove {' and '.join(names)}")
         return AugmentedClips(split, augment, column)
 
 
