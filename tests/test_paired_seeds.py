@@ -40,6 +40,29 @@ def test_runs_of_two_teachers_or_no_runs_are_refused_in_one_line(tmp_path, capsy
     assert len(err.strip().splitlines()) == 3
 
 
+def test_whole_recipes_of_two_teachers_compare_unpaired(tmp_path, capsys):
+    """--unpaired: the difference of the means and Welch's standard error, on the speech runs of
+    record whose teachers differ (the frequency warp is in the teacher's key)."""
+    mixup = ROOT / "results" / "speech-speakers" / "engine" / "mixup" / "runs"
+    warp = ROOT / "results" / "speech-ranking" / "engine" / "vtlp" / "runs"
+    groups = [f"mixup={mixup}/pakd-seed-*.json", f"warp={warp}/pakd-seed-*.json", "--diff", "warp - mixup"]
+    assert paired_seeds.main(groups) == 2  # paired, two teachers are refused
+    out = tmp_path / "cmp.json"
+    assert paired_seeds.main(["--unpaired", *groups, "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    acc = {name: [json.loads(p.read_text())["accuracy_validation"] for p in folder.glob("*.json")]
+           for name, folder in (("mixup", mixup), ("warp", warp))}
+    diff = got["differences"]["warp - mixup"]["validation"]
+    assert abs(diff["mean"] - (statistics.fmean(acc["warp"]) - statistics.fmean(acc["mixup"]))) < 1e-12
+    se = (statistics.variance(acc["warp"]) / 3 + statistics.variance(acc["mixup"]) / 3) ** 0.5
+    assert abs(diff["se"] - se) < 1e-12 and diff["n_a"] == diff["n_b"] == 3
+    assert got["paired"] is False and len(got["teacher_weights"]) == 2
+    assert got["groups"]["warp"]["teachers"] != got["groups"]["mixup"]["teachers"]
+    assert "warp - mixup (validation, unpaired, n 3 and 3): +4.71 points, se 1.50" in capsys.readouterr().out
+    one = paired_seeds.main(["--unpaired", f"a={warp}/pakd-seed-0.json", f"b={mixup}/pakd-seed-*.json", "--diff", "a - b"])
+    assert one == 0 and "no se (one run in a group)" in capsys.readouterr().out
+
+
 def test_the_ablation_claim_pairs_like_the_script_on_the_runs_of_record(tmp_path):
     """`pakd ablate`'s claim on the nine-seed NLP ablation: the sd of PaKD minus its best baseline is the
     paired one, the number this script gives, and ablation.md says so."""
