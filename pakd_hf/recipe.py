@@ -31,7 +31,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, Callable, ClassVar, Literal, Union
 
 import yaml
 
@@ -166,6 +166,13 @@ def _read_yaml(path: Path) -> Any:
 # A layer map is either "auto" (uniform spacing) or explicit [student, teacher] index pairs.
 LayerMap = Union[Literal["auto"], list[list[int]]]
 
+
+
+def _repr_set(obj: Any, keep: Callable[[str, Any], bool]) -> str:
+    """A dataclass's repr with only the fields ``keep`` accepts: a field added later stays out while
+    unset, so repr-based cache keys (the teacher's) of earlier recipes do not change."""
+    fields = (f"{f.name}={getattr(obj, f.name)!r}" for f in dataclasses.fields(obj) if keep(f.name, getattr(obj, f.name)))
+    return f"{type(obj).__name__}({', '.join(fields)})"
 
 def _check(cond: bool, path: str, problem: str, keys: tuple[str, ...] = ()) -> None:
     """Refuse ``path`` with ``problem`` unless ``cond``. ``keys``: for a check across a mapping's
@@ -623,14 +630,18 @@ class AudioAugment:
     freq_warp: float | None = None  # None: off (out of to_dict and the repr: earlier recipes keep their keys)
 
     def __repr__(self) -> str:  # the teacher's cache key reads it: an unset field leaves it as it was
-        fields = (f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
-                  if not (f.name == "freq_warp" and not self.freq_warp))
-        return f"AudioAugment({', '.join(fields)})"
+        return _repr_set(self, lambda name, value: not (name == "freq_warp" and not value))
 
     def frequency_changes(self) -> list[str]:
         """The fields that change the frequency axis, which raw samples do not have."""
         return [name for name, on in (("freq_mask", self.freq_mask > 0 and self.freq_masks > 0),
                                       ("freq_warp", bool(self.freq_warp))) if on]
+
+    def check_raw_samples(self, reader: str) -> None:
+        """One line naming every frequency field when ``reader`` (a model) reads raw samples."""
+        if names := self.frequency_changes():
+            raise RecipeError(f"data.augment.{names[0]}", f"{reader} reads raw samples, which have no frequency "
+                                                          f"bins to mask or warp: remove {' and '.join(names)}")
 
     def _validate(self, path: str) -> None:
         for name in ("time_shift", "time_mask", "freq_mask"):
@@ -704,9 +715,7 @@ class FineTune:
     ALIASES: ClassVar[dict[str, str]] = {"num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size"}
 
     def __repr__(self) -> str:  # the teacher's cache key reads it: an unset field leaves it as it was
-        fields = (f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
-                  if getattr(self, f.name) is not None and not (f.name == "keep_best" and not self.keep_best))
-        return f"FineTune({', '.join(fields)})"
+        return _repr_set(self, lambda name, value: value is not None and not (name == "keep_best" and not value))
 
     def _validate(self, path: str) -> None:
         _check(self.epochs > 0, f"{path}.epochs", f"must be > 0, got {self.epochs}")

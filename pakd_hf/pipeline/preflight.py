@@ -245,12 +245,9 @@ def preflight(recipe: Recipe, *, notes: list[str] | None = None, build: bool = T
     if config is None:
         return None
     augment = recipe.data.augment if recipe.data is not None else None
-    if isinstance(augment, AudioAugment) and augment.frequency_changes() and "conv_dim" in config:
+    if isinstance(augment, AudioAugment) and "conv_dim" in config:
         # wav2vec2, HuBERT, WavLM, data2vec-audio: a convolutional feature encoder over raw samples
-        names = augment.frequency_changes()
-        raise RecipeError(f"data.augment.{names[0]}",
-                          f"the teacher ({config.get('model_type', 'this model')}) reads raw samples, which have "
-                          f"no frequency bins to mask or warp: remove {' and '.join(names)}")
+        augment.check_raw_samples(f"the teacher ({config.get('model_type', 'this model')})")
     layers = next((config[k] for k in LAYER_FIELDS if isinstance(config.get(k), int)), None)
     if layers is not None:
         check_layer_maps(recipe, layers, layers)  # the student starts as a copy of the teacher

@@ -419,10 +419,8 @@ class AudioClassification(TaskAdapter):
         from .audio_augment import AugmentedClips
 
         column = "input_features" if "input_features" in split.column_names else "input_values"
-        if column == "input_values" and augment.frequency_changes():
-            names = augment.frequency_changes()
-            raise RecipeError(f"data.augment.{names[0]}", "this model reads raw samples (input_values), which "
-                              f"have no frequency bins to mask or warp: remove {' and '.join(names)}")
+        if column == "input_values":
+            augment.check_raw_samples("this model (input_values)")
         return AugmentedClips(split, augment, column)
 
 
