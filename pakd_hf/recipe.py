@@ -167,12 +167,12 @@ def _read_yaml(path: Path) -> Any:
 LayerMap = Union[Literal["auto"], list[list[int]]]
 
 
-
 def _repr_set(obj: Any, keep: Callable[[str, Any], bool]) -> str:
     """A dataclass's repr with only the fields ``keep`` accepts: a field added later stays out while
     unset, so repr-based cache keys (the teacher's) of earlier recipes do not change."""
     fields = (f"{f.name}={getattr(obj, f.name)!r}" for f in dataclasses.fields(obj) if keep(f.name, getattr(obj, f.name)))
     return f"{type(obj).__name__}({', '.join(fields)})"
+
 
 def _check(cond: bool, path: str, problem: str, keys: tuple[str, ...] = ()) -> None:
     """Refuse ``path`` with ``problem`` unless ``cond``. ``keys``: for a check across a mapping's
